@@ -1,0 +1,41 @@
+"""Settings shared by every entry point.  Defaults can be overridden by
+environment (PYNET_*) and by command-line flags, so tests run their own
+instance beside one started by ./scripts/run."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Config:
+    plugin_name: str = "pynet"
+    state_dir: str = "/var/lib/pynet"
+    socket_path: str = ""  # default derived from plugin_name
+    chain_prefix: str = "PYNET"
+    # Default pools for RequestPool without a subnet: (base, prefix length of each pool).
+    # Docker's own defaults, so users meet the subnets they know.
+    default_pools: list = field(default_factory=lambda: [
+        ("172.17.0.0/16", 16), ("172.18.0.0/16", 16), ("172.19.0.0/16", 16),
+        ("172.20.0.0/14", 16), ("172.24.0.0/14", 16), ("172.28.0.0/14", 16),
+        ("192.168.0.0/16", 20),
+    ])
+
+    def __post_init__(self):
+        if not self.socket_path:
+            self.socket_path = f"/run/docker/plugins/{self.plugin_name}.sock"
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Config":
+        kw = {}
+        env = os.environ
+        if env.get("PYNET_PLUGIN_NAME"):
+            kw["plugin_name"] = env["PYNET_PLUGIN_NAME"]
+        if env.get("PYNET_STATE_DIR"):
+            kw["state_dir"] = env["PYNET_STATE_DIR"]
+        if env.get("PYNET_SOCKET"):
+            kw["socket_path"] = env["PYNET_SOCKET"]
+        if env.get("PYNET_CHAIN_PREFIX"):
+            kw["chain_prefix"] = env["PYNET_CHAIN_PREFIX"]
+        kw.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**kw)

@@ -1,0 +1,126 @@
+"""Typed errors raised deep in the core and translated once at each edge.
+
+Each family carries the HTTP status the Docker front end answers with and the
+CNI error code the CNI front end prints; a person sees ``str(err)``, one line.
+"""
+
+
+class PynetError(Exception):
+    http_status = 500
+    cni_code = 999  # CNI: "reserved for the plugin" range starts at 100; 999 = internal
+
+    def __init__(self, message: str = "", **details):
+        super().__init__(message or self.__class__.__name__)
+        self.details = details
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+# --- invalid parameter family: Docker 400 / CNI 7 ---------------------------
+class InvalidParameter(PynetError):
+    http_status = 400
+    cni_code = 7
+
+
+class InvalidSubnet(InvalidParameter):
+    pass
+
+
+class InvalidAddress(InvalidParameter):
+    pass
+
+
+class InvalidOption(InvalidParameter):
+    pass
+
+
+class InvalidRequest(InvalidParameter):
+    """Malformed request body (not JSON, wrong types)."""
+
+
+# --- not found: Docker 404 / CNI 3 ("unknown container") ---------------------
+class NotFound(PynetError):
+    http_status = 404
+    cni_code = 3
+
+
+class NetworkNotFound(NotFound):
+    pass
+
+
+class EndpointNotFound(NotFound):
+    pass
+
+
+class PoolNotFound(NotFound):
+    pass
+
+
+class SandboxNotFound(NotFound):
+    pass
+
+
+# --- conflict: Docker 409 / CNI 7 -------------------------------------------
+class Conflict(PynetError):
+    http_status = 409
+    cni_code = 7
+
+
+class PoolOverlap(Conflict):
+    pass
+
+
+class AddressInUse(Conflict):
+    pass
+
+
+class NetworkExists(Conflict):
+    pass
+
+
+class EndpointExists(Conflict):
+    pass
+
+
+class PortInUse(Conflict):
+    pass
+
+
+class InUse(Conflict):
+    """Something still depends on the object (endpoints on a network, ...)."""
+
+
+# --- exhausted: Docker 503 / CNI 11 (try again later) ------------------------
+class Exhausted(PynetError):
+    http_status = 503
+    cni_code = 11
+
+
+class PoolExhausted(Exhausted):
+    pass
+
+
+class NoDefaultPool(Exhausted):
+    pass
+
+
+# --- transient: Docker 503 / CNI 11 ------------------------------------------
+class Transient(PynetError):
+    http_status = 503
+    cni_code = 11
+
+
+class StoreConflict(Transient):
+    """A compare-and-swap lost a race; the caller may retry."""
+
+
+# --- internal ---------------------------------------------------------------
+class Internal(PynetError):
+    http_status = 500
+    cni_code = 999
+
+
+class KernelError(Internal):
+    """The kernel refused a netlink or firewall change."""
