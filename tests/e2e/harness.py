@@ -1,0 +1,651 @@
+"""The e2e harness: dockerd, the test image, pynet daemon processes, and cleanup by name prefix.
+
+Plain Python (no pytest imports), used by ``tests/conftest.py`` and ``tests/e2e/conftest.py``;
+importable as ``harness`` from any test (the root conftest puts ``tests/e2e`` on ``sys.path``).
+
+Naming: every resource a test run creates is named ``<prefix>-...`` where the prefix is
+``pt`` + 4 hex digits (``RunLock``). The run holds an flock on ``<LOCK_DIR>/<prefix>.lock`` for
+its whole life, so a later run can tell leftovers of a crashed run (lock free) from resources of
+a run still going on beside it (lock held) and removes only the former (``cleanup_stale_*``).
+
+Run as a script for a stub Docker plugin (used to remove networks whose plugin is gone, and by
+the smoke test):  python harness.py stub-plugin SOCKET
+"""
+from __future__ import annotations
+
+import fcntl
+import http.client
+import http.server
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import socketserver
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+REPO = Path(__file__).resolve().parents[2]
+DOCKER = os.environ.get("PYNET_DOCKER", "/usr/bin/docker")
+DOCKER_SH = REPO / "scripts" / "lib" / "docker.sh"
+TEST_IMAGE = os.environ.get("PYNET_TEST_IMAGE", "pynet-test:latest")
+PLUGIN_DIR = Path("/run/docker/plugins")
+PREFIX_RE = re.compile(r"^pt[0-9a-f]{4}$")
+STALE_NAME_RE = re.compile(r"^(pt[0-9a-f]{4})-")
+DOCKER_ACCEPT = "application/vnd.docker.plugins.v1.2+json"
+BUILTIN_NET_DRIVERS = {"bridge", "host", "null", "none", "overlay", "macvlan", "ipvlan"}
+BUILTIN_IPAM_DRIVERS = {"default", "null", ""}
+
+
+def _lock_dir() -> Path:
+    for d in (Path("/run/pynet-tests"), Path(tempfile.gettempdir()) / "pynet-tests"):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            if os.access(d, os.W_OK):
+                return d
+        except OSError:
+            continue
+    raise RuntimeError("no writable directory for pynet test run locks")
+
+
+LOCK_DIR = _lock_dir()
+
+
+def results_dir() -> Path:
+    d = Path(os.environ.get("PYNET_TEST_RESULTS", REPO / "test-results"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def sh(*args: str, check: bool = True, timeout: float = 120, input: str | None = None,
+       env: dict | None = None) -> subprocess.CompletedProcess:
+    """Runs a command, capturing text output; raises with stdout/stderr in the message on failure."""
+    kw = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout,
+                          env=env, **kw)
+    if check and proc.returncode != 0:
+        raise CommandError(proc.returncode, proc.args, proc.stdout, proc.stderr)
+    return proc
+
+
+class CommandError(subprocess.CalledProcessError):
+    """CalledProcessError whose message shows the output."""
+
+    def __str__(self) -> str:
+        return (f"{' '.join(map(str, self.cmd))} -> exit {self.returncode}\n"
+                f"stdout: {(self.stdout or '').strip()}\nstderr: {(self.stderr or '').strip()}")
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+# --------------------------------------------------------------------------- run prefix + lock
+
+class RunLock:
+    """The run's prefix, held as an flock for as long as the run lives (released on exit/crash)."""
+
+    def __init__(self, prefix: str, fd: int):
+        self.prefix = prefix
+        self._fd = fd
+
+    @classmethod
+    def acquire_new(cls, attempts: int = 50) -> "RunLock":
+        for _ in range(attempts):
+            prefix = "pt" + secrets.token_hex(2)
+            fd = os.open(LOCK_DIR / f"{prefix}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            return cls(prefix, fd)
+        raise RuntimeError("could not pick a free pynet test prefix")
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            try:
+                os.unlink(LOCK_DIR / f"{self.prefix}.lock")
+            except OSError:
+                pass
+            os.close(self._fd)
+            self._fd = -1
+
+
+def prefix_alive(prefix: str) -> bool:
+    """True when a running test run (another process, or this one) holds the prefix's lock."""
+    path = LOCK_DIR / f"{prefix}.lock"
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def stale_prefixes(names: Iterable[str], current: str | None = None) -> set[str]:
+    """Prefixes (``ptXXXX``) among names ``ptXXXX-...`` that belong to no live run.
+
+    ``current`` is always included when it appears: the caller holds it, so its leftovers are
+    from an earlier crashed run that happened to draw the same prefix."""
+    found = set()
+    for n in names:
+        m = STALE_NAME_RE.match(n)
+        if m:
+            found.add(m.group(1))
+    return {p for p in found if p == current or not prefix_alive(p)}
+
+
+def _matches(name: str, prefixes: Iterable[str]) -> bool:
+    return any(p and name.startswith(p) for p in prefixes)
+
+
+# --------------------------------------------------------------------------- links and netns
+
+def list_links() -> list[str]:
+    out = sh("ip", "-o", "link", "show", check=False).stdout
+    names = []
+    for line in out.splitlines():
+        parts = line.split(": ", 2)
+        if len(parts) >= 2:
+            names.append(parts[1].split("@", 1)[0].strip())
+    return names
+
+
+def cleanup_links(prefixes: Iterable[str]) -> list[str]:
+    """Deletes host links whose names start with any of ``prefixes`` (veth peers go with them).
+
+    The hook for the daemon's own generated names: pass its prefixes here (or add them to a
+    ``PynetDaemon.link_prefixes``) once the core's naming is known."""
+    prefixes = [p for p in prefixes if p]
+    removed = []
+    if not prefixes:
+        return removed
+    for name in list_links():
+        if _matches(name, prefixes):
+            if sh("ip", "link", "del", "dev", name, check=False).returncode == 0:
+                removed.append(name)
+    return removed
+
+
+def list_netns() -> list[str]:
+    out = sh("ip", "netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def cleanup_netns(prefixes: Iterable[str]) -> list[str]:
+    prefixes = [p for p in prefixes if p]
+    removed = []
+    for name in list_netns():
+        if _matches(name, prefixes):
+            if sh("ip", "netns", "del", name, check=False).returncode == 0:
+                removed.append(name)
+    return removed
+
+
+def cleanup_stale_host(current: str | None = None) -> list[str]:
+    """Removes links and netns named ``ptXXXX-...`` of runs that are gone (and of ``current``)."""
+    if not is_root():
+        return []
+    removed = []
+    netns = list_netns()
+    gone = sorted(stale_prefixes(netns, current))
+    removed += cleanup_netns(gone)
+    links = list_links()
+    gone = sorted(stale_prefixes(links, current))
+    removed += cleanup_links(gone)
+    for sock in PLUGIN_DIR.glob("pt*-*.sock") if PLUGIN_DIR.is_dir() else []:
+        if sock.name.split("-", 1)[0] in stale_prefixes([sock.name], current) and not socket_answers(sock):
+            sock.unlink(missing_ok=True)
+            removed.append(str(sock))
+    return removed
+
+
+# --------------------------------------------------------------------------- HTTP over a unix socket
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client over a unix stream socket: ``UnixHTTPConnection('/run/docker/plugins/x.sock')``."""
+
+    def __init__(self, path: str | os.PathLike, timeout: float = 30):
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = str(path)
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.unix_path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
+def post(path: str | os.PathLike, method: str, body=None, timeout: float = 30,
+         headers: dict | None = None) -> tuple[int, object]:
+    """POSTs to ``/<method>`` on a unix socket as dockerd does; returns (status, parsed JSON).
+
+    ``body``: dict/list (sent as JSON), str/bytes (sent raw) or None (empty body, as dockerd sends
+    for Activate). The reply is parsed as JSON; an empty reply gives None, a non-JSON one its text.
+    """
+    if body is None:
+        data = b""
+    elif isinstance(body, bytes):
+        data = body
+    elif isinstance(body, str):
+        data = body.encode()
+    else:
+        data = json.dumps(body).encode()
+    url = method if method.startswith("/") else "/" + method
+    hdrs = {"Accept": DOCKER_ACCEPT}
+    hdrs.update(headers or {})
+    conn = UnixHTTPConnection(path, timeout=timeout)
+    try:
+        conn.request("POST", url, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        raw = resp.read()
+        status = resp.status
+    finally:
+        conn.close()
+    text = raw.decode("utf-8", errors="replace")
+    if not text.strip():
+        return status, None
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+def socket_answers(path: str | os.PathLike, timeout: float = 2) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+# --------------------------------------------------------------------------- stub Docker plugin
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self):  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        self.server.requests.append((self.path, body))  # type: ignore[attr-defined]
+        answers = {
+            "/Plugin.Activate": {"Implements": ["NetworkDriver", "IpamDriver"]},
+            "/NetworkDriver.GetCapabilities": {"Scope": "local", "ConnectivityScope": "local"},
+            "/IpamDriver.GetCapabilities": {"RequiresMACAddress": False},
+            "/IpamDriver.GetDefaultAddressSpaces": {"LocalDefaultAddressSpace": "pynet-stub-local",
+                                                    "GlobalDefaultAddressSpace": "pynet-stub-global"},
+        }
+        out = json.dumps(answers.get(self.path, {})).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", DOCKER_ACCEPT)
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def address_string(self):  # unix sockets have no peer address
+        return "unix"
+
+    def log_message(self, fmt, *args):
+        pass
+
+
+class StubPlugin(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """A Docker network+IPAM plugin that says yes to everything (no IPAM pools: use it with
+    ``--ipam-driver default``). Lets ``docker network rm``/``docker rm -f`` finish for networks
+    whose real plugin is gone; also stands in for the daemon in the harness smoke test."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.requests: list[tuple[str, bytes]] = []
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.unlink(missing_ok=True)
+        super().__init__(str(self.path), _StubHandler)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "StubPlugin":
+        self._thread = threading.Thread(target=self.serve_forever, name=f"stub {self.path}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.path.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- docker
+
+class Docker:
+    """Debian's docker client (/usr/bin/docker, never the Docker 28 client on PATH)."""
+
+    def __init__(self, binary: str = DOCKER):
+        self.binary = binary
+
+    def run(self, *args: str, check: bool = True, timeout: float = 180,
+            input: str | None = None) -> subprocess.CompletedProcess:
+        return sh(self.binary, *args, check=check, timeout=timeout, input=input)
+
+    def inspect(self, name: str, kind: str | None = None) -> dict:
+        """Parsed ``docker inspect`` of one object; kind: None, "container", "network", "image"..."""
+        args = [kind, "inspect", name] if kind else ["inspect", name]
+        data = json.loads(self.run(*args).stdout)
+        return data[0] if isinstance(data, list) else data
+
+    def container_names(self) -> list[str]:
+        return self.run("ps", "-a", "--format", "{{.Names}}").stdout.split()
+
+    def network_names(self) -> list[str]:
+        return self.run("network", "ls", "--format", "{{.Name}}").stdout.split()
+
+    def image_exists(self, ref: str) -> bool:
+        return self.run("image", "inspect", ref, check=False).returncode == 0
+
+
+def dockerd_up(docker: str = DOCKER) -> bool:
+    try:
+        return sh(docker, "info", check=False, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def ensure_dockerd(log: Path | None = None) -> None:
+    """Starts dockerd as scripts/test does (scripts/lib/docker.sh) unless it answers."""
+    if dockerd_up():
+        return
+    log = log or results_dir() / "dockerd.log"
+    p = sh("bash", DOCKER_SH, "ensure-dockerd", log, check=False, timeout=240)
+    if p.returncode != 0:
+        raise RuntimeError(f"could not start dockerd:\n{p.stderr}")
+
+
+def ensure_test_image(image: str = TEST_IMAGE) -> str:
+    if Docker().image_exists(image):
+        return image
+    env = dict(os.environ, PYNET_TEST_IMAGE=image)
+    p = sh("bash", DOCKER_SH, "ensure-image", check=False, timeout=300, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"could not build {image}:\n{p.stderr}")
+    return image
+
+
+def _plugin_socket(driver: str) -> Path:
+    return PLUGIN_DIR / f"{driver}.sock"
+
+
+def cleanup_docker(docker: Docker, prefixes: Iterable[str]) -> list[str]:
+    """Removes containers, then networks, whose names start with any of ``prefixes``.
+
+    A network whose remote driver no longer answers would make dockerd wait ~30 s looking for the
+    plugin and then refuse; a StubPlugin is put on that socket for the duration."""
+    prefixes = [p for p in prefixes if p]
+    if not prefixes:
+        return []
+    removed: list[str] = []
+    networks = [n for n in docker.network_names() if _matches(n, prefixes)]
+    containers = [c for c in docker.container_names() if _matches(c, prefixes)]
+    stubs: list[StubPlugin] = []
+    try:
+        drivers = set()
+        for n in networks:
+            try:
+                info = docker.inspect(n, "network")
+            except subprocess.CalledProcessError:
+                continue
+            drivers.add(info.get("Driver") or "")
+            drivers.add(((info.get("IPAM") or {}).get("Driver")) or "")
+        for d in sorted(drivers - BUILTIN_NET_DRIVERS - BUILTIN_IPAM_DRIVERS):
+            if "/" in d or ":" in d:  # managed (v2) plugins are not ours
+                continue
+            sock = _plugin_socket(d)
+            if not socket_answers(sock):
+                stubs.append(StubPlugin(sock).start())
+        if containers:
+            docker.run("rm", "-f", "-v", *containers, check=False, timeout=300)
+            removed += containers
+        for n in networks:
+            if docker.run("network", "rm", n, check=False, timeout=120).returncode != 0:
+                try:  # endpoints of containers not named with the prefix
+                    for c in (docker.inspect(n, "network").get("Containers") or {}).values():
+                        docker.run("network", "disconnect", "-f", n, c.get("Name", ""), check=False)
+                except subprocess.CalledProcessError:
+                    pass
+                docker.run("network", "rm", n, check=False, timeout=120)
+            removed.append(n)
+    finally:
+        for s in stubs:
+            s.stop()
+    return removed
+
+
+def cleanup_stale_docker(docker: Docker, current: str | None = None) -> list[str]:
+    """Containers and networks named ``ptXXXX-...`` of runs that are gone (and of ``current``)."""
+    names = docker.container_names() + docker.network_names()
+    gone = sorted(stale_prefixes(names, current))
+    return cleanup_docker(docker, [p + "-" for p in gone])
+
+
+# --------------------------------------------------------------------------- pynet daemon
+
+def pynet_command() -> list[str]:
+    """The ``pynet`` CLI of the venv running the tests (else <repo>/.venv)."""
+    for cand in (Path(sys.executable).parent / "pynet", REPO / ".venv" / "bin" / "pynet"):
+        if cand.exists():
+            return [str(cand)]
+    return [sys.executable, "-c", "import sys; from pynet.cli import main; sys.exit(main())"]
+
+
+def default_daemon_argv(name: str, sock: Path, state_dir: Path) -> list[str]:
+    return [*pynet_command(), "daemon", "--plugin-name", name, "--socket", str(sock),
+            "--state-dir", str(state_dir)]
+
+
+class PynetDaemon:
+    """One ``pynet daemon`` process serving plugin ``name`` on ``socket`` with ``state_dir``.
+
+    ``command(name, socket, state_dir) -> argv`` replaces the real daemon (the smoke test uses
+    the stub plugin). ``start()`` again after ``stop()``/``kill()`` restarts on the same state
+    dir; the socket file is left as the previous process left it (a restarted daemon must cope
+    with its own stale socket) unless ``start(remove_stale_socket=True)``.
+    """
+
+    def __init__(self, name: str, socket_path: str | os.PathLike, state_dir: str | os.PathLike,
+                 log_dir: str | os.PathLike | None = None,
+                 command: Callable[[str, Path, Path], Sequence[str]] | None = None,
+                 extra_args: Sequence[str] = (), env: dict | None = None,
+                 start_timeout: float = 30, link_prefixes: Iterable[str] = ()):
+        self.name = name
+        self.socket = Path(socket_path)
+        self.state_dir = Path(state_dir)
+        self.log_dir = Path(log_dir) if log_dir else results_dir() / "daemons"
+        self.command = command or default_daemon_argv
+        self.extra_args = list(extra_args)
+        self.env = env
+        self.start_timeout = start_timeout
+        self.link_prefixes = list(link_prefixes)
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+        self.log_path: Path | None = None
+
+    # -- process
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def argv(self) -> list[str]:
+        return [*self.command(self.name, self.socket, self.state_dir), *self.extra_args]
+
+    def start(self, remove_stale_socket: bool = False) -> "PynetDaemon":
+        if self.running:
+            raise RuntimeError(f"{self.name}: already running (pid {self.pid})")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        if remove_stale_socket:
+            self.socket.unlink(missing_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        self.log_path = self.log_dir / f"{self.name}.{os.getpid()}.{self.starts}.log"
+        env = dict(os.environ if self.env is None else self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin:" + env.get("PATH", "")
+        argv = self.argv()
+        with open(self.log_path, "ab") as log:
+            log.write(f"$ {' '.join(argv)}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, env=env, cwd=str(REPO),
+                                         start_new_session=True)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: daemon exited with {self.proc.returncode} during "
+                                   f"startup; log {self.log_path}:\n{_tail(self.log_path)}")
+            if self.socket.exists() and socket_answers(self.socket, timeout=1):
+                return self
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{self.name}: socket {self.socket} not answering after "
+                                   f"{self.start_timeout}s; log {self.log_path}:\n{_tail(self.log_path)}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout``); returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL and wait: a crash, leaving the socket file and state as they were."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        return self.proc.returncode
+
+    def restart(self) -> "PynetDaemon":
+        self.stop()
+        return self.start()
+
+    # -- API
+    def post(self, method: str, body=None, timeout: float = 30) -> tuple[int, object]:
+        """POST /<method> (e.g. "NetworkDriver.CreateNetwork") with raw JSON; (status, JSON)."""
+        return post(self.socket, method, body, timeout=timeout)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def log_tail(self, lines: int = 60) -> str:
+        return _tail(self.log_path, lines) if self.log_path else ""
+
+    def __repr__(self) -> str:
+        return f"<PynetDaemon {self.name} pid={self.pid} socket={self.socket}>"
+
+
+def teardown_daemon(daemon: PynetDaemon, docker: Docker | None, prefixes: Iterable[str]) -> list[str]:
+    """Per-daemon teardown: docker containers+networks with the prefixes (the daemon still up so
+    it can release what it holds: restarted if a test left it dead; a stub plugin if it cannot
+    start), then stop the daemon, then links (prefixes + ``daemon.link_prefixes``), netns, and
+    the socket file. Collects errors and raises them at the end, after doing everything."""
+    prefixes = list(prefixes)
+    errors: list[str] = []
+    stub: StubPlugin | None = None
+    if docker is not None:
+        try:
+            names = [n for n in docker.container_names() + docker.network_names() if _matches(n, prefixes)]
+        except Exception as e:  # noqa: BLE001
+            names, errors = [], errors + [f"docker ls: {e}"]
+        if names and not daemon.running:
+            try:
+                daemon.start()
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"restart for cleanup failed: {e}")
+                try:
+                    daemon.socket.unlink(missing_ok=True)
+                    stub = StubPlugin(daemon.socket).start()
+                except Exception as e2:  # noqa: BLE001
+                    errors.append(f"stub plugin: {e2}")
+        try:
+            cleanup_docker(docker, prefixes)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"docker cleanup: {e}")
+        if stub is not None:
+            stub.stop()
+    try:
+        daemon.stop()
+    except Exception as e:  # noqa: BLE001
+        errors.append(f"stop: {e}")
+    if is_root():
+        cleanup_links([*prefixes, *daemon.link_prefixes])
+        cleanup_netns(prefixes)
+    daemon.socket.unlink(missing_ok=True)
+    if errors:
+        raise RuntimeError(f"teardown of {daemon.name}: " + "; ".join(errors))
+    return prefixes
+
+
+# --------------------------------------------------------------------------- script entry
+
+def _main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "stub-plugin":
+        server = StubPlugin(argv[1])
+        signal.signal(signal.SIGTERM, lambda *_: (server.path.unlink(missing_ok=True), os._exit(0)))
+        print(f"stub plugin on {argv[1]}", flush=True)
+        server.serve_forever()
+        return 0
+    if argv and argv[0] == "cleanup-stale" and is_root():
+        ensure = dockerd_up()
+        out = cleanup_stale_host()
+        if ensure:
+            out += cleanup_stale_docker(Docker())
+        print("\n".join(out))
+        return 0
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
