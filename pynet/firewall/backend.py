@@ -1,0 +1,233 @@
+"""iptables backends: nf_tables (iptables-nft-restore) and legacy (libiptc).
+
+Detection (once per :class:`~pynet.firewall.Firewall`, see :func:`detect`):
+``$PYNET_IPTABLES_BACKEND`` if set (``nft``, ``legacy``, ``legacy-restore``);
+else ``iptables --version``: ``(nf_tables)`` -> nft, ``(legacy)`` -> legacy.
+That is the variant dockerd itself uses (it calls plain ``iptables``), so
+pynet's rules land in the same tables as Docker's.
+
+* :class:`NftBackend` -- one ``iptables-nft-restore --noflush`` (or
+  ``ip6tables-nft-restore``) process per family per change, batch on stdin.
+* :class:`IptcBackend` -- python-iptables (libiptc) on the legacy tables:
+  each table is edited with autocommit off and committed once, under the
+  xtables lock (``/run/xtables.lock``) that iptables-legacy also takes.
+  libiptc acts on the network namespace of the calling thread.
+* :class:`LegacyRestoreBackend` -- ``iptables-legacy-restore --noflush -w``;
+  the fallback for anything libiptc can't express.
+
+All read the actual state with the matching ``*-save`` binary.  A backend
+may be bound to a named network namespace (``netns=``): subprocesses then
+run under ``ip netns exec``.
+
+Note on atomicity: iptables-restore (nft and legacy alike) commits each
+``*table ... COMMIT`` section on its own; :class:`Firewall` therefore rolls
+already committed tables back when a later one is refused.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+
+from pynet.errors import KernelError
+
+from .model import IPV4, IPV6
+from .reconcile import Op, batch_text
+
+
+def _run(argv, stdin=None, netns=None, timeout=30) -> subprocess.CompletedProcess:
+    if netns:
+        argv = ["ip", "netns", "exec", netns] + list(argv)
+    try:
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError as e:
+        raise KernelError(f"{argv[0]} not found: {e}") from None
+    except subprocess.TimeoutExpired:
+        raise KernelError(f"{' '.join(argv)} timed out after {timeout}s") from None
+
+
+class _RestoreBackend:
+    name = "?"
+    tools: dict[str, tuple[str, str]] = {}  # family -> (save, restore)
+    restore_args: tuple[str, ...] = ("--noflush",)
+
+    def __init__(self, netns: str | None = None):
+        self.netns = netns
+
+    def available(self, family: str) -> bool:
+        return shutil.which(self.tools[family][0]) is not None
+
+    def save(self, family: str) -> str:
+        p = _run([self.tools[family][0]], netns=self.netns)
+        if p.returncode != 0:
+            raise KernelError(f"{self.tools[family][0]} failed: {p.stderr.strip()}")
+        return p.stdout
+
+    def execute(self, family: str, plan: dict[str, list[Op]]) -> None:
+        text = batch_text(plan)
+        if not text:
+            return
+        self.restore_text(family, text)
+
+    def restore_text(self, family: str, text: str) -> None:
+        exe = self.tools[family][1]
+        p = _run([exe, *self.restore_args], stdin=text, netns=self.netns)
+        if p.returncode != 0:
+            msg = " ".join((p.stderr or p.stdout).split()) or f"exit status {p.returncode}"
+            raise KernelError(f"{exe} refused the batch: {msg}", batch=text, stderr=p.stderr)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(netns={self.netns!r})"
+
+
+class NftBackend(_RestoreBackend):
+    name = "nft"
+    tools = {IPV4: ("iptables-nft-save", "iptables-nft-restore"),
+             IPV6: ("ip6tables-nft-save", "ip6tables-nft-restore")}
+
+
+class LegacyRestoreBackend(_RestoreBackend):
+    name = "legacy-restore"
+    tools = {IPV4: ("iptables-legacy-save", "iptables-legacy-restore"),
+             IPV6: ("ip6tables-legacy-save", "ip6tables-legacy-restore")}
+    restore_args = ("--noflush", "--wait")
+
+
+XTABLES_LOCK = "/run/xtables.lock"
+
+
+@contextlib.contextmanager
+def xtables_lock(path: str = XTABLES_LOCK):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class IptcBackend(LegacyRestoreBackend):
+    """Legacy tables through python-iptables: one libiptc commit per table.
+
+    Reads state with iptables-legacy-save.  ``netns`` is not supported for the
+    libiptc path (it acts on the caller's namespace): with a netns it falls
+    back to iptables-legacy-restore.
+    """
+
+    name = "legacy"
+
+    def execute(self, family: str, plan: dict[str, list[Op]]) -> None:
+        if not any(plan.values()):
+            return
+        if self.netns:
+            return super().execute(family, plan)
+        import iptc  # imported lazily: the CNI path must not pay for it
+
+        v6 = family == IPV6
+        try:
+            prepared = {t: [(op, tokens_to_iptc(op.tokens, v6) if op.kind in ("del", "ins") else None)
+                            for op in ops] for t, ops in plan.items()}
+        except (ValueError, AttributeError, iptc.XTablesError, iptc.IPTCError) as e:
+            # libiptc can't express it: hand the same batch to iptables-legacy-restore
+            return super().execute(family, plan)
+        with xtables_lock():
+            for table, ops in prepared.items():
+                t = (iptc.Table6 if v6 else iptc.Table)(table, autocommit=False)
+                try:
+                    t.refresh()
+                    for op, rule in ops:
+                        if op.kind == "new":
+                            t.create_chain(op.chain)
+                        elif op.kind == "delchain":
+                            t.delete_chain(op.chain)
+                        elif op.kind == "del":
+                            iptc.Chain(t, op.chain).delete_rule(rule)
+                        else:
+                            iptc.Chain(t, op.chain).insert_rule(rule, position=op.pos - 1)
+                    t.commit()
+                except (iptc.IPTCError, iptc.XTablesError, ValueError) as e:
+                    raise KernelError(f"libiptc refused the {table} table: {e}",
+                                      batch=batch_text({table: [o for o, _ in ops]})) from None
+                finally:
+                    with contextlib.suppress(Exception):
+                        t.close()
+                    t.autocommit = True
+
+
+_ADDR_ATTR = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}
+
+
+def tokens_to_iptc(tokens, v6: bool = False):
+    """Build a python-iptables Rule from canonical iptables-save tokens."""
+    import iptc
+
+    rule = iptc.Rule6() if v6 else iptc.Rule()
+    toks = list(tokens)
+    i, neg, cur = 0, False, None
+    while i < len(toks):
+        t = toks[i]
+        if t == "!":
+            neg = True
+            i += 1
+            continue
+        if t in _ADDR_ATTR and cur is None:
+            setattr(rule, _ADDR_ATTR[t], ("!" if neg else "") + toks[i + 1])
+            neg, i = False, i + 2
+            continue
+        if t == "-m":
+            cur = rule.create_match(toks[i + 1])
+            i += 2
+            continue
+        if t in ("-j", "-g"):
+            if t == "-g":
+                raise ValueError("goto is not supported by the libiptc path")
+            cur = rule.create_target(toks[i + 1])
+            i += 2
+            continue
+        if t.startswith("--") and cur is not None:
+            vals = []
+            i += 1
+            while i < len(toks) and not toks[i].startswith("-") and toks[i] != "!":
+                vals.append(toks[i])
+                i += 1
+            val = vals[0] if len(vals) == 1 else (vals or "")
+            if neg:
+                val = "!" + val if isinstance(val, str) else ["!"] + val
+            cur.set_parameter(t[2:], val)
+            neg = False
+            continue
+        raise ValueError(f"can't translate token {t!r} in {' '.join(toks)}")
+    return rule
+
+
+BACKENDS = {"nft": NftBackend, "legacy": IptcBackend, "legacy-restore": LegacyRestoreBackend}
+
+
+def detect(netns: str | None = None):
+    """Pick the backend the host's ``iptables`` uses (once per Firewall)."""
+    forced = os.environ.get("PYNET_IPTABLES_BACKEND")
+    if forced:
+        if forced not in BACKENDS:
+            raise KernelError(f"PYNET_IPTABLES_BACKEND={forced!r}: want one of {', '.join(BACKENDS)}")
+        return BACKENDS[forced](netns=netns)
+    p = _run(["iptables", "--version"])
+    out = (p.stdout + p.stderr).lower()
+    if "nf_tables" in out:
+        return NftBackend(netns=netns)
+    if "legacy" in out:
+        return IptcBackend(netns=netns)
+    if shutil.which("iptables-nft-restore"):
+        return NftBackend(netns=netns)
+    return IptcBackend(netns=netns)
+
+
+def make_backend(backend, netns: str | None = None):
+    if backend is None:
+        return detect(netns)
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown firewall backend {backend!r}")
+        return BACKENDS[backend](netns=netns)
+    return backend

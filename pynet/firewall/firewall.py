@@ -1,0 +1,161 @@
+"""The Firewall: desired state in, one atomic change per family out.
+
+Coexistence with dockerd (the hook-in choice)
+---------------------------------------------
+pynet keeps its own chains (``PYNET``, ``PYNET-ISOLATION-STAGE-1/2``,
+``PYNET-USER``; prefix configurable) and hooks them in as Docker does, by
+rules *at the top of the built-in chains* (``FORWARD``, nat ``PREROUTING``/
+``OUTPUT``/``POSTROUTING``).  Every pynet rule carries
+``-m comment --comment "pynet:<owner>"``; nothing without that comment is
+ever deleted or moved.  dockerd inserts its own FORWARD rules above
+everything when it creates a network and when it restarts; each
+:meth:`Firewall.apply` therefore compares the whole chain (foreign rules
+included) with the target "pynet block on top, foreign rules after, in
+their order" and, if anything moved, re-inserts pynet's block on top in the
+same atomic batch.  Being first matters: Docker's ``-i docker0 ! -o docker0
+-j ACCEPT`` would otherwise accept traffic before pynet's isolation sees it.
+Hooking into ``DOCKER-USER`` instead was rejected: it exists only while
+dockerd runs, it is the administrator's chain, and ``iptables -F
+DOCKER-USER`` would silently unhook pynet.  So: call ``apply()`` on daemon
+start, after every change, and whenever Docker or firewalld may have
+rewritten the tables (it is cheap and idempotent: no batch when in sync).
+In the chains pynet creates, foreign rules (e.g. an admin's rules in
+``PYNET-USER``) are kept *ahead* of pynet's own ones (so the final
+``-j RETURN`` stays last).
+
+Atomicity: one ``iptables-restore --noflush`` process (nft) or one libiptc
+commit per table (legacy) per family.  iptables-restore commits table by
+table, so when the kernel refuses a later table the tables already committed
+are rolled back to the state read before the change, and
+:class:`~pynet.errors.KernelError` carries the iptables message.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+from pynet.errors import KernelError
+
+from .backend import make_backend
+from .model import FAMILIES, IPV4, IPV6, EndpointSpec, NetworkSpec, Ruleset
+from .reconcile import diff_text, parse_save, plan_family, plan_restore
+from .render import own_chains, render_family, route_localnet_sysctls
+
+
+class Firewall:
+    def __init__(self, prefix: str = "PYNET", backend=None, *, userland_proxy: bool = False,
+                 sysctl=None, netns: str | None = None, families=FAMILIES):
+        """
+        prefix: chain name prefix (``DOCKER`` reproduces Docker's layout).
+        backend: None (detect once), ``"nft"``, ``"legacy"`` (libiptc),
+            ``"legacy-restore"``, or a backend object.
+        userland_proxy: render Docker's proxy-on variant (default off, like
+            ``"userland-proxy": false``: DNAT handles localhost and hairpin).
+        sysctl: ``callable(path, value)`` or object with ``set(path, value)``;
+            default writes /proc/sys (inside ``netns`` if given).
+        netns: named network namespace to act in (subprocess backends).
+        """
+        if not prefix or any(c.isspace() for c in prefix) or len(prefix) > 28 - len("-ISOLATION-STAGE-1"):
+            raise ValueError(f"invalid chain prefix {prefix!r}")
+        self.prefix = prefix
+        self.netns = netns
+        self.backend = make_backend(backend, netns)
+        self.userland_proxy = userland_proxy
+        self.families = tuple(families)
+        self._sysctl = sysctl
+
+    # --- rendering -----------------------------------------------------------
+    def desired(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> dict[str, Ruleset]:
+        return {fam: render_family(self.prefix, list(networks), list(endpoints), fam, self.userland_proxy)
+                for fam in self.families}
+
+    def render(self, networks, endpoints) -> dict[str, str]:
+        """The desired iptables-restore text per family (``ipv4``, ``ipv6``)."""
+        return {fam: rs.to_restore() for fam, rs in self.desired(networks, endpoints).items()}
+
+    def sysctls(self, networks) -> list[tuple[str, str]]:
+        return route_localnet_sysctls(list(networks), self.userland_proxy)
+
+    # --- kernel --------------------------------------------------------------
+    def _actual(self, family: str, desired: Ruleset | None):
+        try:
+            return parse_save(self.backend.save(family))
+        except KernelError:
+            if desired is None or desired.is_empty():
+                return None  # e.g. no IPv6 in this kernel and nothing wanted there
+            raise
+
+    def _reconcile(self, family: str, desired: Ruleset) -> None:
+        before = self._actual(family, desired)
+        if before is None:
+            return
+        plan = plan_family(before, desired, own_chains(self.prefix))
+        if not plan:
+            return
+        try:
+            self.backend.execute(family, plan)
+        except KernelError as err:
+            self._rollback(family, before, err)
+            raise
+
+    def _rollback(self, family: str, before, err: KernelError) -> None:
+        try:
+            now = parse_save(self.backend.save(family))
+            plan = plan_restore(now, before, own_chains(self.prefix))
+            if plan:
+                self.backend.execute(family, plan)
+        except KernelError as e2:
+            err.details["rollback_error"] = str(e2)
+            err.args = (f"{err.args[0]} (and the rollback failed too: {e2})",)
+
+    def apply(self, networks, endpoints) -> None:
+        """Make the kernel match the desired state (idempotent)."""
+        desired = self.desired(networks, endpoints)  # validates everything before touching anything
+        for fam in self.families:
+            self._reconcile(fam, desired[fam])
+        if IPV4 in self.families:
+            for path, value in self.sysctls(networks):
+                self._set_sysctl(path, value)
+
+    def remove_all(self) -> None:
+        """Remove every pynet-owned rule and every empty pynet chain."""
+        for fam in self.families:
+            self._reconcile(fam, Ruleset(fam))
+
+    def diff(self, networks, endpoints) -> str:
+        """Desired vs actual pynet rules; '' when the kernel is in sync."""
+        out = []
+        for fam, rs in self.desired(networks, endpoints).items():
+            actual = self._actual(fam, rs)
+            if actual is None:
+                continue
+            text = diff_text(actual, rs)
+            if text:
+                out.append(text)
+            else:
+                plan = plan_family(actual, rs, own_chains(self.prefix))
+                if plan:
+                    chains = sorted({f"{t}/{op.chain}" for t, ops in plan.items() for op in ops})
+                    out.append(f"# {fam}: pynet rules present but out of place in: {', '.join(chains)}\n")
+        return "".join(out)
+
+    def _set_sysctl(self, path: str, value: str) -> None:
+        if self._sysctl is not None:
+            setter = getattr(self._sysctl, "set", self._sysctl)
+            setter(path, value)
+            return
+        if self.netns:
+            p = subprocess.run(["ip", "netns", "exec", self.netns, "sh", "-c",
+                                f'[ ! -e "/proc/sys/{path}" ] || echo {value} > "/proc/sys/{path}"'],
+                               capture_output=True, text=True)
+            if p.returncode != 0:
+                raise KernelError(f"sysctl {path}={value}: {p.stderr.strip()}")
+            return
+        full = os.path.join("/proc/sys", path)
+        if not os.path.exists(os.path.dirname(full)):
+            return  # bridge not created yet; the next apply() sets it
+        try:
+            with open(full, "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise KernelError(f"sysctl {path}={value}: {e}") from None

@@ -1,0 +1,239 @@
+"""Read ``iptables-save`` back into rules and plan the change to a target.
+
+The plan for one family is a list of per-table operation lists; one batch
+(``iptables-restore --noflush``) or one libiptc commit per table executes it.
+
+Per chain the plan is: if the chain's full rule list (foreign rules
+included) already equals the target, nothing; otherwise delete every pynet
+rule in that chain by its exact spec and insert the target's pynet rules at
+their absolute positions (``-I chain N``, ascending), which rebuilds the
+target exactly around the untouched foreign rules.  Deleting by spec (not by
+number) means a concurrent foreign change makes the batch fail instead of
+deleting somebody else's rule.
+"""
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from .model import BUILTIN_CHAINS, COMMENT_PREFIX, TABLE_ORDER, Rule, Ruleset, join
+
+
+@dataclass(frozen=True)
+class SavedRule:
+    tokens: tuple[str, ...]  # as printed, comment included
+    spec: tuple[str, ...]  # comment removed
+    owner: str | None  # pynet owner, None for foreign rules
+
+    @property
+    def key(self):
+        return (self.spec, self.owner)
+
+
+@dataclass
+class TableState:
+    chains: dict[str, list[SavedRule]] = field(default_factory=dict)
+    policies: dict[str, str] = field(default_factory=dict)
+
+
+def _strip_counters(tokens: list[str]) -> list[str]:
+    if tokens and tokens[0].startswith("[") and tokens[0].endswith("]"):
+        return tokens[1:]
+    return tokens
+
+
+def parse_rule_tokens(tokens) -> SavedRule:
+    tokens = tuple(tokens)
+    spec = list(tokens)
+    owner = None
+    i = 0
+    while i < len(spec) - 3:
+        if spec[i] == "-m" and spec[i + 1] == "comment" and spec[i + 2] == "--comment":
+            text = spec[i + 3]
+            if text.startswith(COMMENT_PREFIX) and owner is None:
+                owner = text[len(COMMENT_PREFIX):]
+                del spec[i:i + 4]
+                continue
+        i += 1
+    return SavedRule(tokens, tuple(spec), owner)
+
+
+def parse_save(text: str) -> dict[str, TableState]:
+    """Parse iptables-save output into table -> TableState."""
+    tables: dict[str, TableState] = {}
+    cur = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("*"):
+            cur = tables.setdefault(line[1:], TableState())
+        elif line == "COMMIT":
+            cur = None
+        elif line.startswith(":") and cur is not None:
+            parts = line[1:].split()
+            cur.chains.setdefault(parts[0], [])
+            if len(parts) > 1 and parts[1] != "-":
+                cur.policies[parts[0]] = parts[1]
+        elif cur is not None:
+            toks = _strip_counters(shlex.split(line))
+            if len(toks) >= 2 and toks[0] == "-A":
+                cur.chains.setdefault(toks[1], []).append(parse_rule_tokens(toks[2:]))
+    return tables
+
+
+def pynet_rules(state: dict[str, TableState]) -> dict[str, dict[str, list[SavedRule]]]:
+    out: dict[str, dict[str, list[SavedRule]]] = {}
+    for t, ts in state.items():
+        for ch, rules in ts.chains.items():
+            mine = [r for r in rules if r.owner is not None]
+            if mine:
+                out.setdefault(t, {})[ch] = mine
+    return out
+
+
+# --- operations --------------------------------------------------------------
+@dataclass(frozen=True)
+class Op:
+    kind: str  # 'new' | 'del' | 'ins' | 'delchain'
+    chain: str
+    tokens: tuple[str, ...] = ()
+    pos: int = 0
+
+    def line(self) -> str:
+        if self.kind == "new":
+            return f":{self.chain} - [0:0]"
+        if self.kind == "delchain":
+            return f"-X {self.chain}"
+        if self.kind == "del":
+            return f"-D {self.chain} {join(self.tokens)}"
+        return f"-I {self.chain} {self.pos} {join(self.tokens)}"
+
+
+def batch_text(plan: dict[str, list[Op]]) -> str:
+    out = []
+    for table in sorted(plan, key=lambda t: (TABLE_ORDER.index(t) if t in TABLE_ORDER else 99, t)):
+        ops = plan[table]
+        if not ops:
+            continue
+        out.append("*" + table)
+        out.extend(op.line() for op in ops)
+        out.append("COMMIT")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def _is_builtin(table: str, chain: str) -> bool:
+    return chain in BUILTIN_CHAINS.get(table, ())
+
+
+def target_chain(table: str, chain: str, desired: list[Rule], foreign: list[SavedRule]):
+    """The full rule list pynet wants in a chain: (spec, owner) keys and tokens.
+
+    Built-in chains: pynet's rules on top (so they win over rules others insert
+    later, re-asserted by every apply); chains pynet creates: foreign rules
+    first (a user's rules in ``<prefix>-USER`` stay ahead of its RETURN).
+    """
+    mine = [((r.spec, _norm_owner(r.owner)), r.tokens()) for r in desired]
+    theirs = [(f.key, None) for f in foreign]
+    return mine + theirs if _is_builtin(table, chain) else theirs + mine
+
+
+def _norm_owner(owner: str) -> str:
+    from .model import owner_tag
+    return owner_tag(owner)[len(COMMENT_PREFIX):]
+
+
+def plan_table(table: str, actual: TableState | None, chains_wanted: list[str],
+               target: dict[str, list[tuple]], removable: set[str]) -> list[Op]:
+    """Operations turning ``actual`` into ``target`` for one table.
+
+    ``target``: chain -> full list of (key, tokens|None) as from target_chain
+    (tokens None = a foreign rule, kept where it is).  Chains in ``removable``
+    that hold no rule afterwards and are not wanted are deleted.
+    """
+    actual = actual or TableState()
+    ops: list[Op] = []
+    for ch in chains_wanted:
+        if ch not in actual.chains:
+            ops.append(Op("new", ch))
+    touched = set(target) | {ch for ch, rules in actual.chains.items()
+                             if any(r.owner is not None for r in rules)}
+    order = [ch for ch in target] + sorted(touched - set(target))
+    for ch in order:
+        have = actual.chains.get(ch, [])
+        want = target.get(ch) or [(f.key, None) for f in have if f.owner is None]
+        if [r.key for r in have] == [k for k, _ in want]:
+            continue
+        for r in have:
+            if r.owner is not None:
+                ops.append(Op("del", ch, r.tokens))
+        for pos, (key, toks) in enumerate(want, 1):
+            if toks is not None:
+                ops.append(Op("ins", ch, tuple(toks), pos))
+    # delete chains that are pynet's, unwanted and empty of foreign rules and references
+    for ch in sorted(removable):
+        if ch not in actual.chains or ch in chains_wanted:
+            continue
+        if any(r.owner is None for r in actual.chains[ch]):
+            continue
+        referenced = any(r.owner is None and _jumps_to(r.spec, ch)
+                         for other, rules in actual.chains.items() if other != ch for r in rules)
+        if not referenced:
+            ops.append(Op("delchain", ch))
+    return ops
+
+
+def _jumps_to(spec, chain) -> bool:
+    s = list(spec)
+    return any(s[i] in ("-j", "-g") and s[i + 1] == chain for i in range(len(s) - 1))
+
+
+def plan_family(actual: dict[str, TableState], desired: Ruleset, removable: set[str]) -> dict[str, list[Op]]:
+    plan: dict[str, list[Op]] = {}
+    tables = set(desired.tables()) | set(pynet_rules(actual)) | {
+        t for t, ts in actual.items() if set(ts.chains) & removable}
+    for table in tables:
+        ts = actual.get(table, TableState())
+        target = {}
+        for ch, rules in desired.rules.get(table, {}).items():
+            foreign = [r for r in ts.chains.get(ch, []) if r.owner is None]
+            target[ch] = target_chain(table, ch, rules, foreign)
+        ops = plan_table(table, ts, desired.chains.get(table, []), target, removable)
+        if ops:
+            plan[table] = ops
+    return plan
+
+
+def plan_restore(actual: dict[str, TableState], before: dict[str, TableState],
+                 removable: set[str]) -> dict[str, list[Op]]:
+    """Plan that puts pynet's rules and chains back exactly as in ``before``."""
+    plan: dict[str, list[Op]] = {}
+    for table in set(actual) | set(before):
+        now = actual.get(table, TableState())
+        old = before.get(table, TableState())
+        target = {}
+        for ch in set(now.chains) | set(old.chains):
+            old_rules = old.chains.get(ch, [])
+            if any(r.owner is not None for r in old_rules) or \
+                    any(r.owner is not None for r in now.chains.get(ch, [])):
+                target[ch] = [(r.key, r.tokens if r.owner is not None else None) for r in old_rules]
+        wanted = [ch for ch in old.chains if ch in removable]
+        ops = plan_table(table, now, wanted, target, removable)
+        if ops:
+            plan[table] = ops
+    return plan
+
+
+def diff_text(actual: dict[str, TableState], desired: Ruleset) -> str:
+    """Unified-style diff of pynet rules: desired vs actual, per table and chain."""
+    import difflib
+    mine = pynet_rules(actual)
+    a_lines, d_lines = [], []
+    for table in sorted(set(desired.tables()) | set(mine)):
+        for ch in sorted(set(desired.rules.get(table, {})) | set(mine.get(table, {}))):
+            for r in mine.get(table, {}).get(ch, []):
+                a_lines.append(f"{table} -A {ch} {join(r.tokens)}")
+            for r in desired.rules.get(table, {}).get(ch, []):
+                d_lines.append(f"{table} -A {ch} {join(r.tokens())}")
+    return "".join(l + "\n" for l in difflib.unified_diff(
+        a_lines, d_lines, f"actual/{desired.family}", f"desired/{desired.family}", lineterm="", n=1))

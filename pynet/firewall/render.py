@@ -1,0 +1,312 @@
+"""Render the desired state into Docker 20.10's bridge-driver rule layout.
+
+The layout follows libnetwork's bridge driver (``setupIPTablesInternal``,
+``setIcc``, ``setINC``, ``setupInternalNetworkRules``, ``ProgramChain``,
+``Forward``) as Docker 20.10 leaves it with ``"userland-proxy": false``
+(hairpin mode): see ``shared/reference/iptables-docker-20.10-noproxy-*``.
+Networks are rendered in the order given, first network on top (Docker
+inserts each new network above the older ones, so pass the newest first to
+reproduce a Docker host exactly).  Endpoints and their ports are rendered in
+the order given (Docker appends them).
+
+Differences from Docker, all on purpose:
+
+* ICC off: Docker *appends* ``-i br -o br -j DROP`` to the end of FORWARD;
+  pynet keeps it in the network's block where the ACCEPT would be (the same
+  packets match nothing in between, so the verdict is identical, and the
+  whole pynet block stays contiguous and movable).
+* An ``--internal`` network with several subnets of one family cannot use
+  Docker's ``! -d subnet -j DROP`` pair (it would drop its own second
+  subnet); it gets ``-d subnet -j RETURN`` per subnet then one DROP instead.
+* IPv6: there is no ``route_localnet`` for IPv6, so DNAT from ``::1`` can't
+  work; the ip6tables OUTPUT jump excludes ``::1/128`` and mappings bound to
+  ``::1`` are not rendered.
+* Anti-spoofing (``spoof_check``), which Docker's bridge lacks, lives in its
+  own chain ``<prefix>-ANTISPOOF`` (declared only when used): with a MAC the
+  endpoint's address is bound to its MAC (``-s ip ! --mac-source mac`` and
+  ``--mac-source mac ! -s ip`` are dropped), without a MAC but with the host
+  veth, ``-m physdev --physdev-in veth ! -s ip`` is dropped (physdev needs
+  br_netfilter).
+"""
+from __future__ import annotations
+
+import ipaddress
+
+from pynet.errors import InvalidAddress, InvalidParameter, PortInUse
+
+from .model import IPV4, IPV6, EndpointSpec, NetworkSpec, PortMapping, Ruleset
+
+PROTOS = ("tcp", "udp", "sctp")
+
+
+def chain_names(prefix: str) -> dict[str, str]:
+    return {
+        "main": prefix,
+        "iso1": f"{prefix}-ISOLATION-STAGE-1",
+        "iso2": f"{prefix}-ISOLATION-STAGE-2",
+        "user": f"{prefix}-USER",
+        "spoof": f"{prefix}-ANTISPOOF",
+    }
+
+
+def own_chains(prefix: str) -> set[str]:
+    return set(chain_names(prefix).values())
+
+
+# --- validation -------------------------------------------------------------
+def _net(s: str, version: int) -> str:
+    try:
+        n = ipaddress.ip_network(s, strict=False)
+    except ValueError as e:
+        raise InvalidAddress(f"invalid subnet {s!r}: {e}") from None
+    if n.version != version:
+        raise InvalidAddress(f"subnet {s!r} is not IPv{version}")
+    return str(n)
+
+
+def _addr(s: str, version: int | None = None) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    try:
+        a = ipaddress.ip_address(s.split("/")[0] if "/" in s else s)
+    except (ValueError, AttributeError) as e:
+        raise InvalidAddress(f"invalid IP address {s!r}: {e}") from None
+    if version and a.version != version:
+        raise InvalidAddress(f"address {s!r} is not IPv{version}")
+    return a
+
+
+def _host(a) -> str:
+    return f"{a}/{a.max_prefixlen}"
+
+
+def _ifname(name: str) -> str:
+    if not name or len(name.encode()) > 15 or any(c in name for c in " \t\n\"'/!"):
+        raise InvalidParameter(f"invalid interface name {name!r}")
+    return name
+
+
+def _port(p, what: str) -> int:
+    if not isinstance(p, int) or isinstance(p, bool) or not 1 <= p <= 65535:
+        raise InvalidParameter(f"invalid {what} {p!r}: must be 1-65535")
+    return p
+
+
+def _unspecified(host_ip: str) -> bool:
+    return host_ip in ("", "0.0.0.0", "::")
+
+
+def _overlap(a: str, b: str) -> bool:
+    return _unspecified(a) or _unspecified(b) or a == b
+
+
+# --- expansion of port mappings ---------------------------------------------
+def expand_ports(ep: EndpointSpec) -> list[tuple[int, PortMapping, str]]:
+    """Resolve each mapping to (ip version, mapping, container address) rows."""
+    rows = []
+    for pm in ep.ports:
+        if pm.proto not in PROTOS:
+            raise InvalidParameter(f"invalid protocol {pm.proto!r}: want one of {', '.join(PROTOS)}")
+        _port(pm.host_port, "host port")
+        _port(pm.container_port, "container port")
+        hv = _addr(pm.host_ip).version if pm.host_ip else None
+        if pm.container_ip:
+            cv = _addr(pm.container_ip).version
+            if hv and hv != cv and not _unspecified(pm.host_ip):
+                raise InvalidParameter(
+                    f"host IP {pm.host_ip} and container IP {pm.container_ip} are of different families")
+            rows.append((cv, pm, str(_addr(pm.container_ip))))
+            continue
+        for ver, cip in ((4, ep.ipv4), (6, ep.ipv6)):
+            if cip and (hv is None or hv == ver):
+                rows.append((ver, pm, str(_addr(cip, ver))))
+        if hv and not any(r[1] is pm for r in rows):
+            raise InvalidParameter(
+                f"endpoint {ep.id} has no IPv{hv} address for host IP {pm.host_ip}")
+    return rows
+
+
+def check_port_conflicts(endpoints: list[EndpointSpec]) -> None:
+    seen: list[tuple[str, str, int, str]] = []
+    for ep in endpoints:
+        for pm in ep.ports:
+            for proto, hip, hport, owner in seen:
+                if proto == pm.proto and hport == pm.host_port and _overlap(hip, pm.host_ip) \
+                        and owner != ep.id:
+                    raise PortInUse(
+                        f"Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/{pm.proto} failed: "
+                        f"port is already allocated (endpoint {owner})")
+            seen.append((pm.proto, pm.host_ip, pm.host_port, ep.id))
+
+
+# --- the renderer ------------------------------------------------------------
+def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[EndpointSpec],
+                  family: str, userland_proxy: bool = False) -> Ruleset:
+    ver = 4 if family == IPV4 else 6
+    c = chain_names(prefix)
+    rs = Ruleset(family)
+    nets = []
+    for n in networks:
+        _ifname(n.bridge)
+        subs = [_net(s, ver) for s in (n.subnets_v4 if ver == 4 else n.subnets_v6)]
+        if n.host_ipv4:
+            _addr(n.host_ipv4, 4)
+        if subs:
+            nets.append((n, subs))
+    if not nets:
+        return rs
+    by_id = {n.id: (n, subs) for n, subs in nets}
+    all_ids = {n.id for n in networks}
+    for ep in endpoints:
+        if ep.network_id not in all_ids:
+            raise InvalidParameter(f"endpoint {ep.id}: unknown network {ep.network_id}")
+        if ep.mac:
+            _mac(ep.mac)
+        if ep.host_veth:
+            _ifname(ep.host_veth)
+    hairpin = not userland_proxy
+    spoof = any(n.spoof_check for n, _ in nets)
+
+    # chains (declaration order as iptables-save sorts them)
+    for ch in (c["main"], c["iso1"], c["iso2"], c["user"]):
+        rs.declare("filter", ch)
+    if spoof:
+        rs.declare("filter", c["spoof"])
+    rs.declare("nat", c["main"])
+
+    # filter FORWARD
+    F = "FORWARD"
+    rs.add("filter", F, ["-j", c["user"]], "base")
+    rs.add("filter", F, ["-j", c["iso1"]], "base")
+    if spoof:
+        rs.add("filter", F, ["-j", c["spoof"]], "base")
+        rs.add("filter", "INPUT", ["-j", c["spoof"]], "base")
+    for n, subs in nets:
+        br, o = n.bridge, n.id
+        icc = "ACCEPT" if n.icc else "DROP"
+        if not n.internal:
+            rs.add("filter", F, ["-o", br, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED",
+                                 "-j", "ACCEPT"], o)
+            rs.add("filter", F, ["-o", br, "-j", c["main"]], o)
+            rs.add("filter", F, ["-i", br, "!", "-o", br, "-j", "ACCEPT"], o)
+        rs.add("filter", F, ["-i", br, "-o", br, "-j", icc], o)
+
+    # filter isolation
+    for n, subs in nets:
+        br, o = n.bridge, n.id
+        if n.internal:
+            if len(subs) == 1:
+                rs.add("filter", c["iso1"], ["!", "-s", subs[0], "-o", br, "-j", "DROP"], o)
+                rs.add("filter", c["iso1"], ["!", "-d", subs[0], "-i", br, "-j", "DROP"], o)
+            else:
+                for s in subs:
+                    rs.add("filter", c["iso1"], ["-s", s, "-o", br, "-j", "RETURN"], o)
+                rs.add("filter", c["iso1"], ["-o", br, "-j", "DROP"], o)
+                for s in subs:
+                    rs.add("filter", c["iso1"], ["-d", s, "-i", br, "-j", "RETURN"], o)
+                rs.add("filter", c["iso1"], ["-i", br, "-j", "DROP"], o)
+        else:
+            rs.add("filter", c["iso1"], ["-i", br, "!", "-o", br, "-j", c["iso2"]], o)
+    rs.add("filter", c["iso1"], ["-j", "RETURN"], "base")
+    for n, subs in nets:
+        if not n.internal:
+            rs.add("filter", c["iso2"], ["-o", n.bridge, "-j", "DROP"], n.id)
+    rs.add("filter", c["iso2"], ["-j", "RETURN"], "base")
+    rs.add("filter", c["user"], ["-j", "RETURN"], "base")
+
+    # nat: jumps into the DNAT chain
+    rs.add("nat", "PREROUTING", ["-m", "addrtype", "--dst-type", "LOCAL", "-j", c["main"]], "base")
+    if ver == 6:
+        out = ["!", "-d", "::1/128"]
+    elif not hairpin:
+        out = ["!", "-d", "127.0.0.0/8"]
+    else:
+        out = []
+    rs.add("nat", "OUTPUT", out + ["-m", "addrtype", "--dst-type", "LOCAL", "-j", c["main"]], "base")
+
+    # nat POSTROUTING per network
+    for n, subs in nets:
+        if n.internal:
+            continue
+        br, o = n.bridge, n.id
+        snat = (["-j", "SNAT", "--to-source", str(_addr(n.host_ipv4, 4))]
+                if (n.host_ipv4 and ver == 4) else ["-j", "MASQUERADE"])
+        if hairpin:
+            rs.add("nat", "POSTROUTING", ["-o", br, "-m", "addrtype", "--src-type", "LOCAL"] + snat, o)
+        if n.masquerade:
+            for s in subs:
+                rs.add("nat", "POSTROUTING", ["-s", s, "!", "-o", br] + snat, o)
+        if n.masquerade and not hairpin:
+            rs.add("nat", c["main"], ["-i", br, "-j", "RETURN"], o)
+
+    # anti-spoofing
+    if spoof:
+        for n, subs in nets:
+            if n.spoof_check and ver == 6:
+                for ll in ("fe80::/10", "::/128"):
+                    rs.add("filter", c["spoof"], ["-s", ll, "-i", n.bridge, "-j", "RETURN"], n.id)
+        for ep in endpoints:
+            n, _ = by_id.get(ep.network_id, (None, None))
+            ip = ep.ipv4 if ver == 4 else ep.ipv6
+            if not n or not n.spoof_check or not ip:
+                continue
+            h = _host(_addr(ip, ver))
+            if ep.mac:
+                mac = _mac(ep.mac)
+                rs.add("filter", c["spoof"], ["-s", h, "-i", n.bridge, "-m", "mac", "!", "--mac-source",
+                                               mac, "-j", "DROP"], ep.id)
+                rs.add("filter", c["spoof"], ["!", "-s", h, "-i", n.bridge, "-m", "mac", "--mac-source",
+                                               mac, "-j", "DROP"], ep.id)
+            elif ep.host_veth:
+                rs.add("filter", c["spoof"], ["!", "-s", h, "-i", n.bridge, "-m", "physdev",
+                                               "--physdev-in", ep.host_veth, "-j", "DROP"], ep.id)
+
+    # published ports
+    check_port_conflicts([ep for ep in endpoints if ep.network_id in by_id])
+    for ep in endpoints:
+        if ep.network_id not in by_id:
+            continue
+        n, _ = by_id[ep.network_id]
+        rows = expand_ports(ep)  # validates even for internal networks
+        if n.internal:
+            continue  # Docker ignores port bindings on internal networks
+        br = n.bridge
+        for v, pm, cip in rows:
+            if v != ver:
+                continue
+            if pm.host_ip and not _unspecified(pm.host_ip):
+                hip = _addr(pm.host_ip, ver)
+                if ver == 6 and hip.is_loopback:
+                    continue  # no route_localnet for IPv6
+                dmatch = ["-d", _host(hip)]
+            else:
+                dmatch = []
+            p = pm.proto
+            ca = ipaddress.ip_address(cip)
+            to = f"{ca}:{pm.container_port}" if ver == 4 else f"[{ca}]:{pm.container_port}"
+            dnat = dmatch + ([] if hairpin else ["!", "-i", br])
+            rs.add("nat", c["main"], dnat + ["-p", p, "-m", p, "--dport", str(pm.host_port),
+                                             "-j", "DNAT", "--to-destination", to], ep.id)
+            rs.add("filter", c["main"], ["-d", _host(ca), "!", "-i", br, "-o", br, "-p", p, "-m", p,
+                                         "--dport", str(pm.container_port), "-j", "ACCEPT"], ep.id)
+            rs.add("nat", "POSTROUTING", ["-s", _host(ca), "-d", _host(ca), "-p", p, "-m", p,
+                                          "--dport", str(pm.container_port), "-j", "MASQUERADE"], ep.id)
+            if p == "sctp":
+                rs.add("mangle", "POSTROUTING", ["-p", p, "-m", p, "--sport", str(pm.container_port),
+                                                 "-j", "CHECKSUM", "--checksum-fill"], ep.id)
+    return rs
+
+
+def _mac(mac: str) -> str:
+    m = mac.strip().lower().replace("-", ":")
+    parts = m.split(":")
+    if len(parts) != 6 or not all(len(x) == 2 and all(ch in "0123456789abcdef" for ch in x)
+                                  for x in parts):
+        raise InvalidAddress(f"invalid MAC address {mac!r}")
+    return m.upper()
+
+
+def route_localnet_sysctls(networks: list[NetworkSpec], userland_proxy: bool = False) -> list[tuple[str, str]]:
+    """The sysctls Docker sets with userland-proxy off: route_localnet=1 per bridge."""
+    if userland_proxy:
+        return []
+    return [(f"net/ipv4/conf/{n.bridge}/route_localnet", "1")
+            for n in networks if n.subnets_v4 and not n.internal]
