@@ -110,7 +110,10 @@ class RunLock:
             fd = os.open(LOCK_DIR / f"{prefix}.lock", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                same = os.fstat(fd).st_ino == os.stat(LOCK_DIR / f"{prefix}.lock").st_ino
+            except (BlockingIOError, FileNotFoundError):
+                same = False
+            if not same:  # held by a live run, or unlinked under us by a cleaner
                 os.close(fd)
                 continue
             os.ftruncate(fd, 0)
@@ -219,7 +222,24 @@ def cleanup_stale_host(current: str | None = None) -> list[str]:
         if sock.name.split("-", 1)[0] in stale_prefixes([sock.name], current) and not socket_answers(sock):
             sock.unlink(missing_ok=True)
             removed.append(str(sock))
+    remove_dead_locks()
     return removed
+
+
+def remove_dead_locks() -> None:
+    """Deletes lock files of runs that are gone (RunLock.acquire_new copes with the race)."""
+    for path in LOCK_DIR.glob("pt*.lock"):
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            path.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass
+        finally:
+            os.close(fd)
 
 
 # --------------------------------------------------------------------------- HTTP over a unix socket
