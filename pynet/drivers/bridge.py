@@ -1,0 +1,390 @@
+"""The bridge driver, in CNM order (compare libnetwork's drivers/bridge).
+
+    create network  -> a Linux bridge with the gateway address(es), up
+    create endpoint -> a veth pair: host end on the bridge and up, container end
+                       (with the endpoint's MAC and MTU) left in the host namespace
+    join            -> tell the runtime which interface to move and the gateways
+    leave           -> nothing: the runtime moves the interface back itself
+    delete endpoint -> delete the host end (the container end goes with it)
+    delete network  -> delete the bridge if pynet created it
+    restore         -> make the kernel match the store after a reboot / `ip link del`
+
+The host end is enslaved and brought up at create-endpoint time, like
+libnetwork, so the container end only needs moving.
+
+Naming:
+    bridge          ``com.docker.network.bridge.name`` or ``pn-`` + 12 chars of
+                    the network id (15 bytes)
+    host veth       ``pv`` + 11 chars of the endpoint id
+    container veth  ``pc`` + 11 chars of the endpoint id
+(ids that are not lower-case hex, e.g. from the CNI path, are hashed first.)
+Every link pynet creates carries the alias ``pynet:<instance>:<object id>`` so
+that ``restore`` can tell its own links, and only this instance's, from others.
+
+What the driver remembers lives in ``net.driver_state`` / ``ep.driver_state``:
+    net: bridge, created (bool), mtu (int|None), enable_icc, enable_ip_masquerade,
+         host_binding_ipv4, spoof_check, dst_prefix
+    ep:  host_veth, container_veth, bridge
+The firewall reads the first group (icc, masquerade, host binding) from there.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import logging
+import re
+from typing import Optional
+
+from pynet import errors
+from pynet.cnm.model import Endpoint, JoinInfo, Network
+from pynet.netlink import IFNAMSIZ, LinkExists, check_ifname, check_mac, random_mac
+
+log = logging.getLogger("pynet.drivers.bridge")
+
+# -- options ------------------------------------------------------------------
+OPT_NAME = "com.docker.network.bridge.name"
+OPT_MTU = "com.docker.network.driver.mtu"
+OPT_ICC = "com.docker.network.bridge.enable_icc"
+OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
+OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
+OPT_SPOOF_CHECK = "pynet.bridge.spoof_check"
+OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
+BRIDGE_OPTION_PREFIXES = ("com.docker.network.bridge.", "pynet.bridge.")
+KNOWN_OPTIONS = {OPT_NAME, OPT_MTU, OPT_ICC, OPT_MASQ, OPT_HOST_BINDING, OPT_SPOOF_CHECK,
+                 OPT_IFACE_PREFIX}
+
+ALIAS_PREFIX = "pynet"
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+def alias_for(instance: str, object_id: str) -> str:
+    return f"{ALIAS_PREFIX}:{instance}:{object_id}"
+
+
+def parse_alias(alias: str) -> Optional[tuple[str, str]]:
+    """``pynet:<instance>:<id>`` -> (instance, id); anything else -> None."""
+    parts = (alias or "").split(":", 2)
+    if len(parts) == 3 and parts[0] == ALIAS_PREFIX and parts[1] and parts[2]:
+        return parts[1], parts[2]
+    return None
+
+
+def _short(object_id: str, n: int) -> str:
+    if re.fullmatch(r"[0-9a-f]+", object_id or "") and len(object_id) >= n:
+        return object_id[:n]
+    return hashlib.sha256((object_id or "").encode()).hexdigest()[:n]
+
+
+def default_bridge_name(network_id: str) -> str:
+    return "pn-" + _short(network_id, 12)
+
+
+def host_veth_name(endpoint_id: str) -> str:
+    return "pv" + _short(endpoint_id, 11)
+
+
+def container_veth_name(endpoint_id: str) -> str:
+    return "pc" + _short(endpoint_id, 11)
+
+
+def mac_from_ipv4(address: str) -> str:
+    """Docker's derivation: 02:42 followed by the four bytes of the IPv4 address."""
+    ip = ipaddress.ip_interface(address).ip if "/" in address else ipaddress.ip_address(address)
+    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+def _bool(key: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise errors.InvalidOption(f"invalid value {value!r} for option {key}: expected true or false")
+
+
+def parse_options(net: Network) -> dict:
+    """The driver's configuration of a network from ``net.options``; one
+    readable InvalidOption line for anything wrong."""
+    opts = net.options or {}
+    cfg = {"bridge": default_bridge_name(net.id), "mtu": None, "enable_icc": True,
+           "enable_ip_masquerade": True, "host_binding_ipv4": "", "spoof_check": False,
+           "dst_prefix": "eth"}
+    for key, value in opts.items():
+        if key.startswith(BRIDGE_OPTION_PREFIXES) and key not in KNOWN_OPTIONS:
+            raise errors.InvalidOption(f"unknown bridge option {key}")
+    if OPT_NAME in opts and opts[OPT_NAME] not in ("", None):
+        name = str(opts[OPT_NAME])
+        try:
+            check_ifname(name)
+        except errors.InvalidParameter as e:
+            raise errors.InvalidOption(f"invalid bridge name: {e}") from None
+        cfg["bridge"] = name
+    if OPT_MTU in opts and opts[OPT_MTU] not in ("", None, 0, "0"):
+        try:
+            mtu = int(str(opts[OPT_MTU]).strip())
+        except ValueError:
+            raise errors.InvalidOption(f"invalid MTU {opts[OPT_MTU]!r}: not a number") from None
+        if not 68 <= mtu <= 65535:
+            raise errors.InvalidOption(f"invalid MTU {mtu}: must be between 68 and 65535")
+        cfg["mtu"] = mtu
+    if OPT_ICC in opts:
+        cfg["enable_icc"] = _bool(OPT_ICC, opts[OPT_ICC])
+    if OPT_MASQ in opts:
+        cfg["enable_ip_masquerade"] = _bool(OPT_MASQ, opts[OPT_MASQ])
+    if OPT_SPOOF_CHECK in opts:
+        cfg["spoof_check"] = _bool(OPT_SPOOF_CHECK, opts[OPT_SPOOF_CHECK])
+    if opts.get(OPT_HOST_BINDING):
+        try:
+            cfg["host_binding_ipv4"] = str(ipaddress.ip_address(str(opts[OPT_HOST_BINDING]).strip()))
+        except ValueError:
+            raise errors.InvalidOption(
+                f"invalid value {opts[OPT_HOST_BINDING]!r} for option {OPT_HOST_BINDING}: "
+                f"not an IP address") from None
+    if opts.get(OPT_IFACE_PREFIX):
+        prefix = str(opts[OPT_IFACE_PREFIX])
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,10}", prefix):
+            raise errors.InvalidOption(f"invalid interface prefix {prefix!r}")
+        cfg["dst_prefix"] = prefix
+    return cfg
+
+
+class BridgeDriver:
+    name = "bridge"
+
+    def __init__(self, netlink, sysctl, instance: str):
+        if not instance or ":" in instance:
+            raise errors.InvalidParameter(f"invalid pynet instance name {instance!r}")
+        self.nl = netlink
+        self.sysctl = sysctl
+        self.instance = instance
+
+    def _tag(self, object_id: str) -> str:
+        return alias_for(self.instance, object_id)
+
+    def _state(self, net: Network) -> dict:
+        """driver_state, or the configuration recomputed for records made
+        before it was filled in."""
+        if net.driver_state.get("bridge"):
+            return net.driver_state
+        cfg = parse_options(net)
+        cfg["created"] = True
+        return cfg
+
+    # ======================================================== create network
+    def validate_network(self, net: Network, others: list[Network]) -> None:
+        cfg = parse_options(net)
+        name = cfg["bridge"]
+        if len(name.encode()) > IFNAMSIZ:
+            raise errors.InvalidOption(f"bridge name {name!r} is longer than {IFNAMSIZ} bytes")
+        for other in others:
+            if other.id == net.id or other.driver != net.driver:
+                continue
+            try:
+                theirs = self._state(other)["bridge"]
+            except errors.PynetError:
+                continue
+            if theirs == name:
+                raise errors.Conflict(
+                    f"bridge {name} is already used by network {other.name or other.id[:12]}")
+        if self.nl.link_exists(name):
+            link = self.nl.get_link(name)
+            if link.kind != "bridge":
+                raise errors.Conflict(
+                    f"cannot use {name} as bridge: a {link.kind or 'non-bridge'} link of that name exists")
+            owner = parse_alias(link.alias)
+            if owner and owner != (self.instance, net.id):
+                raise errors.Conflict(f"bridge {name} belongs to pynet instance {owner[0]} "
+                                      f"(object {owner[1][:12]})")
+
+    def create_network(self, net: Network) -> None:
+        cfg = parse_options(net)
+        name = cfg["bridge"]
+        existed = self.nl.link_exists(name)
+        if existed:
+            owner = parse_alias(self.nl.get_link(name).alias)
+            created = owner == (self.instance, net.id)   # a retry of our own create
+        else:
+            created = True
+        cfg["created"] = created
+        with contextlib.ExitStack() as undo:
+            if not existed:
+                undo.callback(self.nl.delete_link, name, True)
+            self._setup_bridge(net, cfg, tag=created)
+            net.driver_state = cfg
+            undo.pop_all()
+        log.info("network %s: bridge %s%s", net.id[:12], name, "" if created else " (existing)")
+
+    def _setup_bridge(self, net: Network, cfg: dict, tag: bool) -> None:
+        """libnetwork's setup_* steps, chosen by conditions, in order.
+        Idempotent: restore runs it again on a bridge that may be missing."""
+        name = cfg["bridge"]
+        # setup_device
+        self.nl.ensure_bridge(name, mtu=cfg["mtu"], alias=self._tag(net.id) if tag else None)
+        # setup_ipv6 (before the v6 addresses: the kernel refuses them with IPv6 disabled)
+        want_v6 = bool(net.ipv6) or net.enable_ipv6
+        if want_v6:
+            self.sysctl.set(f"net/ipv6/conf/{name}/disable_ipv6", 0)
+        # setup_bridge_ipv4 / setup_bridge_ipv6 (internal networks too, like Docker)
+        for d in net.ipv4 + (net.ipv6 if want_v6 else []):
+            if d.gateway:
+                self.nl.ensure_address(name, self._gateway_cidr(d))
+        # setup_ip_forwarding
+        if not net.internal:
+            self.sysctl.set("net/ipv4/ip_forward", 1)
+            if want_v6 and net.ipv6:
+                self.sysctl.set("net/ipv6/conf/all/forwarding", 1)
+        # setup_device_up
+        self.nl.set_up(name)
+
+    @staticmethod
+    def _gateway_cidr(d) -> str:
+        gw = d.gateway
+        if "/" not in gw:
+            gw = f"{gw}/{ipaddress.ip_network(d.pool, strict=False).prefixlen}"
+        return gw
+
+    # ======================================================= create endpoint
+    def create_endpoint(self, net: Network, ep: Endpoint) -> None:
+        st = self._state(net)
+        if not ep.mac:
+            ep.mac = mac_from_ipv4(ep.address) if ep.address else random_mac()
+        ep.mac = check_mac(ep.mac)
+        host, cont = host_veth_name(ep.id), container_veth_name(ep.id)
+        ep.driver_state = {"host_veth": host, "container_veth": cont, "bridge": st["bridge"]}
+        self._remove_stale_veth(ep, host)
+        with contextlib.ExitStack() as undo:
+            self._create_veth(st, ep, undo)
+            undo.pop_all()
+
+    def _remove_stale_veth(self, ep: Endpoint, host: str) -> None:
+        """A host end left by an interrupted create of this same endpoint."""
+        if self.nl.link_exists(host):
+            if self.nl.get_link(host).alias == self._tag(ep.id):
+                self.nl.delete_link(host)
+            else:
+                raise errors.Conflict(f"interface {host} already exists and is not endpoint "
+                                      f"{ep.id[:12]}'s")
+
+    def _create_veth(self, st: dict, ep: Endpoint, undo: contextlib.ExitStack) -> None:
+        host, cont = ep.driver_state["host_veth"], ep.driver_state["container_veth"]
+        self.nl.add_veth(host, cont, mtu=st.get("mtu"), peer_mac=ep.mac, alias=self._tag(ep.id))
+        undo.callback(self.nl.delete_link, host, True)
+        self.nl.set_master(host, st["bridge"])
+        self.nl.set_up(host)
+
+    # ================================================================= join
+    def join(self, net: Network, ep: Endpoint, sandbox_key: str) -> JoinInfo:
+        st = self._state(net)
+        host, cont = self._veths(ep)
+        if not self.nl.link_exists(cont):
+            if self.nl.link_exists(host):
+                raise errors.Conflict(f"interface {cont} of endpoint {ep.id[:12]} is not in the "
+                                      f"host namespace (already joined?)")
+            # the pair vanished (reboot, manual delete): recreate it
+            ep.driver_state.setdefault("bridge", st["bridge"])
+            with contextlib.ExitStack() as undo:
+                self._create_veth(st, ep, undo)
+                undo.pop_all()
+        if net.internal:
+            return JoinInfo(src_name=cont, dst_prefix=st.get("dst_prefix", "eth"),
+                            disable_gateway_service=True)
+        return JoinInfo(src_name=cont, dst_prefix=st.get("dst_prefix", "eth"),
+                        gateway=net.gateway_v4, gateway_v6=net.gateway_v6)
+
+    def _veths(self, ep: Endpoint) -> tuple[str, str]:
+        return (ep.driver_state.get("host_veth") or host_veth_name(ep.id),
+                ep.driver_state.get("container_veth") or container_veth_name(ep.id))
+
+    # ---- external connectivity: the firewall (controller.sync) does the work
+    def program_external_connectivity(self, net: Network, ep: Endpoint,
+                                      all_endpoints: list[Endpoint]) -> None:
+        return None
+
+    def revoke_external_connectivity(self, net: Network, ep: Endpoint,
+                                     all_endpoints: list[Endpoint]) -> None:
+        return None
+
+    # ================================================================ leave
+    def leave(self, net: Network, ep: Endpoint) -> None:
+        """dockerd / the sandbox moves the interface back or deletes the
+        namespace; nothing on the host side needs undoing."""
+        return None
+
+    # ====================================================== delete endpoint
+    def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
+        host, _ = self._veths(ep)
+        self.nl.delete_link(host, missing_ok=True)
+
+    # ======================================================= delete network
+    def delete_network(self, net: Network) -> None:
+        st = self._state(net)
+        name = st["bridge"]
+        if st.get("created"):
+            self.nl.delete_link(name, missing_ok=True)
+            return
+        # someone else's bridge: take back only the addresses pynet put on it
+        if self.nl.link_exists(name):
+            for d in net.ipv4 + net.ipv6:
+                if d.gateway:
+                    self.nl.remove_address(name, self._gateway_cidr(d), missing_ok=True)
+
+    # ============================================================== restore
+    def restore(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
+        """Make the kernel match the store: (a) recreate missing bridges with
+        their addresses, re-enslave surviving host veths, recreate the pair of
+        endpoints not yet joined; (b) remove bridges and veths tagged for THIS
+        instance that match nothing stored.  Other instances' links stay."""
+        nets = {n.id: n for n in networks}
+        known = set(nets) | {e.id for e in endpoints}
+        # (b) first, so a stale bridge of a deleted network cannot be mistaken
+        for link in self.nl.list_links(alias_prefix=f"{ALIAS_PREFIX}:{self.instance}:"):
+            owner = parse_alias(link.alias)
+            if owner and owner[0] == self.instance and owner[1] not in known \
+                    and link.kind in ("bridge", "veth"):
+                log.info("restore: removing orphan %s %s", link.kind, link.name)
+                self.nl.delete_link(link.name, missing_ok=True)
+        # (a) networks
+        for net in networks:
+            st = self._state(net)
+            try:
+                if not self.nl.link_exists(st["bridge"]):
+                    log.info("restore: recreating bridge %s of network %s", st["bridge"], net.id[:12])
+                self._setup_bridge(net, st, tag=bool(st.get("created")))
+            except errors.PynetError as e:
+                log.error("restore: network %s: %s", net.id[:12], e)
+        # (a) endpoints
+        for ep in endpoints:
+            net = nets.get(ep.network_id)
+            if net is None:
+                continue
+            st = self._state(net)
+            host, cont = self._veths(ep)
+            try:
+                if self.nl.link_exists(host):
+                    link = self.nl.get_link(host)
+                    if link.master != st["bridge"]:
+                        self.nl.set_master(host, st["bridge"])
+                    if link.state != "up":
+                        self.nl.set_up(host)
+                elif not ep.sandbox_key:
+                    log.info("restore: recreating veth pair of endpoint %s", ep.id[:12])
+                    ep.driver_state.update(host_veth=host, container_veth=cont, bridge=st["bridge"])
+                    if not ep.mac:
+                        ep.mac = mac_from_ipv4(ep.address) if ep.address else random_mac()
+                    with contextlib.ExitStack() as undo:
+                        self._create_veth(st, ep, undo)
+                        undo.pop_all()
+                else:
+                    log.info("restore: endpoint %s is joined but its veth is gone", ep.id[:12])
+            except errors.PynetError as e:
+                log.error("restore: endpoint %s: %s", ep.id[:12], e)
+
+    # ============================================================ oper info
+    def oper_info(self, net: Network, ep: Endpoint) -> dict:
+        host, cont = self._veths(ep)
+        return {"bridge": self._state(net)["bridge"], "host_veth": host, "container_veth": cont,
+                "mac": ep.mac}

@@ -1,0 +1,339 @@
+"""The real Netlink, on pyroute2.
+
+``PyrouteNetlink(netns_path=None)`` opens ``IPRoute()`` in the calling
+process's namespace, or ``IPRoute(netns=path, flags=0)`` -- flags=0 so that a
+missing namespace is reported (NetnsNotFound) instead of created.  The socket
+is opened on first use and kept until :meth:`close`.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+from typing import Optional
+
+from pynet import errors
+from pynet.netlink import (LinkExists, LinkInfo, LinkNotFound, Netlink, NetnsNotFound, Route,
+                           check_ifname, check_mac, normalise_dst, parse_cidr_interface,
+                           random_mac, route_family)
+
+IFF_UP = 0x1
+IFA_F_NODAD = 0x02
+_FAMILY = {4: 2, 6: 10}          # AF_INET, AF_INET6
+
+
+def _nlerr():
+    from pyroute2.netlink.exceptions import NetlinkError
+    return NetlinkError
+
+
+class PyrouteNetlink(Netlink):
+    def __init__(self, netns_path: Optional[str] = None):
+        self.netns_path = netns_path or None
+        self._ipr = None
+
+    # -- plumbing -------------------------------------------------------------
+    @property
+    def ipr(self):
+        if self._ipr is None:
+            from pyroute2 import IPRoute
+            if self.netns_path is None:
+                self._ipr = IPRoute()
+            else:
+                if not os.path.exists(self.netns_path):
+                    raise NetnsNotFound(f"network namespace {self.netns_path} does not exist")
+                try:
+                    self._ipr = IPRoute(netns=self.netns_path, flags=0)
+                except FileNotFoundError:
+                    raise NetnsNotFound(f"network namespace {self.netns_path} does not exist") from None
+                except OSError as e:
+                    raise errors.KernelError(
+                        f"cannot open network namespace {self.netns_path}: {e.strerror or e}") from None
+        return self._ipr
+
+    def close(self) -> None:
+        if self._ipr is not None:
+            try:
+                self._ipr.close()
+            finally:
+                self._ipr = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def for_netns(self, netns_path: Optional[str]) -> "PyrouteNetlink":
+        nl = PyrouteNetlink(netns_path)
+        nl.ipr  # open now: a missing namespace raises here
+        return nl
+
+    def _where(self) -> str:
+        return f" in {self.netns_path}" if self.netns_path else ""
+
+    def _call(self, what: str, fn, *args, _name: str = "", **kwargs):
+        """Run one pyroute2 call, translating NetlinkError into pynet errors."""
+        try:
+            return fn(*args, **kwargs)
+        except _nlerr() as e:
+            code = e.code
+            msg = f"{what}{self._where()}: {os.strerror(code) if code else e}"
+            if code == errno.ENODEV:
+                raise LinkNotFound(msg) from None
+            if code == errno.EEXIST:
+                raise LinkExists(msg) from None
+            raise errors.KernelError(msg) from None
+
+    def _index(self, name: str) -> int:
+        check_ifname(name)
+        idx = self._call(f"look up {name}", self.ipr.link_lookup, ifname=name)
+        if not idx:
+            raise LinkNotFound(f"link {name} not found{self._where()}")
+        return idx[0]
+
+    def _set(self, what: str, name: str, **attrs) -> None:
+        idx = self._index(name)
+        self._call(f"{what} {name}", self.ipr.link, "set", index=idx, **attrs)
+
+    # -- links ----------------------------------------------------------------
+    def ensure_bridge(self, name, mtu=None, mac=None, alias=None) -> LinkInfo:
+        check_ifname(name)
+        if self.link_exists(name):
+            info = self.get_link(name)
+            if info.kind != "bridge":
+                raise LinkExists(f"link {name} exists{self._where()} and is a {info.kind or 'device'}, "
+                                 f"not a bridge")
+        else:
+            attrs = {"address": check_mac(mac or random_mac())}
+            if mtu:
+                attrs["mtu"] = int(mtu)
+            self._call(f"create bridge {name}", self.ipr.link, "add", ifname=name, kind="bridge",
+                       **attrs)
+        if mtu:
+            self.set_mtu(name, mtu)
+        if mac:
+            self.set_mac(name, mac)
+        if alias is not None:
+            self.set_alias(name, alias)
+        return self.get_link(name)
+
+    def add_veth(self, name, peer, mtu=None, peer_mac=None, alias=None, mac=None) -> None:
+        check_ifname(name)
+        check_ifname(peer)
+        peer_spec = {"ifname": peer}
+        attrs = {}
+        if mtu:
+            peer_spec["mtu"] = attrs["mtu"] = int(mtu)
+        if peer_mac:
+            peer_spec["address"] = check_mac(peer_mac)
+        if mac:
+            attrs["address"] = check_mac(mac)
+        for n in (name, peer):
+            if self.link_exists(n):
+                raise LinkExists(f"create veth {name}/{peer}{self._where()}: link {n} already exists")
+        self._call(f"create veth {name}/{peer}", self.ipr.link, "add", ifname=name, kind="veth",
+                   peer=peer_spec, **attrs)
+        if alias:
+            try:
+                self.set_alias(name, alias)
+            except BaseException:
+                self.delete_link(name)
+                raise
+
+    def add_macvlan(self, name, parent, mode="bridge", mtu=None, mac=None, alias=None) -> None:
+        check_ifname(name)
+        attrs = {"macvlan_mode": mode}
+        if mtu:
+            attrs["mtu"] = int(mtu)
+        if mac:
+            attrs["address"] = check_mac(mac)
+        self._call(f"create macvlan {name} on {parent}", self.ipr.link, "add", ifname=name,
+                   kind="macvlan", link=self._index(parent), **attrs)
+        if alias:
+            self.set_alias(name, alias)
+
+    def add_vxlan(self, name, vni, port=4789, local=None, dev=None, learning=False, mtu=None,
+                  alias=None) -> None:
+        check_ifname(name)
+        attrs = {"vxlan_id": int(vni), "vxlan_port": int(port), "vxlan_learning": bool(learning)}
+        if local:
+            attrs["vxlan_local"] = local
+        if dev:
+            attrs["vxlan_link"] = self._index(dev)
+        if mtu:
+            attrs["mtu"] = int(mtu)
+        self._call(f"create vxlan {name}", self.ipr.link, "add", ifname=name, kind="vxlan", **attrs)
+        if alias:
+            self.set_alias(name, alias)
+
+    def delete_link(self, name, missing_ok=True) -> bool:
+        try:
+            idx = self._index(name)
+            self._call(f"delete {name}", self.ipr.link, "del", index=idx)
+            return True
+        except LinkNotFound:
+            if missing_ok:
+                return False
+            raise
+
+    def link_exists(self, name) -> bool:
+        check_ifname(name)
+        return bool(self._call(f"look up {name}", self.ipr.link_lookup, ifname=name))
+
+    def _info(self, msg, names: dict[int, str]) -> LinkInfo:
+        idx = msg["index"]
+        kind = msg.get(("linkinfo", "kind")) or ""
+        master = msg.get("master")
+        peer = ""
+        if kind == "veth" and msg.get("link_netnsid") is None:
+            peer = names.get(msg.get("link") or 0, "")
+        return LinkInfo(
+            name=msg.get("ifname"), kind=kind, index=idx,
+            master=names.get(master, str(master)) if master else "",
+            mtu=msg.get("mtu") or 0, mac=msg.get("address") or "", alias=msg.get("ifalias") or "",
+            state="up" if msg["flags"] & IFF_UP else "down",
+            addresses=self._addresses(idx), peer=peer)
+
+    def _addresses(self, idx: int) -> list[str]:
+        out = []
+        for a in self._call("list addresses", self.ipr.addr, "dump", index=idx):
+            if a.get("index", idx) != idx:
+                continue
+            out.append(f"{a.get('address')}/{a['prefixlen']}")
+        return out
+
+    def _names(self) -> dict[int, str]:
+        return {m["index"]: m.get("ifname") for m in self._call("list links", self.ipr.link, "dump")}
+
+    def get_link(self, name) -> LinkInfo:
+        idx = self._index(name)
+        msg = self._call(f"get {name}", self.ipr.link, "get", index=idx)[0]
+        return self._info(msg, self._names())
+
+    def list_links(self, alias_prefix=None) -> list[LinkInfo]:
+        msgs = self._call("list links", self.ipr.link, "dump")
+        names = {m["index"]: m.get("ifname") for m in msgs}
+        out = []
+        for m in msgs:
+            if alias_prefix is not None and not (m.get("ifalias") or "").startswith(alias_prefix):
+                continue
+            out.append(self._info(m, names))
+        return out
+
+    def set_master(self, ifname, master) -> None:
+        self._set(f"set master {master} on" if master else "release", ifname,
+                  master=self._index(master) if master else 0)
+
+    def set_up(self, ifname) -> None:
+        self._set("bring up", ifname, state="up")
+
+    def set_down(self, ifname) -> None:
+        self._set("bring down", ifname, state="down")
+
+    def set_mtu(self, ifname, mtu) -> None:
+        self._set(f"set MTU {mtu} on", ifname, mtu=int(mtu))
+
+    def set_mac(self, ifname, mac) -> None:
+        self._set(f"set MAC {mac} on", ifname, address=check_mac(mac))
+
+    def set_alias(self, ifname, alias) -> None:
+        self._set("set alias on", ifname, ifalias=alias)
+
+    def rename(self, ifname, new_name) -> None:
+        check_ifname(new_name)
+        if ifname == new_name:
+            return
+        if self.link_exists(new_name):
+            raise LinkExists(f"rename {ifname} to {new_name}{self._where()}: {new_name} already exists")
+        self._set(f"rename to {new_name}:", ifname, ifname=new_name)
+
+    def move_to_netns(self, ifname, netns_path, new_name=None) -> None:
+        idx = self._index(ifname)
+        if new_name:
+            check_ifname(new_name)
+        target = self.for_netns(netns_path)   # NetnsNotFound before anything changes
+        try:
+            final = new_name or ifname
+            if target.link_exists(final):
+                raise LinkExists(f"move {ifname} into {netns_path}: {final} already exists there")
+            fd = os.open(netns_path, os.O_RDONLY)
+            try:
+                self._call(f"move {ifname} into {netns_path}", self.ipr.link, "set", index=idx,
+                           net_ns_fd=fd)
+            finally:
+                os.close(fd)
+            if new_name and new_name != ifname:
+                target.rename(ifname, new_name)
+        finally:
+            target.close()
+
+    # -- addresses ------------------------------------------------------------
+    def ensure_address(self, ifname, cidr, nodad=False) -> bool:
+        iface = parse_cidr_interface(cidr)
+        if str(iface) in {str(ipaddress.ip_interface(a)) for a in self.get_addresses(ifname)}:
+            return False
+        idx = self._index(ifname)
+        kw = {"flags": IFA_F_NODAD} if nodad and iface.version == 6 else {}
+        try:
+            self._call(f"add address {cidr} to {ifname}", self.ipr.addr, "add", index=idx,
+                       address=str(iface.ip), prefixlen=iface.network.prefixlen, **kw)
+        except LinkExists:
+            return False
+        return True
+
+    def remove_address(self, ifname, cidr, missing_ok=True) -> bool:
+        iface = parse_cidr_interface(cidr)
+        try:
+            idx = self._index(ifname)
+            self._call(f"remove address {cidr} from {ifname}", self.ipr.addr, "del", index=idx,
+                       address=str(iface.ip), prefixlen=iface.network.prefixlen)
+            return True
+        except (LinkNotFound, errors.KernelError):
+            # EADDRNOTAVAIL when the address is not there
+            if missing_ok:
+                return False
+            raise
+
+    def get_addresses(self, ifname) -> list[str]:
+        return self._addresses(self._index(ifname))
+
+    # -- routes ---------------------------------------------------------------
+    def _route_spec(self, dst, gateway, ifname):
+        fam = route_family(dst, gateway)
+        spec = {"family": _FAMILY[fam], "dst": normalise_dst(dst)}
+        if spec["dst"] == "default":
+            spec["dst"] = "0.0.0.0/0" if fam == 4 else "::/0"
+        if gateway:
+            spec["gateway"] = gateway
+        if ifname:
+            spec["oif"] = self._index(ifname)
+        return spec
+
+    def add_route(self, dst, gateway=None, ifname=None, netns=None) -> None:
+        if netns and netns != self.netns_path:
+            with self.for_netns(netns) as other:
+                return other.add_route(dst, gateway, ifname)
+        spec = self._route_spec(dst, gateway, ifname)
+        self._call(f"add route {dst}" + (f" via {gateway}" if gateway else "")
+                   + (f" dev {ifname}" if ifname else ""), self.ipr.route, "replace", **spec)
+
+    def delete_route(self, dst, gateway=None, ifname=None, family=4, missing_ok=True) -> bool:
+        try:
+            spec = self._route_spec(dst, gateway, ifname)
+            self._call(f"delete route {dst}", self.ipr.route, "del", **spec)
+            return True
+        except (LinkNotFound, errors.KernelError):
+            if missing_ok:
+                return False
+            raise
+
+    def list_routes(self, family=4) -> list[Route]:
+        names = self._names()
+        out = []
+        for r in self._call("list routes", self.ipr.route, "dump", family=_FAMILY[family], table=254):
+            dst = r.get("dst")
+            out.append(Route(dst=f"{dst}/{r['dst_len']}" if dst else "default",
+                             gateway=r.get("gateway") or "", ifname=names.get(r.get("oif"), ""),
+                             family=family))
+        return out
