@@ -1,0 +1,334 @@
+"""The ``pynet`` command.
+
+    pynet [--state-dir DIR] [--plugin-name NAME] [--socket PATH] [--json] COMMAND
+
+    pynet daemon                        serve the Docker plugin (foreground)
+    pynet network ls                    ID, NAME, DRIVER, SUBNETS, ENDPOINTS
+    pynet network inspect ID|NAME       JSON
+    pynet network rm [--force] ID|NAME  tear down kernel objects and records
+    pynet ipam ls                       pools with used / free addresses
+    pynet endpoint ls [--network N]
+    pynet port CONTAINER|ENDPOINT       "80/tcp -> 0.0.0.0:18088"
+
+The CLI reads the daemon's store (SQLite in the state directory) directly.
+Importing this module stays light: Flask and waitress load only for
+``daemon``, pyroute2 only for commands that change the kernel.
+Errors are one line on stderr (``pynet: error: ...``) and exit code 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Optional
+
+from pynet import errors
+from pynet.config import Config
+
+PROG = "pynet"
+DOCKER = "/usr/bin/docker"
+DOCKER_TIMEOUT = 3.0
+
+
+class CliError(Exception):
+    """A user-facing error: one line, exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one readable line, exit 1
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+# ---------------------------------------------------------------- arguments
+def _global_flags(defaults: bool) -> argparse.ArgumentParser:
+    """The global flags, accepted before and after the subcommand."""
+    p = argparse.ArgumentParser(add_help=False,
+                                argument_default=None if defaults else argparse.SUPPRESS)
+    g = p.add_argument_group("global options")
+    g.add_argument("--state-dir", help="state directory (env PYNET_STATE_DIR; default /var/lib/pynet)")
+    g.add_argument("--plugin-name", help="plugin name (env PYNET_PLUGIN_NAME; default pynet)")
+    g.add_argument("--socket", dest="socket_path",
+                   help="plugin socket (env PYNET_SOCKET; default /run/docker/plugins/<name>.sock)")
+    g.add_argument("--json", action="store_true", default=False if defaults else argparse.SUPPRESS,
+                   help="print JSON instead of tables")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _global_flags(defaults=False)
+    parser = _Parser(prog=PROG, parents=[_global_flags(defaults=True)],
+                     description="pynet: container networking (Docker remote plugin, CNI).")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("daemon", parents=[common], help="run the Docker plugin daemon (foreground)")
+    p.set_defaults(func=cmd_daemon)
+
+    net = sub.add_parser("network", parents=[common], help="networks")
+    nsub = net.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    nsub.required = True
+    p = nsub.add_parser("ls", parents=[common], help="list networks")
+    p.add_argument("--no-docker", action="store_true",
+                   help="do not ask docker for network names")
+    p.set_defaults(func=cmd_network_ls)
+    p = nsub.add_parser("inspect", parents=[common], help="show a network as JSON")
+    p.add_argument("network", metavar="ID|NAME")
+    p.set_defaults(func=cmd_network_inspect)
+    p = nsub.add_parser("rm", parents=[common], help="remove a network (kernel and store)")
+    p.add_argument("networks", metavar="ID|NAME", nargs="+")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="also remove the network's endpoints")
+    p.set_defaults(func=cmd_network_rm)
+
+    ipam = sub.add_parser("ipam", parents=[common], help="address pools")
+    isub = ipam.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    isub.required = True
+    p = isub.add_parser("ls", parents=[common], help="list pools with used/free addresses")
+    p.set_defaults(func=cmd_ipam_ls)
+
+    ep = sub.add_parser("endpoint", parents=[common], help="endpoints")
+    esub = ep.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    esub.required = True
+    p = esub.add_parser("ls", parents=[common], help="list endpoints")
+    p.add_argument("--network", metavar="ID|NAME", help="only this network's endpoints")
+    p.set_defaults(func=cmd_endpoint_ls)
+
+    p = sub.add_parser("port", parents=[common],
+                       help="published ports of a container or endpoint")
+    p.add_argument("target", metavar="CONTAINER|ENDPOINT")
+    p.set_defaults(func=cmd_port)
+    return parser
+
+
+def config_from_args(args) -> Config:
+    return Config.from_env(state_dir=getattr(args, "state_dir", None),
+                           plugin_name=getattr(args, "plugin_name", None),
+                           socket_path=getattr(args, "socket_path", None))
+
+
+# ------------------------------------------------------------------ helpers
+def _store(config: Config):
+    """The daemon's store, opened read/write (SQLite serialises writers)."""
+    from pynet.store.sqlite import SqliteStore
+
+    path = os.path.join(config.state_dir, SqliteStore.FILENAME)
+    if not os.path.exists(path):
+        if not os.path.isdir(config.state_dir):
+            raise CliError(f"state directory {config.state_dir} does not exist "
+                           "(is the daemon set up? see --state-dir)")
+    try:
+        return SqliteStore.in_state_dir(config.state_dir)
+    except Exception as e:  # sqlite3.Error, PermissionError
+        raise CliError(f"cannot open the store in {config.state_dir}: {e}") from None
+
+
+def _reader(config: Config):
+    """A Controller for reading: store only, no kernel interfaces."""
+    from pynet.cnm.controller import Controller
+
+    return Controller(_store(config), ipam=None, drivers={})
+
+
+def _print_table(headers: list[str], rows: list[list[Any]], out=None) -> None:
+    out = out or sys.stdout
+    rows = [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for r in [headers] + rows:
+        line = "   ".join(c.ljust(w) for c, w in zip(r, widths))
+        print(line.rstrip(), file=out)
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _docker() -> Optional[str]:
+    import shutil
+
+    return DOCKER if os.path.exists(DOCKER) else shutil.which("docker")
+
+
+def _docker_network_names(timeout: float = DOCKER_TIMEOUT) -> dict[str, str]:
+    """Docker never sends the network name to a remote driver; ask docker,
+    best effort (a missing or slow docker gives no names)."""
+    import subprocess
+
+    docker = _docker()
+    if not docker:
+        return {}
+    try:
+        res = subprocess.run([docker, "network", "ls", "--no-trunc", "--format", "{{.ID}} {{.Name}}"],
+                             capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if res.returncode != 0:
+        return {}
+    names = {}
+    for line in res.stdout.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2:
+            names[parts[0]] = parts[1].strip()
+    return names
+
+
+def _docker_endpoint_ids(container: str, timeout: float = DOCKER_TIMEOUT) -> list[str]:
+    """A container's endpoint IDs (``docker inspect``), best effort."""
+    import subprocess
+
+    docker = _docker()
+    if not docker:
+        return []
+    try:
+        res = subprocess.run([docker, "inspect", "--type", "container", "--format",
+                              "{{json .NetworkSettings.Networks}}", container],
+                             capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if res.returncode != 0:
+        return []
+    try:
+        nets = json.loads(res.stdout.strip() or "{}") or {}
+    except ValueError:
+        return []
+    return [n.get("EndpointID") for n in nets.values()
+            if isinstance(n, dict) and n.get("EndpointID")]
+
+
+def _subnets(net) -> list[str]:
+    return [d.pool for d in net.ipv4 + net.ipv6]
+
+
+def _port_line(pm) -> str:
+    return f"{pm.container_port}/{pm.proto} -> {pm.host_ip or '0.0.0.0'}:{pm.host_port}"
+
+
+# ----------------------------------------------------------------- commands
+def cmd_daemon(args, config: Config) -> int:
+    from pynet.daemon import run_daemon
+
+    run_daemon(config)
+    return 0
+
+
+def cmd_network_ls(args, config: Config) -> int:
+    c = _reader(config)
+    nets = c.networks()
+    counts: dict[str, int] = {}
+    for ep in c.endpoints():
+        counts[ep.network_id] = counts.get(ep.network_id, 0) + 1
+    docker_names: Optional[dict] = None
+    if not args.no_docker and any(not n.name for n in nets):
+        docker_names = _docker_network_names()
+    rows = []
+    for n in sorted(nets, key=lambda n: (n.name or "", n.id)):
+        name = n.name or (docker_names or {}).get(n.id, "")
+        rows.append({"id": n.id, "name": name, "driver": n.driver,
+                     "subnets": _subnets(n), "endpoints": counts.get(n.id, 0),
+                     "created_by": n.created_by})
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(["ID", "NAME", "DRIVER", "SUBNETS", "ENDPOINTS"],
+                     [[r["id"][:12], r["name"], r["driver"], ",".join(r["subnets"]),
+                       r["endpoints"]] for r in rows])
+    return 0
+
+
+def cmd_network_inspect(args, config: Config) -> int:
+    c = _reader(config)
+    net = c.network(args.network)
+    out = net.to_json()
+    if not out.get("name"):
+        out["name"] = _docker_network_names().get(net.id, "")
+    out["endpoints"] = [e.to_json() for e in c.endpoints(net.id)]
+    _print_json(out)
+    return 0
+
+
+def cmd_network_rm(args, config: Config) -> int:
+    from pynet.daemon import build_controller
+
+    c = build_controller(config, store=_store(config))
+    failed = 0
+    for ref in args.networks:
+        try:
+            net = c.network(ref)
+            c.delete_network(net.id, force_endpoints=args.force)
+        except errors.PynetError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(net.id)
+    return 1 if failed else 0
+
+
+def cmd_ipam_ls(args, config: Config) -> int:
+    from pynet.ipam import Ipam
+
+    pools = Ipam(_store(config), default_pools=config.default_pools).list_pools()
+    if args.json:
+        _print_json(pools)
+    else:
+        _print_table(["POOL ID", "ADDRESS SPACE", "POOL", "SUB POOL", "V6", "SIZE", "USED", "FREE"],
+                     [[p.get("id"), p.get("address_space"), p.get("pool"), p.get("sub_pool") or "",
+                       "yes" if p.get("v6") else "no", p.get("size"), p.get("used"), p.get("free")]
+                      for p in pools])
+    return 0
+
+
+def cmd_endpoint_ls(args, config: Config) -> int:
+    c = _reader(config)
+    network_id = c.network(args.network).id if args.network else None
+    eps = c.endpoints(network_id)
+    if args.json:
+        _print_json([e.to_json() for e in eps])
+    else:
+        _print_table(["ID", "NETWORK", "ADDRESS", "ADDRESS IPV6", "MAC", "SANDBOX", "PORTS"],
+                     [[e.id[:12], e.network_id[:12], e.address, e.address_v6, e.mac,
+                       e.sandbox_key, ", ".join(_port_line(p) for p in e.ports)] for e in eps])
+    return 0
+
+
+def cmd_port(args, config: Config) -> int:
+    c = _reader(config)
+    try:
+        eps = [c.find_endpoint(args.target)]
+    except errors.EndpointNotFound:
+        ids = _docker_endpoint_ids(args.target)
+        eps = [e for e in c.endpoints() if e.id in ids]
+        if not eps:
+            raise CliError(f"no endpoint or container {args.target!r} known to pynet") from None
+    ports = sorted((p for e in eps for p in e.ports),
+                   key=lambda p: (p.container_port, p.proto, p.host_ip, p.host_port))
+    if args.json:
+        _print_json([{"endpoint": e.id, "ports": [vars(p) for p in e.ports]} for e in eps])
+    else:
+        for p in ports:
+            print(_port_line(p))
+    return 0
+
+
+# --------------------------------------------------------------------- main
+def main(argv: Optional[list[str]] = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        config = config_from_args(args)
+        return int(args.func(args, config) or 0)
+    except CliError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except errors.PynetError as e:
+        print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except OSError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Docker remote NetworkDriver + IpamDriver front end.
+
+``create_app(controller)`` builds the Flask app (``app.py``); ``serve(app,
+socket_path)`` runs it with waitress on a unix socket (``server.py``); the
+Docker wire format is translated in ``translate.py`` and nowhere else.
+
+Imported lazily: the CLI and the CNI path never load Flask.
+"""
+
+
+def create_app(controller):
+    from pynet.plugin_api.app import create_app as _create_app
+
+    return _create_app(controller)
+
+
+def serve(app, socket_path: str, **kw):
+    from pynet.plugin_api.server import serve as _serve
+
+    return _serve(app, socket_path, **kw)
+
+
+__all__ = ["create_app", "serve"]

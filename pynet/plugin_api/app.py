@@ -1,0 +1,252 @@
+"""The Docker remote NetworkDriver + IpamDriver front end (Flask).
+
+dockerd sends ``POST /<Method>`` with ``Accept:
+application/vnd.docker.plugins.v1.2+json``, no Content-Type, and an empty body
+for Activate / GetCapabilities / GetDefaultAddressSpaces.  Each route below
+parses the body (``translate``), calls one Controller verb, and renders the
+answer; its docstring shows the JSON in and out.
+
+Errors: a PynetError answers its ``http_status`` with ``{"Err": str(err)}``
+(Docker shows ``Err`` from a non-200 answer to the user for both plugin
+types); anything else is a 500 ``{"Err": "internal error: ..."}``, logged with
+its traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Callable
+
+from flask import Flask, Response, request
+
+from pynet import errors
+from pynet.plugin_api import translate as wire
+
+log = logging.getLogger("pynet.plugin_api")
+
+CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+
+# IpamDriver capabilities.
+#  * RequiresMACAddress false: addresses are allocated from the pool bitmap,
+#    never derived from the MAC, so Docker need not send it.
+#  * RequiresRequestReplay false: every allocation is committed to the
+#    store (SQLite, WAL) before the answer leaves, and the store survives both
+#    a pynet restart and a dockerd restart, so PoolIDs Docker persisted stay
+#    valid.  A replay on dockerd start would re-request pools and addresses we
+#    still hold -- each one a duplicate (PoolOverlap / AddressInUse warnings in
+#    dockerd's log) or, worse, a second pool ID for the same subnet.  The
+#    kernel side is reconciled by ``Controller.restore()`` from the same store.
+IPAM_CAPABILITIES = {"RequiresMACAddress": False, "RequiresRequestReplay": False}
+NETWORK_CAPABILITIES = {"Scope": "local", "ConnectivityScope": "local"}
+
+
+def _reply(body: Any, status: int = 200) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")), status=status,
+                    content_type=CONTENT_TYPE)
+
+
+def create_app(controller) -> Flask:
+    """The Flask app serving ``controller`` to dockerd."""
+    app = Flask("pynet.plugin_api")
+    app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
+    c = controller
+
+    def route(method: str) -> Callable:
+        def register(fn: Callable[[dict], Any]) -> Callable:
+            def view():
+                body = wire.parse_body(request.get_data(cache=False))
+                return _reply(fn(body))
+            view.__name__ = fn.__name__
+            view.__doc__ = fn.__doc__
+            app.add_url_rule(f"/{method}", endpoint=method, view_func=view, methods=["POST"])
+            return fn
+        return register
+
+    # ------------------------------------------------------------ handshake
+    @route("Plugin.Activate")
+    def activate(body):
+        """in: (empty)  out: {"Implements": ["NetworkDriver", "IpamDriver"]}"""
+        return {"Implements": ["NetworkDriver", "IpamDriver"]}
+
+    # -------------------------------------------------------- NetworkDriver
+    @route("NetworkDriver.GetCapabilities")
+    def net_capabilities(body):
+        """in: (empty)  out: {"Scope": "local", "ConnectivityScope": "local"}"""
+        return NETWORK_CAPABILITIES
+
+    @route("NetworkDriver.CreateNetwork")
+    def create_network(body):
+        """in: {"NetworkID", "IPv4Data": [{"AddressSpace", "Pool", "Gateway",
+        "AuxAddresses": {name: "a.b.c.d/len"}}], "IPv6Data": [...],
+        "Options": {"com.docker.network.generic": {-o options},
+        "com.docker.network.enable_ipv6": bool, "com.docker.network.internal": bool}}
+        out: {}"""
+        c.create_network(**wire.create_network_args(body))
+        return {}
+
+    @route("NetworkDriver.DeleteNetwork")
+    def delete_network(body):
+        """in: {"NetworkID"}  out: {} (an unknown network is already deleted)"""
+        (network_id,) = wire.ids(body, "NetworkID")
+        c.delete_network(network_id)
+        return {}
+
+    @route("NetworkDriver.CreateEndpoint")
+    def create_endpoint(body):
+        """in: {"NetworkID", "EndpointID", "Interface": {"Address": "a.b.c.d/len",
+        "AddressIPv6", "MacAddress"}, "Options": {"com.docker.network.endpoint.macaddress":
+        base64, "com.docker.network.portmap": [{"Proto", "IP", "Port", "HostIP",
+        "HostPort", "HostPortEnd"}], "com.docker.network.endpoint.exposedports":
+        [{"Proto", "Port"}]}}
+        out: {} or {"Interface": {"MacAddress": ...}} -- only fields Docker left empty"""
+        kwargs, sent = wire.create_endpoint_args(body)
+        ep = c.create_endpoint(**kwargs)
+        return wire.render_create_endpoint(ep, sent)
+
+    @route("NetworkDriver.EndpointOperInfo")
+    def endpoint_oper_info(body):
+        """in: {"NetworkID", "EndpointID"}  out: {"Value": {...}}"""
+        network_id, endpoint_id = wire.ids(body, "NetworkID", "EndpointID")
+        return {"Value": c.endpoint_oper_info(network_id, endpoint_id) or {}}
+
+    @route("NetworkDriver.DeleteEndpoint")
+    def delete_endpoint(body):
+        """in: {"NetworkID", "EndpointID"}  out: {} (unknown endpoint: already deleted)"""
+        network_id, endpoint_id = wire.ids(body, "NetworkID", "EndpointID")
+        c.delete_endpoint(network_id, endpoint_id)
+        return {}
+
+    @route("NetworkDriver.Join")
+    def join(body):
+        """in: {"NetworkID", "EndpointID", "SandboxKey": "/var/run/docker/netns/…",
+        "Options": {portmap, exposedports}}
+        out: {"InterfaceName": {"SrcName", "DstPrefix"}, "Gateway", "GatewayIPv6",
+        "StaticRoutes": [{"Destination", "RouteType", "NextHop"}],
+        "DisableGatewayService": bool}  (empty gateways omitted)"""
+        network_id, endpoint_id = wire.ids(body, "NetworkID", "EndpointID")
+        sandbox_key = wire.get_str(body, "SandboxKey")
+        info = c.join(network_id, endpoint_id, sandbox_key)
+        return wire.render_join(info)
+
+    @route("NetworkDriver.Leave")
+    def leave(body):
+        """in: {"NetworkID", "EndpointID"}  out: {}"""
+        network_id, endpoint_id = wire.ids(body, "NetworkID", "EndpointID")
+        c.leave(network_id, endpoint_id)
+        return {}
+
+    @route("NetworkDriver.ProgramExternalConnectivity")
+    def program_external_connectivity(body):
+        """in: {"NetworkID", "EndpointID", "Options": {"com.docker.network.portmap":
+        [...], "com.docker.network.endpoint.exposedports": [...]}}
+        out: {}   (host port 0 / HostPort..HostPortEnd: pynet picks the port)"""
+        network_id, endpoint_id = wire.ids(body, "NetworkID", "EndpointID")
+        options = wire.get_dict(body, "Options")
+        c.program_external_connectivity(network_id, endpoint_id,
+                                        ports=wire.port_mappings(options),
+                                        exposed=wire.exposed_ports(options))
+        return {}
+
+    @route("NetworkDriver.RevokeExternalConnectivity")
+    def revoke_external_connectivity(body):
+        """in: {"NetworkID", "EndpointID"}  out: {}"""
+        network_id, endpoint_id = wire.ids(body, "NetworkID", "EndpointID")
+        c.revoke_external_connectivity(network_id, endpoint_id)
+        return {}
+
+    @route("NetworkDriver.DiscoverNew")
+    def discover_new(body):
+        """in: {"DiscoveryType", "DiscoveryData"}  out: {}  (local scope: nothing to learn)"""
+        return {}
+
+    @route("NetworkDriver.DiscoverDelete")
+    def discover_delete(body):
+        """in: {"DiscoveryType", "DiscoveryData"}  out: {}"""
+        return {}
+
+    @route("NetworkDriver.AllocateNetwork")
+    def allocate_network(body):
+        """in: {"NetworkID", "Options", "IPv4Data", "IPv6Data"} (swarm managers only)
+        out: {"Options": {}}  -- a local-scope driver allocates nothing cluster-wide"""
+        return {"Options": {}}
+
+    @route("NetworkDriver.FreeNetwork")
+    def free_network(body):
+        """in: {"NetworkID"}  out: {}"""
+        return {}
+
+    # ------------------------------------------------------------ IpamDriver
+    @route("IpamDriver.GetCapabilities")
+    def ipam_capabilities(body):
+        """in: (empty)  out: {"RequiresMACAddress": false, "RequiresRequestReplay": false}"""
+        return IPAM_CAPABILITIES
+
+    @route("IpamDriver.GetDefaultAddressSpaces")
+    def address_spaces(body):
+        """in: (empty)  out: {"LocalDefaultAddressSpace", "GlobalDefaultAddressSpace"}"""
+        return wire.render_address_spaces(c.address_spaces())
+
+    @route("IpamDriver.RequestPool")
+    def request_pool(body):
+        """in: {"AddressSpace", "Pool": "" | CIDR, "SubPool": "" | CIDR (--ip-range),
+        "Options": {...}, "V6": bool}
+        out: {"PoolID", "Pool": CIDR, "Data": {...}}"""
+        pool_id, pool, data = c.request_pool(**wire.request_pool_args(body))
+        return wire.render_pool(pool_id, pool, data)
+
+    @route("IpamDriver.ReleasePool")
+    def release_pool(body):
+        """in: {"PoolID"}  out: {}"""
+        (pool_id,) = wire.ids(body, "PoolID")
+        c.release_pool(pool_id)
+        return {}
+
+    @route("IpamDriver.RequestAddress")
+    def request_address(body):
+        """in: {"PoolID", "Address": "" | "a.b.c.d", "Options": null |
+        {"RequestAddressType": "com.docker.network.gateway"} | {mac option}}
+        out: {"Address": "a.b.c.d/len", "Data": {}}"""
+        address = c.request_address(**wire.request_address_args(body))
+        return {"Address": address, "Data": {}}
+
+    @route("IpamDriver.ReleaseAddress")
+    def release_address(body):
+        """in: {"PoolID", "Address": "a.b.c.d" (bare)}  out: {}"""
+        (pool_id,) = wire.ids(body, "PoolID")
+        c.release_address(pool_id, wire.get_str(body, "Address", required=True))
+        return {}
+
+    # ---------------------------------------------------------------- errors
+    @app.errorhandler(errors.PynetError)
+    def pynet_error(err: errors.PynetError):
+        status = getattr(err, "http_status", 500) or 500
+        if status >= 500:
+            log.error("%s %s: %s", request.method, request.path, err)
+        else:
+            log.info("%s %s: %s", request.method, request.path, err)
+        return _reply({"Err": _one_line(str(err))}, status)
+
+    @app.errorhandler(404)
+    def not_found(err):
+        return _reply({"Err": f"unknown plugin method {request.path.lstrip('/')!r}"}, 404)
+
+    @app.errorhandler(405)
+    def not_allowed(err):
+        return _reply({"Err": f"{request.method} not allowed: plugin methods are POST"}, 405)
+
+    @app.errorhandler(413)
+    def too_large(err):
+        return _reply({"Err": "request body too large"}, 413)
+
+    @app.errorhandler(Exception)
+    def internal_error(err: Exception):
+        if hasattr(err, "code") and hasattr(err, "get_response"):  # other HTTP errors
+            return _reply({"Err": _one_line(str(err))}, err.code)
+        log.exception("%s %s failed", request.method, request.path)
+        return _reply({"Err": _one_line(f"internal error: {type(err).__name__}: {err}")}, 500)
+
+    return app
+
+
+def _one_line(s: str) -> str:
+    return " ".join(s.split())
