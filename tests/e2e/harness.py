@@ -605,6 +605,26 @@ class PynetDaemon:
         return f"<PynetDaemon {self.name} pid={self.pid} socket={self.socket}>"
 
 
+def generated_link_names(network_ids: Iterable[str], endpoint_ids: Iterable[str]) -> list[str]:
+    """Host link names the daemon derives from Docker ids (pynet/drivers/bridge.py: bridge
+    ``pn-<network id[:12]>``, host veth ``pv<endpoint id[:11]>``): removed at teardown if a dead
+    daemon left them. Update here if the core's naming changes."""
+    return [f"pn-{n[:12]}" for n in network_ids if n] + [f"pv{e[:11]}" for e in endpoint_ids if e]
+
+
+def _daemon_objects(docker: Docker, driver: str) -> tuple[list[str], list[str]]:
+    nets, eps = [], []
+    for name in docker.network_names():
+        try:
+            info = docker.inspect(name, "network")
+        except subprocess.CalledProcessError:
+            continue
+        if info.get("Driver") == driver:
+            nets.append(info.get("Id", ""))
+            eps += [c.get("EndpointID", "") for c in (info.get("Containers") or {}).values()]
+    return nets, eps
+
+
 def teardown_daemon(daemon: PynetDaemon, docker: Docker | None, prefixes: Iterable[str]) -> list[str]:
     """Per-daemon teardown: docker containers+networks with the prefixes (the daemon still up so
     it can release what it holds: restarted if a test left it dead; a stub plugin if it cannot
@@ -612,12 +632,17 @@ def teardown_daemon(daemon: PynetDaemon, docker: Docker | None, prefixes: Iterab
     the socket file. Collects errors and raises them at the end, after doing everything."""
     prefixes = list(prefixes)
     errors: list[str] = []
+    generated: list[str] = []
     stub: StubPlugin | None = None
     if docker is not None:
         try:
             names = [n for n in docker.container_names() + docker.network_names() if _matches(n, prefixes)]
         except Exception as e:  # noqa: BLE001
             names, errors = [], errors + [f"docker ls: {e}"]
+        try:
+            generated = generated_link_names(*_daemon_objects(docker, daemon.name))
+        except Exception as e:  # noqa: BLE001
+            generated, errors = [], errors + [f"docker inspect: {e}"]
         if names and not daemon.running:
             try:
                 daemon.start()
@@ -639,7 +664,7 @@ def teardown_daemon(daemon: PynetDaemon, docker: Docker | None, prefixes: Iterab
     except Exception as e:  # noqa: BLE001
         errors.append(f"stop: {e}")
     if is_root():
-        cleanup_links([*prefixes, *daemon.link_prefixes])
+        cleanup_links([*prefixes, *daemon.link_prefixes, *generated])
         cleanup_netns(prefixes)
     daemon.socket.unlink(missing_ok=True)
     if errors:
