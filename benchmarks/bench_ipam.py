@@ -1,0 +1,125 @@
+"""IPAM benchmark: persistent allocations per second on SqliteStore, and
+whether the cost of one allocation stays flat as a /16 fills up.
+
+    .venv/bin/python benchmarks/bench_ipam.py [--runs 5] [--dir /path]
+
+Every allocation is one committed SQLite transaction (WAL, synchronous=NORMAL,
+as pynet runs it).  ``--dir`` picks the file system for the database
+(default: a temporary directory).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from pynet.ipam import Ipam  # noqa: E402
+from pynet.store.sqlite import SqliteStore  # noqa: E402
+
+RATE_GOAL = 5000.0
+RATIO_GOAL = 1.2
+
+CASES = [  # (label, pool, allocations per run)
+    ("/24", "10.1.0.0/24", 250),
+    ("/16", "10.2.0.0/16", 5000),
+    ("/8", "10.0.0.0/8", 5000),
+    ("v6 /64", "fd00:1::/64", 5000),
+]
+
+
+def _fresh(workdir: str, name: str) -> tuple[SqliteStore, Ipam]:
+    path = os.path.join(workdir, f"{name}.db")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    store = SqliteStore(path)
+    return store, Ipam(store, host_routes=lambda: [])
+
+
+def rate(workdir: str, cidr: str, count: int) -> float:
+    store, ipam = _fresh(workdir, "rate")
+    pid, _, _ = ipam.request_pool("LocalDefault", cidr)
+    ipam.request_address(pid)  # warm the connection and the geometry cache
+    t0 = time.perf_counter()
+    for _ in range(count):
+        ipam.request_address(pid)
+    elapsed = time.perf_counter() - t0
+    store.close()
+    return count / elapsed
+
+
+def fill_slash16(workdir: str) -> dict:
+    """Fill a /16 completely, timing each allocation; then free 100 random
+    addresses and time the 100 allocations that must find them again after
+    the cursor wrapped (the nearly-full case)."""
+    store, ipam = _fresh(workdir, "fill")
+    pid, _, _ = ipam.request_pool("LocalDefault", "10.3.0.0/16")
+    size = ipam.get_pool(pid)["size"]
+    times = []
+    clock = time.perf_counter
+    t_start = clock()
+    for _ in range(size):
+        t0 = clock()
+        ipam.request_address(pid)
+        times.append(clock() - t0)
+    total = clock() - t_start
+    rng = random.Random(16)
+    freed = rng.sample(list(ipam.allocated(pid)), 100)
+    for a in freed:
+        ipam.release_address(pid, a)
+    refill = []
+    for _ in range(100):
+        t0 = clock()
+        ipam.request_address(pid)
+        refill.append(clock() - t0)
+    ok = ipam.verify(pid) == [] and ipam.get_pool(pid)["free"] == 0
+    store.close()
+    first, last = statistics.median(times[:100]), statistics.median(times[-100:])
+    return {"n": size, "total": total, "first": first, "last": last,
+            "refill": statistics.median(refill), "consistent": ok}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--dir", default=None)
+    args = ap.parse_args()
+    workdir = tempfile.mkdtemp(prefix="bench-ipam-", dir=args.dir)
+    try:
+        print(f"SqliteStore in {workdir}, {args.runs} runs per case, median reported\n")
+        print(f"{'pool':<8} {'allocs/run':>10} {'median allocs/s':>16} {'min':>9} {'max':>9}   goal")
+        all_ok = True
+        for label, cidr, count in CASES:
+            rates = [rate(workdir, cidr, count) for _ in range(args.runs)]
+            med = statistics.median(rates)
+            ok = med >= RATE_GOAL
+            all_ok &= ok
+            print(f"{label:<8} {count:>10} {med:>16,.0f} {min(rates):>9,.0f} {max(rates):>9,.0f}"
+                  f"   >= {RATE_GOAL:,.0f}/s  {'ok' if ok else 'MISSED'}")
+
+        f = fill_slash16(workdir)
+        ratio = f["last"] / f["first"]
+        ok = ratio <= RATIO_GOAL and f["consistent"]
+        all_ok &= ok
+        print(f"\nfilling a /16 completely: {f['n']:,} allocations in {f['total']:.1f} s "
+              f"({f['n'] / f['total']:,.0f}/s)")
+        print(f"  median first 100: {f['first'] * 1e6:8.1f} us")
+        print(f"  median last 100:  {f['last'] * 1e6:8.1f} us")
+        print(f"  last/first ratio: {ratio:8.2f}      goal <= {RATIO_GOAL}  {'ok' if ok else 'MISSED'}")
+        print(f"  nearly full, after wrap-around (100 random holes): median "
+              f"{f['refill'] * 1e6:.1f} us per allocation")
+        print(f"  store consistent afterwards: {f['consistent']}")
+        return 0 if all_ok else 1
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The IPAM: pools and addresses, persistent in the Store.
+
+Every verb that changes state is one store transaction, so a SIGKILL at any
+instant leaves either the whole change or none of it, and the daemon and the
+CNI binaries can allocate from one pool at the same time.  Inputs are parsed
+before the transaction starts, so garbage never touches the store.
+
+Store keys (all under ``ipam/``; ``<pid>`` is the pool ID with ``%`` and ``/``
+percent-escaped):
+
+* ``ipam/pools/<pid>``                 pool record (JSON): CIDRs, options, cursor, used
+* ``ipam/bits/<pid>/<hex block>``      allocation bitmap blocks (bytes, absent = free)
+* ``ipam/full/<pid>/<level>/<hex>``    summary bitmaps: which blocks are full
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable, Iterable, Iterator, Optional
+
+from pynet.errors import (AddressInUse, InvalidAddress, InvalidParameter, InvalidSubnet,
+                          PoolExhausted, PoolNotFound, PoolOverlap)
+from pynet.ipam.bitmap import Bitmap, iter_set, prefixes
+from pynet.ipam.pools import (GATEWAY_TYPE, REQUEST_ADDRESS_TYPE, Geometry, choose_default_pool,
+                              key_id, make_pool_id, parse_address, parse_address_space,
+                              parse_network, parse_options, parse_routes, read_host_routes)
+
+LOCAL_DEFAULT = "LocalDefault"
+GLOBAL_DEFAULT = "GlobalDefault"
+
+_POOLS = "ipam/pools/"
+
+
+def _pool_key(pool_id: str) -> str:
+    return _POOLS + key_id(pool_id)
+
+
+class Ipam:
+    """Docker-style IPAM over a Store.
+
+    ``default_pools``: list of (base CIDR, prefix length) to carve pools from
+    when a request names no subnet; IPv6 entries serve ``v6=True`` requests.
+    The shipped defaults (``Config.default_pools``) are IPv4 only, so an IPv6
+    request without a subnet raises NoDefaultPool, as Docker 20.10 does.
+    ``host_routes``: callable returning CIDR strings that default pools must
+    not overlap (default: the kernel's routing tables from /proc).
+
+    Address spaces: ``address_spaces()`` advertises Docker's two names, but
+    any name without '/' works, so a CNI network may keep its own space in
+    which the same CIDR can exist again.  Pools never overlap within a space.
+    """
+
+    def __init__(self, store, default_pools: Optional[Iterable] = None,
+                 host_routes: Optional[Callable[[], Iterable[str]]] = None):
+        self.store = store
+        if default_pools is None:
+            from pynet.config import Config
+            default_pools = Config().default_pools
+        self.default_pools = [tuple(p) for p in default_pools]
+        self.host_routes = host_routes or read_host_routes
+        # a pool ID names its CIDRs, so its geometry never changes
+        self._geometry: dict[str, Geometry] = {}
+
+    # --- address spaces and pools ----------------------------------------------
+    def address_spaces(self) -> dict:
+        return {"LocalDefaultAddressSpace": LOCAL_DEFAULT,
+                "GlobalDefaultAddressSpace": GLOBAL_DEFAULT}
+
+    def request_pool(self, address_space: str, pool: str = "", sub_pool: str = "",
+                     options: Optional[dict] = None, v6: bool = False) -> tuple[str, str, dict]:
+        """Reserve a pool; returns (pool_id, pool CIDR, data).
+
+        With ``pool`` empty a default pool is chosen (``sub_pool`` must then
+        be empty too).  The family follows ``pool`` when given, ``v6`` otherwise.
+        """
+        space = parse_address_space(address_space)
+        opts = parse_options(options)
+        if not isinstance(v6, bool):
+            raise InvalidParameter(f"v6 must be a boolean, got {v6!r}")
+        pool = "" if pool is None else pool
+        sub_pool = "" if sub_pool is None else sub_pool
+        net = parse_network(pool) if pool else None
+        sub = parse_network(sub_pool, "sub-pool") if sub_pool else None
+        if sub is not None:
+            if net is None:
+                raise InvalidParameter("a sub-pool needs an explicit pool")
+            if sub.version != net.version or not sub.subnet_of(net):
+                raise InvalidSubnet(f"sub-pool {sub} does not lie inside pool {net}")
+
+        with self.store.transaction() as t:
+            held = [rec.value for rec in t.list(_POOLS + key_id(space) + "%2F")]
+            held_nets = [ipaddress.ip_network(p["pool"]) for p in held]
+            if net is None:
+                version = 6 if v6 else 4
+                net = choose_default_pool(self.default_pools, version, held_nets,
+                                          parse_routes(self.host_routes))
+            else:
+                for other in held_nets:
+                    if other.version == net.version and other.overlaps(net):
+                        raise PoolOverlap(f"pool {net} overlaps pool {other} in address space {space}")
+            pool_id = make_pool_id(space, net, sub)
+            t.put(_pool_key(pool_id), {
+                "id": pool_id, "address_space": space, "pool": str(net),
+                "sub_pool": str(sub) if sub is not None else "", "v6": net.version == 6,
+                "options": opts, "cursor": 0, "used": 0,
+            })
+        return pool_id, str(net), {}
+
+    def release_pool(self, pool_id: str) -> None:
+        """Forget the pool and every address allocated from it; an unknown
+        pool is already released."""
+        if not isinstance(pool_id, str):
+            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        kid = key_id(pool_id)
+        with self.store.transaction() as t:
+            t.delete(_pool_key(pool_id))
+            for prefix in prefixes(kid):
+                t.delete_prefix(prefix)
+        self._geometry.pop(pool_id, None)
+
+    # --- addresses ------------------------------------------------------------------
+    def request_address(self, pool_id: str, address: str = "",
+                        options: Optional[dict] = None) -> str:
+        """Allocate an address; returns it as ``addr/prefixlen``.
+
+        * explicit ``address``: anywhere in the pool, even outside the sub-pool
+          (gateway and auxiliary addresses of ``--ip-range`` networks).
+        * gateway request without address: the lowest free address of the
+          dynamic range (sub-pool, else pool), as Docker's default IPAM does --
+          ``.1`` of a fresh pool, the first address of ``--ip-range`` if given.
+        * otherwise: the next free address after the last one handed out, so
+          a just released address is not reused at once; wraps at the end.
+        """
+        if not isinstance(pool_id, str):
+            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        opts = parse_options(options)
+        wanted = None if address is None or address == "" else parse_address(address)
+        gateway = opts.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE
+
+        key = _pool_key(pool_id)
+        with self.store.transaction() as t:
+            rec = t.get(key)
+            if rec is None:
+                raise PoolNotFound(f"pool {pool_id} not found")
+            p = rec.value
+            g = self._geom(p)
+            bits = Bitmap(t, g.layout)
+            if wanted is not None:
+                o = self._check_explicit(g, pool_id, wanted, address)
+                if bits.test(o):
+                    raise AddressInUse(f"address {wanted} is already allocated in pool {pool_id}")
+            elif gateway:
+                o = bits.find_free(g.rlo, g.rhi)
+            else:
+                cursor = min(max(p["cursor"], g.rlo), g.rhi + 1)
+                o = bits.find_free(cursor, g.rhi)
+                if o is None:
+                    o = bits.find_free(g.rlo, cursor - 1)
+                if o is not None:
+                    p["cursor"] = o + 1 if o < g.rhi else g.rlo
+            if o is None:
+                where = f"sub-pool {g.sub_pool} of pool {pool_id}" if g.sub_pool else f"pool {pool_id}"
+                raise PoolExhausted(f"no free address left in {where}")
+            bits.set(o)
+            p["used"] += 1
+            t.put(key, p)
+        return g.cidr(o)
+
+    def release_address(self, pool_id: str, address: str) -> None:
+        """Free an address (bare or CIDR).  An unknown pool or an address not
+        allocated is already released."""
+        if not isinstance(pool_id, str):
+            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        addr = parse_address(address)
+        key = _pool_key(pool_id)
+        with self.store.transaction() as t:
+            rec = t.get(key)
+            if rec is None:
+                return
+            p = rec.value
+            g = self._geom(p)
+            if addr.version != g.pool.version:
+                return
+            o = g.ordinal(addr)
+            if not g.lo <= o <= g.hi or not Bitmap(t, g.layout).clear(o):
+                return
+            p["used"] -= 1
+            t.put(key, p)
+
+    # --- inspection and repair --------------------------------------------------------
+    def list_pools(self) -> list[dict]:
+        return [self._describe(rec.value) for rec in self.store.list(_POOLS)]
+
+    def get_pool(self, pool_id: str) -> dict:
+        return self._describe(self._load(pool_id))
+
+    def allocated(self, pool_id: str) -> Iterator[str]:
+        """Allocated addresses (bare), ascending."""
+        g = self._geom(self._load(pool_id))
+        return (g.address(o) for o in iter_set(self.store, g.layout))
+
+    def reconcile(self, pool_id: str, held: set[str]) -> list[str]:
+        """Release every allocated address of the pool that is not in ``held``
+        (what the runtime really uses) and return the released ones.
+
+        The caller must include allocations still in flight in ``held``;
+        this cannot tell a leak from an answer on its way.  An unknown pool
+        has nothing to reconcile."""
+        if not isinstance(pool_id, str):
+            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        keep = {str(parse_address(a)) for a in held}
+        key = _pool_key(pool_id)
+        released = []
+        with self.store.transaction() as t:
+            rec = t.get(key)
+            if rec is None:
+                return []
+            p = rec.value
+            g = self._geom(p)
+            bits = Bitmap(t, g.layout)
+            for o in list(iter_set(t, g.layout)):
+                a = g.address(o)
+                if a not in keep:
+                    bits.clear(o)
+                    released.append(a)
+            if released:
+                p["used"] -= len(released)
+                t.put(key, p)
+        return released
+
+    def verify(self, pool_id: str) -> list[str]:
+        """Consistency problems of one pool's state (empty list = sound):
+        the used count against the bitmap, and every summary bit against
+        the blocks below it."""
+        problems = []
+        with self.store.transaction() as t:
+            p = self._load(pool_id, t)
+            g = self._geom(p)
+            lay = g.layout
+            blocks: dict[int, dict[int, int]] = {0: {}}
+            leaf_prefix, full_prefix = prefixes(g.key)
+            for rec in t.list(leaf_prefix):
+                blocks[0][int(rec.key[len(leaf_prefix):], 16)] = int.from_bytes(rec.value, "little")
+            for rec in t.list(full_prefix):
+                level, block = rec.key[len(full_prefix):].split("/")
+                blocks.setdefault(int(level), {})[int(block, 16)] = int.from_bytes(rec.value, "little")
+            popcount = sum(x.bit_count() for x in blocks[0].values())
+            if popcount != p["used"]:
+                problems.append(f"used count {p['used']} but {popcount} addresses marked allocated")
+            for k, x in blocks[0].items():
+                if x & ~lay.valid(0, k):
+                    problems.append(f"block {k:x} marks reserved or out-of-pool addresses")
+            for level in range(1, len(lay.counts)):
+                want: dict[int, int] = {}
+                for k, x in blocks.get(level - 1, {}).items():
+                    if lay.is_full(level - 1, k, x):
+                        hi, j = divmod(k, lay.bits)
+                        want[hi] = want.get(hi, 0) | 1 << j
+                if want != {k: x for k, x in blocks.get(level, {}).items() if x}:
+                    problems.append(f"summary level {level} disagrees with level {level - 1}")
+        return problems
+
+    # --- helpers ------------------------------------------------------------------------
+    def _load(self, pool_id: str, txn=None) -> dict:
+        if not isinstance(pool_id, str):
+            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        rec = (txn or self.store).get(_pool_key(pool_id))
+        if rec is None:
+            raise PoolNotFound(f"pool {pool_id} not found")
+        return rec.value
+
+    def _geom(self, p: dict) -> Geometry:
+        g = self._geometry.get(p["id"])
+        if g is None:
+            sub = ipaddress.ip_network(p["sub_pool"]) if p["sub_pool"] else None
+            g = Geometry(p["id"], ipaddress.ip_network(p["pool"]), sub)
+            self._geometry[p["id"]] = g
+        return g
+
+    @staticmethod
+    def _check_explicit(g: Geometry, pool_id: str, addr, raw: str) -> int:
+        if addr.version != g.pool.version or addr not in g.pool:
+            raise InvalidAddress(f"address {raw} is outside pool {g.pool} ({pool_id})")
+        if "/" in raw and raw.split("/", 1)[1].strip() != str(g.pool.prefixlen):
+            raise InvalidAddress(f"address {raw} does not have the prefix length of pool {g.pool}")
+        o = g.ordinal(addr)
+        if not g.lo <= o <= g.hi:
+            kind = "subnet-router anycast" if g.v6 else ("network" if o == 0 else "broadcast")
+            raise InvalidAddress(f"address {addr} is the {kind} address of pool {g.pool}")
+        return o
+
+    def _describe(self, p: dict) -> dict:
+        g = self._geom(p)
+        return {
+            "id": p["id"], "address_space": p["address_space"], "pool": p["pool"],
+            "sub_pool": p["sub_pool"], "v6": p["v6"], "options": dict(p.get("options") or {}),
+            "size": g.size, "dynamic_size": max(0, g.rhi - g.rlo + 1),
+            "used": p["used"], "free": g.size - p["used"],
+        }
