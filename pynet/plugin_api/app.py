@@ -100,6 +100,12 @@ def create_app(controller) -> Flask:
         [{"Proto", "Port"}]}}
         out: {} or {"Interface": {"MacAddress": ...}} -- only fields Docker left empty"""
         kwargs, sent = wire.create_endpoint_args(body)
+        # The port map is validated here but handed over only by
+        # ProgramExternalConnectivity, which carries it again: the controller
+        # counts the ports stored on *every* endpoint as held (controller.py,
+        # _resolve_host_ports), so requested-but-unprogrammed ports of a
+        # container's second network would block its own first network.
+        kwargs["ports"] = ()
         ep = c.create_endpoint(**kwargs)
         return wire.render_create_endpoint(ep, sent)
 
