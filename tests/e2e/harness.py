@@ -437,6 +437,8 @@ def cleanup_docker(docker: Docker, prefixes: Iterable[str]) -> list[str]:
     networks = [n for n in docker.network_names() if _matches(n, prefixes)]
     containers = [c for c in docker.container_names() if _matches(c, prefixes)]
     stubs: list[StubPlugin] = []
+    dead_drivers: set[str] = set()
+    infos: list[dict] = []
     try:
         drivers = set()
         for n in networks:
@@ -444,6 +446,7 @@ def cleanup_docker(docker: Docker, prefixes: Iterable[str]) -> list[str]:
                 info = docker.inspect(n, "network")
             except subprocess.CalledProcessError:
                 continue
+            infos.append(info)
             drivers.add(info.get("Driver") or "")
             drivers.add(((info.get("IPAM") or {}).get("Driver")) or "")
         for d in sorted(drivers - BUILTIN_NET_DRIVERS - BUILTIN_IPAM_DRIVERS):
@@ -452,6 +455,7 @@ def cleanup_docker(docker: Docker, prefixes: Iterable[str]) -> list[str]:
             sock = _plugin_socket(d)
             if not socket_answers(sock):
                 stubs.append(StubPlugin(sock).start())
+                dead_drivers.add(d)
         if containers:
             docker.run("rm", "-f", "-v", *containers, check=False, timeout=300)
             removed += containers
@@ -467,14 +471,54 @@ def cleanup_docker(docker: Docker, prefixes: Iterable[str]) -> list[str]:
     finally:
         for s in stubs:
             s.stop()
+    if dead_drivers and is_root():  # nobody left to delete the dead daemon's bridges and veths
+        gone = [i for i in infos if i.get("Driver") in dead_drivers]
+        removed += cleanup_links(generated_link_names(
+            [i.get("Id", "") for i in gone],
+            [c.get("EndpointID", "") for i in gone for c in (i.get("Containers") or {}).values()]))
     return removed
 
 
 def cleanup_stale_docker(docker: Docker, current: str | None = None) -> list[str]:
-    """Containers and networks named ``ptXXXX-...`` of runs that are gone (and of ``current``)."""
+    """Containers and networks named ``ptXXXX-...`` of runs that are gone (and of ``current``),
+    while daemons orphaned by a crashed run still serve them; then those daemons are stopped."""
     names = docker.container_names() + docker.network_names()
     gone = sorted(stale_prefixes(names, current))
-    return cleanup_docker(docker, [p + "-" for p in gone])
+    removed = cleanup_docker(docker, [p + "-" for p in gone])
+    return removed + stop_orphan_daemons(current)
+
+
+def stop_orphan_daemons(current: str | None = None) -> list[str]:
+    """SIGTERMs (then SIGKILLs) processes started with ``--plugin-name ptXXXX-...`` whose run is
+    gone: a crashed pytest leaves its daemons running (they have their own session)."""
+    victims: dict[int, str] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for i, a in enumerate(args[:-1]):
+            if a == b"--plugin-name":
+                name = args[i + 1].decode(errors="replace")
+                if STALE_NAME_RE.match(name) and stale_prefixes([name], current):
+                    victims[int(proc.name)] = name
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    for pid in victims:
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if Path(f"/proc/{pid}").exists():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return [f"pid {pid} ({name})" for pid, name in victims.items()]
 
 
 # --------------------------------------------------------------------------- pynet daemon
