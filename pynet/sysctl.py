@@ -48,7 +48,10 @@ def _setns(netns_path: str) -> None:
         os.close(fd)
 
 
-def _in_netns(netns_path: Optional[str], fn):
+def run_in_netns(netns_path: Optional[str], fn):
+    """Run ``fn()`` with the calling thread in ``netns_path`` (a short-lived
+    thread does it; None = here) and return its result or raise its error.
+    Sockets opened by ``fn`` stay in that namespace."""
     if not netns_path:
         return fn()
     box: dict = {}
@@ -88,7 +91,7 @@ class Sysctl:
             except OSError as e:
                 raise errors.KernelError(f"cannot set sysctl {path}={v}: {e.strerror or e}") from None
 
-        _in_netns(netns or self.netns, write)
+        run_in_netns(netns or self.netns, write)
 
     def get(self, path: str, netns: Optional[str] = None) -> str:
         p = _path(path)
@@ -102,7 +105,7 @@ class Sysctl:
             except OSError as e:
                 raise errors.KernelError(f"cannot read sysctl {path}: {e.strerror or e}") from None
 
-        return _in_netns(netns or self.netns, read)
+        return run_in_netns(netns or self.netns, read)
 
 
 class FakeSysctl:

@@ -231,7 +231,9 @@ class BridgeDriver:
         # setup_bridge_ipv4 / setup_bridge_ipv6 (internal networks too, like Docker)
         for d in net.ipv4 + (net.ipv6 if want_v6 else []):
             if d.gateway:
-                self.nl.ensure_address(name, self._gateway_cidr(d))
+                cidr = self._gateway_cidr(d)
+                # no duplicate address detection: the gateway answers at once
+                self.nl.ensure_address(name, cidr, nodad=ipaddress.ip_interface(cidr).version == 6)
         # setup_ip_forwarding
         if not net.internal:
             self.sysctl.set("net/ipv4/ip_forward", 1)
