@@ -13,7 +13,6 @@ keep session-wide docker objects with the bare prefix beside function-scoped dae
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
