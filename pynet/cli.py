@@ -206,8 +206,12 @@ def _port_line(pm) -> str:
 # ----------------------------------------------------------------- commands
 def cmd_daemon(args, config: Config) -> int:
     from pynet.daemon import run_daemon
+    from pynet.plugin_api.server import SocketBusy
 
-    run_daemon(config)
+    try:
+        run_daemon(config)
+    except SocketBusy as e:
+        raise CliError(str(e)) from None
     return 0
 
 

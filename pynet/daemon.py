@@ -72,7 +72,11 @@ def run_daemon(config: Config) -> None:
     """Build, reconcile the kernel with the store, serve until SIGTERM."""
     setup_logging(logging.DEBUG if os.environ.get("PYNET_DEBUG") else logging.INFO)
     from pynet.plugin_api import create_app, serve
+    from pynet.plugin_api.server import prepare_socket_path
 
+    # Refuse early when another daemon serves this socket: it must not be
+    # reconciled under a running daemon's feet.
+    prepare_socket_path(config.socket_path)
     log.info("pynet daemon starting: plugin %s, state %s, socket %s",
              config.plugin_name, config.state_dir, config.socket_path)
     controller = build_controller(config)
