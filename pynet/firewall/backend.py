@@ -13,7 +13,10 @@ pynet's rules land in the same tables as Docker's.
   xtables lock (``/run/xtables.lock``) that iptables-legacy also takes.
   libiptc acts on the network namespace of the calling thread.
 * :class:`LegacyRestoreBackend` -- ``iptables-legacy-restore --noflush -w``;
-  the fallback for anything libiptc can't express.
+  the fallback for anything libiptc can't express, and the path for IPv6 on
+  legacy hosts: python-iptables can't load the IPv6 NAT targets (MASQUERADE,
+  DNAT) in a process that uses the IPv4 ones, and once it tried, it loses
+  the IPv4 ones too.
 
 All read the actual state with the matching ``*-save`` binary.  A backend
 may be bound to a named network namespace (``netns=``): subprocesses then
@@ -28,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 
@@ -69,6 +73,8 @@ class _RestoreBackend:
         text = batch_text(plan)
         if not text:
             return
+        self.last_path = getattr(self, "last_path", {})
+        self.last_path[family] = "restore"
         self.restore_text(family, text)
 
     def restore_text(self, family: str, text: str) -> None:
@@ -76,6 +82,10 @@ class _RestoreBackend:
         p = _run([exe, *self.restore_args], stdin=text, netns=self.netns)
         if p.returncode != 0:
             msg = " ".join((p.stderr or p.stdout).split()) or f"exit status {p.returncode}"
+            m = re.search(r"line:? (\d+)", p.stderr or "")
+            lines = text.splitlines()
+            if m and 0 < int(m.group(1)) <= len(lines):
+                msg += f" [line {m.group(1)}: {lines[int(m.group(1)) - 1]}]"
             raise KernelError(f"{exe} refused the batch: {msg}", batch=text, stderr=p.stderr)
 
     def __repr__(self):
@@ -121,39 +131,83 @@ class IptcBackend(LegacyRestoreBackend):
     def execute(self, family: str, plan: dict[str, list[Op]]) -> None:
         if not any(plan.values()):
             return
-        if self.netns:
+        if self.netns or family == IPV6 or not self._expressible(family, plan):
+            # libiptc can't do it here: the same ops as one iptables-legacy-restore batch
             return super().execute(family, plan)
-        import iptc  # imported lazily: the CNI path must not pay for it
+        import iptc
 
         v6 = family == IPV6
-        try:
-            prepared = {t: [(op, tokens_to_iptc(op.tokens, v6) if op.kind in ("del", "ins") else None)
-                            for op in ops] for t, ops in plan.items()}
-        except (ValueError, AttributeError, iptc.XTablesError, iptc.IPTCError) as e:
-            # libiptc can't express it: hand the same batch to iptables-legacy-restore
-            return super().execute(family, plan)
+        self.last_path = getattr(self, "last_path", {})
+        self.last_path[family] = "libiptc"
         with xtables_lock():
-            for table, ops in prepared.items():
-                t = (iptc.Table6 if v6 else iptc.Table)(table, autocommit=False)
+            for table, ops in plan.items():
+                t = (iptc.Table6 if v6 else iptc.Table)(table)
+                t.autocommit = False
                 try:
                     t.refresh()
-                    for op, rule in ops:
+                    for op in ops:
                         if op.kind == "new":
                             t.create_chain(op.chain)
                         elif op.kind == "delchain":
                             t.delete_chain(op.chain)
-                        elif op.kind == "del":
-                            iptc.Chain(t, op.chain).delete_rule(rule)
                         else:
-                            iptc.Chain(t, op.chain).insert_rule(rule, position=op.pos - 1)
+                            # built here, after the chains of this batch exist in the handle:
+                            # python-iptables resolves a jump target by asking the tables
+                            rule = tokens_to_iptc(op.tokens, v6)
+                            if op.kind == "del":
+                                iptc.Chain(t, op.chain).delete_rule(rule)
+                            else:
+                                iptc.Chain(t, op.chain).insert_rule(rule, position=op.pos - 1)
                     t.commit()
                 except (iptc.IPTCError, iptc.XTablesError, ValueError) as e:
                     raise KernelError(f"libiptc refused the {table} table: {e}",
-                                      batch=batch_text({table: [o for o, _ in ops]})) from None
+                                      batch=batch_text({table: ops})) from None
                 finally:
+                    # python-iptables caches Table objects (rules consult them), so never leave
+                    # a closed handle behind: drop uncommitted work and re-read, then autocommit
                     with contextlib.suppress(Exception):
-                        t.close()
+                        t.refresh()
                     t.autocommit = True
+
+    _xt_keep: list = []
+
+    @classmethod
+    def _init_xtables(cls):
+        """python-iptables keeps its per-family xtables state in a weak cache: if the
+        object dies it re-runs xtables_init_all and loses loaded targets (MASQUERADE
+        then "can't be found").  Keep both alive for the life of the process."""
+        if not cls._xt_keep:
+            import iptc.xtables as X
+            cls._xt_keep = [X.xtables(X.NFPROTO_IPV4), X.xtables(X.NFPROTO_IPV6)]
+
+    @classmethod
+    def _expressible(cls, family: str, plan: dict[str, list[Op]]) -> bool:
+        """Can python-iptables build every rule of the plan?  (It can't, e.g., find the
+        IPv6 NAT targets on some builds.)  Jumps to chains that exist or that the plan
+        creates count as fine."""
+        import iptc
+
+        cls._init_xtables()
+        v6 = family == IPV6
+        for table, ops in plan.items():
+            t = (iptc.Table6 if v6 else iptc.Table)(table)
+            t.refresh()
+            new = {op.chain for op in ops if op.kind == "new"}
+            for op in ops:
+                if op.kind not in ("del", "ins"):
+                    continue
+                try:
+                    tokens_to_iptc(op.tokens, v6)
+                except iptc.XTablesError as e:
+                    toks = list(op.tokens)
+                    target = toks[toks.index("-j") + 1] if "-j" in toks else None
+                    if target and str(e) == f"can't find target {target}" and (
+                            target in new or t.is_chain(target)):
+                        continue
+                    return False
+                except (ValueError, AttributeError, iptc.IPTCError):
+                    return False
+        return True
 
 
 _ADDR_ATTR = {"-s": "src", "-d": "dst", "-i": "in_interface", "-o": "out_interface", "-p": "protocol"}

@@ -301,7 +301,7 @@ def _mac(mac: str) -> str:
     if len(parts) != 6 or not all(len(x) == 2 and all(ch in "0123456789abcdef" for ch in x)
                                   for x in parts):
         raise InvalidAddress(f"invalid MAC address {mac!r}")
-    return m.upper()
+    return m  # iptables-save prints it lower-case
 
 
 def route_localnet_sysctls(networks: list[NetworkSpec], userland_proxy: bool = False) -> list[tuple[str, str]]:

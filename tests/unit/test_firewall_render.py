@@ -228,8 +228,8 @@ def test_spoof_check_rules():
            EndpointSpec("e2", "n1", "10.240.1.3", None, None, [], "veth2")]
     text = fw().render(nets, eps)["ipv4"]
     assert rules_of(text, "filter", "DOCKER-ANTISPOOF") == [
-        ("DOCKER-ANTISPOOF", "-s 10.240.1.2/32 -i br1 -m mac ! --mac-source 02:42:0A:F0:01:02 -j DROP"),
-        ("DOCKER-ANTISPOOF", "! -s 10.240.1.2/32 -i br1 -m mac --mac-source 02:42:0A:F0:01:02 -j DROP"),
+        ("DOCKER-ANTISPOOF", "-s 10.240.1.2/32 -i br1 -m mac ! --mac-source 02:42:0a:f0:01:02 -j DROP"),
+        ("DOCKER-ANTISPOOF", "! -s 10.240.1.2/32 -i br1 -m mac --mac-source 02:42:0a:f0:01:02 -j DROP"),
         ("DOCKER-ANTISPOOF", "! -s 10.240.1.3/32 -i br1 -m physdev --physdev-in veth2 -j DROP"),
     ]
     assert ("FORWARD", "-j DOCKER-ANTISPOOF") in rules_of(text, "filter", "FORWARD")
