@@ -11,8 +11,6 @@ namespace with setns(2) (setns(CLONE_NEWNET) changes only the calling thread).
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
 import threading
 from typing import Optional
@@ -33,7 +31,9 @@ def _path(path: str) -> str:
 
 def _setns(netns_path: str) -> None:
     global _libc
+    import ctypes
     if _libc is None:
+        import ctypes.util
         _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     try:
         fd = os.open(netns_path, os.O_RDONLY)

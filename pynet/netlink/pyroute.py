@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
+import threading
 from typing import Optional
 
 from pynet import errors
@@ -31,6 +32,8 @@ class PyrouteNetlink(Netlink):
     def __init__(self, netns_path: Optional[str] = None):
         self.netns_path = netns_path or None
         self._ipr = None
+        # one request at a time on the socket (the daemon serves from threads)
+        self._lock = threading.RLock()
 
     # -- plumbing -------------------------------------------------------------
     @property
@@ -75,7 +78,8 @@ class PyrouteNetlink(Netlink):
     def _call(self, what: str, fn, *args, _name: str = "", **kwargs):
         """Run one pyroute2 call, translating NetlinkError into pynet errors."""
         try:
-            return fn(*args, **kwargs)
+            with self._lock:
+                return fn(*args, **kwargs)
         except _nlerr() as e:
             code = e.code
             msg = f"{what}{self._where()}: {os.strerror(code) if code else e}"
@@ -181,7 +185,7 @@ class PyrouteNetlink(Netlink):
         check_ifname(name)
         return bool(self._call(f"look up {name}", self.ipr.link_lookup, ifname=name))
 
-    def _info(self, msg, names: dict[int, str]) -> LinkInfo:
+    def _info(self, msg, names: dict[int, str], addrs: Optional[dict] = None) -> LinkInfo:
         idx = msg["index"]
         kind = msg.get(("linkinfo", "kind")) or ""
         master = msg.get("master")
@@ -193,7 +197,7 @@ class PyrouteNetlink(Netlink):
             master=names.get(master, str(master)) if master else "",
             mtu=msg.get("mtu") or 0, mac=msg.get("address") or "", alias=msg.get("ifalias") or "",
             state="up" if msg["flags"] & IFF_UP else "down",
-            addresses=self._addresses(idx), peer=peer)
+            addresses=addrs.get(idx, []) if addrs is not None else self._addresses(idx), peer=peer)
 
     def _addresses(self, idx: int) -> list[str]:
         out = []
@@ -214,11 +218,14 @@ class PyrouteNetlink(Netlink):
     def list_links(self, alias_prefix=None) -> list[LinkInfo]:
         msgs = self._call("list links", self.ipr.link, "dump")
         names = {m["index"]: m.get("ifname") for m in msgs}
+        addrs: dict[int, list[str]] = {}
+        for a in self._call("list addresses", self.ipr.addr, "dump"):
+            addrs.setdefault(a["index"], []).append(f"{a.get('address')}/{a['prefixlen']}")
         out = []
         for m in msgs:
             if alias_prefix is not None and not (m.get("ifalias") or "").startswith(alias_prefix):
                 continue
-            out.append(self._info(m, names))
+            out.append(self._info(m, names, addrs))
         return out
 
     def set_master(self, ifname, master) -> None:
