@@ -99,7 +99,7 @@ def test_bad_input_changes_nothing(docker, test_image, pynet_daemon, prefix, cas
     elif case == "gateway-outside":
         p = docker.run("network", "create", "-d", pynet_daemon.name, "--ipam-driver", pynet_daemon.name,
                        "--subnet", "10.231.31.0/24", "--gateway", "10.231.32.1", bad, check=False)
-        want = ""
+        want = "gateway"
     elif case == "ip-outside-range":
         p = docker.run("run", "-d", "--name", bad, "--network", net, "--ip", "10.231.99.5",
                        test_image, "sleep", "60", check=False)
@@ -107,11 +107,11 @@ def test_bad_input_changes_nothing(docker, test_image, pynet_daemon, prefix, cas
     elif case == "ip-used":
         p = docker.run("run", "-d", "--name", bad, "--network", net, "--ip", "10.231.30.2",
                        test_image, "sleep", "60", check=False)
-        want = "in use"
+        want = "already allocated"
     elif case == "exhausted":
         # the range 10.231.30.0/31 holds .0 (never handed out) and .1 (the gateway): nothing left
         p = docker.run("run", "-d", "--name", bad, "--network", net, test_image, "sleep", "60", check=False)
-        want = "exhausted"
+        want = "no free address"
     elif case == "invalid-option":
         p = docker.run("network", "create", "-d", pynet_daemon.name, "--subnet", "10.231.33.0/24",
                        "-o", "com.docker.network.driver.mtu=huge", bad, check=False)
@@ -122,7 +122,7 @@ def test_bad_input_changes_nothing(docker, test_image, pynet_daemon, prefix, cas
         want = "bogus"
     msg = (p.stderr + p.stdout).lower()
     assert p.returncode != 0, f"{case} was accepted: {p.stdout}"
-    assert "error" in msg and want in msg, msg
+    assert want in msg, msg
     docker.run("rm", "-f", bad, check=False)   # a failed `docker run` leaves a created container
     assert _kernel_and_store(pynet_daemon) == before
     assert bad not in docker.network_names()
