@@ -1,0 +1,251 @@
+"""Services that run inside scenario namespaces (see ``worker``):
+
+* :class:`NodeService` -- the underlay switch namespace and "outside" hosts:
+  links, addresses and routes through pynet's Netlink (no pynet instance).
+* :class:`HostService` -- a scenario *host*: its own pynet instance (state
+  directory, store, IPAM, bridge driver, firewall when built by the daemon's
+  factory) created in the host namespace, driven with the Controller's CNM
+  verbs exactly as dockerd drives them: create network, create endpoint,
+  join, then ``pynet.cnm.sandbox.attach`` (dockerd's part after Join).
+
+No scapy here.
+"""
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import logging
+import os
+import shutil
+from typing import Optional
+
+log = logging.getLogger("pynet.scenario.host")
+
+
+def object_id(*parts: str) -> str:
+    """A Docker-style 64-hex id, stable for a run."""
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()
+
+
+class NodeService:
+    def __init__(self):
+        from pynet.netlink.pyroute import PyrouteNetlink
+        self.nl = PyrouteNetlink()
+
+    def init(self, **_kw) -> None:
+        return None
+
+    # --- underlay switch -----------------------------------------------------
+    def make_switch(self, bridge: str = "br0", mtu: int = 1500) -> None:
+        self.nl.ensure_bridge(bridge, mtu=mtu)
+        self.nl.set_up(bridge)
+        if self.nl.link_exists("lo"):
+            self.nl.set_up("lo")
+
+    def plug(self, port: str, netns_path: str, peer_name: str = "eth0", bridge: str = "br0",
+             mtu: int = 1500) -> None:
+        """A veth ``port`` on the switch whose peer becomes ``peer_name`` in
+        ``netns_path``.  The temporary peer name lives in this namespace only."""
+        tmp = f"{port}p"
+        self.nl.add_veth(port, tmp, mtu=mtu)
+        self.nl.set_master(port, bridge)
+        self.nl.set_up(port)
+        self.nl.move_to_netns(tmp, netns_path, new_name=peer_name)
+
+    # --- a node's uplink -----------------------------------------------------
+    def uplink(self, cidr: str, ifname: str = "eth0", routes: Optional[list] = None) -> dict:
+        if self.nl.link_exists("lo"):
+            self.nl.set_up("lo")
+        self.nl.ensure_address(ifname, cidr)
+        self.nl.set_up(ifname)
+        for r in routes or []:
+            self.nl.add_route(r["to"], gateway=r.get("via") or None,
+                              ifname=None if r.get("via") else ifname)
+        return {"mac": self.nl.get_link(ifname).mac}
+
+    def lo_up(self, netns_path: str) -> None:
+        inner = self.nl.for_netns(netns_path)
+        try:
+            inner.set_up("lo")
+        finally:
+            inner.close()
+
+    def links(self) -> list[str]:
+        return [link.name for link in self.nl.list_links()]
+
+    def close(self) -> None:
+        try:
+            self.nl.close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+class HostService(NodeService):
+    def __init__(self):
+        super().__init__()
+        self.controller = None
+        self.state_dir = ""
+        self.instance = ""
+        self.nets: dict[str, dict] = {}        # scenario network name -> record
+        self.eps: list[dict] = []              # attached endpoints, in order
+        self.torn_down = False
+
+    def init(self, instance: str, state_dir: str, ip_forward: bool = True,
+             firewall="auto", **_kw) -> dict:
+        from pynet.config import Config
+        from pynet import daemon
+        from pynet.sysctl import Sysctl
+
+        self.instance = instance
+        self.state_dir = state_dir
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        cfg = Config(plugin_name=instance, state_dir=state_dir,
+                     socket_path=os.path.join(state_dir, "plugin.sock"))
+        # The daemon's own factory: store, IPAM, drivers and (once wired)
+        # the firewall -- inside this namespace, so iptables is this host's.
+        store = daemon.open_store(cfg)
+        from pynet.cnm.controller import Controller
+        from pynet.ipam import Ipam
+        fw = daemon.build_firewall(cfg) if firewall is not False else None
+        if firewall is True and fw is None:
+            raise RuntimeError("this pynet build has no firewall to enable")
+        self.controller = Controller(store, Ipam(store, default_pools=cfg.default_pools),
+                                     daemon.build_drivers(cfg), firewall=fw)
+        Sysctl().set("net/ipv4/ip_forward", 1 if ip_forward else 0)
+        return {"firewall": fw is not None, "drivers": sorted(self.controller.drivers)}
+
+    # ------------------------------------------------------------- networks
+    def create_network(self, name: str, driver: str = "bridge", subnet: str = "",
+                       gateway: str = "", internal: bool = False, options: Optional[dict] = None,
+                       subnet_v6: str = "") -> dict:
+        from pynet.cnm.model import IPData
+        from pynet.ipam import GATEWAY_TYPE, LOCAL_DEFAULT, REQUEST_ADDRESS_TYPE
+
+        c = self.controller
+        nid = object_id(self.instance, "network", name)
+        rec = {"name": name, "id": nid, "pools": [], "gateways": []}
+        self.nets[name] = rec
+        ipv4, ipv6 = [], []
+        for pool, gw, v6, out in ((subnet, gateway, False, ipv4), (subnet_v6, "", True, ipv6)):
+            if v6 and not pool:
+                continue
+            pool_id, cidr, _ = c.request_pool(LOCAL_DEFAULT, pool, v6=v6)
+            rec["pools"].append(pool_id)
+            gw_cidr = c.request_address(pool_id, gw, {REQUEST_ADDRESS_TYPE: GATEWAY_TYPE})
+            rec["gateways"].append((pool_id, gw_cidr))
+            out.append(IPData(pool=cidr, gateway=gw_cidr, pool_id=pool_id))
+        net = c.create_network(nid, ipv4=ipv4, ipv6=ipv6, driver=driver, name=name,
+                               internal=internal, options=dict(options or {}), created_by="cli")
+        rec["created"] = True
+        rec["subnet"] = net.ipv4[0].pool if net.ipv4 else ""
+        rec["gateway"] = net.gateway_v4
+        rec["subnet_v6"] = net.ipv6[0].pool if net.ipv6 else ""
+        rec["bridge"] = net.driver_state.get("bridge", "")
+        return {k: v for k, v in rec.items() if k not in ("pools", "gateways")}
+
+    # ------------------------------------------------------------ sandboxes
+    def attach_sandbox(self, name: str, netns_path: str, attachments: list,
+                       publish: Optional[list] = None) -> list:
+        """create_endpoint + join per network, then the namespace side
+        (dockerd's part): move, rename eth<i>, address, default route via the
+        first network's gateway.  Published ports on the first network."""
+        from pynet.cnm import sandbox
+        from pynet.cnm.model import PortMapping
+
+        c = self.controller
+        out = []
+        for i, att in enumerate(attachments):
+            net = self.nets[att["network"]]
+            pool_id = net["pools"][0]
+            eid = object_id(self.instance, "endpoint", name, att["network"])
+            ep = {"sandbox": name, "network": att["network"], "nid": net["id"], "eid": eid,
+                  "netns": netns_path, "pool_id": pool_id, "address": "", "ifname": ""}
+            self.eps.append(ep)
+            ep["address"] = c.request_address(pool_id, att.get("address", ""))
+            e = c.create_endpoint(net["id"], eid, address=ep["address"], mac=att.get("mac", ""))
+            ep["created"] = True
+            info = c.join(net["id"], eid, netns_path)
+            ifname = f"{info.dst_prefix or 'eth'}{i}"
+            link = sandbox.attach(netns_path, info.src_name, ifname, addresses=[ep["address"]],
+                                  mac=e.mac or None,
+                                  gateway=(info.gateway or None) if i == 0 else None,
+                                  routes=info.static_routes)
+            ep["ifname"] = ifname
+            ports = []
+            if publish and i == 0:
+                e = c.program_external_connectivity(
+                    net["id"], eid, ports=[PortMapping(proto=p["proto"], container_port=p["container_port"],
+                                                       host_port=p.get("host_port", 0),
+                                                       host_ip=p.get("host_ip", "")) for p in publish])
+                ep["external"] = True
+                ports = [vars(p) for p in e.ports]
+            out.append({"network": att["network"], "ifname": ifname, "address": ep["address"],
+                        "mac": (link.mac or e.mac).lower(), "gateway": info.gateway if i == 0 else "",
+                        "ports": ports})
+        return out
+
+    # ------------------------------------------------------------- teardown
+    def teardown(self) -> dict:
+        """Undo everything the pynet way, each step tolerating what is gone;
+        then report what the store still holds (should be nothing)."""
+        from pynet.cnm import sandbox
+
+        problems = []
+        c = self.controller
+        if c is None:
+            return {"problems": [], "leftovers": []}
+
+        def step(what, fn, *a, **kw):
+            try:
+                fn(*a, **kw)
+            except Exception as e:  # noqa: BLE001 - collected, teardown goes on
+                problems.append(f"{what}: {type(e).__name__}: {e}")
+
+        for ep in reversed(self.eps):
+            if ep.get("external"):
+                step("revoke", c.revoke_external_connectivity, ep["nid"], ep["eid"])
+            if ep.get("ifname"):
+                step(f"detach {ep['sandbox']}", sandbox.detach, ep["netns"], ep["ifname"])
+            if ep.get("created"):
+                step(f"leave {ep['sandbox']}", c.leave, ep["nid"], ep["eid"])
+                step(f"delete endpoint {ep['sandbox']}", c.delete_endpoint, ep["nid"], ep["eid"])
+            if ep.get("address"):
+                step("release address", c.release_address, ep["pool_id"], ep["address"])
+        self.eps = []
+        for rec in reversed(list(self.nets.values())):
+            if rec.get("created"):
+                step(f"delete network {rec['name']}", c.delete_network, rec["id"], True)
+            for pool_id, gw in rec["gateways"]:
+                step("release gateway", c.release_address, pool_id, gw)
+            for pool_id in rec["pools"]:
+                step("release pool", c.release_pool, pool_id)
+        self.nets = {}
+        leftovers = []
+        try:
+            leftovers = [r.key for r in c.store.list("networks/")] + \
+                        [r.key for r in c.store.list("endpoints/")] + \
+                        [r.key for r in c.store.list("ipam/pools/")]
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"store check: {e}")
+        if c.firewall is not None and hasattr(c.firewall, "remove_all"):
+            step("firewall", c.firewall.remove_all)
+        try:
+            c.store.close()
+        except Exception:  # noqa: BLE001
+            pass
+        self.torn_down = True
+        return {"problems": problems, "leftovers": leftovers}
+
+    def close(self) -> None:
+        if self.controller is not None and not self.torn_down:
+            try:
+                self.teardown()
+            except Exception:  # noqa: BLE001
+                log.exception("teardown on close")
+        if self.state_dir:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        super().close()
+
+
+def _prefixlen(subnet: str) -> int:
+    return ipaddress.ip_network(subnet).prefixlen

@@ -1,0 +1,224 @@
+"""A worker: a fresh Python process that enters one network namespace and
+serves one object's methods over a pipe.
+
+Why a fresh process (``subprocess`` + ``python -m pynet.scenario.worker``) and
+not ``fork``: pyroute2 and scapy both hold netlink/packet sockets and read
+kernel state (routes, interfaces) when imported or first used; a forked child
+would inherit the parent's sockets and caches from the wrong namespace.  The
+child calls setns(2) *before* it imports the service module, so every socket
+it ever opens, and scapy's routing table, belong to its namespace.  It also
+unshares its mount namespace and remounts /sys, as ``ip netns exec`` does, so
+/sys/class/net matches the namespace.
+
+The child runs in its own session (no terminal SIGINT): the runner alone
+decides when to tear down.  If the runner dies, the child sees EOF on its
+command pipe, runs its service's ``close()`` and exits.
+
+Protocol: the parent sends ``(method, kwargs)`` pickles; the child answers
+``("ok", result)`` or ``("err", "Type: message", traceback)``.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any, Optional
+
+CLONE_NEWNET = 0x40000000
+CLONE_NEWNS = 0x00020000
+MS_REC = 0x4000
+MS_SLAVE = 1 << 19
+MNT_DETACH = 2
+
+
+class WorkerError(RuntimeError):
+    """A call into a worker failed (the remote exception as one line)."""
+
+    def __init__(self, message: str, remote_traceback: str = ""):
+        super().__init__(message)
+        self.remote_traceback = remote_traceback
+
+
+class WorkerTimeout(WorkerError):
+    pass
+
+
+def enter_netns(path: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"setns({path}): {os.strerror(e)}")
+    finally:
+        os.close(fd)
+    # Private mount namespace with a /sys of this netns (best effort).
+    if libc.unshare(CLONE_NEWNS) == 0:
+        libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None)
+        if libc.umount2(b"/sys", MNT_DETACH) == 0:
+            libc.mount(b"sysfs", b"/sys", b"sysfs", 0, None)
+
+
+def netns_inode(path: str = "/proc/self/ns/net") -> int:
+    return os.stat(path).st_ino
+
+
+class WorkerHandle:
+    """The runner's side of one worker."""
+
+    def __init__(self, name: str, netns_path: str, target: str, log_path: str = "",
+                 init: Optional[dict] = None):
+        self.name = name
+        self.netns_path = netns_path
+        self.target = target
+        r_child, w_parent = os.pipe()   # parent -> child
+        r_parent, w_child = os.pipe()   # child -> parent
+        env = dict(os.environ)
+        env["PYTHONUNBUFFERED"] = "1"
+        env["PYNET_SCENARIO_RUNNER_NETNS"] = str(netns_inode())
+        stderr = open(log_path, "ab") if log_path else None
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pynet.scenario.worker", netns_path or "-", target,
+                 str(r_child), str(w_child)],
+                pass_fds=(r_child, w_child), start_new_session=True, env=env,
+                stdin=subprocess.DEVNULL, stdout=stderr or subprocess.DEVNULL,
+                stderr=stderr)
+        finally:
+            os.close(r_child)
+            os.close(w_child)
+            if stderr:
+                stderr.close()
+        self._w = Connection(w_parent, readable=False)
+        self._r = Connection(r_parent, writable=False)
+        self._ready = False
+        self._init = init or {}
+        self.init_result = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        if self._ready:
+            return
+        if getattr(self, "_start_error", None):
+            raise self._start_error
+        try:
+            msg = self._recv(timeout, "start")
+        except WorkerError as e:
+            self._start_error = e
+            raise
+        if msg[0] != "ready":
+            self._start_error = WorkerError(f"worker {self.name} did not start: {msg[1]}",
+                                            msg[2] if len(msg) > 2 else "")
+            raise self._start_error
+        if msg[0] != "ready":
+            raise WorkerError(f"worker {self.name} did not start: {msg[1]}",
+                              msg[2] if len(msg) > 2 else "")
+        self._ready = True
+        if self._init:
+            self.init_result = self.call("init", timeout=timeout, **self._init)
+
+    def _recv(self, timeout: float, what: str):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerTimeout(f"worker {self.name}: no answer to {what} within {timeout:.0f}s")
+            try:
+                if self._r.poll(min(left, 0.5)):
+                    return self._r.recv()
+            except (EOFError, OSError):
+                raise WorkerError(f"worker {self.name} exited (code {self.proc.poll()}) during {what}") from None
+            if self.proc.poll() is not None and not self._r.poll(0):
+                raise WorkerError(f"worker {self.name} exited (code {self.proc.returncode}) during {what}")
+
+    def call(self, method: str, timeout: float = 30.0, **kwargs) -> Any:
+        self.wait_ready()
+        try:
+            self._w.send((method, kwargs))
+        except (BrokenPipeError, OSError):
+            raise WorkerError(f"worker {self.name} is gone (code {self.proc.poll()})") from None
+        msg = self._recv(timeout, method)
+        if msg[0] == "ok":
+            return msg[1]
+        raise WorkerError(msg[1], msg[2] if len(msg) > 2 else "")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Ask the worker to close its service and exit; kill it if it does not."""
+        if self.proc.poll() is None:
+            try:
+                self._w.send(("__exit__", {}))
+            except (BrokenPipeError, OSError):
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        for c in (self._w, self._r):
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    netns_path, target, rfd, wfd = argv
+    w = Connection(int(wfd), readable=False)
+    r = Connection(int(rfd), writable=False)
+    try:
+        if netns_path != "-":
+            enter_netns(netns_path)
+        mod, cls = target.split(":")
+        service = getattr(importlib.import_module(mod), cls)()
+    except BaseException as e:  # noqa: BLE001 - reported to the parent
+        w.send(("err", f"{type(e).__name__}: {e}", traceback.format_exc()))
+        return 1
+    w.send(("ready", None))
+    try:
+        while True:
+            try:
+                method, kwargs = r.recv()
+            except (EOFError, OSError):
+                break
+            if method == "__exit__":
+                break
+            try:
+                if method.startswith("_"):
+                    raise AttributeError(f"no method {method}")
+                res = getattr(service, method)(**kwargs)
+                w.send(("ok", res))
+            except Exception as e:  # noqa: BLE001
+                try:
+                    w.send(("err", f"{type(e).__name__}: {e}", traceback.format_exc()))
+                except (BrokenPipeError, OSError):
+                    break
+    finally:
+        close = getattr(service, "close", None)
+        if close:
+            try:
+                close()
+            except Exception:  # noqa: BLE001
+                traceback.print_exc()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
