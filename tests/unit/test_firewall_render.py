@@ -271,3 +271,20 @@ def test_render_is_restore_text():
     text = Firewall(backend=NoBackend()).render(nets, eps)["ipv4"]
     assert text.startswith("*filter\n:PYNET - [0:0]\n")
     assert text.count("COMMIT") == 2 and text.endswith("COMMIT\n")
+
+
+def test_backend_detection(monkeypatch):
+    from pynet.firewall import IptcBackend, NftBackend, detect
+    monkeypatch.setenv("PYNET_IPTABLES_BACKEND", "legacy")
+    assert isinstance(detect(), IptcBackend)
+    monkeypatch.setenv("PYNET_IPTABLES_BACKEND", "nft")
+    assert isinstance(detect(), NftBackend)
+    monkeypatch.delenv("PYNET_IPTABLES_BACKEND")
+    import pynet.firewall.backend as b
+
+    class P:
+        def __init__(self, out): self.stdout, self.stderr = out, ""
+    monkeypatch.setattr(b, "_run", lambda argv, **kw: P("iptables v1.8.9 (nf_tables)\n"))
+    assert isinstance(detect(), NftBackend)
+    monkeypatch.setattr(b, "_run", lambda argv, **kw: P("iptables v1.8.9 (legacy)\n"))
+    assert isinstance(detect(), IptcBackend)
