@@ -36,14 +36,13 @@ def build_drivers(config: Config) -> dict:
 
 
 def build_firewall(config: Config):
-    # --- FIREWALL HOOK -------------------------------------------------------
-    # The firewall (pynet/firewall) is being written by another engineer.  Once
-    # it exists, build it here, e.g.
-    #     from pynet.firewall import Firewall
-    #     return Firewall.detect(chain_prefix=config.chain_prefix, instance=config.plugin_name)
-    # and nothing else changes: the Controller calls firewall.sync(networks,
-    # endpoints) after every change and in restore().
-    return None
+    """Docker's iptables layout for the bridge networks, under this instance's
+    chain prefix (so a test daemon beside the main one never touches its rules)."""
+    from pynet.drivers.bridge_firewall import BridgeFirewall
+    from pynet.firewall import Firewall
+    from pynet.sysctl import Sysctl
+
+    return BridgeFirewall(Firewall(prefix=config.chain_prefix, sysctl=Sysctl()))
 
 
 def build_controller(config: Config, store=None):

@@ -15,6 +15,7 @@ import contextlib
 import ipaddress
 import logging
 import threading
+import time
 from typing import Iterable, Optional
 
 from pynet import errors
@@ -142,7 +143,8 @@ class Controller:
                        labels: Optional[dict] = None, created_by: str = "docker") -> Network:
         net = Network(id=network_id, driver=driver, name=name, ipv4=list(ipv4), ipv6=list(ipv6),
                       enable_ipv6=enable_ipv6 or bool(list(ipv6)), internal=internal,
-                      options=dict(options or {}), labels=dict(labels or {}), created_by=created_by)
+                      options=dict(options or {}), labels=dict(labels or {}), created_by=created_by,
+                      created_at=time.time())
         with self._lock:
             if not network_id:
                 raise errors.InvalidParameter("network ID is empty")
@@ -208,14 +210,19 @@ class Controller:
                     f"network {net.name or net.id[:12]} has active endpoints "
                     f"({', '.join(e.id[:12] for e in eps)})")
             drv = self.driver_for(net)
-            for ep in eps:
-                self._teardown_endpoint(net, ep, drv)
-            drv.delete_network(net)
-            self.store.delete(_net_key(net.id))
-            for d in net.ipv4 + net.ipv6:
-                if d.pool_id and net.created_by != "docker":
-                    self.ipam.release_pool(d.pool_id)
-            self._sync_firewall()
+            try:
+                for ep in eps:
+                    self._teardown_endpoint(net, ep, drv)
+                drv.delete_network(net)
+            finally:
+                # Docker forgets the network even when DeleteNetwork fails; a
+                # record kept here would block its subnet forever.  Kernel
+                # leftovers carry our alias, so restore() removes them.
+                self.store.delete(_net_key(net.id))
+                for d in net.ipv4 + net.ipv6:
+                    if d.pool_id and net.created_by != "docker":
+                        self.ipam.release_pool(d.pool_id)
+                self._sync_firewall()
             log.info("deleted network %s", net.id[:12])
 
     # ------------------------------------------------------------ endpoints
@@ -331,11 +338,14 @@ class Controller:
             ep.exposed = list(exposed) or ep.exposed
             ep.external = True
             before = self.store.get(_ep_key(net.id, ep.id))
+            drv = self.driver_for(net)
+            drv.program_external_connectivity(net, ep, self.endpoints(net.id))
             self._save_endpoint(ep)
             try:
                 self._sync_firewall()
             except BaseException:
                 self.store.put(_ep_key(net.id, ep.id), before.value)
+                drv.revoke_external_connectivity(net, ep, self.endpoints(net.id))
                 self._sync_firewall()
                 raise
             return ep
@@ -344,8 +354,12 @@ class Controller:
         """Choose host ports as Docker's bridge driver does: an explicit port
         as given, 0 = first free from the ephemeral range, a range = first free
         in it; a port another endpoint holds is refused."""
+        # Only programmed endpoints hold host ports: Docker sends a container's
+        # port map to CreateEndpoint of every network it joins, but programs
+        # it on one of them.
         held = {(p.proto, p.host_ip, p.host_port)
-                for other in self.endpoints() if other.id != ep.id for p in other.ports}
+                for other in self.endpoints() if other.id != ep.id and other.external
+                for p in other.ports}
         chosen: list[PortMapping] = []
         for pm in requested:
             if pm.proto not in ("tcp", "udp", "sctp"):
@@ -384,6 +398,7 @@ class Controller:
                 return
             ep.ports = []
             ep.external = False
+            self.driver_for(net).revoke_external_connectivity(net, ep, self.endpoints(net.id))
             self._save_endpoint(ep)
             self._sync_firewall()
 

@@ -39,6 +39,7 @@ class Network:
     options: dict = field(default_factory=dict)    # driver options (docker -o / CNI keys)
     labels: dict = field(default_factory=dict)
     created_by: str = "docker"                     # "docker" | "cni" | "cli"
+    created_at: float = 0.0                        # orders firewall blocks as Docker does (newest first)
     driver_state: dict = field(default_factory=dict)
 
     @property

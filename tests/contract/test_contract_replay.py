@@ -240,11 +240,10 @@ def test_replay_round(round_name, plugin, controller, firewall, store):
         if status != 200 and rec["method"] != "NetworkDriver.DeleteNetwork":
             # a refused verb leaves the store as it was
             assert snapshot(store) == before, rec
-    # dockerd removed everything it created in each round.  Only a network
-    # whose DeleteNetwork failed is still ours (dockerd forgets it anyway).
-    failed_deletes = {rec["request"]["NetworkID"] for rec, s in zip(recs, statuses)
-                      if rec["method"] == "NetworkDriver.DeleteNetwork" and s != 200}
-    assert {n.id for n in controller.networks()} == failed_deletes
+    # dockerd removed everything it created in each round.  A network whose
+    # DeleteNetwork failed is forgotten too: dockerd forgets it anyway, and a
+    # record kept would block its subnet (kernel leftovers go at restore()).
+    assert controller.networks() == []
     assert controller.endpoints() == []
     assert controller.ipam.list_pools() == []
 

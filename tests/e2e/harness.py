@@ -531,8 +531,11 @@ def pynet_command() -> list[str]:
 
 
 def default_daemon_argv(name: str, sock: Path, state_dir: Path) -> list[str]:
+    # Each test daemon has its own iptables chains (and owner tag), so it never
+    # touches the rules of the daemon ./scripts/run started, nor another run's.
+    chain_prefix = name.split("-", 1)[0].upper()
     return [*pynet_command(), "daemon", "--plugin-name", name, "--socket", str(sock),
-            "--state-dir", str(state_dir)]
+            "--state-dir", str(state_dir), "--chain-prefix", chain_prefix]
 
 
 class PynetDaemon:

@@ -303,8 +303,6 @@ def test_firewall_failure_rolls_the_ports_back(two_eps, firewall, store):
     assert not two_eps.endpoint(N1, E1).external
 
 
-@pytest.mark.xfail(reason="controller.py _resolve_host_ports counts ports stored by "
-                          "create_endpoint (requested, not programmed) as held", strict=False)
 def test_requested_but_unprogrammed_ports_do_not_block(ctl, net1):
     # a container on two networks: both endpoints are created with its port
     # map, only the first is programmed

@@ -1,0 +1,67 @@
+"""The bridge driver's firewall: stored CNM objects -> the firewall's specs.
+
+The controller calls ``sync(networks, endpoints)`` after every change and on
+restore(); the whole desired rule set is derived from the store each time (the
+firewall then changes only what differs), so there is no second copy of the
+state to drift.  Networks are rendered newest first, the order in which
+Docker's own blocks end up in FORWARD.
+"""
+from __future__ import annotations
+
+from pynet.cnm.model import Endpoint, Network
+from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping
+
+HOST_IPV4_OPTION = "com.docker.network.host_ipv4"
+
+
+def _flag(value, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+class BridgeFirewall:
+    def __init__(self, firewall: Firewall, driver_name: str = "bridge"):
+        self.firewall = firewall
+        self.driver_name = driver_name
+
+    def specs(self, networks: list[Network], endpoints: list[Endpoint]):
+        mine = [n for n in networks if n.driver == self.driver_name and n.driver_state.get("bridge")]
+        mine.sort(key=lambda n: (n.created_at, n.id), reverse=True)
+        ids = {n.id for n in mine}
+        net_specs = []
+        for n in mine:
+            st = n.driver_state
+            net_specs.append(NetworkSpec(
+                id=n.id, bridge=st["bridge"],
+                subnets_v4=[d.pool for d in n.ipv4], subnets_v6=[d.pool for d in n.ipv6],
+                icc=_flag(st.get("enable_icc"), True), internal=n.internal,
+                masquerade=_flag(st.get("enable_ip_masquerade"), True),
+                host_ipv4=n.options.get(HOST_IPV4_OPTION) or None,
+                spoof_check=_flag(st.get("spoof_check"), False)))
+        binding = {n.id: n.driver_state.get("host_binding_ipv4") or "" for n in mine}
+        ep_specs = []
+        for e in endpoints:
+            if e.network_id not in ids:
+                continue
+            ports = [PortMapping(proto=p.proto, host_ip=p.host_ip or binding[e.network_id],
+                                 host_port=p.host_port, container_port=p.container_port)
+                     for p in (e.ports if e.external else [])]
+            ep_specs.append(EndpointSpec(
+                id=e.id, network_id=e.network_id, ipv4=e.ip or None, ipv6=e.ip6 or None,
+                mac=e.mac or None, ports=ports, host_veth=e.driver_state.get("host_veth")))
+        return net_specs, ep_specs
+
+    def sync(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
+        self.firewall.apply(*self.specs(networks, endpoints))
+
+    def show(self, networks, endpoints) -> dict[str, str]:
+        return self.firewall.render(*self.specs(networks, endpoints))
+
+    def diff(self, networks, endpoints) -> str:
+        return self.firewall.diff(*self.specs(networks, endpoints))
+
+    def remove_all(self) -> None:
+        self.firewall.remove_all()
