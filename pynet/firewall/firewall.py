@@ -6,8 +6,10 @@ pynet keeps its own chains (``PYNET``, ``PYNET-ISOLATION-STAGE-1/2``,
 ``PYNET-USER``; prefix configurable) and hooks them in as Docker does, by
 rules *at the top of the built-in chains* (``FORWARD``, nat ``PREROUTING``/
 ``OUTPUT``/``POSTROUTING``).  Every pynet rule carries
-``-m comment --comment "pynet:<owner>"``; nothing without that comment is
-ever deleted or moved.  dockerd inserts its own FORWARD rules above
+``-m comment --comment "pynet:<prefix>:<owner>"``; nothing without that
+exact instance tag is ever deleted or moved, so pynet daemons with different
+chain prefixes share a host (each one's block sits above all non-pynet rules;
+below other pynet instances' blocks is fine, so they never fight over the top).  dockerd inserts its own FORWARD rules above
 everything when it creates a network and when it restarts; each
 :meth:`Firewall.apply` therefore compares the whole chain (foreign rules
 included) with the target "pynet block on top, foreign rules after, in
@@ -55,7 +57,8 @@ class Firewall:
             default writes /proc/sys (inside ``netns`` if given).
         netns: named network namespace to act in (subprocess backends).
         """
-        if not prefix or any(c.isspace() for c in prefix) or len(prefix) > 28 - len("-ISOLATION-STAGE-1"):
+        if not prefix or any(c.isspace() or c in ':"\'\\' for c in prefix) \
+                or len(prefix) > 28 - len("-ISOLATION-STAGE-1"):
             raise ValueError(f"invalid chain prefix {prefix!r}")
         self.prefix = prefix
         self.netns = netns
@@ -79,7 +82,7 @@ class Firewall:
     # --- kernel --------------------------------------------------------------
     def _actual(self, family: str, desired: Ruleset | None):
         try:
-            return parse_save(self.backend.save(family))
+            return parse_save(self.backend.save(family), self.prefix)
         except KernelError:
             if desired is None or desired.is_empty():
                 return None  # e.g. no IPv6 in this kernel and nothing wanted there
@@ -100,7 +103,7 @@ class Firewall:
 
     def _rollback(self, family: str, before, err: KernelError) -> None:
         try:
-            now = parse_save(self.backend.save(family))
+            now = parse_save(self.backend.save(family), self.prefix)
             plan = plan_restore(now, before, own_chains(self.prefix))
             if plan:
                 self.backend.execute(family, plan)
@@ -120,7 +123,7 @@ class Firewall:
     def remove_all(self) -> None:
         """Remove every pynet-owned rule and every empty pynet chain."""
         for fam in self.families:
-            self._reconcile(fam, Ruleset(fam))
+            self._reconcile(fam, Ruleset(fam, self.prefix))
 
     def diff(self, networks, endpoints) -> str:
         """Desired vs actual pynet rules; '' when the kernel is in sync."""

@@ -3,9 +3,17 @@
 A :class:`Rule` is one iptables rule in *canonical iptables-save form* (the
 exact token order ``iptables-save`` prints: ``-s -d -i -o -p``, matches,
 then ``-j``), without its owner comment.  Rendering adds
-``-m comment --comment "pynet:<owner>"`` as the last match, which is where
-``iptables-save`` prints it back, so desired and actual rules compare as plain
-token tuples.
+``-m comment --comment "pynet:<instance>:<owner>"`` as the last match, which
+is where ``iptables-save`` prints it back, so desired and actual rules compare
+as plain token tuples.
+
+Ownership is instance-scoped: ``<instance>`` is the chain prefix of the
+:class:`~pynet.firewall.Firewall` (``PYNET``, ``DOCKER``, a test run's own
+prefix...).  An instance only ever deletes or moves rules carrying its own
+``pynet:<instance>:`` tag; rules of other pynet instances are foreign to it
+(except that its block in a built-in chain may sit below theirs, see
+:func:`pynet.firewall.reconcile.target_chain`), so several pynet daemons with
+different prefixes coexist on one host.
 """
 from __future__ import annotations
 
@@ -60,9 +68,20 @@ class EndpointSpec:
     host_veth: str | None = None
 
 
-def owner_tag(owner: str) -> str:
-    """The comment text of a pynet rule; owner reduced to a quote-free charset."""
-    return COMMENT_PREFIX + (_OWNER_RE.sub("_", owner) or "_")
+def owner_tag(owner: str, instance: str = "") -> str:
+    """The comment text of a pynet rule, ``pynet:<instance>:<owner>``; owner reduced to a
+    quote-free charset (the instance, a chain prefix, contains no ``:``)."""
+    return f"{COMMENT_PREFIX}{instance}:" + (_OWNER_RE.sub("_", owner) or "_")
+
+
+def split_tag(text: str) -> tuple[str, str] | None:
+    """``pynet:<instance>:<owner>`` -> (instance, owner); None for a non-pynet comment.
+    A pre-instance tag ``pynet:<owner>`` (no second ``:``) yields instance ``""``."""
+    if not text.startswith(COMMENT_PREFIX):
+        return None
+    rest = text[len(COMMENT_PREFIX):]
+    inst, sep, owner = rest.partition(":")
+    return (inst, owner) if sep else ("", rest)
 
 
 @dataclass(frozen=True)
@@ -71,11 +90,12 @@ class Rule:
     chain: str
     spec: tuple[str, ...]  # canonical tokens, no comment
     owner: str
+    instance: str = ""  # the owning Firewall's chain prefix
 
     def tokens(self) -> tuple[str, ...]:
         """Spec with the owner comment inserted as the last match (before -j)."""
         spec = list(self.spec)
-        cm = ["-m", "comment", "--comment", owner_tag(self.owner)]
+        cm = ["-m", "comment", "--comment", owner_tag(self.owner, self.instance)]
         if "-j" in spec:
             k = spec.index("-j")
             return tuple(spec[:k] + cm + spec[k:])
@@ -101,6 +121,7 @@ class Ruleset:
     """
 
     family: str
+    instance: str = ""  # chain prefix of the owning Firewall, part of every rule's tag
     chains: dict[str, list[str]] = field(default_factory=dict)
     rules: dict[str, dict[str, list[Rule]]] = field(default_factory=dict)
 
@@ -112,7 +133,7 @@ class Ruleset:
 
     def add(self, table: str, chain: str, spec, owner: str) -> None:
         self.rules.setdefault(table, {}).setdefault(chain, []).append(
-            Rule(table, chain, tuple(spec), owner))
+            Rule(table, chain, tuple(spec), owner, self.instance))
 
     def tables(self) -> list[str]:
         names = set(self.rules) | set(self.chains)

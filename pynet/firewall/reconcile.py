@@ -16,14 +16,15 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
-from .model import BUILTIN_CHAINS, COMMENT_PREFIX, TABLE_ORDER, Rule, Ruleset, join
+from .model import BUILTIN_CHAINS, TABLE_ORDER, Rule, Ruleset, join, owner_tag, split_tag
 
 
 @dataclass(frozen=True)
 class SavedRule:
     tokens: tuple[str, ...]  # as printed, comment included
-    spec: tuple[str, ...]  # comment removed
-    owner: str | None  # pynet owner, None for foreign rules
+    spec: tuple[str, ...]  # own pynet comment removed
+    owner: str | None  # pynet owner if this instance's rule, None for foreign rules
+    peer: bool = False  # a rule of another pynet instance (foreign to this one, kept as is)
 
     @property
     def key(self):
@@ -42,24 +43,33 @@ def _strip_counters(tokens: list[str]) -> list[str]:
     return tokens
 
 
-def parse_rule_tokens(tokens) -> SavedRule:
+def parse_rule_tokens(tokens, instance: str | None = None) -> SavedRule:
+    """One saved rule.  ``instance`` None: any pynet tag makes the rule pynet's (owner =
+    the tag's owner part); else only tags of that instance do, and other instances'
+    rules come back foreign with ``peer=True`` (their comment left in ``spec``)."""
     tokens = tuple(tokens)
     spec = list(tokens)
     owner = None
+    peer = False
     i = 0
     while i < len(spec) - 3:
         if spec[i] == "-m" and spec[i + 1] == "comment" and spec[i + 2] == "--comment":
-            text = spec[i + 3]
-            if text.startswith(COMMENT_PREFIX) and owner is None:
-                owner = text[len(COMMENT_PREFIX):]
-                del spec[i:i + 4]
-                continue
+            tag = split_tag(spec[i + 3])
+            if tag is not None and owner is None and not peer:
+                if instance is None or tag[0] == instance:
+                    owner = tag[1]
+                    del spec[i:i + 4]
+                    continue
+                peer = True
         i += 1
-    return SavedRule(tokens, tuple(spec), owner)
+    return SavedRule(tokens, tuple(spec), owner, peer)
 
 
-def parse_save(text: str) -> dict[str, TableState]:
-    """Parse iptables-save output into table -> TableState."""
+def parse_save(text: str, instance: str | None = None) -> dict[str, TableState]:
+    """Parse iptables-save output into table -> TableState.
+
+    ``instance``: the chain prefix of the Firewall reading; only its tagged rules
+    count as pynet's (see :func:`parse_rule_tokens`)."""
     tables: dict[str, TableState] = {}
     cur = None
     for line in text.splitlines():
@@ -78,7 +88,7 @@ def parse_save(text: str) -> dict[str, TableState]:
         elif cur is not None:
             toks = _strip_counters(shlex.split(line))
             if len(toks) >= 2 and toks[0] == "-A":
-                cur.chains.setdefault(toks[1], []).append(parse_rule_tokens(toks[2:]))
+                cur.chains.setdefault(toks[1], []).append(parse_rule_tokens(toks[2:], instance))
     return tables
 
 
@@ -126,21 +136,36 @@ def _is_builtin(table: str, chain: str) -> bool:
     return chain in BUILTIN_CHAINS.get(table, ())
 
 
-def target_chain(table: str, chain: str, desired: list[Rule], foreign: list[SavedRule]):
+def target_chain(table: str, chain: str, desired: list[Rule], actual: list[SavedRule]):
     """The full rule list pynet wants in a chain: (spec, owner) keys and tokens.
 
     Built-in chains: pynet's rules on top (so they win over rules others insert
-    later, re-asserted by every apply); chains pynet creates: foreign rules
-    first (a user's rules in ``<prefix>-USER`` stay ahead of its RETURN).
+    later, re-asserted by every apply) -- but only *foreign non-pynet* rules
+    must not precede them: rules of other pynet instances (``peer``) may.  If
+    this instance's block now starts after nothing but peer rules, it stays
+    where it is; otherwise it goes right below the run of peer rules at the top
+    of the chain.  So two instances settle (whoever came first stays first)
+    instead of re-inserting themselves above each other forever, and both stay
+    above dockerd's rules.  Chains pynet creates: foreign rules first (a
+    user's rules in ``<prefix>-USER`` stay ahead of its RETURN).
     """
     mine = [((r.spec, _norm_owner(r.owner)), r.tokens()) for r in desired]
-    theirs = [(f.key, None) for f in foreign]
-    return mine + theirs if _is_builtin(table, chain) else theirs + mine
+    others = [r for r in actual if r.owner is None]
+    theirs = [(f.key, None) for f in others]
+    if not _is_builtin(table, chain):
+        return theirs + mine
+    first = next((i for i, r in enumerate(actual) if r.owner is not None), None)
+    if first is not None and all(r.peer for r in actual[:first]):
+        at = first  # in place: only other pynet instances above it
+    else:
+        at = 0
+        while at < len(others) and others[at].peer:
+            at += 1
+    return theirs[:at] + mine + theirs[at:]
 
 
 def _norm_owner(owner: str) -> str:
-    from .model import owner_tag
-    return owner_tag(owner)[len(COMMENT_PREFIX):]
+    return owner_tag(owner).partition(":")[2].partition(":")[2]
 
 
 def plan_table(table: str, actual: TableState | None, chains_wanted: list[str],
@@ -196,8 +221,7 @@ def plan_family(actual: dict[str, TableState], desired: Ruleset, removable: set[
         ts = actual.get(table, TableState())
         target = {}
         for ch, rules in desired.rules.get(table, {}).items():
-            foreign = [r for r in ts.chains.get(ch, []) if r.owner is None]
-            target[ch] = target_chain(table, ch, rules, foreign)
+            target[ch] = target_chain(table, ch, rules, ts.chains.get(ch, []))
         ops = plan_table(table, ts, desired.chains.get(table, []), target, removable)
         if ops:
             plan[table] = ops

@@ -142,7 +142,7 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
                   family: str, userland_proxy: bool = False) -> Ruleset:
     ver = 4 if family == IPV4 else 6
     c = chain_names(prefix)
-    rs = Ruleset(family)
+    rs = Ruleset(family, prefix)
     nets = []
     for n in networks:
         _ifname(n.bridge)

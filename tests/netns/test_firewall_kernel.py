@@ -147,11 +147,11 @@ def sc_stale_removed(c: Ctx):
     assert "pt-br2" in c.save()
     fw.apply([nets[1]], [eps[0]])  # net2, net3 and ep2 gone
     text = c.save()
-    assert "pt-br2" not in text and "pt-br3" not in text and "pynet:ep2" not in text
+    assert "pt-br2" not in text and "pt-br3" not in text and "pynet:PYNET:ep2" not in text
     assert c.pynet_rules() == desired_rules(fw, [nets[1]], [eps[0]])
     fw.apply([nets[0]], [])  # net1 gone with its endpoint, v6 off for the whole family? no: net2 has v6
     assert c.pynet_rules() == desired_rules(fw, [nets[0]], [])
-    assert "pynet:ep1" not in c.save() + c.save("ipv6")
+    assert "pynet:PYNET:ep1" not in c.save() + c.save("ipv6")
     assert c.pynet_rules("ipv6") == desired_rules(fw, [nets[0]], [], "ipv6")
 
 

@@ -82,7 +82,7 @@ def test_golden_every_rule_tagged_with_owner():
     assert rules and all('-m comment --comment "pynet:' in l for l in rules)
     owners = {r.owner for ts in parse_save(text).values() for rs in ts.chains.values() for r in rs}
     assert owners == {"base", "net1", "net2", "bridge", "ep1"}
-    assert '-A DOCKER -p tcp -m tcp --dport 18088 -m comment --comment "pynet:ep1" -j DNAT ' \
+    assert '-A DOCKER -p tcp -m tcp --dport 18088 -m comment --comment "pynet:DOCKER:ep1" -j DNAT ' \
            '--to-destination 10.240.1.2:80' in rules
 
 
