@@ -9,6 +9,9 @@
     pynet ipam ls                       pools with used / free addresses
     pynet endpoint ls [--network N]
     pynet port CONTAINER|ENDPOINT       "80/tcp -> 0.0.0.0:18088"
+    pynet firewall show                 the desired rules (iptables-restore text per family)
+    pynet firewall diff                 desired vs the kernel's pynet rules; exit 1 if out of sync
+    pynet firewall flush                remove this instance's (--chain-prefix) rules and chains
 
 The CLI reads the daemon's store (SQLite in the state directory) directly.
 Importing this module stays light: Flask and waitress load only for
@@ -99,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="published ports of a container or endpoint")
     p.add_argument("target", metavar="CONTAINER|ENDPOINT")
     p.set_defaults(func=cmd_port)
+
+    fw = sub.add_parser("firewall", parents=[common], help="iptables rules of this instance")
+    fsub = fw.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    fsub.required = True
+    p = fsub.add_parser("show", parents=[common], help="print the desired rules")
+    p.set_defaults(func=cmd_firewall_show)
+    p = fsub.add_parser("diff", parents=[common],
+                        help="desired vs actual pynet rules (exit 1 when they differ)")
+    p.set_defaults(func=cmd_firewall_diff)
+    p = fsub.add_parser("flush", parents=[common],
+                        help="remove every rule and chain of this chain prefix "
+                             "(a running daemon puts them back on its next re-check)")
+    p.set_defaults(func=cmd_firewall_flush)
     return parser
 
 
@@ -312,6 +328,43 @@ def cmd_port(args, config: Config) -> int:
     else:
         for p in ports:
             print(_port_line(p))
+    return 0
+
+
+def _bridge_firewall(config: Config):
+    from pynet.daemon import build_firewall
+
+    return build_firewall(config)
+
+
+def _store_state(config: Config):
+    c = _reader(config)
+    return c.networks(), c.endpoints()
+
+
+def cmd_firewall_show(args, config: Config) -> int:
+    out = _bridge_firewall(config).show(*_store_state(config))
+    if args.json:
+        _print_json(out)
+    else:
+        for fam, text in out.items():
+            if text:
+                print(f"# {fam}")
+                sys.stdout.write(text)
+    return 0
+
+
+def cmd_firewall_diff(args, config: Config) -> int:
+    text = _bridge_firewall(config).diff(*_store_state(config))
+    if args.json:
+        _print_json({"in_sync": not text, "diff": text})
+    elif text:
+        sys.stdout.write(text)
+    return 1 if text else 0
+
+
+def cmd_firewall_flush(args, config: Config) -> int:
+    _bridge_firewall(config).remove_all()
     return 0
 
 

@@ -67,6 +67,69 @@ def setup_logging(level: int = logging.INFO) -> None:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
+RECHECK_ENV = "PYNET_FIREWALL_RECHECK"
+DEFAULT_RECHECK = 10.0
+
+
+def recheck_interval() -> float:
+    """Seconds between firewall re-checks (env PYNET_FIREWALL_RECHECK; 0 = only on SIGHUP)."""
+    try:
+        return max(0.0, float(os.environ.get(RECHECK_ENV, DEFAULT_RECHECK)))
+    except ValueError:
+        return DEFAULT_RECHECK
+
+
+class FirewallRechecker:
+    """Re-applies the whole desired rule set every ``interval`` seconds and on SIGHUP.
+
+    dockerd inserts its FORWARD rules on top when it creates a network and rewrites
+    its chains when it restarts; an admin may ``iptables -F FORWARD``.  Firewall.apply
+    compares and changes nothing when in sync (two iptables-save reads), so the
+    re-check is cheap.  Runs under the controller's lock, like every other change.
+    """
+
+    def __init__(self, controller, interval: float):
+        import threading
+
+        self.controller = controller
+        self.interval = interval
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="firewall-recheck", daemon=True)
+
+    def start(self) -> "FirewallRechecker":
+        import signal
+
+        if self.controller.firewall is None:
+            return self
+        signal.signal(signal.SIGHUP, lambda *_: self.wake.set())
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    def recheck(self) -> None:
+        c = self.controller
+        with c._lock:  # the controller's own lock: no verb runs in between
+            c.firewall.sync(c.networks(), c.endpoints())
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            self.wake.wait(self.interval or None)
+            if self.stopping.is_set():
+                return
+            hup = self.wake.is_set()
+            self.wake.clear()
+            try:
+                self.recheck()
+                if hup:
+                    log.info("firewall re-checked (SIGHUP)")
+            except Exception as e:  # noqa: BLE001 -- keep serving; next round retries
+                log.error("firewall re-check failed: %s", e)
+
+
 def run_daemon(config: Config) -> None:
     """Build, reconcile the kernel with the store, serve until SIGTERM."""
     setup_logging(logging.DEBUG if os.environ.get("PYNET_DEBUG") else logging.INFO)
@@ -83,5 +146,9 @@ def run_daemon(config: Config) -> None:
     nets = controller.networks()
     log.info("restored %d network(s), %d endpoint(s)", len(nets), len(controller.endpoints()))
     app = create_app(controller)
-    serve(app, config.socket_path)
+    rechecker = FirewallRechecker(controller, recheck_interval()).start()
+    try:
+        serve(app, config.socket_path)
+    finally:
+        rechecker.stop()
     log.info("pynet daemon stopped")

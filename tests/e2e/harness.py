@@ -221,7 +221,24 @@ def cleanup_stale_host(current: str | None = None) -> list[str]:
         if sock.name.split("-", 1)[0] in stale_prefixes([sock.name], current) and not socket_answers(sock):
             sock.unlink(missing_ok=True)
             removed.append(str(sock))
+    removed += cleanup_stale_firewall(current)
     remove_dead_locks()
+    return removed
+
+
+def cleanup_stale_firewall(current: str | None = None) -> list[str]:
+    """Flushes the iptables rules of test daemons (tag ``pynet:PTXXXX....:``) of runs that are gone."""
+    found = set()
+    for save in ("iptables-save", "ip6tables-save"):
+        try:
+            text = sh(save, check=False, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        found |= set(re.findall(r"pynet:(PT[0-9A-F]{4}[0-9A-F]*):", text))
+    removed = []
+    for cp in sorted(found):
+        if stale_prefixes([cp[:6].lower() + "-x"], current) and flush_firewall(cp) is None:
+            removed.append(f"firewall {cp}")
     return removed
 
 
@@ -530,10 +547,36 @@ def pynet_command() -> list[str]:
     return [sys.executable, "-c", "import sys; from pynet.cli import main; sys.exit(main())"]
 
 
+def chain_prefix_for(name: str) -> str:
+    """A test daemon's own iptables chain prefix (and owner tag): the run prefix plus 4 hex of
+    the daemon's name, upper-cased (``pt1a2b-pynet`` -> ``PT1A2B....``, 10 characters, the most
+    a prefix may have), so two daemons of one run never touch each other's rules either."""
+    import hashlib
+
+    run = name.split("-", 1)[0]
+    return (run + hashlib.sha1(name.encode()).hexdigest()[:4]).upper()[:10]
+
+
+def daemon_chain_prefix(argv: Sequence[str]) -> str | None:
+    argv = list(argv)
+    for i, a in enumerate(argv[:-1]):
+        if a == "--chain-prefix":
+            return argv[i + 1]
+    return None
+
+
+def flush_firewall(chain_prefix: str) -> str | None:
+    """Removes every rule and chain of ``chain_prefix`` (``pynet firewall flush``); an error text
+    or None."""
+    p = sh(*pynet_command(), "firewall", "flush", "--chain-prefix", chain_prefix,
+           "--state-dir", "/nonexistent", check=False, timeout=60)
+    return None if p.returncode == 0 else (p.stderr.strip() or f"exit {p.returncode}")
+
+
 def default_daemon_argv(name: str, sock: Path, state_dir: Path) -> list[str]:
     # Each test daemon has its own iptables chains (and owner tag), so it never
-    # touches the rules of the daemon ./scripts/run started, nor another run's.
-    chain_prefix = name.split("-", 1)[0].upper()
+    # touches the rules of the daemon ./scripts/run started, nor another run's or daemon's.
+    chain_prefix = chain_prefix_for(name)
     return [*pynet_command(), "daemon", "--plugin-name", name, "--socket", str(sock),
             "--state-dir", str(state_dir), "--chain-prefix", chain_prefix]
 
@@ -709,6 +752,11 @@ def teardown_daemon(daemon: PynetDaemon, docker: Docker | None, prefixes: Iterab
         daemon.stop()
     except Exception as e:  # noqa: BLE001
         errors.append(f"stop: {e}")
+    chain_prefix = daemon_chain_prefix(daemon.argv())
+    if is_root() and chain_prefix and chain_prefix != "PYNET":
+        err = flush_firewall(chain_prefix)  # the daemon keeps its rules when it stops
+        if err:
+            errors.append(f"firewall flush {chain_prefix}: {err}")
     if is_root():
         cleanup_links([*prefixes, *daemon.link_prefixes, *generated])
         cleanup_netns(prefixes)
