@@ -5,6 +5,14 @@ restore(); the whole desired rule set is derived from the store each time (the
 firewall then changes only what differs), so there is no second copy of the
 state to drift.  Networks are rendered newest first, the order in which
 Docker's own blocks end up in FORWARD.
+
+Beside dockerd, Docker's isolation chains know only Docker's networks and
+pynet's only pynet's, so the adapter also isolates pynet's networks from the
+bridges named as Docker names its own (``docker0``, ``br-<id>``) and as pynet
+names those of other pynet instances (``pn-<id>``), in both directions
+(``FOREIGN_BRIDGES``; see ``render_family(isolate_from=...)``).  A bridge
+given a custom name (``com.docker.network.bridge.name``) by someone else is
+not covered.
 """
 from __future__ import annotations
 
@@ -12,6 +20,7 @@ from pynet.cnm.model import Endpoint, Network
 from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping
 
 HOST_IPV4_OPTION = "com.docker.network.host_ipv4"
+FOREIGN_BRIDGES = ("docker0", "br-+", "pn-+")
 
 
 def _flag(value, default: bool) -> bool:
@@ -23,9 +32,12 @@ def _flag(value, default: bool) -> bool:
 
 
 class BridgeFirewall:
-    def __init__(self, firewall: Firewall, driver_name: str = "bridge"):
+    def __init__(self, firewall: Firewall, driver_name: str = "bridge",
+                 isolate_from=FOREIGN_BRIDGES):
         self.firewall = firewall
         self.driver_name = driver_name
+        if isolate_from is not None:
+            firewall.isolate_from = tuple(isolate_from)
 
     def specs(self, networks: list[Network], endpoints: list[Endpoint]):
         mine = [n for n in networks if n.driver == self.driver_name and n.driver_state.get("bridge")]

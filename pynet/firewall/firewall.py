@@ -46,7 +46,7 @@ from .render import own_chains, render_family, route_localnet_sysctls
 
 class Firewall:
     def __init__(self, prefix: str = "PYNET", backend=None, *, userland_proxy: bool = False,
-                 sysctl=None, netns: str | None = None, families=FAMILIES):
+                 sysctl=None, netns: str | None = None, families=FAMILIES, isolate_from=()):
         """
         prefix: chain name prefix (``DOCKER`` reproduces Docker's layout).
         backend: None (detect once), ``"nft"``, ``"legacy"`` (libiptc),
@@ -56,6 +56,8 @@ class Firewall:
         sysctl: ``callable(path, value)`` or object with ``set(path, value)``;
             default writes /proc/sys (inside ``netns`` if given).
         netns: named network namespace to act in (subprocess backends).
+        isolate_from: bridge interface names/patterns of others (``docker0``, ``br-+``)
+            isolated from pynet's networks in both directions (see render_family).
         """
         if not prefix or any(c.isspace() or c in ':"\'\\' for c in prefix) \
                 or len(prefix) > 28 - len("-ISOLATION-STAGE-1"):
@@ -66,10 +68,12 @@ class Firewall:
         self.userland_proxy = userland_proxy
         self.families = tuple(families)
         self._sysctl = sysctl
+        self.isolate_from = tuple(isolate_from)
 
     # --- rendering -----------------------------------------------------------
     def desired(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> dict[str, Ruleset]:
-        return {fam: render_family(self.prefix, list(networks), list(endpoints), fam, self.userland_proxy)
+        return {fam: render_family(self.prefix, list(networks), list(endpoints), fam, self.userland_proxy,
+                                   self.isolate_from)
                 for fam in self.families}
 
     def render(self, networks, endpoints) -> dict[str, str]:

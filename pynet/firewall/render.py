@@ -139,7 +139,15 @@ def check_port_conflicts(endpoints: list[EndpointSpec]) -> None:
 
 # --- the renderer ------------------------------------------------------------
 def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[EndpointSpec],
-                  family: str, userland_proxy: bool = False) -> Ruleset:
+                  family: str, userland_proxy: bool = False, isolate_from=()) -> Ruleset:
+    """``isolate_from``: interface names/patterns (``docker0``, ``br-+``) of bridges that are
+    not this instance's (dockerd's own networks, other pynet instances).  Docker's isolation
+    chains only know the networks they render, so beside dockerd traffic would pass between
+    pynet and Docker bridges both ways; for each pattern P pynet adds, in its own chains,
+    ``ISOLATION-STAGE-1: -i P ! -o P -j STAGE-2`` and ``STAGE-2: -o P -j DROP`` (owner
+    ``base``).  Empty (the default): exactly Docker's layout."""
+    for p in isolate_from:
+        _ifname(p)
     ver = 4 if family == IPV4 else 6
     c = chain_names(prefix)
     rs = Ruleset(family, prefix)
@@ -205,10 +213,14 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
                 rs.add("filter", c["iso1"], ["-i", br, "-j", "DROP"], o)
         else:
             rs.add("filter", c["iso1"], ["-i", br, "!", "-o", br, "-j", c["iso2"]], o)
+    for p in isolate_from:
+        rs.add("filter", c["iso1"], ["-i", p, "!", "-o", p, "-j", c["iso2"]], "base")
     rs.add("filter", c["iso1"], ["-j", "RETURN"], "base")
     for n, subs in nets:
         if not n.internal:
             rs.add("filter", c["iso2"], ["-o", n.bridge, "-j", "DROP"], n.id)
+    for p in isolate_from:
+        rs.add("filter", c["iso2"], ["-o", p, "-j", "DROP"], "base")
     rs.add("filter", c["iso2"], ["-j", "RETURN"], "base")
     rs.add("filter", c["user"], ["-j", "RETURN"], "base")
 
