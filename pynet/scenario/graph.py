@@ -138,8 +138,8 @@ def to_svg(scn: Scenario) -> str:
             if kind != "b":
                 out.append(f'<rect x="{x + 6}" y="{y - 12}" width="{colw - 12}" height="{lh - 2}" '
                            f'fill="{colors[kind]}"/>')
-            out.append(f'<text x="{x + 10}" y="{y}"{" font-weight=\"bold\"" if kind == "b" else ""}>'
-                       f'{html.escape(text)}</text>')
+            bold = ' font-weight="bold"' if kind == "b" else ""
+            out.append(f'<text x="{x + 10}" y="{y}"{bold}>{html.escape(text)}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
 

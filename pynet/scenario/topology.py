@@ -311,7 +311,7 @@ class Topology:
         for key, w in list(self.workers.items()):
             if key in self.scn.hosts and w.proc.poll() is None:
                 try:
-                    r = w.call("teardown", timeout=60)
+                    r = w.call("teardown", call_timeout=90)
                     report["problems"] += [f"{key}: {p}" for p in r["problems"]]
                     report["leftovers"] += [f"{key}: {k}" for k in r["leftovers"]]
                 except WorkerError as e:

@@ -124,7 +124,7 @@ class WorkerHandle:
                               msg[2] if len(msg) > 2 else "")
         self._ready = True
         if self._init:
-            self.init_result = self.call("init", timeout=timeout, **self._init)
+            self.init_result = self.call("init", call_timeout=timeout, **self._init)
 
     def _recv(self, timeout: float, what: str):
         deadline = time.monotonic() + timeout
@@ -140,13 +140,21 @@ class WorkerHandle:
             if self.proc.poll() is not None and not self._r.poll(0):
                 raise WorkerError(f"worker {self.name} exited (code {self.proc.returncode}) during {what}")
 
-    def call(self, method: str, timeout: float = 30.0, **kwargs) -> Any:
+    def call(self, method: str, /, *, call_timeout: float = 60.0, **kwargs) -> Any:
+        """Call ``method(**kwargs)`` in the worker.  A worker that does not
+        answer within ``call_timeout`` is killed (its answers would be out of
+        step with the questions from then on)."""
         self.wait_ready()
         try:
             self._w.send((method, kwargs))
         except (BrokenPipeError, OSError):
             raise WorkerError(f"worker {self.name} is gone (code {self.proc.poll()})") from None
-        msg = self._recv(timeout, method)
+        try:
+            msg = self._recv(call_timeout, method)
+        except WorkerError as e:
+            self._start_error = e
+            self.kill()
+            raise
         if msg[0] == "ok":
             return msg[1]
         raise WorkerError(msg[1], msg[2] if len(msg) > 2 else "")
