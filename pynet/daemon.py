@@ -143,6 +143,8 @@ def run_daemon(config: Config) -> None:
              config.plugin_name, config.state_dir, config.socket_path)
     controller = build_controller(config)
     controller.restore()
+    from pynet.plugin_api.docker_state import reconcile_with_docker
+    reconcile_with_docker(controller, config.plugin_name)
     nets = controller.networks()
     log.info("restored %d network(s), %d endpoint(s)", len(nets), len(controller.endpoints()))
     app = create_app(controller)

@@ -25,6 +25,7 @@ from pynet.cnm.model import Endpoint, IPData, JoinInfo, Network, PortMapping
 log = logging.getLogger("pynet.controller")
 
 NETWORKS = "networks/"
+REQUESTER_OPTION = "pynet.requester"
 ENDPOINTS = "endpoints/"
 
 
@@ -34,6 +35,16 @@ def _net_key(nid: str) -> str:
 
 def _ep_key(nid: str, eid: str) -> str:
     return f"{ENDPOINTS}{nid}/{eid}"
+
+
+GATEWAYS = "gateways/"
+GATEWAY_REQUEST = "com.docker.network.gateway"
+
+
+def _gateway_key(pool_id: str, addr: str) -> str:
+    # pool ids contain '/', which is fine inside a key; the trailing '/' keeps
+    # one pool's prefix from matching another's.
+    return f"{GATEWAYS}{pool_id}/" + addr
 
 
 def parse_cidr(value: str, what: str, strict: bool = False):
@@ -73,21 +84,34 @@ class Controller:
         return self.ipam.address_spaces()
 
     def request_pool(self, address_space: str, pool: str = "", sub_pool: str = "",
-                     options: Optional[dict] = None, v6: bool = False):
+                     options: Optional[dict] = None, v6: bool = False, requester: str = ""):
+        """``requester`` (e.g. "docker") is remembered with the pool so that
+        reconcile_runtime() only ever releases pools that runtime asked for."""
+        options = dict(options or {})
+        if requester:
+            options[REQUESTER_OPTION] = requester
         with self._lock:
-            return self.ipam.request_pool(address_space, pool, sub_pool, options or {}, v6)
+            return self.ipam.request_pool(address_space, pool, sub_pool, options, v6)
 
     def release_pool(self, pool_id: str) -> None:
         with self._lock:
             self.ipam.release_pool(pool_id)
+            self.store.delete_prefix(_gateway_key(pool_id, ""))
 
     def request_address(self, pool_id: str, address: str = "", options: Optional[dict] = None) -> str:
+        options = options or {}
         with self._lock:
-            return self.ipam.request_address(pool_id, address, options or {})
+            addr = self.ipam.request_address(pool_id, address, options)
+            if options.get("RequestAddressType") == GATEWAY_REQUEST:
+                # Docker does not show an automatic gateway in `network
+                # inspect`; remember it so reconcile_runtime() knows it is held.
+                self.store.put(_gateway_key(pool_id, addr.split("/")[0]), {})
+            return addr
 
     def release_address(self, pool_id: str, address: str) -> None:
         with self._lock:
             self.ipam.release_address(pool_id, address)
+            self.store.delete(_gateway_key(pool_id, address.split("/")[0]))
 
     # ------------------------------------------------------------- lookups
     def driver_for(self, net: Network) -> Driver:
@@ -413,6 +437,42 @@ class Controller:
                 ids = {n.id for n in mine}
                 drv.restore(mine, [e for e in eps if e.network_id in ids])
             self._sync_firewall()
+
+    def reconcile_runtime(self, networks_held: dict, pools_held: list, requester: str) -> dict:
+        """Forget what a runtime (``requester``) no longer holds.
+
+        ``networks_held``: network id -> endpoint ids the runtime still has, for
+        every network of ours it knows; ``pools_held``: (pool, sub_pool, bare
+        addresses) for every pool it holds through our IPAM.  Only records the
+        runtime made are touched (networks created_by it, endpoints without a
+        CNI container id, pools requested by it).
+        """
+        done = {"networks": [], "endpoints": [], "pools": [], "addresses": []}
+        with self._lock:
+            for net in self.networks():
+                if net.created_by != requester:
+                    continue
+                if net.id not in networks_held:
+                    self.delete_network(net.id, force_endpoints=True)
+                    done["networks"].append(net.id)
+                    continue
+                for ep in self.endpoints(net.id):
+                    if not ep.container_id and ep.id not in networks_held[net.id]:
+                        self.delete_endpoint(net.id, ep.id)
+                        done["endpoints"].append(ep.id)
+            held = {(p, sp or ""): addrs for p, sp, addrs in pools_held}
+            for pool in self.ipam.list_pools():
+                if (pool.get("options") or {}).get(REQUESTER_OPTION) != requester:
+                    continue
+                key = (pool["pool"], pool.get("sub_pool") or "")
+                if key not in held:
+                    self.release_pool(pool["id"])
+                    done["pools"].append(pool["id"])
+                else:
+                    gateways = {r.key.rsplit("/", 1)[1]
+                                for r in self.store.list(_gateway_key(pool["id"], ""))}
+                    done["addresses"] += self.ipam.reconcile(pool["id"], held[key] | gateways)
+        return done
 
     def _sync_firewall(self) -> None:
         if self.firewall is None:

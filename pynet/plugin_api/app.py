@@ -197,7 +197,7 @@ def create_app(controller) -> Flask:
         """in: {"AddressSpace", "Pool": "" | CIDR, "SubPool": "" | CIDR (--ip-range),
         "Options": {...}, "V6": bool}
         out: {"PoolID", "Pool": CIDR, "Data": {...}}"""
-        pool_id, pool, data = c.request_pool(**wire.request_pool_args(body))
+        pool_id, pool, data = c.request_pool(**wire.request_pool_args(body), requester="docker")
         return wire.render_pool(pool_id, pool, data)
 
     @route("IpamDriver.ReleasePool")

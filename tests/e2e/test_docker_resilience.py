@@ -143,3 +143,33 @@ def test_malformed_json_posted_to_socket(pynet_daemon):
                                      {"NetworkID": "x" * 64, "IPv4Data": [{"Pool": "10.1.0.0/33"}]})
     assert status == 400 and "10.1.0.0/33" in body["Err"]
     assert store_keys(pynet_daemon) == before
+
+
+def test_lost_answers_are_released_by_reconciliation_with_docker(docker, test_image, pynet_daemon, prefix):
+    """An allocation whose caller never got the answer (pynet killed before replying, or
+    dockerd gone) is found by asking dockerd what it holds at the next start -- never by
+    guessing: what Docker holds stays."""
+    net = f"{prefix}-lost"
+    create_network(docker, pynet_daemon, net, "--subnet", "10.231.50.0/24")
+    a = f"{prefix}-a"
+    run_container(docker, test_image, a, net)
+    held_ip = addr_on(docker, a, net)["IPAddress"]
+    pool_id = next(p["id"] for p in pynet_cli(pynet_daemon, "ipam", "ls") if p["pool"] == "10.231.50.0/24")
+    # answers Docker never received: an address in a held pool, and a whole pool
+    status, body = pynet_daemon.post("IpamDriver.RequestAddress", {"PoolID": pool_id, "Address": "", "Options": {}})
+    assert status == 200
+    lost_ip = body["Address"].split("/")[0]
+    status, body = pynet_daemon.post("IpamDriver.RequestPool", {"AddressSpace": "LocalDefault", "Pool": "10.231.51.0/24",
+                                                                "SubPool": "", "Options": {}, "V6": False})
+    assert status == 200
+    pynet_daemon.kill()
+    pynet_daemon.start()
+    pools = pynet_cli(pynet_daemon, "ipam", "ls")
+    assert [p["pool"] for p in pools] == ["10.231.50.0/24"]
+    (pool,) = pools
+    assert pool["used"] == 2  # the gateway and the running container; the lost one is free
+    assert lost_ip != held_ip
+    # the running container kept its address and its connectivity
+    b = f"{prefix}-b"
+    run_container(docker, test_image, b, net)
+    ping(docker, b, held_ip)

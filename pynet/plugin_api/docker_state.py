@@ -1,0 +1,98 @@
+"""What Docker holds, read from dockerd's API, for reconciliation at start.
+
+pynet answers every IPAM and driver call after writing it to its store, but a
+caller may never receive the answer (pynet killed in between) or Docker may
+remove a network while pynet is down.  Docker is the authority on what it
+holds, so at start -- before the socket is served, when no call is in flight
+-- the daemon asks dockerd and hands the controller plain sets: which pynet
+networks and endpoints still exist and which pools and addresses are held.
+Nothing is released by guessing: if dockerd does not answer, nothing happens.
+
+Only the Docker front end knows Docker's wire names, so they stay here.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import socket
+from typing import Optional
+
+log = logging.getLogger("pynet.docker_state")
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        s.connect(self._path)
+        self.sock = s
+
+
+def _get(path: str, sock: str, timeout: float):
+    conn = _UnixConnection(sock, timeout)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        body = r.read()
+        if r.status != 200:
+            raise OSError(f"dockerd answered {r.status} to GET {path}")
+        return json.loads(body)
+    finally:
+        conn.close()
+
+
+def _bare(addr: str) -> str:
+    return addr.split("/")[0] if addr else ""
+
+
+def docker_holdings(plugin_name: str, sock: str = DOCKER_SOCKET, timeout: float = 5.0) -> Optional[dict]:
+    """{"networks": {network id: set(endpoint ids)} for networks driven by the
+    plugin, "pools": [(pool, sub_pool, set(bare addresses))] for networks whose
+    IPAM is the plugin}; None when dockerd does not answer."""
+    try:
+        nets = _get("/networks", sock, timeout)
+    except (OSError, ValueError, http.client.HTTPException) as e:
+        log.info("dockerd not reachable (%s): no reconciliation with Docker", e)
+        return None
+    names = {plugin_name, f"{plugin_name}:latest"}
+    held_nets: dict[str, set[str]] = {}
+    pools: list[tuple[str, str, set[str]]] = []
+    for summary in nets:
+        ours_driver = summary.get("Driver") in names
+        ours_ipam = (summary.get("IPAM") or {}).get("Driver") in names
+        if not (ours_driver or ours_ipam):
+            continue
+        try:
+            net = _get(f"/networks/{summary['Id']}", sock, timeout)
+        except (OSError, ValueError, http.client.HTTPException) as e:
+            log.warning("cannot inspect network %s (%s): no reconciliation with Docker", summary.get("Id"), e)
+            return None
+        containers = (net.get("Containers") or {}).values()
+        if ours_driver:
+            held_nets[net["Id"]] = {c.get("EndpointID", "") for c in containers}
+        if ours_ipam:
+            in_use = {_bare(c.get(k, "")) for c in containers for k in ("IPv4Address", "IPv6Address")}
+            for cfg in (net.get("IPAM") or {}).get("Config") or []:
+                held = set(in_use)
+                held.add(_bare(cfg.get("Gateway", "")))
+                held.update(_bare(a) for a in (cfg.get("AuxiliaryAddresses") or {}).values())
+                held.discard("")
+                pools.append((cfg.get("Subnet", ""), cfg.get("IPRange", "") or "", held))
+    return {"networks": held_nets, "pools": pools}
+
+
+def reconcile_with_docker(controller, plugin_name: str, sock: str = DOCKER_SOCKET) -> Optional[dict]:
+    holdings = docker_holdings(plugin_name, sock)
+    if holdings is None:
+        return None
+    done = controller.reconcile_runtime(holdings["networks"], holdings["pools"], requester="docker")
+    if any(done.values()):
+        log.info("reconciled with Docker: %s", {k: v for k, v in done.items() if v})
+    return done
