@@ -28,11 +28,14 @@ def open_store(config: Config):
 def build_drivers(config: Config) -> dict:
     """Driver name -> driver, with the real kernel interfaces."""
     from pynet.drivers.bridge import BridgeDriver
+    from pynet.drivers.macvlan import MacvlanDriver
     from pynet.netlink.pyroute import PyrouteNetlink
     from pynet.sysctl import Sysctl
 
-    bridge = BridgeDriver(PyrouteNetlink(), Sysctl(), instance=config.plugin_name)
-    return {getattr(bridge, "name", "bridge") or "bridge": bridge}
+    nl, sysctl = PyrouteNetlink(), Sysctl()
+    bridge = BridgeDriver(nl, sysctl, instance=config.plugin_name)
+    macvlan = MacvlanDriver(nl, sysctl, instance=config.plugin_name)
+    return {getattr(bridge, "name", "bridge") or "bridge": bridge, macvlan.name: macvlan}
 
 
 def build_firewall(config: Config):

@@ -154,6 +154,17 @@ class Netlink(abc.ABC):
                     mac: Optional[str] = None, alias: Optional[str] = None) -> None: ...
 
     @abc.abstractmethod
+    def add_vlan(self, name: str, parent: str, vlan_id: int, mtu: Optional[int] = None,
+                 alias: Optional[str] = None) -> None:
+        """Create an 802.1q sub-interface ``name`` of ``parent`` with VLAN ID
+        ``vlan_id`` (1..4094), left down.  A missing parent is LinkNotFound."""
+
+    @abc.abstractmethod
+    def add_dummy(self, name: str, mtu: Optional[int] = None,
+                  alias: Optional[str] = None) -> None:
+        """Create a dummy link (left down): an isolated parent for macvlan."""
+
+    @abc.abstractmethod
     def add_vxlan(self, name: str, vni: int, port: int = 4789, local: Optional[str] = None,
                   dev: Optional[str] = None, learning: bool = False, mtu: Optional[int] = None,
                   alias: Optional[str] = None) -> None: ...
@@ -227,6 +238,17 @@ class Netlink(abc.ABC):
         """Routes of the main table."""
 
 
+def check_vlan_id(vlan_id) -> int:
+    """1..4094 (0 and 4095 are reserved by 802.1q); InvalidParameter otherwise."""
+    try:
+        vid = int(str(vlan_id).strip())
+    except (TypeError, ValueError):
+        raise errors.InvalidParameter(f"invalid VLAN ID {vlan_id!r}: not a number") from None
+    if not 1 <= vid <= 4094:
+        raise errors.InvalidParameter(f"invalid VLAN ID {vid}: must be between 1 and 4094")
+    return vid
+
+
 def route_family(dst: str, gateway: Optional[str]) -> int:
     if gateway:
         try:
@@ -250,4 +272,4 @@ def normalise_dst(dst: str) -> str:
 
 
 __all__ = ["Netlink", "LinkInfo", "Route", "LinkNotFound", "LinkExists", "NetnsNotFound",
-           "check_ifname", "check_mac", "random_mac", "IFNAMSIZ"]
+           "check_ifname", "check_mac", "check_vlan_id", "random_mac", "IFNAMSIZ"]

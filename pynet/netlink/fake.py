@@ -13,7 +13,9 @@ on:
 - renaming an up link is refused (EBUSY), as the kernel does;
 - routes need an existing device and a gateway on a connected subnet
   (ENETUNREACH otherwise); connected routes follow addresses on up links;
-- deleting a namespace deletes its links (and their veth peers elsewhere).
+- deleting a namespace deletes its links (and their veth peers elsewhere);
+- macvlan and vlan links die with their parent, in whatever namespace they are;
+  a VLAN ID is used once per parent.
 
 Failure injection: ``kernel.fail("set_master", name="pv...")`` makes the next
 matching call raise KernelError (``times=`` for more than one).
@@ -27,7 +29,7 @@ from typing import Optional
 
 from pynet import errors
 from pynet.netlink import (LinkExists, LinkInfo, LinkNotFound, Netlink, NetnsNotFound, Route,
-                           check_ifname, check_mac, normalise_dst, parse_cidr_interface,
+                           check_ifname, check_mac, check_vlan_id, normalise_dst, parse_cidr_interface,
                            random_mac, route_family)
 
 
@@ -130,6 +132,11 @@ class FakeKernel:
             peer, link.peer = link.peer, None
             peer.peer = None
             self._unlink(peer)
+        # upper devices (macvlan, vlan) die with their lower device, wherever they are
+        for other_ns in list(self.namespaces.values()):
+            for other in list(other_ns.links.values()):
+                if other.extra.get("parent") is link:
+                    self._unlink(other)
 
     def summary(self, ns_path: Optional[str] = None) -> dict:
         """{name: kind} of the namespace without lo -- handy for 'the kernel is empty'."""
@@ -192,7 +199,25 @@ class FakeNetlink(Netlink):
         p = self._get(parent)
         self.kernel._new(self.netns_path, name, "macvlan", mtu=int(mtu or p.mtu),
                          mac=check_mac(mac) if mac else None, alias=alias or "",
-                         extra={"parent": parent, "mode": mode})
+                         extra={"parent": p, "mode": mode})
+
+    def add_vlan(self, name, parent, vlan_id, mtu=None, alias=None) -> None:
+        self.kernel._check("add_vlan", name)
+        check_ifname(name)
+        vid = check_vlan_id(vlan_id)
+        p = self._get(parent)
+        if name in self._ns.links:
+            raise LinkExists(f"create vlan {name}: link {name} already exists")
+        if any(l.kind == "vlan" and l.extra.get("parent") is p and l.extra.get("vlan_id") == vid
+               for l in self._ns.links.values()):
+            raise LinkExists(f"create vlan {name} (id {vid}) on {parent}: File exists")
+        self.kernel._new(self.netns_path, name, "vlan", mtu=int(mtu or p.mtu), mac=p.mac,
+                         alias=alias or "", extra={"parent": p, "vlan_id": vid})
+
+    def add_dummy(self, name, mtu=None, alias=None) -> None:
+        self.kernel._check("add_dummy", name)
+        kw = {"mtu": int(mtu)} if mtu else {}
+        self.kernel._new(self.netns_path, name, "dummy", alias=alias or "", **kw)
 
     def add_vxlan(self, name, vni, port=4789, local=None, dev=None, learning=False, mtu=None,
                   alias=None) -> None:

@@ -15,7 +15,7 @@ from typing import Optional
 
 from pynet import errors
 from pynet.netlink import (LinkExists, LinkInfo, LinkNotFound, Netlink, NetnsNotFound, Route,
-                           check_ifname, check_mac, normalise_dst, parse_cidr_interface,
+                           check_ifname, check_mac, check_vlan_id, normalise_dst, parse_cidr_interface,
                            random_mac, route_family)
 
 IFF_UP = 0x1
@@ -156,6 +156,36 @@ class PyrouteNetlink(Netlink):
                    kind="macvlan", link=self._index(parent), **attrs)
         if alias:
             self.set_alias(name, alias)
+
+    def add_vlan(self, name, parent, vlan_id, mtu=None, alias=None) -> None:
+        check_ifname(name)
+        vid = check_vlan_id(vlan_id)
+        if self.link_exists(name):
+            raise LinkExists(f"create vlan {name}{self._where()}: link {name} already exists")
+        attrs = {"vlan_id": vid}
+        if mtu:
+            attrs["mtu"] = int(mtu)
+        self._call(f"create vlan {name} (id {vid}) on {parent}", self.ipr.link, "add", ifname=name,
+                   kind="vlan", link=self._index(parent), **attrs)
+        if alias:
+            try:
+                self.set_alias(name, alias)
+            except BaseException:
+                self.delete_link(name)
+                raise
+
+    def add_dummy(self, name, mtu=None, alias=None) -> None:
+        check_ifname(name)
+        if self.link_exists(name):
+            raise LinkExists(f"create dummy {name}{self._where()}: link {name} already exists")
+        attrs = {"mtu": int(mtu)} if mtu else {}
+        self._call(f"create dummy {name}", self.ipr.link, "add", ifname=name, kind="dummy", **attrs)
+        if alias:
+            try:
+                self.set_alias(name, alias)
+            except BaseException:
+                self.delete_link(name)
+                raise
 
     def add_vxlan(self, name, vni, port=4789, local=None, dev=None, learning=False, mtu=None,
                   alias=None) -> None:
