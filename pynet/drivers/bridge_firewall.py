@@ -16,7 +16,11 @@ not covered.
 """
 from __future__ import annotations
 
+import ipaddress
+import socket
+
 from pynet.cnm.model import Endpoint, Network
+from pynet.errors import InvalidAddress
 from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping
 
 HOST_IPV4_OPTION = "com.docker.network.host_ipv4"
@@ -38,6 +42,31 @@ class BridgeFirewall:
         self.driver_name = driver_name
         if isolate_from is not None:
             firewall.isolate_from = tuple(isolate_from)
+        self._known = None  # port mappings in place after the last successful sync
+
+    @staticmethod
+    def _is_local(ip: str) -> bool:
+        """Docker's built-in driver binds each published host address (and so refuses one that
+        is not on this host); pynet has no proxy, so it tries the same bind once."""
+        a = ipaddress.ip_address(ip)
+        if a.is_unspecified:
+            return True
+        fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
+        try:
+            with socket.socket(fam, socket.SOCK_DGRAM) as s:
+                s.bind((ip, 0))
+            return True
+        except OSError:
+            return False
+
+    def _check_new(self, ep_specs) -> set:
+        now = {(e.id, p.proto, p.host_ip, p.host_port) for e in ep_specs for p in e.ports}
+        if self._known is not None:  # the first sync (daemon start) restores what is stored
+            for (_, proto, hip, hport) in sorted(now - self._known):
+                if hip and not self._is_local(hip):
+                    raise InvalidAddress(f"host address {hip} for {hport}/{proto} is not an "
+                                         "address of this host")
+        return now
 
     def specs(self, networks: list[Network], endpoints: list[Endpoint]):
         mine = [n for n in networks if n.driver == self.driver_name and n.driver_state.get("bridge")]
@@ -67,7 +96,10 @@ class BridgeFirewall:
         return net_specs, ep_specs
 
     def sync(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
-        self.firewall.apply(*self.specs(networks, endpoints))
+        nets, eps = self.specs(networks, endpoints)
+        now = self._check_new(eps)
+        self.firewall.apply(nets, eps)
+        self._known = now
 
     def show(self, networks, endpoints) -> dict[str, str]:
         return self.firewall.render(*self.specs(networks, endpoints))
