@@ -34,7 +34,9 @@ usual workaround is a macvlan of the host's own on the same parent, with an
 address on the subnet.
 
 Naming (15 bytes):
-    dummy parent    ``pd-`` + 12 chars of the network id
+    dummy parent    ``pd-`` + 12 chars of the network id (on kernels without
+                    CONFIG_DUMMY: a veth pair ``pd-…``/``pp-…``, the peer up and
+                    unused, so the network stays isolated all the same)
     child           ``pm`` + 11 chars of the endpoint id
 Every link pynet creates carries the alias ``pynet:<instance>:<object id>``
 (restore tells its own from others by it; a parent pynet did not create is never
@@ -42,7 +44,8 @@ tagged, never touched).
 
 What the driver remembers lives in ``net.driver_state`` / ``ep.driver_state``:
     net: parent, mode, vlan_id (int|None), link (the VLAN's base or ""), dummy
-         (bool), created (bool), mtu (int|None), dst_prefix
+         (bool), created (bool), parent_kind ("dummy"|"veth"|"vlan" when created),
+         peer (the veth fallback's other end), mtu (int|None), dst_prefix
     ep:  macvlan, parent
 """
 from __future__ import annotations
@@ -71,10 +74,20 @@ OPTION_PREFIXES = ("macvlan_", "pynet.macvlan.")
 KNOWN_OPTIONS = {OPT_PARENT, OPT_MODE, OPT_MTU, OPT_IFACE_PREFIX}
 # kinds of link this driver creates (restore removes only these)
 OWN_KINDS = ("macvlan", "dummy", "vlan")
+# The isolated parent falls back to a veth pair on kernels without the dummy
+# driver (CONFIG_DUMMY); it is tagged under its own alias prefix so that the
+# bridge driver's restore, which removes this instance's orphan veths, never
+# takes it for one of its own.
+ISOLATED_PREFIX = "pynet-isolated"
+EOPNOTSUPP_TEXT = "Operation not supported"
 
 
 def dummy_parent_name(network_id: str) -> str:
     return "pd-" + _short(network_id, 12)
+
+
+def isolated_peer_name(network_id: str) -> str:
+    return "pp-" + _short(network_id, 12)
 
 
 def macvlan_name(endpoint_id: str) -> str:
@@ -163,6 +176,15 @@ class MacvlanDriver:
     def _tag(self, object_id: str) -> str:
         return alias_for(self.instance, object_id)
 
+    def _isolated_tag(self, object_id: str) -> str:
+        return f"{ISOLATED_PREFIX}:{self.instance}:{object_id}"
+
+    def _owner(self, alias: str):
+        """(instance, id) from either of our alias forms, else None."""
+        if (alias or "").startswith(ISOLATED_PREFIX + ":"):
+            return parse_alias(ALIAS_PREFIX + alias[len(ISOLATED_PREFIX):])
+        return parse_alias(alias)
+
     def _state(self, net: Network) -> dict:
         if net.driver_state.get("parent"):
             return net.driver_state
@@ -212,7 +234,7 @@ class MacvlanDriver:
         existed = self.nl.link_exists(parent)
         if existed:
             # a retry of our own create finds our tag on it
-            cfg["created"] = parse_alias(self.nl.get_link(parent).alias) == (self.instance, net.id)
+            cfg["created"] = self._owner(self.nl.get_link(parent).alias) == (self.instance, net.id)
         else:
             cfg["created"] = True
         with contextlib.ExitStack() as undo:
@@ -227,10 +249,38 @@ class MacvlanDriver:
                  " (created)" if cfg["created"] else "")
 
     def _create_parent(self, net: Network, cfg: dict) -> None:
+        parent = cfg["parent"]
         if cfg["dummy"]:
-            self.nl.add_dummy(cfg["parent"], alias=self._tag(net.id))
-        else:
-            self.nl.add_vlan(cfg["parent"], cfg["link"], cfg["vlan_id"], alias=self._tag(net.id))
+            if cfg.get("parent_kind") != "veth":
+                try:
+                    self.nl.add_dummy(parent, alias=self._tag(net.id))
+                    cfg["parent_kind"] = "dummy"
+                    return
+                except errors.KernelError as e:
+                    if EOPNOTSUPP_TEXT not in str(e):
+                        raise
+                    log.info("no dummy links on this kernel: isolated parent %s is a veth pair",
+                             parent)
+            # the peer stays up, addressless, in no bridge: frames leaving the
+            # parent end there
+            peer = isolated_peer_name(net.id)
+            self.nl.add_veth(parent, peer, alias=self._isolated_tag(net.id))
+            try:
+                self.nl.set_up(peer)
+            except BaseException:
+                self.nl.delete_link(parent, missing_ok=True)
+                raise
+            cfg["parent_kind"], cfg["peer"] = "veth", peer
+            return
+        try:
+            self.nl.add_vlan(parent, cfg["link"], cfg["vlan_id"], alias=self._tag(net.id))
+        except errors.KernelError as e:
+            if EOPNOTSUPP_TEXT in str(e):
+                raise errors.KernelError(
+                    f"cannot create VLAN sub-interface {parent}: this kernel has no 802.1q VLAN "
+                    f"support (CONFIG_VLAN_8021Q, module 8021q)") from None
+            raise
+        cfg["parent_kind"] = "vlan"
 
     # ======================================================= create endpoint
     def create_endpoint(self, net: Network, ep: Endpoint) -> None:
@@ -309,7 +359,7 @@ class MacvlanDriver:
         parent = st["parent"]
         if not st.get("created") or not self.nl.link_exists(parent):
             return
-        owner = parse_alias(self.nl.get_link(parent).alias)
+        owner = self._owner(self.nl.get_link(parent).alias)
         if owner is None or owner == (self.instance, net.id):
             self.nl.delete_link(parent, missing_ok=True)   # its children go with it
         else:
@@ -320,10 +370,13 @@ class MacvlanDriver:
     def restore(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
         nets = {n.id: n for n in networks}
         known = set(nets) | {e.id for e in endpoints}
-        for link in self.nl.list_links(alias_prefix=f"{ALIAS_PREFIX}:{self.instance}:"):
-            owner = parse_alias(link.alias)
+        links = self.nl.list_links(alias_prefix=f"{ALIAS_PREFIX}:{self.instance}:") + \
+            self.nl.list_links(alias_prefix=f"{ISOLATED_PREFIX}:{self.instance}:")
+        for link in links:
+            owner = self._owner(link.alias)
+            isolated = link.alias.startswith(ISOLATED_PREFIX + ":")
             if owner and owner[0] == self.instance and owner[1] not in known \
-                    and link.kind in OWN_KINDS:
+                    and (link.kind in OWN_KINDS or (isolated and link.kind == "veth")):
                 log.info("restore: removing orphan %s %s", link.kind, link.name)
                 self.nl.delete_link(link.name, missing_ok=True)
         for net in networks:

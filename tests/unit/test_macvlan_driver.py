@@ -254,3 +254,26 @@ def test_controller_selects_macvlan_and_refuses_unknown_driver(ctl, kernel):
     ctl.delete_network(NID, force_endpoints=True)
     assert kernel.summary() == {"ext0": "dummy"}
     assert ep.mac == "02:42:0a:fa:00:07"
+
+
+def test_isolated_parent_falls_back_to_a_veth_without_dummy_support(drv, nl, kernel):
+    kernel.fail("add_dummy", exc=errors.KernelError("create dummy x: Operation not supported"))
+    net = create(drv, mknet())
+    name = dummy_parent_name(NID)
+    assert net.driver_state["parent_kind"] == "veth" and nl.get_link(name).kind == "veth"
+    peer = net.driver_state["peer"]
+    assert nl.get_link(peer).state == "up" and nl.get_link(name).state == "up"
+    # the bridge driver's restore must not take it for an orphan veth of its own
+    BridgeDriver(nl, FakeSysctl(), instance="t1").restore([], [])
+    assert nl.link_exists(name)
+    drv.restore([net], [])
+    assert nl.link_exists(name)
+    drv.restore([], [])                          # now it is an orphan of ours
+    assert not nl.link_exists(name) and not nl.link_exists(peer)
+
+
+def test_vlan_without_kernel_support_is_a_clear_error(drv, nl, kernel):
+    kernel.fail("add_vlan", exc=errors.KernelError("create vlan: Operation not supported"))
+    with pytest.raises(errors.KernelError, match="no 802.1q VLAN support"):
+        create(drv, mknet(options={"parent": "ext0.10"}))
+    assert kernel.summary() == {"ext0": "dummy"}
