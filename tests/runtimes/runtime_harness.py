@@ -1,0 +1,797 @@
+"""Real container runtimes for the CNI tests: a private containerd (CRI v1) and podman's CNI backend.
+
+Plain Python (no pytest), used by ``tests/runtimes/conftest.py`` and the CNI benchmarks.
+
+- ``ensure_images(docker, workdir)``: the busybox test image (``pynet-test:latest``) and a sandbox
+  image whose default command keeps running (``pynet-test-sandbox:latest``, ``sleep infinity``;
+  containerd runs the sandbox image's default command as the pause process), saved with
+  ``docker save`` into one tarball that ``ctr -n k8s.io images import`` and ``podman load`` read.
+- ``Containerd``: a containerd with its own root/state dirs, socket, CNI ``conf_dir``/``bin_dir``
+  and ``restrict_oom_score_adj = true`` (runc cannot set oom_score_adj here). ``crash()`` SIGKILLs
+  it with its shims and pods (a node crash, minus the reboot); ``cleanup()`` removes everything it
+  and its pods left: processes, mounts, pod network namespaces, cgroups, the base directory.
+- ``Cri``: a CRI v1 client (``container-runtime-interface-api`` + ``grpcio``) driving
+  RunPodSandbox / StopPodSandbox / RemovePodSandbox / ListPodSandbox / PodSandboxStatus as kubelet
+  does, with host port mappings.
+- ``Podman``: podman 4 with ``network_backend = "cni"``, its own storage, CNI config dir and plugin
+  dir (``containers.conf`` via ``CONTAINERS_CONF``), ``--pull=never``, pinned ``default_ulimits``
+  (podman always asks runc for RLIMIT_NOFILE/NPROC, and runc may only lower them here: even the
+  current hard limit is refused, so they are pinned low, 1024 files and 4096 processes).
+- ``CniBinDir``: a plugin dir holding the reference plugins (/usr/lib/cni) and/or pynet's.
+- netns helpers: ``ns_exec`` (a command inside a pod's network namespace via ``nsenter``),
+  ``ns_ping``, ``HttpServer`` (busybox httpd inside a pod's netns) and ``http_get``.
+
+Every name carries the run prefix; every address a test touches is inside the pods it made.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import harness
+
+BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+SANDBOX_IMAGE = "pynet-test-sandbox:latest"
+REF_CNI_DIR = Path("/usr/lib/cni")
+CONTAINERD = "/usr/bin/containerd"
+CTR = "/usr/bin/ctr"
+PODMAN = "/usr/bin/podman"
+RUNTIME_BASE = Path("/tmp/pynet-rt")  # short: unix socket paths must stay under 108 bytes
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def busybox() -> str:
+    for c in BUSYBOX_CANDIDATES:
+        if os.access(c, os.X_OK):
+            return c
+    raise RuntimeError("busybox not found (apt-get install busybox-static)")
+
+
+def _pids_by_cmdline(pred) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if pred([a.decode(errors="replace") for a in args]):
+            out.append(int(proc.name))
+    return out
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                out += [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    except OSError:
+        pass
+    return out
+
+
+def descendants(pids: Iterable[int]) -> list[int]:
+    """The pids and all their descendants (breadth first)."""
+    seen: list[int] = []
+    todo = list(pids)
+    while todo:
+        p = todo.pop(0)
+        if p in seen:
+            continue
+        seen.append(p)
+        todo += _children(p)
+    return seen
+
+
+def kill_pids(pids: Iterable[int], sig: int = signal.SIGKILL, wait: float = 10) -> None:
+    pids = list(pids)
+    for p in pids:
+        try:
+            os.kill(p, sig)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + wait
+    for p in pids:
+        while Path(f"/proc/{p}").exists() and time.monotonic() < deadline:
+            try:  # reap our own children so they do not linger as zombies
+                os.waitpid(p, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            try:
+                if (Path(f"/proc/{p}/stat").read_text().split(") ", 1)[1][0]) == "Z":
+                    break
+            except (OSError, IndexError):
+                break
+            time.sleep(0.02)
+
+
+def unmount_under(base: Path) -> list[str]:
+    """Lazily unmounts every mount point at or below ``base`` (deepest first)."""
+    base_s = str(base).rstrip("/")
+    points = []
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == base_s or mp.startswith(base_s + "/"):
+                points.append(mp)
+    except OSError:
+        return []
+    done = []
+    for mp in sorted(set(points), key=lambda p: -p.count("/")):
+        if harness.sh("umount", "-l", mp, check=False).returncode == 0:
+            done.append(mp)
+    return done
+
+
+def remove_netns_path(path: str | os.PathLike) -> None:
+    """Removes a pinned network namespace (``/var/run/netns/NAME``): unmount, then unlink."""
+    p = Path(path)
+    if not p.exists():
+        return
+    harness.sh("umount", "-l", str(p), check=False)
+    try:
+        p.unlink()
+    except OSError:
+        pass
+
+
+def free_tcp_port(lo: int = 30000, hi: int = 32700) -> int:
+    """A TCP port nobody listens on (random in [lo, hi))."""
+    import random
+
+    for _ in range(200):
+        port = random.randrange(lo, hi)
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.bind(("0.0.0.0", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
+    raise RuntimeError("no free TCP port")
+
+
+# --------------------------------------------------------------------------- images
+
+def _build_rootfs(root: Path) -> None:
+    bb = busybox()
+    for d in ("bin", "etc", "proc", "sys", "dev", "tmp", "root", "run", "var/www", "usr"):
+        (root / d).mkdir(parents=True, exist_ok=True)
+    os.chmod(root / "tmp", 0o1777)
+    (root / "sbin").symlink_to("bin")
+    (root / "usr" / "bin").symlink_to("../bin")
+    (root / "usr" / "sbin").symlink_to("../bin")
+    shutil.copy2(bb, root / "bin" / "busybox")
+    applets = harness.sh(bb, "--list").stdout.split()
+    for a in applets:
+        if a != "busybox" and not (root / "bin" / a).exists():
+            (root / "bin" / a).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                         "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    (root / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (root / "var" / "www" / "index.html").write_text("pynet test image\n")
+
+
+def ensure_sandbox_image(docker: harness.Docker) -> str:
+    """``pynet-test-sandbox:latest``: busybox-static whose default command is ``sleep infinity``."""
+    if docker.run("image", "inspect", SANDBOX_IMAGE, check=False).returncode == 0:
+        return SANDBOX_IMAGE
+    with tempfile.TemporaryDirectory(prefix="pynet-rootfs.") as tmp:
+        root = Path(tmp) / "rootfs"
+        root.mkdir()
+        _build_rootfs(root)
+        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(root), "-cf", "-", "."],
+                               stdout=subprocess.PIPE)
+        try:
+            p = subprocess.run([docker.binary, "import", "-c", 'CMD ["sleep", "infinity"]',
+                                "-c", "ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin",
+                                "-m", "pynet sandbox image (busybox-static, sleep infinity)",
+                                "-", SANDBOX_IMAGE], stdin=tar.stdout, capture_output=True,
+                               text=True, timeout=120)
+        finally:
+            tar.stdout.close()
+            tar.wait(60)
+        if p.returncode != 0:
+            raise RuntimeError(f"docker import {SANDBOX_IMAGE}: {p.stderr}")
+    return SANDBOX_IMAGE
+
+
+def ensure_images(docker: harness.Docker, workdir: Path) -> Path:
+    """Both test images, saved (``docker save``) into ``workdir/images.tar``; returns the path."""
+    harness.ensure_test_image()
+    ensure_sandbox_image(docker)
+    out = Path(workdir) / "images.tar"
+    if not out.exists():
+        docker.run("save", "-o", str(out), harness.TEST_IMAGE, SANDBOX_IMAGE, timeout=180)
+    return out
+
+
+# --------------------------------------------------------------------------- CNI dirs
+
+class CniBinDir:
+    """A CNI plugin directory: links to the reference plugins plus, optionally, pynet's binaries
+    (``pynet cni install --bin-dir DIR``). containerd always needs ``loopback`` in it."""
+
+    def __init__(self, path: Path, reference: bool = True, pynet: bool = False):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        if reference:
+            for plugin in REF_CNI_DIR.iterdir():
+                link = self.path / plugin.name
+                if not link.exists():
+                    link.symlink_to(plugin)
+        if pynet:
+            install_pynet_cni(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def install_pynet_cni(bin_dir: Path) -> list[str]:
+    harness.sh(*harness.pynet_command(), "cni", "install", "--bin-dir", str(bin_dir), timeout=60)
+    return sorted(p.name for p in Path(bin_dir).iterdir() if p.name.startswith("pynet"))
+
+
+def write_conflist(conf_dir: Path, conf: dict, filename: str | None = None) -> Path:
+    conf_dir = Path(conf_dir)
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    path = conf_dir / (filename or f"10-{conf['name']}.conflist")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(conf, indent=1))
+    tmp.rename(path)
+    return path
+
+
+def reference_conflist(name: str, bridge: str, subnet: str, cni_version: str = "1.0.0",
+                       data_dir: str | None = None, firewall: bool = True,
+                       ips_capability: bool = False) -> dict:
+    """The reference chain (bridge + host-local + portmap, as
+    ``../shared/reference/cni-ref-bridge-portmap.conflist``) plus ``firewall``: dockerd sets the
+    FORWARD policy to DROP and the reference bridge adds no FORWARD rules, so without it pods on
+    the bridge could not reach each other here (bridge-nf-call-iptables is on)."""
+    ipam = {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}
+    if data_dir:
+        ipam["dataDir"] = data_dir
+    bridge_conf = {"type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": True,
+                   "hairpinMode": True, "ipam": ipam}
+    if ips_capability:
+        bridge_conf["capabilities"] = {"ips": True}
+    plugins = [bridge_conf, {"type": "portmap", "capabilities": {"portMappings": True}, "snat": True}]
+    if firewall:
+        plugins.append({"type": "firewall", "backend": "iptables"})
+    return {"cniVersion": cni_version, "name": name, "plugins": plugins}
+
+
+# --------------------------------------------------------------------------- containerd
+
+CONTAINERD_CONFIG = """\
+version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs",
+                    "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs",
+                    "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "{socket}"
+
+[ttrpc]
+  address = "{socket}.ttrpc"
+
+[debug]
+  level = "info"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{base}/opt"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  max_concurrent_downloads = 1
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_bin_dir}"
+    conf_dir = "{cni_conf_dir}"
+    max_conf_num = 1
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+"""
+
+
+class Containerd:
+    """A private containerd with the CRI plugin. ``start()`` writes the config, starts it, waits
+    for the socket and imports the images tarball into ``k8s.io``; ``cri()`` is a client."""
+
+    def __init__(self, name: str, cni_bin_dir: Path, cni_conf_dir: Path, images_tar: Path | None,
+                 base: Path | None = None, log_dir: Path | None = None):
+        self.name = name
+        RUNTIME_BASE.mkdir(parents=True, exist_ok=True)
+        self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix=f"{name}.", dir=RUNTIME_BASE))
+        self.socket = self.base / "containerd.sock"
+        self.config = self.base / "config.toml"
+        self.cni_bin_dir = Path(cni_bin_dir)
+        self.cni_conf_dir = Path(cni_conf_dir)
+        self.images_tar = images_tar
+        self.log_dir = Path(log_dir) if log_dir else harness.results_dir() / "runtimes"
+        self.log_path: Path | None = None
+        self.proc: subprocess.Popen | None = None
+        self.netns_paths: set[str] = set()  # pod netns seen (removed at cleanup)
+        self.sandbox_ids: set[str] = set()
+        self.cgroup_parent = f"/{name}"
+        self.starts = 0
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 30) -> "Containerd":
+        for d in ("root", "state", "opt"):
+            (self.base / d).mkdir(parents=True, exist_ok=True)
+        self.config.write_text(CONTAINERD_CONFIG.format(
+            root=self.base / "root", state=self.base / "state", socket=self.socket, base=self.base,
+            sandbox_image=f"docker.io/library/{SANDBOX_IMAGE}", cni_bin_dir=self.cni_bin_dir,
+            cni_conf_dir=self.cni_conf_dir))
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        self.log_path = self.log_dir / f"{self.name}.{os.getpid()}.{self.starts}.log"
+        env = dict(os.environ)
+        env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([CONTAINERD, "--config", str(self.config)],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"containerd exited with {self.proc.returncode}; log "
+                                   f"{self.log_path}:\n{harness._tail(self.log_path)}")
+            if self.socket.exists() and self._ctr("version", check=False, timeout=5).returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"containerd socket not answering after {timeout}s:\n"
+                                   f"{harness._tail(self.log_path)}")
+            time.sleep(0.05)
+        if self.images_tar is not None and self.starts == 1:
+            self._ctr("-n", "k8s.io", "images", "import", "--no-unpack", str(self.images_tar), timeout=120)
+        return self
+
+    def _ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return harness.sh(CTR, "--address", str(self.socket), *args, check=check, timeout=timeout)
+
+    def ctr(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self._ctr(*args, **kw)
+
+    def cri(self) -> "Cri":
+        return Cri(self.socket, self)
+
+    def shim_pids(self) -> list[int]:
+        sock = str(self.socket)
+        return _pids_by_cmdline(lambda a: bool(a) and "containerd-shim" in a[0] and sock in a)
+
+    def all_pids(self) -> list[int]:
+        """containerd, its shims and everything under them (the pods' processes)."""
+        roots = self.shim_pids()
+        if self.running:
+            roots.insert(0, self.proc.pid)
+        return descendants(roots)
+
+    def crash(self) -> list[int]:
+        """SIGKILL containerd, its shims and the pods' processes, all at once (node crash)."""
+        pids = self.all_pids()
+        kill_pids(pids)
+        if self.proc is not None:
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
+        return pids
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM containerd (SIGKILL after ``timeout``); shims and pods are left running."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def remove_all_pods(self, timeout: float = 60) -> list[str]:
+        """Stop and remove every sandbox through CRI (runs the CNI DELs); returns errors."""
+        errors = []
+        if not self.running:
+            return ["containerd not running"]
+        cri = self.cri()
+        try:
+            for sb in cri.list_pod_sandboxes():
+                for verb in (cri.stop_pod_sandbox, cri.remove_pod_sandbox):
+                    try:
+                        verb(sb.id, timeout=timeout)
+                    except Exception as e:  # noqa: BLE001
+                        errors.append(f"{verb.__name__} {sb.id[:12]}: {e}")
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"list: {e}")
+        finally:
+            cri.close()
+        return errors
+
+    def cleanup(self) -> list[str]:
+        """Everything gone: processes (containerd, shims, pods), mounts under the base dir, the
+        pods' network namespaces, their cgroups and shim sockets, the base dir. Returns errors."""
+        errors = []
+        kill_pids(self.all_pids())
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        for ns in sorted(self.netns_paths):
+            remove_netns_path(ns)
+        for sid in self.sandbox_ids:  # shim sockets: /run/containerd/s/sha256(address/ns/id)
+            digest = hashlib.sha256(os.path.join(str(self.socket) + ".ttrpc", "k8s.io", sid).encode()).hexdigest()
+            Path(f"/run/containerd/s/{digest}").unlink(missing_ok=True)
+            digest = hashlib.sha256(os.path.join(str(self.socket), "k8s.io", sid).encode()).hexdigest()
+            Path(f"/run/containerd/s/{digest}").unlink(missing_ok=True)
+        remove_cgroups(self.cgroup_parent)
+        unmount_under(self.base)
+        shutil.rmtree(self.base, ignore_errors=True)
+        if self.base.exists():
+            errors.append(f"{self.base} not removed")
+        return errors
+
+
+def remove_cgroups(parent: str) -> None:
+    """rmdir ``parent`` and everything under it in every cgroup v1 controller (and v2)."""
+    rel = parent.strip("/")
+    if not rel:
+        return
+    roots = [CGROUP_ROOT] + ([p for p in CGROUP_ROOT.iterdir() if p.is_dir()] if CGROUP_ROOT.is_dir() else [])
+    for r in roots:
+        top = r / rel
+        if not top.is_dir():
+            continue
+        for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        try:
+            top.rmdir()
+        except OSError:
+            pass
+
+
+# --------------------------------------------------------------------------- CRI client
+
+class Cri:
+    """CRI v1 RuntimeService client over ``unix://socket``; pod sandboxes only (as kubelet)."""
+
+    def __init__(self, socket_path: Path, containerd: Containerd | None = None):
+        import grpc
+        from cri_api.v1 import api_pb2, api_pb2_grpc
+
+        self.pb = api_pb2
+        self.grpc = grpc
+        self.channel = grpc.insecure_channel(f"unix://{socket_path}")
+        self.stub = api_pb2_grpc.RuntimeServiceStub(self.channel)
+        self.containerd = containerd
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def version(self):
+        return self.stub.Version(self.pb.VersionRequest(), timeout=10)
+
+    def wait_network_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            st = self.stub.Status(self.pb.StatusRequest(), timeout=10)
+            last = {c.type: (c.status, c.reason, c.message) for c in st.status.conditions}
+            if last.get("NetworkReady", (False,))[0]:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"CRI network not ready: {last}")
+
+    def pod_config(self, name: str, namespace: str = "pynet-test",
+                   port_mappings: Sequence[tuple[int, int, str]] = (), uid: str | None = None):
+        """PodSandboxConfig like kubelet's: ``port_mappings`` = [(container_port, host_port, "TCP")]."""
+        pb = self.pb
+        protos = {"TCP": pb.TCP, "UDP": pb.UDP, "SCTP": pb.SCTP}
+        linux = pb.LinuxPodSandboxConfig(
+            cgroup_parent=(self.containerd.cgroup_parent if self.containerd else ""),
+            security_context=pb.LinuxSandboxSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.POD, pid=pb.CONTAINER, ipc=pb.POD)))
+        return pb.PodSandboxConfig(
+            metadata=pb.PodSandboxMetadata(name=name, uid=uid or str(uuid.uuid4()),
+                                           namespace=namespace, attempt=0),
+            hostname=name[:63],
+            port_mappings=[pb.PortMapping(protocol=protos[p.upper()], container_port=c, host_port=h)
+                           for c, h, p in port_mappings],
+            linux=linux)
+
+    def run_pod_sandbox(self, name: str, port_mappings: Sequence[tuple[int, int, str]] = (),
+                        namespace: str = "pynet-test", timeout: float = 60) -> str:
+        cfg = self.pod_config(name, namespace, port_mappings)
+        sid = self.stub.RunPodSandbox(self.pb.RunPodSandboxRequest(config=cfg), timeout=timeout).pod_sandbox_id
+        if self.containerd is not None:
+            self.containerd.sandbox_ids.add(sid)
+            try:
+                ns = self.netns_path(sid)
+                if ns:
+                    self.containerd.netns_paths.add(ns)
+            except Exception:  # noqa: BLE001
+                pass
+        return sid
+
+    def stop_pod_sandbox(self, sid: str, timeout: float = 60) -> None:
+        self.stub.StopPodSandbox(self.pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=timeout)
+
+    def remove_pod_sandbox(self, sid: str, timeout: float = 60) -> None:
+        self.stub.RemovePodSandbox(self.pb.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=timeout)
+
+    def list_pod_sandboxes(self, ready_only: bool = False):
+        flt = None
+        if ready_only:
+            flt = self.pb.PodSandboxFilter(state=self.pb.PodSandboxStateValue(state=self.pb.SANDBOX_READY))
+        req = self.pb.ListPodSandboxRequest(filter=flt) if flt else self.pb.ListPodSandboxRequest()
+        return list(self.stub.ListPodSandbox(req, timeout=30).items)
+
+    def status(self, sid: str, verbose: bool = True):
+        return self.stub.PodSandboxStatus(self.pb.PodSandboxStatusRequest(pod_sandbox_id=sid, verbose=verbose),
+                                          timeout=30)
+
+    def pod_ip(self, sid: str) -> str:
+        return self.status(sid, verbose=False).status.network.ip
+
+    def is_ready(self, sid: str) -> bool:
+        return self.status(sid, verbose=False).status.state == self.pb.SANDBOX_READY
+
+    def netns_path(self, sid: str) -> str | None:
+        info = self.status(sid, verbose=True).info.get("info")
+        if not info:
+            return None
+        data = json.loads(info)
+        for ns in (((data.get("runtimeSpec") or {}).get("linux") or {}).get("namespaces") or []):
+            if ns.get("type") == "network" and ns.get("path"):
+                return ns["path"]
+        return None
+
+
+# --------------------------------------------------------------------------- podman
+
+CONTAINERS_CONF = """\
+[containers]
+default_ulimits = ["nofile=1024:1024", "nproc=4096:4096"]
+log_driver = "k8s-file"
+netns = "bridge"
+cgroups = "enabled"
+
+[network]
+network_backend = "cni"
+cni_plugin_dirs = ["{cni_bin_dir}"]
+network_config_dir = "{cni_conf_dir}"
+default_network = "{name}-default"
+default_subnet = "10.246.255.0/24"
+
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{base}/events.log"
+tmp_dir = "{base}/tmp"
+runtime = "runc"
+static_dir = "{base}/root/libpod"
+volume_path = "{base}/root/volumes"
+"""
+
+
+class Podman:
+    """podman 4 with the CNI backend, all its state under ``base``; ``run(*args)`` is the CLI."""
+
+    def __init__(self, name: str, cni_bin_dir: Path, cni_conf_dir: Path, images_tar: Path | None,
+                 base: Path | None = None):
+        self.name = name
+        RUNTIME_BASE.mkdir(parents=True, exist_ok=True)
+        self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix=f"{name}.", dir=RUNTIME_BASE))
+        self.cni_bin_dir = Path(cni_bin_dir)
+        self.cni_conf_dir = Path(cni_conf_dir)
+        self.images_tar = images_tar
+        self.conf = self.base / "containers.conf"
+        self.storage_conf = self.base / "storage.conf"
+        self.containers: list[str] = []
+        self.netns_paths: set[str] = set()
+        for d in ("root", "runroot", "tmp"):
+            (self.base / d).mkdir(parents=True, exist_ok=True)
+        self.conf.write_text(CONTAINERS_CONF.format( cni_bin_dir=self.cni_bin_dir, cni_conf_dir=self.cni_conf_dir,
+            name=name, base=self.base))
+        self.storage_conf.write_text(
+            f'[storage]\ndriver = "overlay"\nrunroot = "{self.base}/runroot"\ngraphroot = "{self.base}/root"\n')
+        self.env = dict(os.environ)
+        self.env.update({"CONTAINERS_CONF": str(self.conf), "CONTAINERS_STORAGE_CONF": str(self.storage_conf),
+                         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": str(self.base / "tmp")})
+        self.loaded = False
+
+    def run(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        argv = [PODMAN, "--root", str(self.base / "root"), "--runroot", str(self.base / "runroot"),
+                "--network-backend", "cni", "--cgroup-manager", "cgroupfs", *args]
+        return harness.sh(*argv, check=check, timeout=timeout, env=self.env)
+
+    def load_images(self) -> None:
+        if not self.loaded and self.images_tar is not None:
+            self.run("load", "-i", str(self.images_tar), timeout=180)
+            self.loaded = True
+
+    def run_container(self, name: str, network: str, ip: str | None = None,
+                      publish: Sequence[str] = (), command: Sequence[str] = ("sleep", "3600"),
+                      image: str | None = None) -> str:
+        args = ["run", "-d", "--pull=never", "--name", name, "--network", network]
+        if ip:
+            args += ["--ip", ip]
+        for p in publish:
+            args += ["-p", p]
+        args += [image or f"localhost/{harness.TEST_IMAGE}", *command]
+        self.containers.append(name)
+        cid = self.run(*args, timeout=120).stdout.strip()
+        ns = self.netns_path(name)
+        if ns:
+            self.netns_paths.add(ns)
+        return cid
+
+    def inspect(self, name: str) -> dict:
+        data = json.loads(self.run("inspect", "--type", "container", name).stdout)
+        return data[0]
+
+    def netns_path(self, name: str) -> str | None:
+        return (self.inspect(name).get("NetworkSettings") or {}).get("SandboxKey") or None
+
+    def ip(self, name: str, network: str) -> str:
+        nets = (self.inspect(name).get("NetworkSettings") or {}).get("Networks") or {}
+        return (nets.get(network) or {}).get("IPAddress", "")
+
+    def rm(self, name: str, check: bool = True) -> None:
+        self.run("rm", "-f", "-t", "0", name, check=check, timeout=120)
+
+    def cleanup(self) -> list[str]:
+        errors = []
+        for c in reversed(self.containers):
+            p = self.run("rm", "-f", "-t", "0", c, check=False, timeout=120)
+            if p.returncode != 0 and "no such container" not in (p.stderr or "").lower():
+                errors.append(f"podman rm {c}: {p.stderr.strip()}")
+        conmons = _pids_by_cmdline(lambda a: bool(a) and a[0].endswith("conmon") and
+                                   any(str(self.base) in x for x in a))
+        kill_pids(descendants(conmons))
+        for ns in sorted(self.netns_paths):
+            remove_netns_path(ns)
+        self.run("system", "reset", "-f", check=False, timeout=120)
+        unmount_under(self.base)
+        shutil.rmtree(self.base, ignore_errors=True)
+        if self.base.exists():
+            errors.append(f"{self.base} not removed")
+        return errors
+
+
+# --------------------------------------------------------------------------- inside pods
+
+def httpd_command(text: str, port: int = 80) -> list[str]:
+    """A container command serving ``text`` at /index.html on ``port`` (busybox httpd)."""
+    return ["sh", "-c", f"mkdir -p /tmp/www && echo '{text}' > /tmp/www/index.html && "
+            f"exec httpd -f -p {port} -h /tmp/www"]
+
+
+def ns_exec(netns: str, *args: str, check: bool = True, timeout: float = 15) -> subprocess.CompletedProcess:
+    """Runs ``args`` in the network namespace pinned at ``netns`` (host mounts, host binaries)."""
+    return harness.sh("nsenter", f"--net={netns}", *args, check=check, timeout=timeout)
+
+
+def ns_ping(netns: str, ip: str, attempts: int = 3, wait: int = 1) -> bool:
+    """ICMP echo from inside ``netns`` to ``ip`` (busybox ping; the host has no ping): True on the
+    first reply, at most ``attempts`` echoes (the first may be spent on ARP)."""
+    for _ in range(attempts):
+        if ns_exec(netns, busybox(), "ping", "-c", "1", "-W", str(wait), ip,
+                   check=False, timeout=wait + 10).returncode == 0:
+            return True
+    return False
+
+
+def ns_addrs(netns: str, ifname: str = "eth0") -> list[str]:
+    out = ns_exec(netns, "ip", "-j", "addr", "show", "dev", ifname, check=False).stdout
+    try:
+        data = json.loads(out or "[]")
+    except ValueError:
+        return []
+    return [f"{a['local']}/{a['prefixlen']}" for i in data for a in i.get("addr_info", [])]
+
+
+def ns_default_gw(netns: str) -> str | None:
+    out = ns_exec(netns, "ip", "-j", "route", "show", "default", check=False).stdout
+    try:
+        data = json.loads(out or "[]")
+    except ValueError:
+        return None
+    return data[0].get("gateway") if data else None
+
+
+class HttpServer:
+    """busybox httpd in the foreground inside a pod's netns, serving ``text`` at /index.html."""
+
+    def __init__(self, netns: str, port: int, text: str, workdir: Path):
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "index.html").write_text(text)
+        self.proc = subprocess.Popen(["nsenter", f"--net={netns}", busybox(), "httpd", "-f",
+                                      "-p", str(port), "-h", str(self.dir)],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            ss = ns_exec(netns, "ss", "-Hltn", f"sport = :{port}", check=False).stdout
+            if ss.strip():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"httpd exited with {self.proc.returncode}")
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"httpd not listening on {port} in {netns}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def http_get(ip: str, port: int = 80, netns: str | None = None, timeout: int = 3) -> str | None:
+    """GET /index.html from ``ip:port`` (from inside ``netns`` if given, else from the host) with
+    busybox nc (busybox wget crashes in static builds here); the body, or None."""
+    req = "GET /index.html HTTP/1.0\r\n\r\n"
+    argv = [busybox(), "nc", "-w", str(timeout), ip, str(port)]
+    if netns:
+        argv = ["nsenter", f"--net={netns}", *argv]
+    try:
+        p = harness.sh(*argv, check=False, timeout=timeout + 10, input=req)
+    except subprocess.TimeoutExpired:
+        return None
+    head, sep, body = p.stdout.replace("\r\n", "\n").partition("\n\n")
+    if p.returncode != 0 or not sep or " 200 " not in head.split("\n", 1)[0]:
+        return None
+    return body
+
+
+def iptables_save() -> str:
+    return harness.sh("iptables-save", check=False, timeout=30).stdout
