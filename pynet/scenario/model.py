@@ -128,6 +128,8 @@ class Expectation:
             return bool(p.get("resolves", True))
         if self.kind == "encap":
             return bool(p.get("seen", True))
+        if self.kind == "dnat":
+            return bool(p.get("delivered", True))
         return True
 
     @property
@@ -162,7 +164,8 @@ class Expectation:
         if k == "nat":
             return f"source {p.get('source', '<host>')}"
         if k == "dnat":
-            return f"reaches {p['reaches']}:{p.get('target_port', self.port)}"
+            where = f"{p['reaches']}:{p.get('target_port', self.port)}"
+            return f"reaches {where}" if self.expect_ok else f"does not reach {where}"
         if k == "mtu":
             return "passes" if self.expect_ok else "does not pass"
         if k == "spoof":
@@ -470,7 +473,7 @@ class _Parser:
         extra = {
             "reach": ["proto", "port"], "isolated": ["proto", "port"],
             "arp": ["resolves"], "nat": ["proto", "port", "source"],
-            "dnat": ["proto", "port", "reaches", "target_port"],
+            "dnat": ["proto", "port", "reaches", "target_port", "delivered"],
             "mtu": ["size", "df", "passes"],
             "spoof": ["src_ip", "src_mac", "port", "delivered"],
             "encap": ["vni", "udp_port", "seen"],

@@ -214,7 +214,7 @@ class Runner:
             heard = self._listened(lst, exp, marker, exp.timeout if exp.proto == "udp" else 0.3)
         finally:
             packets = self._collect(sn)
-        at_dst = self._seen_at(packets, dst.ns) if dst else []
+        at_dst = [p for p in (self._seen_at(packets, dst.ns) if dst else []) if _ipv4(p[1])]
         if exp.proto == "icmp":
             ok = sent_ok
             seen = sent_seen
@@ -228,7 +228,7 @@ class Runner:
             seen = (f"datagram received from {', '.join(sorted(set(heard['peers'])))}" if got
                     else ("nothing received" if sent_ok else sent_seen))
         if dst and dst.ns != src.ns:
-            seen += f"; target saw {len(at_dst)} pkt"
+            seen += f"; target saw {len(at_dst)} IP pkt"
         return ok, seen, packets
 
     def _probe_reach(self, exp, src, dst_addr, dst, mac):

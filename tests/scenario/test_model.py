@@ -19,7 +19,8 @@ def with_expect(*exp, **top):
 
 
 @pytest.mark.parametrize("path", sorted(glob.glob(str(SCENARIOS / "*.yaml")))
-                         + sorted(glob.glob(str(SCENARIOS / "wrong" / "*.yaml"))))
+                         + sorted(glob.glob(str(SCENARIOS / "wrong" / "*.yaml")))
+                         + sorted(glob.glob(str(SCENARIOS / "pending" / "*.yaml"))))
 def test_library_files_are_valid(path):
     s = load(path)
     assert s.hosts and s.expectations
