@@ -12,6 +12,12 @@
     pynet firewall show                 the desired rules (iptables-restore text per family)
     pynet firewall diff                 desired vs the kernel's pynet rules; exit 1 if out of sync
     pynet firewall flush                remove this instance's (--chain-prefix) rules and chains
+    pynet sandbox create --network none|host|container:ID|NETWORK [-p HOST:CONT[/PROTO]]
+                                        prints the new sandbox's ID
+    pynet sandbox ls                    ID, MODE, NAMESPACE, SHARES, ENDPOINTS
+    pynet sandbox exec ID -- CMD...     run CMD in the sandbox's network namespace
+    pynet sandbox connect ID NETWORK    another interface (ethN) on NETWORK
+    pynet sandbox rm [-f] ID...         refused while others share its namespace, unless -f
 
 The CLI reads the daemon's store (SQLite in the state directory) directly.
 Importing this module stays light: Flask and waitress load only for
@@ -115,6 +121,40 @@ def build_parser() -> argparse.ArgumentParser:
                         help="remove every rule and chain of this chain prefix "
                              "(a running daemon puts them back on its next re-check)")
     p.set_defaults(func=cmd_firewall_flush)
+
+    sbx = sub.add_parser("sandbox", parents=[common],
+                         help="sandboxes: netns, none, host and container modes")
+    ssub = sbx.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    ssub.required = True
+    p = ssub.add_parser("create", parents=[common], help="create a sandbox, print its ID")
+    p.add_argument("--network", default="none", metavar="none|host|container:ID|NETWORK",
+                   help="the network mode (default none)")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="HOST:CONT[/PROTO]",
+                   help="publish a port (netns mode)")
+    p.add_argument("--ip", default="", help="IPv4 address on the network")
+    p.set_defaults(func=cmd_sandbox_create)
+    p = ssub.add_parser("ls", parents=[common], help="list sandboxes")
+    p.set_defaults(func=cmd_sandbox_ls)
+    p = ssub.add_parser("exec", parents=[common], help="run a command in a sandbox")
+    p.add_argument("sandbox", metavar="ID")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD")
+    p.set_defaults(func=cmd_sandbox_exec)
+    p = ssub.add_parser("connect", parents=[common], help="connect a sandbox to a network")
+    p.add_argument("sandbox", metavar="ID")
+    p.add_argument("network", metavar="NETWORK")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="HOST:CONT[/PROTO]")
+    p.add_argument("--ip", default="", help="IPv4 address on the network")
+    p.set_defaults(func=cmd_sandbox_connect)
+    p = ssub.add_parser("rm", parents=[common], help="remove sandboxes")
+    p.add_argument("sandboxes", metavar="ID", nargs="+")
+    p.add_argument("-f", "--force", action="store_true",
+                   help="also remove the sandboxes sharing its namespace")
+    p.set_defaults(func=cmd_sandbox_rm)
+
+    # The scenario runner parses its own arguments; scapy loads only when a
+    # scenario runs, never on import.
+    from pynet.scenario import cli as scenario_cli
+    scenario_cli.add_parser(sub)
     return parser
 
 
@@ -368,10 +408,112 @@ def cmd_firewall_flush(args, config: Config) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- sandboxes
+def _sandboxes(config: Config, kernel: bool = True):
+    from pynet.cnm.sandboxes import SandboxManager
+
+    if kernel:
+        from pynet.daemon import build_controller
+
+        c = build_controller(config, store=_store(config))
+    else:
+        c = _reader(config)
+    return SandboxManager(c, instance=config.plugin_name)
+
+
+def _publish_args(values: list[str]) -> list:
+    """``8080:80``, ``8080:80/udp``, ``127.0.0.1:8080:80/tcp``, ``80`` (any host port)."""
+    from pynet.cnm.model import PortMapping
+
+    out = []
+    for v in values:
+        spec, _, proto = v.partition("/")
+        parts = spec.split(":")
+        try:
+            if len(parts) == 1:
+                hip, hp, cp = "", 0, int(parts[0])
+            elif len(parts) == 2:
+                hip, hp, cp = "", int(parts[0] or 0), int(parts[1])
+            elif len(parts) == 3:
+                hip, hp, cp = parts[0], int(parts[1] or 0), int(parts[2])
+            else:
+                raise ValueError
+        except ValueError:
+            raise CliError(f"invalid port mapping {v!r} (want [IP:]HOST:CONTAINER[/PROTO])") from None
+        out.append(PortMapping(proto=(proto or "tcp").lower(), container_port=cp, host_port=hp,
+                               host_ip=hip))
+    return out
+
+
+def cmd_sandbox_create(args, config: Config) -> int:
+    mgr = _sandboxes(config)
+    sb = mgr.create(args.network, publish=_publish_args(args.publish), address=args.ip)
+    print(sb.id)
+    return 0
+
+
+def cmd_sandbox_ls(args, config: Config) -> int:
+    mgr = _sandboxes(config, kernel=False)
+    eps = {e.id: e for e in mgr.c.endpoints()}
+    rows = []
+    for sb in sorted(mgr.ls(), key=lambda s: s.id):
+        attached = [eps[e] for e in sb.endpoints if e in eps]
+        rows.append({"id": sb.id, "mode": sb.mode, "key": sb.key, "shares": sb.shares or "",
+                     "endpoints": [{"id": e.id, "network": e.network_id, "ifname": e.ifname,
+                                    "address": e.address, "address_v6": e.address_v6}
+                                   for e in attached]})
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(["ID", "MODE", "NAMESPACE", "SHARES", "ENDPOINTS"],
+                     [[r["id"][:12], r["mode"], r["key"], r["shares"][:12],
+                       ", ".join(f"{e['ifname']}={e['address'] or e['address_v6']}"
+                                 f"@{e['network'][:12]}" for e in r["endpoints"])]
+                      for r in rows])
+    return 0
+
+
+def cmd_sandbox_exec(args, config: Config) -> int:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise CliError("no command given (pynet sandbox exec ID -- CMD ...)")
+    argv = _sandboxes(config, kernel=False).exec_argv(args.sandbox, cmd)
+    sys.stdout.flush()
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as e:
+        raise CliError(f"cannot run {argv[0]}: {e.strerror or e}") from None
+    return 127  # pragma: no cover
+
+
+def cmd_sandbox_connect(args, config: Config) -> int:
+    ep = _sandboxes(config).connect(args.sandbox, args.network,
+                                    publish=_publish_args(args.publish), address=args.ip)
+    print(ep.id)
+    return 0
+
+
+def cmd_sandbox_rm(args, config: Config) -> int:
+    mgr = _sandboxes(config)
+    failed = 0
+    for ref in args.sandboxes:
+        try:
+            for sid in mgr.rm(ref, force=args.force):
+                print(sid)
+        except errors.PynetError as e:
+            print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
 # --------------------------------------------------------------------- main
 def main(argv: Optional[list[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        if args.command == "scenario":
+            return int(args.func(args) or 0)
         config = config_from_args(args)
         return int(args.func(args, config) or 0)
     except CliError as e:
