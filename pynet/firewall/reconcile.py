@@ -65,6 +65,23 @@ def parse_rule_tokens(tokens, instance: str | None = None) -> SavedRule:
     return SavedRule(tokens, tuple(spec), owner, peer)
 
 
+_QUOTED = __import__("re").compile(r'"((?:[^"\\]|\\.)*)"(?=\s|$)|([^\s"\']+)(?=\s|$)|(\S)')
+
+
+def _split(line: str) -> list[str]:
+    """shlex.split for iptables-save lines, fast: plain words and whole "quoted" words
+    (pynet's comments); anything else (a quote inside a word, single quotes) -> shlex."""
+    if '"' not in line and "'" not in line:
+        return line.split()
+    out = []
+    for m in _QUOTED.finditer(line):
+        if m.group(3) is not None:
+            return shlex.split(line)
+        out.append(m.group(2) if m.group(2) is not None else
+                   __import__("re").sub(r"\\(.)", r"\1", m.group(1)))
+    return out
+
+
 def parse_save(text: str, instance: str | None = None) -> dict[str, TableState]:
     """Parse iptables-save output into table -> TableState.
 
@@ -86,7 +103,7 @@ def parse_save(text: str, instance: str | None = None) -> dict[str, TableState]:
             if len(parts) > 1 and parts[1] != "-":
                 cur.policies[parts[0]] = parts[1]
         elif cur is not None:
-            toks = _strip_counters(shlex.split(line))
+            toks = _strip_counters(_split(line))
             if len(toks) >= 2 and toks[0] == "-A":
                 cur.chains.setdefault(toks[1], []).append(parse_rule_tokens(toks[2:], instance))
     return tables
@@ -189,12 +206,7 @@ def plan_table(table: str, actual: TableState | None, chains_wanted: list[str],
         want = target.get(ch) or [(f.key, None) for f in have if f.owner is None]
         if [r.key for r in have] == [k for k, _ in want]:
             continue
-        for r in have:
-            if r.owner is not None:
-                ops.append(Op("del", ch, r.tokens))
-        for pos, (key, toks) in enumerate(want, 1):
-            if toks is not None:
-                ops.append(Op("ins", ch, tuple(toks), pos))
+        ops.extend(_edit_chain(ch, have, want))
     # delete chains that are pynet's, unwanted and empty of foreign rules and references
     for ch in sorted(removable):
         if ch not in actual.chains or ch in chains_wanted:
@@ -206,6 +218,30 @@ def plan_table(table: str, actual: TableState | None, chains_wanted: list[str],
         if not referenced:
             ops.append(Op("delchain", ch))
     return ops
+
+
+def _edit_chain(ch: str, have: list[SavedRule], want: list[tuple]) -> list[Op]:
+    """The fewest deletes/inserts turning ``have`` into ``want`` (so adding the 100th network
+    touches its own rules, not the 99 others'): deletes first (by spec), then inserts at their
+    final absolute positions in ascending order.  If a foreign rule would have to move, fall
+    back to rebuilding all of pynet's rules around the foreign ones (which never move)."""
+    import difflib
+
+    hk = [r.key for r in have]
+    wk = [k for k, _ in want]
+    sm = difflib.SequenceMatcher(None, hk, wk, autojunk=False)
+    dels, ins = [], []
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        if tag in ("delete", "replace"):
+            dels.extend(have[i1:i2])
+        if tag in ("insert", "replace"):
+            ins.extend(range(j1, j2))
+    if any(r.owner is None for r in dels) or any(want[j][1] is None for j in ins) \
+            or len(set(hk)) != len(hk):
+        dels = [r for r in have if r.owner is not None]
+        ins = [j for j, (_, toks) in enumerate(want) if toks is not None]
+    return [Op("del", ch, r.tokens) for r in dels] + \
+        [Op("ins", ch, tuple(want[j][1]), j + 1) for j in ins]
 
 
 def _jumps_to(spec, chain) -> bool:
