@@ -277,6 +277,132 @@ def reference_conflist(name: str, bridge: str, subnet: str, cni_version: str = "
     return {"cniVersion": cni_version, "name": name, "plugins": plugins}
 
 
+def try_install_pynet_cni(bin_dir: Path) -> list[str]:
+    """``install_pynet_cni`` that returns [] instead of raising when pynet cannot install yet."""
+    try:
+        return install_pynet_cni(bin_dir)
+    except (harness.CommandError, OSError):
+        return []
+
+
+def short_tag(text: str, n: int = 4) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def subnet_for(base_octets: str, key: str) -> str:
+    """A /24 inside ``base_octets`` (``"10.244"``) chosen by ``key``: two runs side by side (each
+    with its own prefix) almost never pick the same one."""
+    return f"{base_octets}.{int(hashlib.sha1(key.encode()).hexdigest()[:4], 16) % 250 + 1}.0/24"
+
+
+class Chain:
+    """One CNI plugin chain under test on its own bridge, subnet and state: builds its conflist
+    for a cniVersion and says what it holds (addresses, host links, firewall rules)."""
+
+    kind = "?"
+
+    def __init__(self, prefix: str, workdir: Path, tag: str, subnet: str):
+        self.prefix = prefix
+        self.tag = tag
+        self.name = f"{prefix}-{self.kind[:3]}{tag}"  # network name
+        self.bridge = f"{prefix}-{self.kind[0]}{tag}"[:15]
+        self.subnet = subnet
+        net = subnet.split("/")[0].rsplit(".", 1)[0]
+        self.gateway = f"{net}.1"
+        self.workdir = Path(workdir) / f"chain-{self.kind}-{tag}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def conflist(self, cni_version: str = "1.0.0", ips: bool = False) -> dict:
+        raise NotImplementedError
+
+    def held_addresses(self) -> set[str]:
+        """Addresses the chain's IPAM holds for containers (not the gateway)."""
+        raise NotImplementedError
+
+    def bridge_ports(self) -> list[str]:
+        out = harness.sh("ip", "-j", "link", "show", "master", self.bridge, check=False).stdout
+        try:
+            return [i["ifname"] for i in json.loads(out or "[]")]
+        except ValueError:
+            return []
+
+    def rules_mentioning(self, *needles: str) -> list[str]:
+        """iptables-save lines (v4, all tables) containing any of ``needles``."""
+        needles = [n for n in needles if n]
+        return [line for line in iptables_save().splitlines()
+                if not line.startswith("#") and any(n in line for n in needles)]
+
+    def cleanup(self) -> list[str]:
+        harness.sh("ip", "link", "del", "dev", self.bridge, check=False)
+        return []
+
+
+class ReferenceChain(Chain):
+    """Debian's containernetworking-plugins: bridge + host-local + portmap (+ firewall)."""
+
+    kind = "reference"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "host-local"
+
+    def conflist(self, cni_version: str = "1.0.0", ips: bool = False) -> dict:
+        return reference_conflist(self.name, self.bridge, self.subnet, cni_version=cni_version,
+                                  data_dir=str(self.data_dir), ips_capability=ips)
+
+    def held_addresses(self) -> set[str]:
+        d = self.data_dir / self.name
+        if not d.is_dir():
+            return set()
+        out = set()
+        for f in d.iterdir():
+            if f.name.count(".") == 3 and f.name.replace(".", "").isdigit():
+                out.add(f.name)
+        return out
+
+
+class PynetChain(Chain):
+    """pynet-bridge with pynet-ipam, its own state dir and firewall chain prefix; standalone (each
+    plugin process does the work) unless ``daemon_socket`` names a running ``pynet daemon``."""
+
+    kind = "pynet"
+
+    def __init__(self, *a, daemon_socket: Path | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.state_dir = self.workdir / "state"
+        self.chain_prefix = harness.chain_prefix_for(self.name)
+        self.daemon_socket = daemon_socket
+
+    def pynet_settings(self) -> dict:
+        s = {"stateDir": str(self.state_dir), "chainPrefix": self.chain_prefix,
+             "instance": self.name, "daemon": self.daemon_socket is not None}
+        if self.daemon_socket is not None:
+            s["socket"] = str(self.daemon_socket)
+        return s
+
+    def conflist(self, cni_version: str = "1.0.0", ips: bool = False) -> dict:
+        bridge = {"type": "pynet-bridge", "bridge": self.bridge,
+                  "ipam": {"type": "pynet-ipam", "subnet": self.subnet, "gateway": self.gateway},
+                  "capabilities": {"portMappings": True, **({"ips": True} if ips else {})},
+                  "pynet": self.pynet_settings()}
+        return {"cniVersion": cni_version, "name": self.name, "plugins": [bridge]}
+
+    def held_addresses(self) -> set[str]:
+        raise NotImplementedError("pynet store inspection")
+
+    def cleanup(self) -> list[str]:
+        errors = super().cleanup()
+        err = harness.flush_firewall(self.chain_prefix)
+        if err:
+            errors.append(f"firewall flush {self.chain_prefix}: {err}")
+        return errors
+
+
+def make_chain(kind: str, prefix: str, workdir: Path, tag: str, base: str = "10.244", **kw) -> Chain:
+    cls = {"pynet": PynetChain, "reference": ReferenceChain}[kind]
+    return cls(prefix, workdir, tag, subnet_for(base, f"{prefix}-{kind}-{tag}"), **kw)
+
+
 # --------------------------------------------------------------------------- containerd
 
 CONTAINERD_CONFIG = """\
@@ -378,8 +504,26 @@ class Containerd:
                                    f"{harness._tail(self.log_path)}")
             time.sleep(0.05)
         if self.images_tar is not None and self.starts == 1:
-            self._ctr("-n", "k8s.io", "images", "import", "--no-unpack", str(self.images_tar), timeout=120)
+            self._ctr("-n", "k8s.io", "images", "import", str(self.images_tar), timeout=120)
+        if self.images_tar is not None:
+            self.wait_image(f"docker.io/library/{SANDBOX_IMAGE}")
         return self
+
+    def wait_image(self, ref: str, timeout: float = 20) -> None:
+        """Waits until the CRI image service knows ``ref`` (it learns of imports by events, so a
+        RunPodSandbox right after the import would otherwise try to pull it)."""
+        import grpc
+        from cri_api.v1 import api_pb2, api_pb2_grpc
+
+        with grpc.insecure_channel(f"unix://{self.socket}") as ch:
+            stub = api_pb2_grpc.ImageServiceStub(ch)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                st = stub.ImageStatus(api_pb2.ImageStatusRequest(image=api_pb2.ImageSpec(image=ref)), timeout=10)
+                if st.image.id:
+                    return
+                time.sleep(0.05)
+        raise RuntimeError(f"CRI does not see image {ref} after {timeout}s")
 
     def _ctr(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         return harness.sh(CTR, "--address", str(self.socket), *args, check=check, timeout=timeout)

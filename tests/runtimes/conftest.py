@@ -1,0 +1,147 @@
+"""Fixtures for the real-runtime tests: a private containerd (CRI) and podman (CNI backend).
+
+    def test_x(containerd_factory, chain, prefix):
+        ctd = containerd_factory(chain.conflist("1.0.0"))
+        with ctd.cri() as cri:
+            sid = cri.run_pod_sandbox(f"{prefix}-a", [(80, 30080, "TCP")])
+
+``chain`` is the plugin chain under test: ``pynet`` (pynet-bridge + pynet-ipam, pynet's binaries
+installed by ``pynet cni install``) or ``reference`` (Debian's bridge + host-local + portmap +
+firewall), which proves the harness itself. Every test here is marked ``runtimes`` and ``root``.
+Teardown removes every sandbox / container through the runtime (so the DELs run), then kills
+what is left (runtime, shims, pods), the pods' network namespaces, mounts, cgroups, the bridge,
+pynet's firewall chains and the state dirs.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+_HERE = Path(__file__).resolve().parent
+if str(_HERE) not in sys.path:
+    sys.path.insert(0, str(_HERE))
+
+import harness  # noqa: E402
+import runtime_harness as rh  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "runtimes: needs root and real container runtimes "
+                                       "(a private containerd with CRI, podman with CNI)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _HERE in Path(str(item.fspath)).resolve().parents:
+            item.add_marker(pytest.mark.runtimes)
+            item.add_marker(pytest.mark.root)
+
+
+@pytest.fixture(scope="session")
+def rt_workdir(prefix, tmp_path_factory) -> Path:
+    if not harness.is_root():
+        pytest.fail("runtime tests need root (containerd, podman, netlink, iptables)")
+    return tmp_path_factory.mktemp("runtimes")
+
+
+@pytest.fixture(scope="session")
+def images_tar(rt_workdir) -> Path:
+    """``docker save`` of ``pynet-test:latest`` and the sandbox image (built if missing)."""
+    harness.ensure_dockerd()
+    return rh.ensure_images(harness.Docker(), rt_workdir)
+
+
+@pytest.fixture(scope="session")
+def cni_bin_dir(rt_workdir) -> Path:
+    """Reference plugins (linked from /usr/lib/cni) plus pynet's, installed by ``pynet cni install``."""
+    d = rh.CniBinDir(rt_workdir / "cni-bin", reference=True, pynet=False)
+    rh.try_install_pynet_cni(d.path)
+    return d.path
+
+
+@pytest.fixture(params=["pynet", "reference"])
+def chain(request, prefix, tmp_path, cni_bin_dir) -> rh.Chain:
+    """The CNI chain under test (fresh bridge name, state dir, chain prefix per test)."""
+    if request.param == "pynet" and not (cni_bin_dir / "pynet-bridge").exists():
+        pytest.fail("pynet CNI binaries missing: `pynet cni install --bin-dir` did not provide pynet-bridge")
+    base = getattr(request.module, "SUBNET_BASE", "10.244")  # a module may pick 10.246
+    c = rh.make_chain(request.param, prefix, tmp_path, tag=rh.short_tag(request.node.nodeid), base=base)
+    yield c
+    errors = c.cleanup()
+    if errors:
+        raise RuntimeError("; ".join(errors))
+
+
+class _Factory:
+    def __init__(self, request, prefix, tmp_path, bin_dir, images):
+        self.request, self.prefix, self.tmp_path = request, prefix, tmp_path
+        self.bin_dir, self.images = bin_dir, images
+        self.made: list = []
+
+    def _failed(self) -> bool:
+        node = self.request.node
+        return any(getattr(getattr(node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
+
+
+class ContainerdFactory(_Factory):
+    """``factory(conflist: dict, start=True) -> rh.Containerd`` with its own CNI conf dir."""
+
+    def __call__(self, conflist: dict, start: bool = True) -> rh.Containerd:
+        n = len(self.made)
+        conf_dir = self.tmp_path / f"ctd{n}-conf"
+        rh.write_conflist(conf_dir, conflist)
+        ctd = rh.Containerd(f"{self.prefix}-ctd{n}", self.bin_dir, conf_dir, self.images)
+        self.made.append(ctd)
+        if start:
+            ctd.start()
+            with ctd.cri() as cri:
+                cri.wait_network_ready()
+        return ctd
+
+    def teardown(self) -> None:
+        errors = []
+        for ctd in reversed(self.made):
+            if self._failed() and ctd.log_path:
+                print(f"\n----- {ctd.name} log ({ctd.log_path}) -----\n{harness._tail(ctd.log_path, 40)}")
+            if ctd.running:
+                errors += ctd.remove_all_pods()
+            errors += ctd.cleanup()
+        if errors:
+            raise RuntimeError("containerd teardown: " + "; ".join(errors))
+
+
+class PodmanFactory(_Factory):
+    """``factory(conflist: dict) -> rh.Podman`` (images loaded) with its own CNI conf dir."""
+
+    def __call__(self, conflist: dict) -> rh.Podman:
+        n = len(self.made)
+        conf_dir = self.tmp_path / f"podman{n}-conf"
+        rh.write_conflist(conf_dir, conflist)
+        p = rh.Podman(f"{self.prefix}-pod{n}", self.bin_dir, conf_dir, self.images)
+        self.made.append(p)
+        p.load_images()
+        return p
+
+    def teardown(self) -> None:
+        errors = []
+        for p in reversed(self.made):
+            errors += p.cleanup()
+        if errors:
+            raise RuntimeError("podman teardown: " + "; ".join(errors))
+
+
+@pytest.fixture
+def containerd_factory(request, prefix, tmp_path, cni_bin_dir, images_tar, chain):
+    # depends on ``chain`` so that the chain's cleanup (bridge, firewall) runs after the pods are gone
+    f = ContainerdFactory(request, prefix, tmp_path, cni_bin_dir, images_tar)
+    yield f
+    f.teardown()
+
+
+@pytest.fixture
+def podman_factory(request, prefix, tmp_path, cni_bin_dir, images_tar, chain):
+    f = PodmanFactory(request, prefix, tmp_path, cni_bin_dir, images_tar)
+    yield f
+    f.teardown()
