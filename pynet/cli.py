@@ -12,6 +12,8 @@
     pynet firewall show                 the desired rules (iptables-restore text per family)
     pynet firewall diff                 desired vs the kernel's pynet rules; exit 1 if out of sync
     pynet firewall flush                remove this instance's (--chain-prefix) rules and chains
+    pynet cni install [--bin-dir DIR]   CNI binaries pynet-bridge/-macvlan/-ipam (+ example conflists)
+    pynet cni uninstall | ls            remove the binaries | list CNI attachments
     pynet sandbox create --network none|host|container:ID|NETWORK [-p HOST:CONT[/PROTO]]
                                         prints the new sandbox's ID
     pynet sandbox ls                    ID, MODE, NAMESPACE, SHARES, ENDPOINTS
@@ -155,7 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
     # scenario runs, never on import.
     from pynet.scenario import cli as scenario_cli
     scenario_cli.add_parser(sub)
+    _cni_parsers(sub, common)
     return parser
+
+
+def _cni_parsers(sub, common) -> None:
+    """``pynet cni install|uninstall|ls`` (the CNI front end)."""
+    cni = sub.add_parser("cni", parents=[common], help="CNI plugin binaries")
+    csub = cni.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    csub.required = True
+    p = csub.add_parser("install", parents=[common],
+                        help="install pynet-bridge, pynet-macvlan, pynet-ipam and example conflists")
+    p.add_argument("--bin-dir", default="/opt/cni/bin", help="CNI bin dir (default /opt/cni/bin)")
+    p.add_argument("--conf-dir", default="/etc/cni/net.d",
+                   help="where the example conflists (*.example) go (default /etc/cni/net.d)")
+    p.add_argument("--no-examples", action="store_true", help="do not write example conflists")
+    p.set_defaults(func=cmd_cni_install)
+    p = csub.add_parser("uninstall", parents=[common], help="remove the plugin binaries")
+    p.add_argument("--bin-dir", default="/opt/cni/bin")
+    p.set_defaults(func=cmd_cni_uninstall)
+    p = csub.add_parser("ls", parents=[common], help="attachments made through CNI")
+    p.set_defaults(func=cmd_cni_ls)
 
 
 def config_from_args(args) -> Config:
@@ -506,6 +528,41 @@ def cmd_sandbox_rm(args, config: Config) -> int:
             print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------- cni
+def cmd_cni_install(args, config: Config) -> int:
+    from pynet.cni.install import install
+
+    state_dir = getattr(args, "state_dir", None) or os.environ.get("PYNET_STATE_DIR")
+    for path in install(args.bin_dir, None if args.no_examples else args.conf_dir, state_dir=state_dir):
+        print(path)
+    return 0
+
+
+def cmd_cni_uninstall(args, config: Config) -> int:
+    from pynet.cni.install import uninstall
+
+    for path in uninstall(args.bin_dir):
+        print(path)
+    return 0
+
+
+def cmd_cni_ls(args, config: Config) -> int:
+    c = _reader(config)
+    nets = {n.id: n for n in c.networks()}
+    rows = [{"network": (nets[e.network_id].name if e.network_id in nets else "") or e.network_id[:12],
+             "container_id": e.container_id, "ifname": e.ifname, "address": e.address,
+             "address_v6": e.address_v6, "mac": e.mac, "netns": e.sandbox_key,
+             "ports": [_port_line(p) for p in e.ports]}
+            for e in c.endpoints() if e.container_id and (e.options or {}).get("pynet.cni")]
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(["NETWORK", "CONTAINER", "IFNAME", "ADDRESS", "ADDRESS IPV6", "NETNS", "PORTS"],
+                     [[r["network"], r["container_id"][:12], r["ifname"], r["address"], r["address_v6"],
+                       r["netns"], ", ".join(r["ports"])] for r in rows])
+    return 0
 
 
 # --------------------------------------------------------------------- main

@@ -222,6 +222,9 @@ def create_app(controller) -> Flask:
         c.release_address(pool_id, wire.get_str(body, "Address", required=True))
         return {}
 
+    from pynet.plugin_api.cni_route import register_cni  # CNI shim -> daemon
+    register_cni(app, c)
+
     # ---------------------------------------------------------------- errors
     @app.errorhandler(errors.PynetError)
     def pynet_error(err: errors.PynetError):

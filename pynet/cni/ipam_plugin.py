@@ -1,0 +1,214 @@
+"""``pynet-ipam``: a CNI IPAM plugin on pynet's IPAM, for any interface plugin
+(the reference bridge, macvlan, ipvlan, ...) -- the role host-local plays.
+
+Configuration (the ``ipam`` section of the plugin config)::
+
+    {"type": "pynet-ipam", "ranges": [[{"subnet": "10.1.0.0/24", "gateway"?: "10.1.0.1"}],
+                                      [{"subnet": "fd00:1::/64"}]],
+     "routes": [{"dst": "0.0.0.0/0"}], "dns": {...}, "pynet": {"stateDir": ...}}
+
+Pools: when a pynet network of the conflist's ``name`` exists (CNI- or
+Docker-made), addresses come from its pools, so a reference-bridge conflist
+and a pynet-bridge one of the same name share one address space.  Otherwise
+the plugin keeps its own pools for the name (``cni/ipam-pools/<name>``, in
+LocalDefault, so they never overlap a Docker network's); the gateway (given,
+or the first address) is reserved.  Allocations are recorded per attachment
+(``cni/ipam/<name>/<container id>/<ifname>``): a repeated ADD answers the
+same addresses, DEL releases them, GC releases those of attachments not in
+the valid list.  The ``ips`` capability / ``CNI_ARGS IP=`` ask for an address.
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+
+from pynet import errors
+from pynet.cni import spec
+from pynet.cni.plugin import (GATEWAY_OPTS, LOCAL_DEFAULT, CniError, find_network, parse_ranges,
+                              parse_routes, requested_addresses)
+
+ALLOC = "cni/ipam/"
+POOLS = "cni/ipam-pools/"
+
+
+def _conf(conf: dict) -> dict:
+    ipam = conf.get("ipam")
+    if not isinstance(ipam, dict):
+        raise CniError(spec.INVALID_CONFIG, "the configuration has no ipam section")
+    return ipam
+
+
+def _key(name: str, cid: str, ifname: str) -> str:
+    return f"{ALLOC}{name}/{cid}/{ifname}"
+
+
+def pools_for(ctx, name: str, ipam: dict, create: bool) -> dict:
+    """{family: {"pool_id", "subnet", "gateway"}} for the network ``name``."""
+    from pynet.cnm.attach import pool_id_of
+
+    c = ctx.controller
+    ranges = parse_ranges(ipam)
+    net = find_network(c, name)
+    if net is not None:
+        out = {}
+        for fam, datas in ((4, net.ipv4), (6, net.ipv6)):
+            if datas:
+                d = datas[0]
+                out[fam] = {"pool_id": pool_id_of(c, d), "subnet": str(ipaddress.ip_network(d.pool, strict=False)),
+                            "gateway": d.gateway.split("/")[0] if d.gateway else ""}
+        _agree(name, ranges, out, f"pynet network {name}")
+        return out
+    rec = c.store.get(POOLS + name)
+    if rec is not None:
+        _agree(name, ranges, {int(k): v for k, v in rec.value.items()}, "its pynet-ipam pools")
+        return {int(k): v for k, v in rec.value.items()}
+    if not create:
+        return {}
+    if not ranges:
+        raise CniError(spec.INVALID_CONFIG, "pynet-ipam needs ipam.ranges (or subnet)")
+    with ctx.lock("network"):
+        rec = c.store.get(POOLS + name)
+        if rec is not None:
+            return {int(k): v for k, v in rec.value.items()}
+        out = {}
+        with contextlib.ExitStack() as undo:
+            for fam, r in ranges.items():
+                pid, pool, _ = c.request_pool(LOCAL_DEFAULT, r.subnet, v6=(fam == 6))
+                undo.callback(c.release_pool, pid)
+                gw = c.request_address(pid, r.gateway, GATEWAY_OPTS).split("/")[0]
+                out[fam] = {"pool_id": pid, "subnet": pool, "gateway": gw}
+            c.store.put(POOLS + name, {str(k): v for k, v in out.items()})
+            undo.pop_all()
+        return out
+
+
+def _agree(name: str, ranges: dict, have: dict, what: str) -> None:
+    if not ranges:
+        return
+    for fam in (4, 6):
+        want = ranges.get(fam)
+        theirs = have.get(fam)
+        if (want.subnet if want else None) != (theirs["subnet"] if theirs else None):
+            raise CniError(spec.INVALID_CONFIG,
+                           f"network {name}: IPv{fam} subnet {theirs['subnet'] if theirs else 'none'} of {what} "
+                           f"differs from the conflist's {want.subnet if want else 'none'}")
+
+
+def held_addresses(c, name: str) -> set:
+    """Addresses pynet-ipam holds for attachments of network ``name``."""
+    out = set()
+    for rec in c.store.list(f"{ALLOC}{name}/"):
+        for a in (rec.value.get("addresses") or {}).values():
+            out.add(a.split("/")[0])
+    return out
+
+
+def _result(rec: dict, pools: dict, ipam: dict) -> dict:
+    ips = []
+    for fam in ("4", "6"):
+        a = (rec.get("addresses") or {}).get(fam)
+        if a:
+            p = pools.get(int(fam)) or {}
+            ips.append({"address": a, "gateway": p.get("gateway", "")})
+    return {"interfaces": [], "ips": ips, "routes": parse_routes(ipam.get("routes")),
+            "dns": dict(ipam.get("dns") or {})}
+
+
+def cmd_add(ctx, conf: dict, args: spec.Args) -> dict:
+    ipam = _conf(conf)
+    name = conf["name"]
+    wanted = requested_addresses(conf, args)
+    c = ctx.controller
+    pools = pools_for(ctx, name, ipam, create=True)
+    key = _key(name, args.container_id, args.ifname)
+    rec = c.store.get(key)
+    if rec is not None:
+        return _result(rec.value, pools, ipam)
+    got = {}
+    with contextlib.ExitStack() as undo:
+        for fam, p in sorted(pools.items()):
+            want = wanted.pop(fam, "")
+            if want and ipaddress.ip_address(want) not in ipaddress.ip_network(p["subnet"]):
+                raise CniError(spec.INVALID_CONFIG, f"requested address {want} is outside {p['subnet']}")
+            cidr = c.request_address(p["pool_id"], want)
+            undo.callback(c.release_address, p["pool_id"], cidr.split("/")[0])
+            got[str(fam)] = cidr
+        if wanted:
+            raise CniError(spec.INVALID_CONFIG, f"no IPv{min(wanted)} range for the requested address")
+        value = {"pools": {str(f): p["pool_id"] for f, p in pools.items()}, "addresses": got,
+                 "container_id": args.container_id, "ifname": args.ifname}
+        c.store.put(key, value)
+        undo.pop_all()
+    return _result(value, pools, ipam)
+
+
+def _release(c, key: str, value: dict) -> None:
+    for fam, a in (value.get("addresses") or {}).items():
+        pid = (value.get("pools") or {}).get(fam)
+        if pid:
+            c.release_address(pid, a.split("/")[0])
+    c.store.delete(key)
+
+
+def cmd_del(ctx, conf: dict, args: spec.Args) -> None:
+    _conf(conf)
+    c = ctx.controller
+    key = _key(conf["name"], args.container_id, args.ifname)
+    rec = c.store.get(key)
+    if rec is not None:
+        _release(c, key, rec.value)
+    return None
+
+
+def cmd_check(ctx, conf: dict, args: spec.Args) -> None:
+    if not spec.at_least(conf["cniVersion"], "0.4.0"):
+        raise CniError(spec.INCOMPATIBLE_VERSION, "config version does not allow CHECK")
+    _conf(conf)
+    c = ctx.controller
+    rec = c.store.get(_key(conf["name"], args.container_id, args.ifname))
+    if rec is None:
+        raise CniError(spec.UNKNOWN_CONTAINER, f"pynet-ipam has no allocation for container "
+                                               f"{args.container_id} interface {args.ifname}")
+    for fam, a in (rec.value.get("addresses") or {}).items():
+        pid = rec.value["pools"][fam]
+        try:
+            held = set(c.ipam.allocated(pid))
+        except errors.NotFound:
+            held = set()
+        if a.split("/")[0] not in held:
+            raise CniError(spec.INVALID_CONFIG, f"address {a} is no longer reserved in pool {pid}")
+    return None
+
+
+def cmd_gc(ctx, conf: dict, args: spec.Args) -> None:
+    from pynet.cni.plugin import valid_attachments
+
+    if not spec.at_least(conf["cniVersion"], "1.1.0"):
+        raise CniError(spec.INCOMPATIBLE_VERSION, "config version does not allow GC")
+    _conf(conf)
+    valid = valid_attachments(conf)
+    c = ctx.controller
+    for rec in c.store.list(f"{ALLOC}{conf['name']}/"):
+        v = rec.value
+        if (v.get("container_id"), v.get("ifname")) not in valid:
+            _release(c, rec.key, v)
+    return None
+
+
+def cmd_status(ctx, conf: dict, args: spec.Args) -> None:
+    if not spec.at_least(conf["cniVersion"], "1.1.0"):
+        raise CniError(spec.INCOMPATIBLE_VERSION, "config version does not allow STATUS")
+    ipam = _conf(conf)
+    try:
+        pools = pools_for(ctx, conf["name"], ipam, create=False)
+        for p in pools.values():
+            if ctx.controller.ipam.get_pool(p["pool_id"])["free"] <= 0:
+                raise CniError(spec.PLUGIN_NOT_AVAILABLE, f"no free address left in {p['subnet']}")
+    except CniError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise CniError(spec.PLUGIN_NOT_AVAILABLE, f"pynet-ipam is not usable: {e}") from None
+    return None
+
+
+VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}

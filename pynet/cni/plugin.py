@@ -1,0 +1,704 @@
+"""The CNI verbs -> the CNM core (in-process; the daemon runs the same code).
+
+``run(plugin, env, stdin, ctx=None) -> (stdout, exit code)`` is the whole
+interface: the shim calls it when no daemon serves the request, the daemon's
+``POST /Pynet.CNI`` route calls it with its own controller.
+
+Plugins: ``bridge`` (driver ``bridge``), ``macvlan`` (driver ``macvlan``,
+when the core has it) and ``ipam`` (``pynet.cni.ipam_plugin``).
+
+The conflist keys pynet understands (a plugin entry of type ``pynet-bridge``)::
+
+    name                 the pynet network (created on first ADD, kept after the last DEL)
+    bridge               bridge name (default pn-<hash of the network id>)
+    isGateway            the bridge gets the gateway address, results name it  (default false)
+    isDefaultGateway     + a default route via it in the container; implies isGateway
+    ipMasq               masquerade traffic leaving the subnet            (default false)
+    mtu                  MTU of bridge and veths
+    hairpinMode          accepted (the port mapping DNAT covers hairpin traffic)
+    macspoofchk          pynet's spoof check (only the endpoint's MAC/IP may leave)
+    ipam                 {"type": "pynet-ipam" | omitted, "ranges": [[{"subnet", "gateway"?}], ...],
+                          "subnet"?, "gateway"?, "routes": [{"dst", "gw"?}]}  -- dual stack:
+                          one range set per family; no subnet: a default pool like Docker's
+    dns                  passed through to the result
+    capabilities         portMappings, ips, mac (runtimeConfig keys matched case-insensitively;
+                          CNI_ARGS IP= and MAC= work too)
+    pynet                {"stateDir", "socket", "chainPrefix", "instance", "daemon"}
+    macvlan: master, mode (bridge|private|vepa|passthru)
+
+Nothing here imports Flask, scapy or an etcd client.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from pynet import errors
+from pynet.cni import spec
+from pynet.cni.spec import CniError
+
+log = logging.getLogger("pynet.cni")
+
+LOCAL_DEFAULT = "LocalDefault"
+GATEWAY_OPTS = {"RequestAddressType": "com.docker.network.gateway"}
+LABEL_CONFLIST = "pynet.cni.network"
+DRIVER_OF = {"bridge": "bridge", "macvlan": "macvlan"}
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+# ============================================================ locks and context
+@contextlib.contextmanager
+def file_lock(path: str):
+    """An exclusive flock on ``path``: excludes other processes and, since each
+    call opens its own file description, other threads too."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class SerialFirewall:
+    """Serialises firewall syncs across processes (the daemon and CNI binaries
+    beside it): under the state dir's lock, the state is read again from the
+    store and applied, so the last sync always applies the newest state."""
+
+    def __init__(self, inner, lock_path: str, state):
+        self.inner = inner
+        self.lock_path = lock_path
+        self.state = state
+
+    def sync(self, networks=None, endpoints=None) -> None:
+        with file_lock(self.lock_path):
+            self.inner.sync(*self.state())
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class Ctx:
+    """Where one invocation works: the Config, the Controller and the host
+    Netlink -- built lazily in-process, or handed in by the daemon."""
+
+    def __init__(self, settings: dict, controller=None, netlink=None, instance: str = ""):
+        self.settings = settings
+        self._controller = controller
+        self._netlink = netlink
+        self.instance = instance or settings.get("instance") or "pynet"
+        self.state_dir = settings["state_dir"]
+
+    @property
+    def controller(self):
+        if self._controller is None:
+            self._controller = build_controller(self.settings)
+        return self._controller
+
+    @property
+    def netlink(self):
+        if self._netlink is None:
+            from pynet.netlink.pyroute import PyrouteNetlink
+            self._netlink = PyrouteNetlink()
+        return self._netlink
+
+    def lock(self, what: str = "cni"):
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        return file_lock(os.path.join(self.state_dir, f"{what}.lock"))
+
+
+def _fast_pyroute2() -> None:
+    """Import pyroute2's IPRoute without the package's __init__, which loads
+    every module of the library (~100 ms more on each CNI call)."""
+    import sys
+    if "pyroute2" in sys.modules:
+        return
+    import importlib.util
+    import types
+    found = importlib.util.find_spec("pyroute2")
+    if found is None or not found.submodule_search_locations:
+        return
+    pkg = types.ModuleType("pyroute2")
+    pkg.__path__ = list(found.submodule_search_locations)
+    pkg.__file__ = found.origin
+    pkg.__spec__ = found
+    sys.modules["pyroute2"] = pkg
+    try:
+        from pyroute2.iproute.linux import IPRoute
+        pkg.IPRoute = IPRoute
+    except Exception:  # noqa: BLE001 -- fall back to the full package
+        del sys.modules["pyroute2"]
+
+
+def build_controller(settings: dict):
+    """The daemon's implementations, built the daemon's way (``pynet.daemon``),
+    with firewall syncs serialised across processes."""
+    _fast_pyroute2()
+    from pynet.cnm.controller import Controller
+    from pynet.config import Config
+    from pynet.daemon import build_drivers, build_firewall, open_store
+    from pynet.ipam import Ipam
+
+    config = Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
+                             chain_prefix=settings.get("chain_prefix"))
+    store = open_store(config)
+    ipam = Ipam(store, default_pools=config.default_pools)
+    box = {}
+    fw = SerialFirewall(build_firewall(config), os.path.join(config.state_dir, "firewall.lock"),
+                        lambda: (box["c"].networks(), box["c"].endpoints()))
+    c = Controller(store, ipam, build_drivers(config), firewall=fw)
+    box["c"] = c
+    return c
+
+
+# ================================================================== config
+def _bool(conf: dict, key: str, default=None):
+    v = conf.get(key, default)
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise CniError(spec.INVALID_CONFIG, f"{key} must be true or false, got {v!r}")
+
+
+@dataclass
+class Range:
+    subnet: str
+    gateway: str = ""
+
+
+@dataclass
+class NetConf:
+    name: str
+    version: str
+    driver: str
+    bridge: str = ""
+    is_gateway: bool = False
+    is_default_gateway: bool = False
+    ip_masq: Optional[bool] = None
+    mtu: Optional[int] = None
+    hairpin: bool = False
+    spoof_check: Optional[bool] = None
+    ranges: dict = field(default_factory=dict)       # {4: Range, 6: Range}
+    routes: list = field(default_factory=list)
+    dns: dict = field(default_factory=dict)
+    master: str = ""
+    mode: str = ""
+
+
+def parse_ranges(ipam: dict) -> dict:
+    """``ranges`` (one range set per family) or the older ``subnet``/``gateway``."""
+    if not isinstance(ipam, dict):
+        raise CniError(spec.INVALID_CONFIG, "ipam must be an object")
+    sets = ipam.get("ranges")
+    if sets is None and ipam.get("subnet"):
+        sets = [[{"subnet": ipam["subnet"], "gateway": ipam.get("gateway", "")}]]
+    out: dict[int, Range] = {}
+    for rs in sets or []:
+        if not isinstance(rs, list) or not rs:
+            raise CniError(spec.INVALID_CONFIG, "ipam.ranges must be a list of non-empty lists")
+        if len(rs) > 1:
+            raise CniError(spec.UNSUPPORTED_FIELD, "pynet takes one range per range set "
+                                                   "(one subnet per address family)")
+        r = rs[0]
+        if not isinstance(r, dict):
+            raise CniError(spec.INVALID_CONFIG, "an ipam range must be an object")
+        for k in ("rangeStart", "rangeEnd"):
+            if r.get(k):
+                raise CniError(spec.UNSUPPORTED_FIELD, f"ipam range {k} is not supported by pynet "
+                                                       "(the whole subnet is allocated from)")
+        sub = r.get("subnet")
+        try:
+            if not isinstance(sub, str) or "/" not in sub:
+                raise ValueError("not in CIDR form")
+            net = ipaddress.ip_network(sub, strict=False)
+        except ValueError as e:
+            raise CniError(spec.INVALID_CONFIG, f"invalid subnet {sub!r}: {e}") from None
+        gw = r.get("gateway") or ""
+        if gw:
+            try:
+                g = ipaddress.ip_address(gw)
+            except ValueError:
+                raise CniError(spec.INVALID_CONFIG, f"invalid gateway {gw!r}") from None
+            if g not in net:
+                raise CniError(spec.INVALID_CONFIG, f"gateway {gw} is outside subnet {net}")
+        if net.version in out:
+            raise CniError(spec.UNSUPPORTED_FIELD, f"more than one IPv{net.version} range set")
+        out[net.version] = Range(str(net), gw)
+    return out
+
+
+def parse_routes(routes) -> list:
+    out = []
+    for r in routes or []:
+        if not isinstance(r, dict) or not r.get("dst"):
+            raise CniError(spec.INVALID_CONFIG, f"invalid route {r!r}: needs dst")
+        try:
+            ipaddress.ip_network(r["dst"], strict=False)
+            if r.get("gw"):
+                ipaddress.ip_address(r["gw"])
+        except ValueError as e:
+            raise CniError(spec.INVALID_CONFIG, f"invalid route {r!r}: {e}") from None
+        out.append({"dst": r["dst"], **({"gw": r["gw"]} if r.get("gw") else {})})
+    return out
+
+
+def ipam_section(conf: dict) -> dict:
+    ipam = conf.get("ipam") or {}
+    if not isinstance(ipam, dict):
+        raise CniError(spec.INVALID_CONFIG, "ipam must be an object")
+    t = ipam.get("type", "")
+    if t not in ("", "pynet", "pynet-ipam"):
+        raise CniError(spec.UNSUPPORTED_FIELD,
+                       f"ipam type {t!r}: pynet's interface plugins allocate from pynet's IPAM "
+                       f"(type pynet-ipam); use pynet-ipam with other interface plugins")
+    return ipam
+
+
+def parse_netconf(plugin: str, conf: dict) -> NetConf:
+    ipam = ipam_section(conf)
+    nc = NetConf(name=conf["name"], version=conf["cniVersion"], driver=DRIVER_OF[plugin])
+    if plugin == "bridge":
+        br = conf.get("bridge") or ""
+        if br and (not isinstance(br, str) or len(br.encode()) > spec.IFNAMSIZ or "/" in br or " " in br):
+            raise CniError(spec.INVALID_CONFIG, f"invalid bridge name {br!r} (at most 15 bytes)")
+        nc.bridge = br
+        nc.is_default_gateway = bool(_bool(conf, "isDefaultGateway", False))
+        nc.is_gateway = bool(_bool(conf, "isGateway", False)) or nc.is_default_gateway
+        nc.ip_masq = _bool(conf, "ipMasq", None)
+        nc.hairpin = bool(_bool(conf, "hairpinMode", False))
+        nc.spoof_check = _bool(conf, "macspoofchk", None)
+    else:
+        nc.master = conf.get("master") or ""
+        nc.mode = conf.get("mode") or ""
+        if nc.master and (len(nc.master.encode()) > spec.IFNAMSIZ or "/" in nc.master):
+            raise CniError(spec.INVALID_CONFIG, f"invalid master interface {nc.master!r}")
+        nc.is_gateway = nc.is_default_gateway = True
+    if conf.get("mtu") not in (None, 0):
+        try:
+            nc.mtu = int(conf["mtu"])
+            if not 68 <= nc.mtu <= 65535:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise CniError(spec.INVALID_CONFIG, f"invalid mtu {conf.get('mtu')!r}") from None
+    nc.ranges = parse_ranges(ipam)
+    nc.routes = parse_routes(ipam.get("routes"))
+    nc.dns = conf.get("dns") if isinstance(conf.get("dns"), dict) else {}
+    return nc
+
+
+def driver_options(nc: NetConf) -> dict:
+    if nc.driver == "bridge":
+        o = {"com.docker.network.bridge.enable_ip_masquerade": "true" if nc.ip_masq else "false"}
+        if nc.bridge:
+            o["com.docker.network.bridge.name"] = nc.bridge
+        if nc.mtu:
+            o["com.docker.network.driver.mtu"] = str(nc.mtu)
+        if nc.spoof_check is not None:
+            o["pynet.bridge.spoof_check"] = "true" if nc.spoof_check else "false"
+        return o
+    o = {}
+    if nc.master:
+        o["parent"] = nc.master
+    if nc.mode:
+        o["macvlan_mode"] = nc.mode
+    if nc.mtu:
+        o["com.docker.network.driver.mtu"] = str(nc.mtu)
+    return o
+
+
+# ======================================================== network identity
+def network_id_for(name: str) -> str:
+    return hashlib.sha256(f"cni:{name}".encode()).hexdigest()
+
+
+def find_network(c, name: str, ask_docker: bool = False):
+    """The pynet network named ``name``: a CNI-made one, or a Docker-made one
+    whose Docker name is ``name`` (Docker never tells a plugin the name, so
+    dockerd is asked once and the name recorded)."""
+    for n in c.networks():
+        if n.name == name:
+            return n
+    if not ask_docker:
+        return None
+    unnamed = {n.id: n for n in c.networks() if not n.name and n.created_by == "docker"}
+    if not unnamed:
+        return None
+    for nid in docker_network_ids(name):
+        net = unnamed.get(nid)
+        if net is not None:
+            net.name = name
+            c.store.update(f"networks/{net.id}", lambda v: dict(v or net.to_json(), name=name))
+            return net
+    return None
+
+
+def docker_network_ids(name: str, sock: str = DOCKER_SOCKET, timeout: float = 2.0) -> list[str]:
+    """IDs of Docker networks named exactly ``name``, from dockerd's API (best effort)."""
+    import socket
+    from urllib.parse import quote
+
+    if not os.path.exists(sock):
+        return []
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(sock)
+        q = quote(json.dumps({"name": {name: True}}))
+        s.sendall(f"GET /networks?filters={q} HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except OSError:
+        return []
+    finally:
+        s.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if b"chunked" in head.lower():
+        from pynet.cni.shim import _dechunk
+        body = _dechunk(body)
+    try:
+        nets = json.loads(body or b"[]")
+    except ValueError:
+        return []
+    return [n.get("Id") for n in nets if isinstance(n, dict) and n.get("Name") == name]
+
+
+def compare(nc: NetConf, net) -> list[str]:
+    """How an existing network differs from what the conflist asks for."""
+    diffs = []
+    if net.driver != nc.driver:
+        diffs.append(f"driver {net.driver} (conflist: {nc.driver})")
+    have = {4: net.ipv4, 6: net.ipv6}
+    if nc.ranges:
+        for fam in (4, 6):
+            want = nc.ranges.get(fam)
+            theirs = have[fam][0] if have[fam] else None
+            tsub = str(ipaddress.ip_network(theirs.pool, strict=False)) if theirs else None
+            if (want.subnet if want else None) != tsub:
+                diffs.append(f"IPv{fam} subnet {tsub or 'none'} (conflist: {want.subnet if want else 'none'})")
+            elif want and want.gateway and theirs and theirs.gateway.split("/")[0] != want.gateway:
+                diffs.append(f"IPv{fam} gateway {theirs.gateway.split('/')[0] or 'none'} "
+                             f"(conflist: {want.gateway})")
+    st = net.driver_state or {}
+    if nc.driver == "bridge":
+        if nc.bridge and st.get("bridge") and st["bridge"] != nc.bridge:
+            diffs.append(f"bridge {st['bridge']} (conflist: {nc.bridge})")
+        if nc.is_gateway and net.ipv4 and not net.ipv4[0].gateway:
+            diffs.append("no gateway on the bridge (conflist: isGateway)")
+        if nc.ip_masq is not None and bool(st.get("enable_ip_masquerade", True)) != nc.ip_masq:
+            diffs.append(f"ipMasq {str(bool(st.get('enable_ip_masquerade', True))).lower()} "
+                         f"(conflist: {str(nc.ip_masq).lower()})")
+    if nc.mtu and (st.get("mtu") or 1500) != nc.mtu:
+        diffs.append(f"mtu {st.get('mtu') or 1500} (conflist: {nc.mtu})")
+    return diffs
+
+
+def ensure_network(ctx: Ctx, nc: NetConf):
+    """The network the conflist names: found (settings must agree) or created."""
+    c = ctx.controller
+    net = find_network(c, nc.name)
+    if net is None:
+        with ctx.lock("network"):
+            net = find_network(c, nc.name, ask_docker=True)
+            if net is None:
+                return create_network(c, nc)
+    diffs = compare(nc, net)
+    if diffs:
+        raise CniError(spec.INVALID_CONFIG,
+                       f"network {nc.name} exists ({net.created_by}-made) with other settings: "
+                       + "; ".join(diffs)
+                       + f" -- fix the conflist or remove the network (pynet network rm {nc.name})")
+    return net
+
+
+def create_network(c, nc: NetConf):
+    from pynet.cnm.model import IPData
+
+    nid = network_id_for(nc.name)
+    ranges = dict(nc.ranges) or {4: None}
+    datas = {4: [], 6: []}
+    with contextlib.ExitStack() as undo:
+        for fam in (4, 6):
+            if fam not in ranges:
+                continue
+            r = ranges[fam]
+            pid, pool, _ = c.request_pool(LOCAL_DEFAULT, r.subnet if r else "", v6=(fam == 6))
+            undo.callback(c.release_pool, pid)
+            gw = ""
+            if nc.is_gateway or (r and r.gateway):
+                gw = c.request_address(pid, r.gateway if r and r.gateway else "", GATEWAY_OPTS)
+            datas[fam].append(IPData(pool=pool, gateway=gw, address_space=LOCAL_DEFAULT, pool_id=pid))
+        if nc.driver != "bridge":
+            # macvlan: the gateway is an outside router, not pynet's address
+            pass
+        net = c.create_network(nid, datas[4], datas[6], driver=nc.driver, name=nc.name,
+                               enable_ipv6=bool(datas[6]), options=driver_options(nc),
+                               labels={LABEL_CONFLIST: nc.name}, created_by="cni")
+        undo.pop_all()
+    log.info("created network %s (%s) from a conflist", nc.name, nid[:12])
+    return net
+
+
+# ============================================================ runtime config
+def requested_addresses(conf: dict, args: spec.Args) -> dict:
+    ips = spec.capability(conf, "ips")
+    if ips is None and args.args.get("IP"):
+        ips = args.args["IP"].split(",")
+    out = {}
+    for ip in ips or []:
+        try:
+            a = ipaddress.ip_interface(ip) if "/" in str(ip) else ipaddress.ip_address(ip)
+        except ValueError:
+            raise CniError(spec.INVALID_CONFIG, f"invalid requested address {ip!r}") from None
+        if a.version in out:
+            raise CniError(spec.INVALID_CONFIG, f"more than one IPv{a.version} address requested")
+        out[a.version] = str(a.ip if hasattr(a, "network") else a)
+    return out
+
+
+def requested_mac(conf: dict, args: spec.Args) -> str:
+    mac = spec.capability(conf, "mac") or args.args.get("MAC") or ""
+    if mac:
+        from pynet.netlink import check_mac
+        try:
+            return check_mac(mac)
+        except errors.PynetError as e:
+            raise CniError(spec.INVALID_CONFIG, str(e)) from None
+    return ""
+
+
+def port_mappings(conf: dict) -> list:
+    from pynet.cnm.model import PortMapping
+
+    pms = spec.capability(conf, "portMappings") or []
+    if not isinstance(pms, list):
+        raise CniError(spec.INVALID_CONFIG, "runtimeConfig.portMappings must be a list")
+    out = []
+    for pm in pms:
+        if not isinstance(pm, dict):
+            raise CniError(spec.INVALID_CONFIG, f"invalid port mapping {pm!r}")
+        try:
+            hp = int(spec.ci_get(pm, "hostPort", default=0) or 0)
+            cp = int(spec.ci_get(pm, "containerPort", default=0) or 0)
+        except (TypeError, ValueError):
+            raise CniError(spec.INVALID_CONFIG, f"invalid port mapping {pm!r}") from None
+        proto = str(spec.ci_get(pm, "protocol", default="tcp") or "tcp").lower()
+        if not 0 < cp <= 65535 or not 0 <= hp <= 65535:
+            raise CniError(spec.INVALID_CONFIG, f"invalid port in mapping {pm!r}")
+        if proto not in ("tcp", "udp", "sctp"):
+            raise CniError(spec.INVALID_CONFIG, f"unsupported protocol {proto!r} in port mapping")
+        host_ip = spec.ci_get(pm, "hostIP", default="") or ""
+        out.append(PortMapping(proto=proto, container_port=cp, host_port=hp, host_ip=host_ip))
+    return out
+
+
+# ================================================================== verbs
+def _merge(prev: dict, ours: dict) -> dict:
+    """Our result appended to the prevResult (chained plugins)."""
+    base = len(prev["interfaces"])
+    for ip in ours["ips"]:
+        if "interface" in ip:
+            ip["interface"] += base
+    return {"interfaces": prev["interfaces"] + ours["interfaces"],
+            "ips": prev["ips"] + ours["ips"],
+            "routes": prev["routes"] + [r for r in ours["routes"] if r not in prev["routes"]],
+            "dns": ours["dns"] or prev["dns"]}
+
+
+def cmd_add(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> dict:
+    from pynet.cnm import attach
+
+    nc = parse_netconf(plugin, conf)
+    prev = spec.from_any(conf.get("prevResult"))
+    addrs = requested_addresses(conf, args)
+    mac = requested_mac(conf, args)
+    ports = port_mappings(conf)
+    if not os.path.exists(args.netns):
+        raise CniError(spec.UNKNOWN_CONTAINER, f"network namespace {args.netns} does not exist")
+    c = ctx.controller
+    net = ensure_network(ctx, nc)
+    old = attach.find(c, net, args.container_id, args.ifname)
+    if old is not None:
+        if old.sandbox_key == args.netns and _link_exists(ctx, args.netns, args.ifname):
+            raise CniError(spec.INVALID_CONFIG, f"container {args.container_id} already has interface "
+                                                f"{args.ifname} on network {nc.name}")
+        attach.detach_endpoint(c, net, old, netlink=ctx.netlink)  # a stale attempt
+    if ports:
+        lock = ctx.lock("ports")   # host-port choice must see the other processes' choices
+    else:
+        lock = contextlib.nullcontext()
+    with lock:
+        a = attach.attach(c, net, args.container_id, args.ifname, args.netns, addresses=addrs,
+                          mac=mac, ports=ports, default_route=nc.is_default_gateway,
+                          routes=nc.routes, netlink=ctx.netlink)
+    return _render_add(ctx, nc, a, args, prev)
+
+
+def _link_exists(ctx: Ctx, netns: str, ifname: str) -> bool:
+    from pynet.cnm import sandbox
+    try:
+        sandbox.inspect(netns, ifname, netlink=ctx.netlink)
+        return True
+    except errors.NotFound:
+        return False
+
+
+def _render_add(ctx: Ctx, nc: NetConf, a, args: spec.Args, prev: dict) -> dict:
+    ep, net = a.endpoint, a.network
+    ifaces = []
+    st = ep.driver_state or {}
+    for name in (st.get("bridge"), st.get("host_veth")):
+        if name:
+            try:
+                ifaces.append({"name": name, "mac": ctx.netlink.get_link(name).mac})
+            except errors.NotFound:
+                ifaces.append({"name": name})
+    link = a.link
+    ifaces.append({"name": args.ifname, "mac": getattr(link, "mac", "") or ep.mac,
+                   "mtu": getattr(link, "mtu", None), "sandbox": args.netns})
+    idx = len(ifaces) - 1
+    ips = []
+    for addr, gw in ((ep.address, net.gateway_v4), (ep.address_v6, net.gateway_v6)):
+        if addr:
+            ips.append({"address": addr, "gateway": gw if nc.is_gateway else "", "interface": idx})
+    routes = [{"dst": d, "gw": g} for d, g in a.routes]
+    ours = {"interfaces": ifaces, "ips": ips, "routes": routes, "dns": dict(nc.dns)}
+    return _merge(prev, ours)
+
+
+def cmd_del(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
+    from pynet.cnm import attach
+
+    parse_netconf(plugin, conf)
+    c = ctx.controller
+    net = find_network(c, conf["name"])
+    attach.detach(c, net, args.container_id, args.ifname, args.netns, netlink=ctx.netlink)
+    return None
+
+
+def cmd_check(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
+    from pynet.cnm import attach
+
+    if not spec.at_least(conf["cniVersion"], "0.4.0"):
+        raise CniError(spec.INCOMPATIBLE_VERSION, "config version does not allow CHECK")
+    nc = parse_netconf(plugin, conf)
+    if "prevResult" not in conf:
+        raise CniError(spec.INVALID_CONFIG, "CHECK needs the prevResult of the ADD")
+    prev = spec.from_any(conf.get("prevResult"))
+    c = ctx.controller
+    net = find_network(c, nc.name)
+    if net is None:
+        raise CniError(spec.UNKNOWN_CONTAINER, f"network {nc.name} does not exist")
+    diffs = compare(nc, net)
+    if diffs:
+        raise CniError(spec.INVALID_CONFIG, f"network {nc.name} differs from the conflist: " + "; ".join(diffs))
+    mine = [i for i, f in enumerate(prev["interfaces"])
+            if f.get("name") == args.ifname and f.get("sandbox")]
+    expect = [ip["address"] for ip in prev["ips"] if ip.get("interface") in mine]
+    attach.check(c, net, args.container_id, args.ifname, args.netns,
+                 default_route=nc.is_default_gateway, routes=nc.routes, expect_ips=expect,
+                 netlink=ctx.netlink)
+    return None
+
+
+def valid_attachments(conf: dict) -> set:
+    va = conf.get("cni.dev/valid-attachments")
+    if va is None:
+        va = conf.get("cni.dev/attachments")
+    if va is None:
+        raise CniError(spec.INVALID_CONFIG, "GC needs cni.dev/valid-attachments")
+    if not isinstance(va, list):
+        raise CniError(spec.INVALID_CONFIG, "cni.dev/valid-attachments must be a list")
+    out = set()
+    for a in va:
+        if not isinstance(a, dict) or not a.get("containerID"):
+            raise CniError(spec.INVALID_CONFIG, f"invalid attachment {a!r}")
+        out.add((a["containerID"], a.get("ifname") or ""))
+    return out
+
+
+def cmd_gc(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
+    from pynet.cni import ipam_plugin
+    from pynet.cnm import attach
+
+    if not spec.at_least(conf["cniVersion"], "1.1.0"):
+        raise CniError(spec.INCOMPATIBLE_VERSION, "config version does not allow GC")
+    parse_netconf(plugin, conf)
+    valid = valid_attachments(conf)
+    c = ctx.controller
+    net = find_network(c, conf["name"])
+    if net is None:
+        return None
+    with ctx.lock("network"):
+        extra = ipam_plugin.held_addresses(c, conf["name"])
+        attach.gc(c, net, valid, netlink=ctx.netlink, instance=ctx.instance, extra_held=extra)
+    return None
+
+
+def cmd_status(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
+    if not spec.at_least(conf["cniVersion"], "1.1.0"):
+        raise CniError(spec.INCOMPATIBLE_VERSION, "config version does not allow STATUS")
+    parse_netconf(plugin, conf)
+    try:
+        c = ctx.controller
+        net = find_network(c, conf["name"])
+    except Exception as e:  # noqa: BLE001
+        raise CniError(spec.PLUGIN_NOT_AVAILABLE, f"pynet's store in {ctx.state_dir} is not usable: {e}") from None
+    if net is not None:
+        from pynet.cnm.attach import pool_id_of
+        for d in net.ipv4 + net.ipv6:
+            try:
+                p = c.ipam.get_pool(pool_id_of(c, d))
+            except errors.PynetError as e:
+                raise CniError(spec.PLUGIN_NOT_AVAILABLE, str(e)) from None
+            if p["free"] <= 0:
+                raise CniError(spec.PLUGIN_NOT_AVAILABLE, f"no free address left in {d.pool}")
+    return None
+
+
+VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
+
+
+# ==================================================================== run
+def run(plugin: str, env: dict, stdin: bytes, controller=None, netlink=None,
+        instance: str = "") -> tuple[str, int]:
+    """One CNI invocation -> (stdout, exit code)."""
+    from pynet.cni.shim import pynet_settings
+
+    version = None
+    try:
+        command = spec.parse_command(env)
+        if command == "VERSION":
+            return spec.dumps(spec.version_result(stdin)), 0
+        conf = spec.parse_conf(stdin)
+        version = spec.check_version(conf.get("cniVersion"))
+        args = spec.Args(env, command)
+        ctx = Ctx(pynet_settings(conf, env), controller=controller, netlink=netlink, instance=instance)
+        if plugin == "ipam":
+            from pynet.cni import ipam_plugin
+            result = ipam_plugin.VERBS[command](ctx, conf, args)
+        elif plugin in DRIVER_OF:
+            result = VERBS[command](ctx, plugin, conf, args)
+        else:
+            raise CniError(spec.INTERNAL, f"unknown pynet plugin {plugin!r}")
+        if result is None:
+            return "", 0
+        return spec.dumps(spec.to_version(result, version)), 0
+    except CniError as e:
+        return spec.dumps(spec.error_result(e.code, e.msg, version, e.details)), 1
+    except errors.PynetError as e:
+        return spec.dumps(spec.error_result(getattr(e, "cni_code", spec.INTERNAL), str(e), version)), 1
+    except Exception as e:  # noqa: BLE001 -- always answer in CNI terms
+        log.exception("CNI %s failed", plugin)
+        return spec.dumps(spec.error_result(spec.INTERNAL, f"internal error: {type(e).__name__}: {e}",
+                                            version)), 1
