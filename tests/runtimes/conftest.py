@@ -48,9 +48,8 @@ def rt_workdir(prefix, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def images_tar(rt_workdir) -> Path:
-    """``docker save`` of ``pynet-test:latest`` and the sandbox image (built if missing)."""
-    harness.ensure_dockerd()
-    return rh.ensure_images(harness.Docker(), rt_workdir)
+    """A ``docker save``-format archive of the busybox test and sandbox images (no dockerd needed)."""
+    return rh.ensure_images(rt_workdir)
 
 
 @pytest.fixture(scope="session")

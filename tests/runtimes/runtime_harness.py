@@ -2,10 +2,12 @@
 
 Plain Python (no pytest), used by ``tests/runtimes/conftest.py`` and the CNI benchmarks.
 
-- ``ensure_images(docker, workdir)``: the busybox test image (``pynet-test:latest``) and a sandbox
-  image whose default command keeps running (``pynet-test-sandbox:latest``, ``sleep infinity``;
-  containerd runs the sandbox image's default command as the pause process), saved with
-  ``docker save`` into one tarball that ``ctr -n k8s.io images import`` and ``podman load`` read.
+- ``ensure_images(workdir)``: a busybox-static image (``pynet-rt:latest``) and a sandbox image
+  whose default command keeps running (``pynet-rt-sandbox:latest``, ``sleep infinity``; containerd
+  runs the sandbox image's default command as the pause process), in one ``docker save``-format
+  tarball that ``ctr -n k8s.io images import`` and ``podman load`` read. Built in Python, the
+  way ``docker import`` + ``docker save`` would, so the tests do not depend on dockerd (other
+  tests restart it).
 - ``Containerd``: a containerd with its own root/state dirs, socket, CNI ``conf_dir``/``bin_dir``
   and ``restrict_oom_score_adj = true`` (runc cannot set oom_score_adj here). ``crash()`` SIGKILLs
   it with its shims and pods (a node crash, minus the reboot); ``cleanup()`` removes everything it
@@ -41,7 +43,8 @@ from typing import Iterable, Sequence
 import harness
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
-SANDBOX_IMAGE = "pynet-test-sandbox:latest"
+TEST_IMAGE = "pynet-rt:latest"  # busybox-static, CMD sh (containers)
+SANDBOX_IMAGE = "pynet-rt-sandbox:latest"  # the same, CMD sleep infinity (containerd's pause)
 REF_CNI_DIR = Path("/usr/lib/cni")
 CONTAINERD = "/usr/bin/containerd"
 CTR = "/usr/bin/ctr"
@@ -187,37 +190,70 @@ def _build_rootfs(root: Path) -> None:
     (root / "var" / "www" / "index.html").write_text("pynet test image\n")
 
 
-def ensure_sandbox_image(docker: harness.Docker) -> str:
-    """``pynet-test-sandbox:latest``: busybox-static whose default command is ``sleep infinity``."""
-    if docker.run("image", "inspect", SANDBOX_IMAGE, check=False).returncode == 0:
-        return SANDBOX_IMAGE
-    with tempfile.TemporaryDirectory(prefix="pynet-rootfs.") as tmp:
-        root = Path(tmp) / "rootfs"
+def _layer_tar(root: Path, out: Path) -> str:
+    """A reproducible tar of ``root`` (owner 0, fixed mtime); returns its sha256 (the diff id)."""
+    import tarfile
+
+    def norm(ti: tarfile.TarInfo) -> tarfile.TarInfo:
+        ti.uid = ti.gid = 0
+        ti.uname = ti.gname = "root"
+        ti.mtime = 1700000000
+        return ti
+
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tf:
+        for path in sorted(root.rglob("*")):
+            tf.add(path, arcname=str(path.relative_to(root)), recursive=False, filter=norm)
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_images_tar(out: Path) -> Path:
+    """A ``docker save``-format archive (what ``docker import`` + ``docker save`` give, built here
+    without dockerd) of two busybox-static images sharing one layer: ``TEST_IMAGE`` (CMD sh) and
+    ``SANDBOX_IMAGE`` (CMD ``sleep infinity``: containerd runs the sandbox image's default command
+    as the pause process). ``ctr -n k8s.io images import`` and ``podman load`` read it."""
+    import tarfile
+
+    out = Path(out)
+    with tempfile.TemporaryDirectory(prefix="pynet-img.") as tmp:
+        t = Path(tmp)
+        root = t / "rootfs"
         root.mkdir()
         _build_rootfs(root)
-        tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(root), "-cf", "-", "."],
-                               stdout=subprocess.PIPE)
-        try:
-            p = subprocess.run([docker.binary, "import", "-c", 'CMD ["sleep", "infinity"]',
-                                "-c", "ENV PATH=/bin:/sbin:/usr/bin:/usr/sbin",
-                                "-m", "pynet sandbox image (busybox-static, sleep infinity)",
-                                "-", SANDBOX_IMAGE], stdin=tar.stdout, capture_output=True,
-                               text=True, timeout=120)
-        finally:
-            tar.stdout.close()
-            tar.wait(60)
-        if p.returncode != 0:
-            raise RuntimeError(f"docker import {SANDBOX_IMAGE}: {p.stderr}")
-    return SANDBOX_IMAGE
+        layer = t / "layer.tar"
+        diff_id = _layer_tar(root, layer)
+        members = [(f"{diff_id}/layer.tar", layer)]
+        manifest = []
+        for ref, cmd in ((TEST_IMAGE, ["/bin/sh"]), (SANDBOX_IMAGE, ["sleep", "infinity"])):
+            config = {
+                "architecture": "amd64", "os": "linux", "created": "2023-11-14T22:13:20Z",
+                "config": {"Cmd": cmd, "Env": ["PATH=/bin:/sbin:/usr/bin:/usr/sbin"]},
+                "rootfs": {"type": "layers", "diff_ids": [f"sha256:{diff_id}"]},
+                "history": [{"created": "2023-11-14T22:13:20Z", "comment": "pynet busybox-static"}],
+            }
+            data = json.dumps(config, sort_keys=True).encode()
+            digest = hashlib.sha256(data).hexdigest()
+            (t / f"{digest}.json").write_bytes(data)
+            members.append((f"{digest}.json", t / f"{digest}.json"))
+            manifest.append({"Config": f"{digest}.json", "RepoTags": [ref], "Layers": [f"{diff_id}/layer.tar"]})
+        (t / "manifest.json").write_text(json.dumps(manifest))
+        members.append(("manifest.json", t / "manifest.json"))
+        part = out.with_suffix(".part")
+        with tarfile.open(part, "w") as tf:
+            for arc, path in members:
+                tf.add(path, arcname=arc)
+        part.rename(out)
+    return out
 
 
-def ensure_images(docker: harness.Docker, workdir: Path) -> Path:
-    """Both test images, saved (``docker save``) into ``workdir/images.tar``; returns the path."""
-    harness.ensure_test_image()
-    ensure_sandbox_image(docker)
+def ensure_images(workdir: Path) -> Path:
+    """The images archive in ``workdir`` (built once per session, no dockerd needed)."""
     out = Path(workdir) / "images.tar"
     if not out.exists():
-        docker.run("save", "-o", str(out), harness.TEST_IMAGE, SANDBOX_IMAGE, timeout=180)
+        build_images_tar(out)
     return out
 
 
@@ -431,6 +467,39 @@ class PynetChain(Chain):
 def make_chain(kind: str, prefix: str, workdir: Path, tag: str, base: str = "10.244", **kw) -> Chain:
     cls = {"pynet": PynetChain, "reference": ReferenceChain}[kind]
     return cls(prefix, workdir, tag, subnet_for(base, f"{prefix}-{kind}-{tag}"), **kw)
+
+
+def exec_plugin(bin_dir: Path, plugin_conf: dict, command: str, container_id: str = "",
+                netns: str = "", ifname: str = "eth0", cni_args: str = "",
+                timeout: float = 60) -> tuple[int, str, str]:
+    """Execs one CNI plugin as a runtime does; (exit code, stdout, stderr)."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_PATH": str(bin_dir),
+           "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_ARGS": cni_args}
+    p = subprocess.run([str(Path(bin_dir) / plugin_conf["type"])], input=json.dumps(plugin_conf),
+                       capture_output=True, text=True, env=env, timeout=timeout)
+    return p.returncode, p.stdout, p.stderr
+
+
+def plugin_confs(conflist: dict, cni_version: str | None = None) -> list[dict]:
+    """The per-plugin configurations libcni builds from a conflist (name and cniVersion copied in)."""
+    out = []
+    for pc in conflist["plugins"]:
+        c = dict(pc)
+        c["name"] = conflist["name"]
+        c["cniVersion"] = cni_version or conflist["cniVersion"]
+        out.append(c)
+    return out
+
+
+def cni_gc(bin_dir: Path, conflist: dict, valid: Iterable[tuple[str, str]]) -> None:
+    """CNI 1.1 GC over a conflist, as libcni's GCNetworkList does: every plugin gets its config
+    (at cniVersion 1.1.0) with ``cni.dev/valid-attachments``. Raises on a failing plugin."""
+    attachments = [{"containerID": cid, "ifname": ifn} for cid, ifn in valid]
+    for conf in plugin_confs(conflist, "1.1.0"):
+        conf["cni.dev/valid-attachments"] = attachments
+        rc, out, err = exec_plugin(bin_dir, conf, "GC")
+        if rc != 0:
+            raise RuntimeError(f"GC by {conf['type']} failed ({rc}): {out.strip()} {err.strip()}")
 
 
 # --------------------------------------------------------------------------- containerd
@@ -834,7 +903,7 @@ class Podman:
             args += ["--ip", ip]
         for p in publish:
             args += ["-p", p]
-        args += [image or f"localhost/{harness.TEST_IMAGE}", *command]
+        args += [image or f"localhost/{TEST_IMAGE}", *command]
         self.containers.append(name)
         cid = self.run(*args, timeout=120).stdout.strip()
         ns = self.netns_path(name)
