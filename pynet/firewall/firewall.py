@@ -25,6 +25,18 @@ In the chains pynet creates, foreign rules (e.g. an admin's rules in
 ``PYNET-USER``) are kept *ahead* of pynet's own ones (so the final
 ``-j RETURN`` stays last).
 
+FORWARD policy: Docker sets ``ip_forward=1`` and, when it is the one that
+turned forwarding on, the FORWARD policy to DROP.  pynet's bridge driver sets
+``ip_forward=1`` for non-internal networks but pynet never changes a built-in
+chain's policy: it is host-wide state pynet cannot own or restore by tag.
+Everything pynet promises (isolation, ICC off, internal, anti-spoofing,
+published vs unpublished ports via the host's addresses) is enforced by
+explicit rules and holds with policy ACCEPT too.  What policy DROP adds on a
+host without dockerd is that *routed* traffic to a container address (a
+neighbour that routes 10.x/24 via this host) is refused, and that the host
+does not route between its other interfaces; administrators who want that set
+``iptables -P FORWARD DROP`` themselves (beside dockerd it is already DROP).
+
 Atomicity: one ``iptables-restore --noflush`` process (nft) or one libiptc
 commit per table (legacy) per family.  iptables-restore commits table by
 table, so when the kernel refuses a later table the tables already committed
