@@ -116,7 +116,7 @@ class FirewallRechecker:
     def recheck(self) -> None:
         c = self.controller
         with c._lock:  # the controller's own lock: no verb runs in between
-            c.firewall.sync(c.networks(), c.endpoints())
+            c.firewall.sync(c.networks(), c.endpoints(), force=True)
 
     def _loop(self) -> None:
         while not self.stopping.is_set():

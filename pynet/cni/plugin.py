@@ -76,9 +76,9 @@ class SerialFirewall:
         self.lock_path = lock_path
         self.state = state
 
-    def sync(self, networks=None, endpoints=None) -> None:
+    def sync(self, networks=None, endpoints=None, force: bool = False) -> None:
         with file_lock(self.lock_path):
-            self.inner.sync(*self.state())
+            self.inner.sync(*self.state(), force=force)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

@@ -109,7 +109,7 @@ class Controller:
             return addr
 
     def release_address(self, pool_id: str, address: str) -> None:
-        with self._lock:
+        with self._lock, self.store.transaction():  # one commit for both
             self.ipam.release_address(pool_id, address)
             self.store.delete(_gateway_key(pool_id, address.split("/")[0]))
 

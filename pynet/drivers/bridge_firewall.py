@@ -43,6 +43,7 @@ class BridgeFirewall:
         if isolate_from is not None:
             firewall.isolate_from = tuple(isolate_from)
         self._known = None  # port mappings in place after the last successful sync
+        self._last_applied = None  # the rendering the kernel got last
 
     @staticmethod
     def _is_local(ip: str) -> bool:
@@ -95,11 +96,22 @@ class BridgeFirewall:
                 mac=e.mac or None, ports=ports, host_veth=e.driver_state.get("host_veth")))
         return net_specs, ep_specs
 
-    def sync(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
+    def sync(self, networks: list[Network], endpoints: list[Endpoint], force: bool = False) -> None:
+        """Apply the desired rules.  Most changes (an endpoint without ports
+        joining, a container leaving) leave the rule set as it was: rendering
+        is cheap and reading the kernel's tables is not, so an unchanged
+        rendering is not applied again unless ``force`` (the periodic re-check,
+        which is what notices someone else changing the tables)."""
         nets, eps = self.specs(networks, endpoints)
         now = self._check_new(eps)
+        rendered = self.firewall.render(nets, eps)
+        if not force and rendered == self._last_applied:
+            self._known = now
+            return
+        self._last_applied = None  # unknown until apply() succeeds
         self.firewall.apply(nets, eps)
         self._known = now
+        self._last_applied = rendered
 
     def show(self, networks, endpoints) -> dict[str, str]:
         return self.firewall.render(*self.specs(networks, endpoints))

@@ -74,8 +74,18 @@ def test_bridge_deleted_while_daemon_stopped(docker, test_image, pynet_daemon, p
 
 # --------------------------------------------------------------------------- bad input
 
+PYNET_LINK_PREFIXES = ("pn-", "pv", "pc")
+
+
 def _kernel_and_store(daemon):
-    return links(), store_keys(daemon), harness.sh("ip", "-o", "addr").stdout
+    """pynet's links with their addresses, and the store.  Only pynet's own
+    links: Docker's and the kernel's (link-local addresses settling, other
+    bridges) are not pynet's business and may change meanwhile."""
+    mine = sorted(l for l in links() if l.startswith(PYNET_LINK_PREFIXES))
+    addrs = {l: sorted(line.split()[3] for line in
+                       harness.sh("ip", "-o", "addr", "show", "dev", l, "scope", "global").stdout.splitlines())
+             for l in mine}
+    return mine, addrs, store_keys(daemon)
 
 
 @pytest.mark.parametrize("case", [
