@@ -270,6 +270,9 @@ class Controller:
                 drv.create_endpoint(net, ep)
                 undo.callback(drv.delete_endpoint, net, ep)
                 self._save_endpoint(ep)
+                undo.callback(self.store.delete, _ep_key(ep.network_id, ep.id))
+                # per-endpoint rules (anti-spoofing) exist before any traffic
+                self._sync_firewall()
                 undo.pop_all()
             return ep
 
