@@ -55,19 +55,38 @@ def images_tar(rt_workdir) -> Path:
 @pytest.fixture(scope="session")
 def cni_bin_dir(rt_workdir) -> Path:
     """Reference plugins (linked from /usr/lib/cni) plus pynet's, installed by ``pynet cni install``."""
+    global _INSTALL_ERROR
     d = rh.CniBinDir(rt_workdir / "cni-bin", reference=True, pynet=False)
-    rh.try_install_pynet_cni(d.path)
+    try:
+        rh.install_pynet_cni(d.path)
+    except Exception as e:  # noqa: BLE001 -- the reference tests still run; pynet's fail with this
+        _INSTALL_ERROR = str(e)
     return d.path
 
 
-@pytest.fixture(params=["pynet", "reference"])
+_INSTALL_ERROR = ""
+
+
+def failed(request) -> bool:
+    node = request.node
+    return any(getattr(getattr(node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
+
+
+@pytest.fixture(params=["pynet", "pynet-daemon", "reference"])
 def chain(request, prefix, tmp_path, cni_bin_dir) -> rh.Chain:
-    """The CNI chain under test (fresh bridge name, state dir, chain prefix per test)."""
-    if request.param == "pynet" and not (cni_bin_dir / "pynet-bridge").exists():
-        pytest.fail("pynet CNI binaries missing: `pynet cni install --bin-dir` did not provide pynet-bridge")
+    """The CNI chain under test (fresh bridge name, state dir, chain prefix per test):
+    ``pynet`` (each plugin process does the work), ``pynet-daemon`` (the plugins hand the work to
+    a running ``pynet daemon`` on the same state dir), ``reference``."""
+    kind = request.param
+    if kind.startswith("pynet") and not (cni_bin_dir / "pynet-bridge").exists():
+        pytest.fail(f"pynet CNI binaries missing: `pynet cni install --bin-dir` failed: {_INSTALL_ERROR}")
     base = getattr(request.module, "SUBNET_BASE", "10.244")  # a module may pick 10.246
-    c = rh.make_chain(request.param, prefix, tmp_path, tag=rh.short_tag(request.node.nodeid), base=base)
+    c = rh.make_chain(kind.split("-")[0], prefix, tmp_path, tag=rh.short_tag(request.node.nodeid), base=base)
+    if kind == "pynet-daemon":
+        c.start_daemon()
     yield c
+    if failed(request) and getattr(c, "daemon", None) is not None:
+        print(f"\n----- pynet daemon log ({c.daemon.log_path}) -----\n{c.daemon.log_tail(40)}")
     errors = c.cleanup()
     if errors:
         raise RuntimeError("; ".join(errors))
@@ -80,8 +99,7 @@ class _Factory:
         self.made: list = []
 
     def _failed(self) -> bool:
-        node = self.request.node
-        return any(getattr(getattr(node, f"rep_{w}", None), "failed", False) for w in ("setup", "call"))
+        return failed(self.request)
 
 
 class ContainerdFactory(_Factory):

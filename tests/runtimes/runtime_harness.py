@@ -279,13 +279,9 @@ class CniBinDir:
 
 
 def install_pynet_cni(bin_dir: Path) -> list[str]:
-    """``pynet cni install --bin-dir`` (the library call while the CLI verb is not there)."""
-    p = harness.sh(*harness.pynet_command(), "cni", "install", "--bin-dir", str(bin_dir), "--conf-dir", "",
-                   check=False, timeout=60)
-    if p.returncode != 0:
-        from pynet.cni.install import install
-
-        install(str(bin_dir), conf_dir=None)
+    """``pynet cni install --bin-dir DIR --no-examples``; the pynet binaries now in ``bin_dir``."""
+    harness.sh(*harness.pynet_command(), "cni", "install", "--bin-dir", str(bin_dir), "--no-examples",
+               timeout=60)
     return sorted(p.name for p in Path(bin_dir).iterdir() if p.name.startswith("pynet"))
 
 
@@ -317,14 +313,6 @@ def reference_conflist(name: str, bridge: str, subnet: str, cni_version: str = "
     if firewall:
         plugins.append({"type": "firewall", "backend": "iptables"})
     return {"cniVersion": cni_version, "name": name, "plugins": plugins}
-
-
-def try_install_pynet_cni(bin_dir: Path) -> list[str]:
-    """``install_pynet_cni`` that returns [] instead of raising when pynet cannot install yet."""
-    try:
-        return install_pynet_cni(bin_dir)
-    except (harness.CommandError, OSError):
-        return []
 
 
 def short_tag(text: str, n: int = 4) -> str:
@@ -414,6 +402,7 @@ class PynetChain(Chain):
         self.state_dir = self.workdir / "state"
         self.chain_prefix = harness.chain_prefix_for(self.name)
         self.daemon_socket = daemon_socket
+        self.daemon: harness.PynetDaemon | None = None
 
     def pynet_settings(self) -> dict:
         s = {"stateDir": str(self.state_dir), "chainPrefix": self.chain_prefix,
@@ -451,13 +440,27 @@ class PynetChain(Chain):
         out.discard(self.gateway)
         return out
 
+    def start_daemon(self, log_dir: Path | None = None) -> "harness.PynetDaemon":
+        """A ``pynet daemon`` on this chain's state dir and chain prefix; the conflist then sends
+        the plugins' work to it (``"pynet": {"daemon": true, "socket": ...}``)."""
+        sock = harness.LOCK_DIR / f"{self.name}.sock"
+        d = harness.PynetDaemon(self.name, sock, self.state_dir, log_dir=log_dir)
+        d.start(remove_stale_socket=True)
+        self.daemon = d
+        self.daemon_socket = sock
+        return d
+
     def own_rules(self) -> list[str]:
         """iptables-save lines of this instance's firewall (its chain prefix or owner tag)."""
         return [line for line in iptables_save().splitlines()
                 if self.chain_prefix in line and not line.startswith("#")]
 
     def cleanup(self) -> list[str]:
-        errors = super().cleanup()
+        errors = []
+        if self.daemon is not None:
+            self.daemon.stop()
+            self.daemon.socket.unlink(missing_ok=True)
+        errors += super().cleanup()
         err = harness.flush_firewall(self.chain_prefix)
         if err:
             errors.append(f"firewall flush {self.chain_prefix}: {err}")
@@ -471,11 +474,12 @@ def make_chain(kind: str, prefix: str, workdir: Path, tag: str, base: str = "10.
 
 def exec_plugin(bin_dir: Path, plugin_conf: dict, command: str, container_id: str = "",
                 netns: str = "", ifname: str = "eth0", cni_args: str = "",
-                timeout: float = 60) -> tuple[int, str, str]:
-    """Execs one CNI plugin as a runtime does; (exit code, stdout, stderr)."""
+                timeout: float = 60, binary: str | None = None) -> tuple[int, str, str]:
+    """Execs one CNI plugin (``binary``, default the config's ``type``) as a runtime does;
+    (exit code, stdout, stderr)."""
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_PATH": str(bin_dir),
            "CNI_CONTAINERID": container_id, "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_ARGS": cni_args}
-    p = subprocess.run([str(Path(bin_dir) / plugin_conf["type"])], input=json.dumps(plugin_conf),
+    p = subprocess.run([str(Path(bin_dir) / (binary or plugin_conf["type"]))], input=json.dumps(plugin_conf),
                        capture_output=True, text=True, env=env, timeout=timeout)
     return p.returncode, p.stdout, p.stderr
 
@@ -489,6 +493,32 @@ def plugin_confs(conflist: dict, cni_version: str | None = None) -> list[dict]:
         c["cniVersion"] = cni_version or conflist["cniVersion"]
         out.append(c)
     return out
+
+
+def run_chain(bin_dir: Path, conflist: dict, command: str, container_id: str, netns: str,
+              ifname: str = "eth0", runtime_config: dict | None = None, cni_args: str = "",
+              prev_result: dict | None = None) -> dict | None:
+    """A conflist's ADD (plugins in order, each given the previous one's result) or DEL (reverse
+    order, each given ``prev_result``, the cached ADD result), as libcni does; ``runtime_config``
+    keys reach the plugins whose ``capabilities`` ask for them. Returns the ADD result."""
+    confs = plugin_confs(conflist)
+    if command == "DEL":
+        confs = confs[::-1]
+    prev = prev_result if command == "DEL" else None
+    for conf in confs:
+        caps = [k for k, v in (conf.get("capabilities") or {}).items() if v]
+        conf.pop("capabilities", None)
+        rc_conf = {k: v for k, v in (runtime_config or {}).items() if k in caps}
+        if rc_conf:
+            conf["runtimeConfig"] = rc_conf
+        if prev is not None:
+            conf["prevResult"] = prev
+        rc, out, err = exec_plugin(bin_dir, conf, command, container_id, netns, ifname, cni_args)
+        if rc != 0:
+            raise RuntimeError(f"{command} by {conf['type']} failed ({rc}): {out.strip()} {err.strip()}")
+        if command == "ADD":
+            prev = json.loads(out)
+    return prev if command == "ADD" else None
 
 
 def cni_gc(bin_dir: Path, conflist: dict, valid: Iterable[tuple[str, str]]) -> None:
