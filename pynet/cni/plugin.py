@@ -104,8 +104,8 @@ class Ctx:
     @property
     def netlink(self):
         if self._netlink is None:
-            from pynet.netlink.pyroute import PyrouteNetlink
-            self._netlink = PyrouteNetlink()
+            from pynet.cni.netns import FdNetnsNetlink
+            self._netlink = FdNetnsNetlink()
         return self._netlink
 
     def lock(self, what: str = "cni"):
