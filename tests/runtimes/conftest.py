@@ -84,6 +84,12 @@ def chain(request, prefix, tmp_path, cni_bin_dir) -> rh.Chain:
     c = rh.make_chain(kind.split("-")[0], prefix, tmp_path, tag=rh.short_tag(request.node.nodeid), base=base)
     if kind == "pynet-daemon":
         c.start_daemon()
+    if kind.startswith("pynet"):
+        try:
+            c.preflight(cni_bin_dir)
+        except RuntimeError as e:
+            errors = c.cleanup()
+            pytest.fail(f"{kind}: {e}" + (f" (cleanup: {errors})" if errors else ""))
     yield c
     if failed(request) and getattr(c, "daemon", None) is not None:
         print(f"\n----- pynet daemon log ({c.daemon.log_path}) -----\n{c.daemon.log_tail(40)}")

@@ -450,6 +450,27 @@ class PynetChain(Chain):
         self.daemon_socket = sock
         return d
 
+    def preflight(self, bin_dir: Path, timeout: float = 15) -> None:
+        """ADD + DEL of this chain into a scratch namespace, exec'd directly with a short timeout,
+        so a broken plugin fails a test in seconds rather than at the runtime's deadline."""
+        ns = f"{self.prefix}-pf{self.tag}"
+        harness.sh("ip", "netns", "add", ns)
+        try:
+            conf = self.conflist("1.0.0")
+            confs = plugin_confs(conf)
+            for command in ("ADD", "DEL"):
+                for c in confs:
+                    c = {k: v for k, v in c.items() if k != "capabilities"}
+                    try:
+                        rc, out, err = exec_plugin(bin_dir, c, command, f"{self.prefix}-preflight",
+                                                   f"/var/run/netns/{ns}", timeout=timeout)
+                    except subprocess.TimeoutExpired:
+                        raise RuntimeError(f"preflight {command} by {c['type']}: no answer in {timeout}s") from None
+                    if rc != 0:
+                        raise RuntimeError(f"preflight {command} by {c['type']}: exit {rc}: {out.strip()} {err.strip()[-500:]}")
+        finally:
+            harness.sh("ip", "netns", "del", ns, check=False)
+
     def own_rules(self) -> list[str]:
         """iptables-save lines of this instance's firewall (its chain prefix or owner tag)."""
         return [line for line in iptables_save().splitlines()
@@ -815,7 +836,7 @@ class Cri:
             linux=linux)
 
     def run_pod_sandbox(self, name: str, port_mappings: Sequence[tuple[int, int, str]] = (),
-                        namespace: str = "pynet-test", timeout: float = 60) -> str:
+                        namespace: str = "pynet-test", timeout: float = 30) -> str:
         cfg = self.pod_config(name, namespace, port_mappings)
         sid = self.stub.RunPodSandbox(self.pb.RunPodSandboxRequest(config=cfg), timeout=timeout).pod_sandbox_id
         if self.containerd is not None:

@@ -23,7 +23,7 @@ def _wait_gone(path_or_link, check, timeout=10.0):
         time.sleep(0.05)
 
 
-@pytest.mark.parametrize("chain", ["pynet"], indirect=True)
+@pytest.mark.parametrize("chain", ["pynet", "pynet-daemon"], indirect=True)
 def test_gc_after_crash_removes_exactly_the_dead(containerd_factory, chain, prefix, tmp_path, cni_bin_dir):
     conflist = chain.conflist("1.0.0")
     ctd = containerd_factory(conflist)
