@@ -180,12 +180,13 @@ def main(argv=None) -> int:
         return 2
     lock = harness.RunLock.acquire_new()
     prefix = lock.prefix
+    harness.cleanup_stale_host(current=prefix)
+    rh.cleanup_stale_runtimes(current=prefix)  # before our own directory exists
     rh.RUNTIME_BASE.mkdir(parents=True, exist_ok=True)
     work = Path(rh.tempfile.mkdtemp(prefix=f"{prefix}-bench.", dir=rh.RUNTIME_BASE))
     sides = {}
     lines = []
     try:
-        harness.cleanup_stale_host(current=prefix)
         bin_dir = rh.CniBinDir(work / "bin", reference=True).path
         rh.install_pynet_cni(bin_dir)
         sides = make_sides(prefix, work, bin_dir, not args.no_daemon)

@@ -151,6 +151,8 @@ def main(argv=None) -> int:
         return 2
     lock = harness.RunLock.acquire_new()
     prefix = lock.prefix
+    harness.cleanup_stale_host(current=prefix)
+    rh.cleanup_stale_runtimes(current=prefix)  # before our own directory exists
     rh.RUNTIME_BASE.mkdir(parents=True, exist_ok=True)
     work = Path(rh.tempfile.mkdtemp(prefix=f"{prefix}-ipam.", dir=rh.RUNTIME_BASE))
     ns = f"{prefix}-ipam"

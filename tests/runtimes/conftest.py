@@ -43,6 +43,9 @@ def pytest_collection_modifyitems(config, items):
 def rt_workdir(prefix, tmp_path_factory) -> Path:
     if not harness.is_root():
         pytest.fail("runtime tests need root (containerd, podman, netlink, iptables)")
+    removed = rh.cleanup_stale_runtimes(current=prefix)
+    if removed:
+        print(f"\n[pynet] removed runtime leftovers of earlier runs: {' '.join(removed)}")
     return tmp_path_factory.mktemp("runtimes")
 
 

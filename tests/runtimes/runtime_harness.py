@@ -152,6 +152,49 @@ def remove_netns_path(path: str | os.PathLike) -> None:
         pass
 
 
+def remember_netns(base: Path, paths: set, ns: str) -> None:
+    """Notes a pod's network namespace in memory and in ``base/netns.list`` (for the cleanup of
+    a run that crashed: ``cleanup_stale_runtimes``)."""
+    if ns in paths:
+        return
+    paths.add(ns)
+    try:
+        with open(Path(base) / "netns.list", "a") as f:
+            f.write(ns + "\n")
+    except OSError:
+        pass
+
+
+def cleanup_stale_runtimes(current: str | None = None) -> list[str]:
+    """Leftovers of runs that are gone (and of ``current``): for every ``RUNTIME_BASE/<prefix>-*``
+    directory, the processes naming it (containerd, shims, conmon) and everything under them,
+    the pod namespaces noted in ``netns.list``, the cgroups, mounts and the directory; then the
+    pynet daemons such runs started."""
+    removed: list[str] = []
+    if not RUNTIME_BASE.is_dir() or not harness.is_root():
+        return removed
+    dirs = [d for d in RUNTIME_BASE.iterdir() if d.is_dir()]
+    gone = harness.stale_prefixes([d.name for d in dirs], current)
+    for d in dirs:
+        m = harness.STALE_NAME_RE.match(d.name)
+        if not m or m.group(1) not in gone:
+            continue
+        base = str(d)
+        pids = _pids_by_cmdline(lambda a: any(base in x for x in a))
+        kill_pids(descendants(pids))
+        try:
+            for ns in (d / "netns.list").read_text().split():
+                remove_netns_path(ns)
+        except OSError:
+            pass
+        remove_cgroups("/" + d.name.split(".", 1)[0])
+        unmount_under(d)
+        shutil.rmtree(d, ignore_errors=True)
+        removed.append(base)
+    removed += harness.stop_orphan_daemons(current)
+    return removed
+
+
 def free_tcp_port(lo: int = 30000, hi: int = 32700) -> int:
     """A TCP port nobody listens on (random in [lo, hi))."""
     import random
@@ -844,7 +887,7 @@ class Cri:
             try:
                 ns = self.netns_path(sid)
                 if ns:
-                    self.containerd.netns_paths.add(ns)
+                    remember_netns(self.containerd.base, self.containerd.netns_paths, ns)
             except Exception:  # noqa: BLE001
                 pass
         return sid
@@ -959,7 +1002,7 @@ class Podman:
         cid = self.run(*args, timeout=120).stdout.strip()
         ns = self.netns_path(name)
         if ns:
-            self.netns_paths.add(ns)
+            remember_netns(self.base, self.netns_paths, ns)
         return cid
 
     def inspect(self, name: str) -> dict:
