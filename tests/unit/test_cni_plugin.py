@@ -1,0 +1,164 @@
+"""pynet.cni.plugin and pynet.cnm.attach against the fake kernel: the real
+Controller, IPAM and bridge driver over a MemoryStore, FakeNetlink and a
+recording firewall -- the verbs' order, undo, idempotent DEL, GC, sharing."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
+
+from fakes import FakeFirewall  # noqa: E402
+
+from pynet import errors  # noqa: E402
+from pynet.cni import plugin  # noqa: E402
+from pynet.cnm import attach  # noqa: E402
+from pynet.cnm.controller import Controller  # noqa: E402
+from pynet.drivers.bridge import BridgeDriver  # noqa: E402
+from pynet.ipam import Ipam  # noqa: E402
+from pynet.netlink.fake import FakeKernel, FakeNetlink  # noqa: E402
+from pynet.store.memory import MemoryStore  # noqa: E402
+from pynet.sysctl import FakeSysctl  # noqa: E402
+
+
+class World:
+    def __init__(self, tmp_path):
+        self.kernel = FakeKernel()
+        self.nl = FakeNetlink(self.kernel)
+        self.store = MemoryStore()
+        self.fw = FakeFirewall()
+        self.c = Controller(self.store, Ipam(self.store, host_routes=lambda: []),
+                            {"bridge": BridgeDriver(self.nl, FakeSysctl(), instance="t")}, firewall=self.fw)
+        self.tmp = tmp_path
+        self.state = str(tmp_path / "state")
+
+    def netns(self, name):
+        path = str(self.tmp / name)
+        open(path, "w").close()          # plugin.cmd_add checks the path exists
+        self.kernel.add_netns(path)
+        return path
+
+    def conf(self, version="1.0.0", **kw):
+        c = {"cniVersion": version, "name": "net1", "type": "pynet-bridge", "bridge": "tb0",
+             "isDefaultGateway": True, "ipMasq": True,
+             "ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}]]}, "pynet": {"stateDir": self.state}}
+        c.update(kw)
+        return c
+
+    def run(self, command, conf, cid="c1", netns="", ifname="eth0", plugin_name="bridge"):
+        env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": netns}
+        out, code = plugin.run(plugin_name, env, json.dumps(conf).encode(), controller=self.c,
+                               netlink=self.nl, instance="t")
+        return code, (json.loads(out) if out.strip() else None)
+
+
+@pytest.fixture
+def w(tmp_path):
+    return World(tmp_path)
+
+
+def test_add_runs_dockerds_order_and_del_reverses(w):
+    ns = w.netns("ns1")
+    calls = []
+    for verb in ("request_address", "create_endpoint", "join", "program_external_connectivity",
+                 "revoke_external_connectivity", "leave", "delete_endpoint", "release_address"):
+        orig = getattr(w.c, verb)
+        setattr(w.c, verb, lambda *a, _o=orig, _v=verb, **k: calls.append(_v) or _o(*a, **k))
+    conf = w.conf(runtimeConfig={"portMappings": [{"hostPort": 8080, "containerPort": 80}]})
+    code, res = w.run("ADD", conf, netns=ns)
+    assert code == 0, res
+    # (the first request_address is the gateway, when the first ADD makes the network)
+    assert calls[-4:] == ["request_address", "create_endpoint", "join", "program_external_connectivity"]
+    inner = w.nl.for_netns(ns)
+    assert inner.get_link("eth0").addresses == [res["ips"][0]["address"]]
+    assert w.fw.published == [("tcp", 8080, 80)]
+    calls.clear()
+    assert w.run("DEL", conf, netns=ns) == (0, None)
+    assert calls == ["revoke_external_connectivity", "leave", "delete_endpoint", "release_address"]
+    assert not inner.link_exists("eth0") and w.c.endpoints() == []
+    assert w.run("DEL", conf, netns=ns) == (0, None)
+    assert w.run("DEL", conf, netns="") == (0, None)
+
+
+def test_failed_sandbox_step_undoes_everything(w):
+    ns = w.netns("ns1")
+    w.kernel.fail("move_to_netns")
+    code, res = w.run("ADD", w.conf(), netns=ns)
+    assert code == 1 and res["code"] == 999
+    net = w.c.network("net1")
+    assert w.c.endpoints() == []
+    assert w.c.ipam.get_pool(net.ipv4[0].pool_id)["used"] == 1
+    assert not [link for link in w.nl.list_links() if link.kind == "veth"]
+    code, res = w.run("ADD", w.conf(), netns=ns)
+    assert code == 0, res
+
+
+def test_network_made_once_shared_and_checked(w):
+    ns1, ns2 = w.netns("ns1"), w.netns("ns2")
+    assert w.run("ADD", w.conf(), "c1", ns1)[0] == 0
+    assert w.run("ADD", w.conf(), "c2", ns2)[0] == 0
+    nets = w.c.networks()
+    assert len(nets) == 1 and nets[0].created_by == "cni" and nets[0].name == "net1"
+    code, res = w.run("ADD", w.conf(ipMasq=False), "c3", w.netns("ns3"))
+    assert code == 1 and res["code"] == 7 and "ipMasq" in res["msg"]
+
+
+def test_docker_made_network_is_shared_when_it_agrees(w):
+    pid, pool, _ = w.c.request_pool("LocalDefault", "10.9.0.0/24")
+    gw = w.c.request_address(pid, "", {"RequestAddressType": "com.docker.network.gateway"})
+    from pynet.cnm.model import IPData
+    net = w.c.create_network("d" * 64, [IPData(pool=pool, gateway=gw, address_space="LocalDefault")],
+                             name="net1", options={"com.docker.network.bridge.name": "tb0"})
+    code, res = w.run("ADD", w.conf(), "c1", w.netns("ns1"))
+    assert code == 0, res
+    assert res["ips"][0]["address"] == "10.9.0.2/24"
+    assert [e.network_id for e in w.c.endpoints()] == [net.id]
+    code, res = w.run("ADD", w.conf(ipam={"ranges": [[{"subnet": "10.8.0.0/24"}]]}), "c2", w.netns("ns2"))
+    assert code == 1 and res["code"] == 7 and "subnet" in res["msg"]
+
+
+def test_existing_attachment_and_stale_one(w):
+    ns = w.netns("ns1")
+    assert w.run("ADD", w.conf(), "c1", ns)[0] == 0
+    code, res = w.run("ADD", w.conf(), "c1", ns)
+    assert code == 1 and "already has" in res["msg"]
+    # the interface vanished: a new ADD replaces the stale record
+    w.nl.for_netns(ns).delete_link("eth0")
+    code, res = w.run("ADD", w.conf(), "c1", ns)
+    assert code == 0, res
+    assert len(w.c.endpoints()) == 1
+
+
+def test_gc_keeps_valid_and_removes_the_rest(w):
+    for i in range(3):
+        assert w.run("ADD", w.conf(), f"c{i}", w.netns(f"ns{i}"))[0] == 0
+    conf = w.conf("1.1.0", **{"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]})
+    assert w.run("GC", conf, cid="", ifname="") == (0, None)
+    assert [e.container_id for e in w.c.endpoints()] == ["c1"]
+    net = w.c.network("net1")
+    assert sorted(w.c.ipam.allocated(net.ipv4[0].pool_id)) == ["10.9.0.1", w.c.endpoints()[0].ip]
+
+
+def test_pool_ids_and_docker_ipam_refusal(w):
+    from pynet.cnm.model import IPData
+    with pytest.raises(errors.InvalidParameter):
+        attach.pool_id_of(w.c, IPData(pool="10.7.0.0/24", address_space="LocalDefault"))
+    assert attach.pool_id_of(w.c, IPData(pool="10.7.0.0/24", pool_id="X/10.7.0.0/24")) == "X/10.7.0.0/24"
+    assert attach.endpoint_id("n", "c", "eth0") != attach.endpoint_id("n", "c", "eth1")
+
+
+def test_ipam_plugin_records_and_releases(w):
+    conf = w.conf(type="bridge", ipam={"type": "pynet-ipam", "ranges": [[{"subnet": "10.6.0.0/24"}]],
+                                       "routes": [{"dst": "0.0.0.0/0"}]})
+    code, res = w.run("ADD", conf, "c1", "/x", plugin_name="ipam")
+    assert code == 0 and res["ips"] == [{"address": "10.6.0.2/24", "gateway": "10.6.0.1"}]
+    assert res["routes"] == [{"dst": "0.0.0.0/0"}] and "interfaces" not in res
+    assert w.run("ADD", conf, "c1", "/x", plugin_name="ipam")[1]["ips"] == res["ips"]
+    assert w.run("ADD", conf, "c2", "/x", plugin_name="ipam")[1]["ips"][0]["address"] == "10.6.0.3/24"
+    assert w.run("DEL", conf, "c1", "", plugin_name="ipam") == (0, None)
+    assert w.run("DEL", conf, "c1", "", plugin_name="ipam") == (0, None)
+    pid = w.c.store.get("cni/ipam-pools/net1").value["4"]["pool_id"]
+    assert sorted(w.c.ipam.allocated(pid)) == ["10.6.0.1", "10.6.0.3"]
