@@ -398,6 +398,11 @@ def compare(nc: NetConf, net) -> list[str]:
         if nc.ip_masq is not None and bool(st.get("enable_ip_masquerade", True)) != nc.ip_masq:
             diffs.append(f"ipMasq {str(bool(st.get('enable_ip_masquerade', True))).lower()} "
                          f"(conflist: {str(nc.ip_masq).lower()})")
+    if nc.driver == "macvlan":
+        if nc.master and st.get("parent") and st["parent"] != nc.master:
+            diffs.append(f"master {st['parent']} (conflist: {nc.master})")
+        if nc.mode and st.get("mode") and st["mode"] != nc.mode:
+            diffs.append(f"mode {st['mode']} (conflist: {nc.mode})")
     if nc.mtu and (st.get("mtu") or 1500) != nc.mtu:
         diffs.append(f"mtu {st.get('mtu') or 1500} (conflist: {nc.mtu})")
     return diffs

@@ -632,3 +632,30 @@ def test_timing_smoke_vs_reference_chain(cni):
           f"({t_alone / t_ref:.2f}x), pynet with daemon {t_daemon:.0f} ({t_daemon / t_ref:.2f}x)")
     assert t_alone <= 3.5 * t_ref
     assert t_daemon <= 1.5 * t_ref
+
+
+# ------------------------------------------------------------------ macvlan
+def test_macvlan(cni):
+    cni.in_host("ip", "link", "add", "mvp0", "type", "veth", "peer", "name", "mvp1")
+    cni.in_host("ip", "link", "set", "mvp0", "up")
+    cni.in_host("ip", "link", "set", "mvp1", "up")
+    ns1, ns2 = cni.container(), cni.container()
+    conf = cni.conf(plugin="pynet-macvlan", master="mvp0", mode="bridge",
+                    ipam={"type": "pynet-ipam", "ranges": [[{"subnet": "10.250.6.0/24",
+                                                             "gateway": "10.250.6.254"}]]})
+    for k in ("isGateway", "isDefaultGateway", "ipMasq"):
+        conf.pop(k)
+    r1 = cni.add(conf, "mv1", ns1, plugin="pynet-macvlan").out
+    r2 = cni.add(conf, "mv2", ns2, plugin="pynet-macvlan").out
+    assert [i["name"] for i in r1["interfaces"]] == ["eth0"] and r1["ips"][0]["interface"] == 0
+    assert r1["ips"][0]["gateway"] == "10.250.6.254"
+    assert ping(ns1, r2["ips"][0]["address"].split("/")[0])
+    chk = cni.call("pynet-macvlan", "CHECK", dict(conf, prevResult=r1), "mv1", netns=ns1)
+    assert chk.rc == 0, chk.raw
+    r = cni.call("pynet-macvlan", "ADD", dict(conf, master="mvp1"), "mv3", netns=cni.container())
+    assert r.rc != 0 and r.out["code"] == 7 and "master" in r.out["msg"]
+    cni.delete(conf, "mv1", ns1, plugin="pynet-macvlan")
+    cni.delete(conf, "mv2", ns2, plugin="pynet-macvlan")
+    cni.delete(conf, "mv2", "", plugin="pynet-macvlan")
+    assert cni.reader().endpoints() == []
+    assert not [n for n in cni.links() if n.startswith("pm")]
