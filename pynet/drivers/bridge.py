@@ -276,6 +276,9 @@ class BridgeDriver:
         self.nl.add_veth(host, cont, mtu=st.get("mtu"), peer_mac=ep.mac, alias=self._tag(ep.id))
         undo.callback(self.nl.delete_link, host, True)
         self.nl.set_master(host, st["bridge"])
+        # as Docker without its userland proxy: a container reaches its own
+        # published port through the host's address (DNAT sends it back)
+        self.nl.set_hairpin(host, True)
         self.nl.set_up(host)
 
     # ================================================================= join
@@ -370,6 +373,7 @@ class BridgeDriver:
                     link = self.nl.get_link(host)
                     if link.master != st["bridge"]:
                         self.nl.set_master(host, st["bridge"])
+                        self.nl.set_hairpin(host, True)
                     if link.state != "up":
                         self.nl.set_up(host)
                 elif not ep.sandbox_key:

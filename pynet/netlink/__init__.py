@@ -188,6 +188,12 @@ class Netlink(abc.ABC):
         """Enslave ``ifname`` to ``master``; ``None`` releases it."""
 
     @abc.abstractmethod
+    def set_hairpin(self, ifname: str, on: bool = True) -> None:
+        """Hairpin mode of a bridge port: frames may leave by the port they
+        came in on, which a container reaching its own published port
+        through the host's address needs (no userland proxy)."""
+
+    @abc.abstractmethod
     def set_up(self, ifname: str) -> None: ...
 
     @abc.abstractmethod

@@ -257,6 +257,13 @@ class FakeNetlink(Netlink):
         return [self._info(l) for l in sorted(self._ns.links.values(), key=lambda l: l.index)
                 if alias_prefix is None or l.alias.startswith(alias_prefix)]
 
+    def set_hairpin(self, ifname, on=True) -> None:
+        self.kernel._check("set_hairpin", ifname)
+        link = self._get(ifname)
+        if link.master is None:
+            raise errors.KernelError(f"set hairpin on {ifname}: not a bridge port")
+        link.extra["hairpin"] = bool(on)
+
     def set_master(self, ifname, master) -> None:
         self.kernel._check("set_master", ifname)
         link = self._get(ifname)

@@ -262,6 +262,11 @@ class PyrouteNetlink(Netlink):
         self._set(f"set master {master} on" if master else "release", ifname,
                   master=self._index(master) if master else 0)
 
+    def set_hairpin(self, ifname, on=True) -> None:
+        idx = self._index(ifname)
+        self._call(f"set hairpin {'on' if on else 'off'} on {ifname}", self.ipr.brport, "set",
+                   index=idx, mode=1 if on else 0)
+
     def set_up(self, ifname) -> None:
         self._set("bring up", ifname, state="up")
 
