@@ -7,6 +7,11 @@
   factory) created in the host namespace, driven with the Controller's CNM
   verbs exactly as dockerd drives them: create network, create endpoint,
   join, then ``pynet.cnm.sandbox.attach`` (dockerd's part after Join).
+  Sandboxes attached by CNI are attached the runtime's way instead: the
+  installed pynet CNI binary is executed (``cniexec``) from this process, so
+  in the host's namespace, with a conflist whose ``pynet`` object points at
+  this host's state dir, chain prefix and instance -- the CNI-made network
+  and endpoints live in the same pynet instance as the Controller's.
 
 No scapy here.
 """
@@ -88,18 +93,23 @@ class HostService(NodeService):
         self.instance = ""
         self.nets: dict[str, dict] = {}        # scenario network name -> record
         self.eps: list[dict] = []              # attached endpoints, in order
+        self.cni_atts: list = []               # cniexec.Attachment, in ADD order
+        self.cni_path = ""
+        self.chain_prefix = ""
         self.torn_down = False
 
     def init(self, instance: str, state_dir: str, ip_forward: bool = True,
-             firewall="auto", **_kw) -> dict:
+             firewall="auto", chain_prefix: str = "PYNET", cni_path: str = "", **_kw) -> dict:
         from pynet.config import Config
         from pynet import daemon
         from pynet.sysctl import Sysctl
 
         self.instance = instance
         self.state_dir = state_dir
+        self.chain_prefix = chain_prefix
+        self.cni_path = cni_path
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        cfg = Config(plugin_name=instance, state_dir=state_dir,
+        cfg = Config(plugin_name=instance, state_dir=state_dir, chain_prefix=chain_prefix,
                      socket_path=os.path.join(state_dir, "plugin.sock"))
         # The daemon's own factory: store, IPAM, drivers and (once wired)
         # the firewall -- inside this namespace, so iptables is this host's.
@@ -109,10 +119,20 @@ class HostService(NodeService):
         fw = daemon.build_firewall(cfg) if firewall is not False else None
         if firewall is True and fw is None:
             raise RuntimeError("this pynet build has no firewall to enable")
+        if fw is not None and cni_path:
+            # CNI binaries sync the same rules from other processes: serialise
+            # as they do (state dir lock, state re-read from the store)
+            from pynet.cni.plugin import SerialFirewall
+            box = {}
+            fw = SerialFirewall(fw, os.path.join(state_dir, "firewall.lock"),
+                                lambda: (box["c"].networks(), box["c"].endpoints()))
         self.controller = Controller(store, Ipam(store, default_pools=cfg.default_pools),
                                      daemon.build_drivers(cfg), firewall=fw)
+        if fw is not None and cni_path:
+            box["c"] = self.controller
         Sysctl().set("net/ipv4/ip_forward", 1 if ip_forward else 0)
-        return {"firewall": fw is not None, "drivers": sorted(self.controller.drivers)}
+        return {"firewall": fw is not None, "drivers": sorted(self.controller.drivers),
+                "chain_prefix": chain_prefix}
 
     # ------------------------------------------------------------- networks
     def create_network(self, name: str, driver: str = "bridge", subnet: str = "",
@@ -184,6 +204,88 @@ class HostService(NodeService):
                         "ports": ports})
         return out
 
+    # ------------------------------------------------------------------ CNI
+    def cni_add(self, name: str, netns_path: str, network: str, cni: dict, ifname: str,
+                address: str = "", prefixlen: int = 0, mac: str = "",
+                publish: Optional[list] = None) -> dict:
+        """Attach ``netns_path`` as a runtime does: ADD through the conflist
+        ``network`` by executing the plugin binaries found on CNI_PATH, with
+        the runtime config (ips, mac, portMappings) the plugins' capabilities
+        ask for.  Remembered for a DEL on teardown."""
+        from pynet.scenario import cniexec
+
+        if not self.cni_path:
+            raise RuntimeError("no CNI bin dir: the runner installs the plugins first")
+        plugin = dict(cni["plugin"])
+        plugin["pynet"] = {"stateDir": self.state_dir, "chainPrefix": self.chain_prefix,
+                           "instance": self.instance, "daemon": False}
+        conflist = {"cniVersion": cni["cniVersion"], "name": network, "plugins": [plugin]}
+        rc: dict = {}
+        if address:
+            rc["ips"] = [f"{address}/{prefixlen}" if prefixlen else address]
+        if mac:
+            rc["mac"] = mac
+        if publish:
+            rc["portMappings"] = [
+                {"hostPort": p["host_port"], "containerPort": p["container_port"],
+                 "protocol": p["proto"], **({"hostIP": p["host_ip"]} if p.get("host_ip") else {})}
+                for p in publish]
+        att = cniexec.Attachment(container_id=object_id(self.instance, "cni", name),
+                                 netns=netns_path, ifname=ifname, conflist=conflist,
+                                 runtime_config=rc)
+        self.cni_atts.append(att)     # before ADD: a failed ADD is DELed too, as runtimes do
+        result = cniexec.add(self.cni_path, att)
+        info = cniexec.interface_of(result, ifname, netns_path)
+        if not info["addresses"]:
+            raise RuntimeError(f"CNI ADD for {name} returned no address: {result}")
+        cidr = next((a for a in info["addresses"] if ":" not in a), info["addresses"][0])
+        net = self.controller.network(network)
+        return {"network": network, "ifname": ifname, "address": cidr,
+                "mac": info["mac"], "gateway": (info["gateway"] or "").split("/")[0],
+                "subnet": str(ipaddress.ip_interface(cidr).network),
+                "bridge": (net.driver_state or {}).get("bridge", ""),
+                "created_by": net.created_by, "ports": publish or [],
+                "host_ifaces": info["host_ifaces"], "result": result}
+
+    def _cni_teardown(self, step) -> None:
+        from pynet.scenario import cniexec
+
+        for att in reversed(self.cni_atts):
+            step(f"CNI DEL {att.ifname} of {os.path.basename(att.netns)}",
+                 cniexec.delete, self.cni_path, att)
+        names = {att.conflist["name"] for att in self.cni_atts}
+        self.cni_atts = []
+        # Networks the first ADD made are kept after the last DEL (CNI
+        # semantics); the operator removes them, `pynet network rm`'s way.
+        c = self.controller
+        for name in sorted(names):
+            if name in self.nets:
+                continue              # made by the runner: removed below
+            try:
+                net = c.network(name)
+            except Exception:  # noqa: BLE001 - never made (ADD failed early)
+                continue
+            step(f"delete CNI network {name}", c.delete_network, net.id, True)
+            for d in net.ipv4 + net.ipv6:
+                if d.pool_id:
+                    step("release CNI pool", c.release_pool, d.pool_id)
+
+    def leftovers(self) -> list[str]:
+        """What this host's pynet instance still has in the kernel: links
+        beyond lo/eth0, iptables rules or chains under its chain prefix."""
+        import subprocess
+
+        out = [f"link {n}" for n in self.links() if n not in ("lo", "eth0")]
+        if self.chain_prefix:
+            for tool in ("iptables-save", "ip6tables-save"):
+                try:
+                    p = subprocess.run([tool], capture_output=True, text=True, timeout=30)
+                except (OSError, subprocess.TimeoutExpired):
+                    continue
+                out += [f"{tool.split('-')[0]}: {line}" for line in p.stdout.splitlines()
+                        if self.chain_prefix in line]
+        return out
+
     # ------------------------------------------------------------- teardown
     def teardown(self) -> dict:
         """Undo everything the pynet way, each step tolerating what is gone;
@@ -201,6 +303,7 @@ class HostService(NodeService):
             except Exception as e:  # noqa: BLE001 - collected, teardown goes on
                 problems.append(f"{what}: {type(e).__name__}: {e}")
 
+        self._cni_teardown(step)
         for ep in reversed(self.eps):
             if ep.get("external"):
                 step("revoke", c.revoke_external_connectivity, ep["nid"], ep["eid"])
@@ -222,13 +325,16 @@ class HostService(NodeService):
         self.nets = {}
         leftovers = []
         try:
-            leftovers = [r.key for r in c.store.list("networks/")] + \
-                        [r.key for r in c.store.list("endpoints/")] + \
-                        [r.key for r in c.store.list("ipam/pools/")]
+            leftovers = [r.key for p in ("networks/", "endpoints/", "ipam/pools/", "gateways/")
+                         for r in c.store.list(p)]
         except Exception as e:  # noqa: BLE001
             problems.append(f"store check: {e}")
         if c.firewall is not None and hasattr(c.firewall, "remove_all"):
             step("firewall", c.firewall.remove_all)
+        try:
+            leftovers += self.leftovers()
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"kernel check: {e}")
         try:
             c.store.close()
         except Exception:  # noqa: BLE001

@@ -36,6 +36,10 @@ DEFAULT_UNDERLAY = "10.99.0.0/24"
 # TEST-NET-1 is reserved by the project's safety rules: never used by a scenario.
 FORBIDDEN_NETS = [ipaddress.ip_network("192.0.2.0/24")]
 SANDBOX_MODES = ("netns", "host", "none", "container")
+CNI_PLUGINS = {"pynet-bridge": "bridge", "pynet-macvlan": "macvlan"}
+CNI_VERSION = "1.0.0"
+# conflist keys the runner sets itself (the host's pynet instance)
+CNI_RESERVED = ("name", "pynet", "prevResult", "runtimeConfig", "args")
 PROTOS = ("icmp", "tcp", "udp")
 KINDS = ("reach", "isolated", "arp", "nat", "dnat", "mtu", "spoof", "encap")
 DEFAULT_TIMEOUT = 1.5
@@ -56,6 +60,8 @@ class NetSpec:
     subnet_v6: str = ""
     internal: bool = False
     options: dict = field(default_factory=dict)
+    origin: str = "runner"       # runner: created through the Controller; cni: by the first CNI ADD
+    cni: Optional[dict] = None   # the conflist's plugin entry, when sandboxes attach by CNI
 
 
 @dataclass
@@ -63,6 +69,8 @@ class Attachment:
     network: str
     address: str = ""            # bare address; "" = from IPAM
     mac: str = ""
+    cni: bool = False            # attached by executing the CNI plugin (ADD), not the CNM verbs
+    ifname: str = ""             # CNI_IFNAME (CNM attachments: eth<i>)
 
 
 @dataclass
@@ -187,6 +195,9 @@ class Scenario:
     expectations: list[Expectation] = field(default_factory=list)
 
     # ---- lookups -----------------------------------------------------------------
+    def uses_cni(self) -> bool:
+        return any(a.cni for s in self.sandboxes().values() for a in s.attachments)
+
     def sandboxes(self) -> dict[str, SandboxSpec]:
         return {s.name: s for h in self.hosts.values() for s in h.sandboxes.values()}
 
@@ -336,7 +347,7 @@ class _Parser:
 
     def host(self, hname, hdata) -> HostSpec:
         where = f"hosts.{hname}"
-        h = self.mapping(hdata, where, ["address", "networks", "sandboxes", "ip_forward",
+        h = self.mapping(hdata, where, ["address", "networks", "cni", "sandboxes", "ip_forward",
                                         "firewall", "spoof_check", "routes"])
         host = HostSpec(name=hname, ip_forward=bool(h.get("ip_forward", True)),
                         firewall=h.get("firewall", "auto"), spoof_check=h.get("spoof_check"),
@@ -365,18 +376,24 @@ class _Parser:
                         ipaddress.ip_network(spec.subnet):
                     self.fail(f"{nw}.gateway", "needs a subnet that contains it")
             host.networks[nname] = spec
+        self.cni_confs(host, h.get("cni"), f"{where}.cni")
         for sname, sdata in self.mapping(h.get("sandboxes"), f"{where}.sandboxes").items():
             sw = f"{where}.sandboxes.{sname}"
             self.name(sname, sw)
-            s = self.mapping(sdata, sw, ["mode", "networks", "container", "publish"])
+            s = self.mapping(sdata, sw, ["mode", "networks", "cni", "container", "publish"])
             sb = SandboxSpec(name=sname, host=hname, mode=str(s.get("mode", "netns")),
                              container=str(s.get("container", "")))
             if sb.mode not in SANDBOX_MODES:
                 self.fail(f"{sw}.mode", f"{sb.mode!r} is not one of {', '.join(SANDBOX_MODES)}")
             nets = s.get("networks") or []
-            if sb.mode in ("host", "none", "container") and nets:
-                self.fail(f"{sw}.networks", f"a sandbox in mode {sb.mode} joins no network itself")
-            if sb.mode == "netns" and not nets:
+            cnis = s.get("cni") or []
+            if sb.mode in ("host", "none", "container") and (nets or cnis):
+                self.fail(f"{sw}.{'networks' if nets else 'cni'}",
+                          f"a sandbox in mode {sb.mode} joins no network itself")
+            if nets and cnis:
+                self.fail(f"{sw}.cni", "a sandbox is attached either by pynet's CNM verbs "
+                                       "(networks) or by executing the CNI plugin (cni), not both")
+            if sb.mode == "netns" and not nets and not cnis:
                 self.fail(f"{sw}.networks", "a sandbox in mode netns needs at least one network "
                                             "(use mode: none for a sandbox without networks)")
             if sb.mode == "container" and not sb.container:
@@ -397,10 +414,98 @@ class _Parser:
                                   f"{att.address} is not inside the network's subnet "
                                   f"{net.subnet or '(none declared)'}")
                 sb.attachments.append(att)
+            self.cni_attachments(host, sb, cnis, f"{sw}.cni")
             for i, pdata in enumerate(s.get("publish") or []):
                 sb.publish.append(self.port(pdata, f"{sw}.publish[{i}]"))
+                if cnis and not sb.publish[-1].host_port:
+                    self.fail(f"{sw}.publish[{i}]", "a CNI port mapping names its host port "
+                                                    "(runtimeConfig.portMappings[].hostPort)")
             host.sandboxes[sname] = sb
         return host
+
+    # ------------------------------------------------------------------- CNI
+    def cni_confs(self, host: HostSpec, data, where: str) -> None:
+        """``cni:`` of a host: conflists by network name.  Each is the plugin
+        entry of a conflist (CNI's own keys, passed through), with two
+        shorthands: ``subnet`` / ``gateway`` become ``ipam.ranges``.  A name that
+        is also under ``networks:`` is that network (made by the runner, joined
+        by CNI); any other name is a network the first ADD creates."""
+        for cname, cdata in self.mapping(data, where).items():
+            cw = f"{where}.{cname}"
+            self.name(cname, cw)
+            c = dict(self.mapping(cdata, cw))
+            bad = [k for k in CNI_RESERVED if k in c]
+            if bad:
+                self.fail(cw, f"{', '.join(bad)}: set by the runner (the network name is the key; "
+                              "pynet.* points at the host's pynet instance)")
+            typ = str(c.pop("type", "pynet-bridge"))
+            if typ not in CNI_PLUGINS:
+                self.fail(f"{cw}.type", f"{typ!r}: the installed plugins are {', '.join(CNI_PLUGINS)}")
+            version = str(c.pop("cniVersion", CNI_VERSION))
+            if not re.match(r"^\d+\.\d+\.\d+$", version):
+                self.fail(f"{cw}.cniVersion", f"{version!r} is not a version")
+            driver = CNI_PLUGINS[typ]
+            net = host.networks.get(cname)
+            subnet = self.cidr(c.pop("subnet"), f"{cw}.subnet") if c.get("subnet") else ""
+            gateway = self.addr(c.pop("gateway"), f"{cw}.gateway") if c.get("gateway") else ""
+            c.pop("subnet", None), c.pop("gateway", None)
+            if net is not None:
+                if net.driver != driver:
+                    self.fail(f"{cw}.type", f"network {cname} has driver {net.driver}; {typ} is {driver}")
+                if subnet and subnet != net.subnet:
+                    self.fail(f"{cw}.subnet", f"network {cname} has subnet {net.subnet or '(IPAM)'}")
+                if gateway and gateway != net.gateway:
+                    self.fail(f"{cw}.gateway", f"network {cname} has gateway {net.gateway or '(IPAM)'}")
+                subnet, gateway = net.subnet, net.gateway
+                c.setdefault("ipMasq", str(net.options.get(
+                    "com.docker.network.bridge.enable_ip_masquerade", "true")).lower() == "true")
+                if net.options.get("com.docker.network.bridge.name"):
+                    c.setdefault("bridge", net.options["com.docker.network.bridge.name"])
+                if driver == "macvlan" and net.options.get("parent"):
+                    c.setdefault("master", net.options["parent"])
+            else:
+                net = NetSpec(name=cname, host=host.name, driver=driver, origin="cni")
+                net.subnet, net.gateway = subnet, gateway
+                host.networks[cname] = net
+            if gateway and (not subnet or ipaddress.ip_address(gateway) not in
+                            ipaddress.ip_network(subnet)):
+                self.fail(f"{cw}.gateway", "needs a subnet that contains it")
+            entry = {"type": typ}
+            if driver == "bridge":
+                entry.update(isGateway=True, isDefaultGateway=True, ipMasq=True)
+            entry["capabilities"] = {"portMappings": True, "ips": True, "mac": True}
+            entry.update(c)
+            if "ipam" not in entry:
+                rng = {"subnet": subnet} if subnet else {}
+                if gateway:
+                    rng["gateway"] = gateway
+                entry["ipam"] = {"type": "pynet-ipam", **({"ranges": [[rng]]} if rng else {})}
+            net.cni = {"cniVersion": version, "plugin": entry}
+
+    def cni_attachments(self, host: HostSpec, sb: SandboxSpec, data, where: str) -> None:
+        if isinstance(data, list):
+            data = {n: {} for n in data}
+        elif isinstance(data, str):
+            data = {data: {}}
+        for i, (nname, adata) in enumerate(self.mapping(data, where).items()):
+            aw = f"{where}.{nname}"
+            a = self.mapping(adata, aw, ["address", "mac", "ifname"])
+            net = host.networks.get(nname)
+            if net is None or net.cni is None:
+                self.fail(where, f"no conflist {nname!r} under hosts.{host.name}.cni")
+            att = Attachment(network=nname, mac=str(a.get("mac", "")), cni=True,
+                             ifname=str(a.get("ifname", f"eth{i}")))
+            if not re.match(r"^[A-Za-z0-9_.-]{1,15}$", att.ifname) or att.ifname in (".", ".."):
+                self.fail(f"{aw}.ifname", f"{att.ifname!r} is not an interface name")
+            if att.ifname in [x.ifname for x in sb.attachments]:
+                self.fail(f"{aw}.ifname", f"{att.ifname} is used twice")
+            if a.get("address"):
+                att.address = self.addr(a["address"], f"{aw}.address")
+                if not net.subnet or ipaddress.ip_address(att.address) not in \
+                        ipaddress.ip_network(net.subnet):
+                    self.fail(f"{aw}.address", f"{att.address} is not inside the network's subnet "
+                                               f"{net.subnet or '(none declared)'}")
+            sb.attachments.append(att)
 
     def port(self, v, where) -> PortSpec:
         # "8080:80/tcp", "80", or {host_port, container_port, proto, host_ip}

@@ -8,6 +8,10 @@ Layout for run prefix ``P`` (``ps`` + 5 hex digits):
 * ``P-<outside>``     an outside host: ``eth0`` on the underlay, no pynet
 * ``P-<host>-<sb>``   a sandbox's namespace (modes netns and none)
 
+Sandboxes attached by CNI: the runner installs the pynet CNI binaries into
+``<work dir>/cni-bin`` (``pynet cni install --bin-dir ... --no-examples``);
+the host's worker executes them (ADD at build, DEL at teardown).
+
 Nothing is created in the machine's root namespace: every link lives in a
 namespace of the run, so deleting the namespaces removes every link (and
 every iptables rule, which are per namespace).  A run writes
@@ -39,6 +43,7 @@ NETNS_DIR = "/var/run/netns"
 RUN_DIR = "/run/pynet-scenario"
 PREFIX_RE = re.compile(r"^(ps[0-9a-f]{5})-")
 WORK_ROOT = os.path.join(tempfile.gettempdir(), "pynet-scenario")
+CHAIN_PREFIX = "PYNET"          # each host's iptables are its own namespace's
 
 
 def new_prefix() -> str:
@@ -130,6 +135,7 @@ class Place:
     ifnames: dict = field(default_factory=dict)     # network -> ifname
     ports: list = field(default_factory=list)
     mode: str = ""
+    cni: dict = field(default_factory=dict)         # network -> the CNI ADD result
 
 
 class Topology:
@@ -178,10 +184,24 @@ class Topology:
         return w
 
     # ------------------------------------------------------------- build
+    def install_cni(self) -> str:
+        """The plugin binaries, as an operator installs them, into a bin dir
+        of this run (removed with the work dir)."""
+        import subprocess
+        import sys
+
+        bin_dir = os.path.join(self.work, "cni-bin")
+        p = subprocess.run([sys.executable, "-m", "pynet", "cni", "install", "--bin-dir", bin_dir,
+                            "--no-examples"], capture_output=True, text=True, timeout=60)
+        if p.returncode != 0:
+            raise RuntimeError(f"pynet cni install failed: {(p.stderr or p.stdout).strip()[-500:]}")
+        return bin_dir
+
     def build(self) -> None:
         scn = self.scn
         os.makedirs(self.work, mode=0o700, exist_ok=True)
         self._write_pidfile()
+        cni_path = self.install_cni() if scn.uses_cni() else ""
         ul_ns = self.ns_name("ul")
         self._netns(ul_ns)
         nodes = list(scn.hosts.values()) + list(scn.outside.values())
@@ -199,7 +219,8 @@ class Topology:
             self._worker(h.name, self.ns_name(h.name), "pynet.scenario.host:HostService",
                          instance=f"{self.prefix}-{h.name}",
                          state_dir=os.path.join(self.work, h.name),
-                         ip_forward=h.ip_forward, firewall=h.firewall)
+                         ip_forward=h.ip_forward, firewall=h.firewall,
+                         chain_prefix=CHAIN_PREFIX, cni_path=cni_path)
         for w in list(self.workers.values()):
             w.wait_ready(60)
         for key, w in self.workers.items():
@@ -227,6 +248,8 @@ class Topology:
         for h in scn.hosts.values():
             hw = self.workers[h.name]
             for net in h.networks.values():
+                if net.origin == "cni":
+                    continue                   # the first CNI ADD makes it
                 rec = hw.call("create_network", name=net.name, driver=net.driver,
                               subnet=net.subnet, gateway=net.gateway, internal=net.internal,
                               options=net.options, subnet_v6=net.subnet_v6)
@@ -248,6 +271,9 @@ class Topology:
                 if sb.mode == "none":
                     hw.call("lo_up", netns_path=self.ns_path(ns))
                     continue
+                if any(a.cni for a in sb.attachments):
+                    self._attach_cni(h, sb, place)
+                    continue
                 atts = hw.call("attach_sandbox", name=sb.name, netns_path=self.ns_path(ns),
                                attachments=[{"network": a.network, "address": a.address,
                                              "mac": a.mac} for a in sb.attachments],
@@ -268,6 +294,30 @@ class Topology:
             # every link now in the host namespace was made by this run
             # (the uplink by the runner, bridges and veths by the host's pynet)
             self.guard.ifaces[self.ns_name(h.name)] |= set(hw.call("links"))
+
+    def _attach_cni(self, h, sb, place: Place) -> None:
+        """ADD per attachment, by executing the plugin in the host's worker;
+        port mappings (runtimeConfig) with the first attachment."""
+        hw = self.workers[h.name]
+        for i, a in enumerate(sb.attachments):
+            net = h.networks[a.network]
+            prefixlen = ipaddress.ip_network(net.subnet).prefixlen if net.subnet else 0
+            r = hw.call("cni_add", name=sb.name, netns_path=self.ns_path(place.ns),
+                        network=a.network, cni=net.cni, ifname=a.ifname, address=a.address,
+                        prefixlen=prefixlen, mac=a.mac,
+                        publish=[vars(p) for p in sb.publish] if i == 0 else [])
+            place.addresses[a.network] = r["address"].split("/")[0]
+            place.macs[a.network] = r["mac"]
+            place.ifnames[a.network] = a.ifname
+            place.ports += r["ports"]
+            place.cni[a.network] = r["result"]
+            self.guard.ifaces[place.ns].add(a.ifname)
+            self.guard.add_net(r["subnet"])
+            rec = self.networks.setdefault((h.name, a.network), {
+                "name": a.network, "subnet": r["subnet"], "gateway": r["gateway"],
+                "bridge": r["bridge"], "created_by": r["created_by"]})
+            if not rec.get("gateway") and r["gateway"]:
+                rec["gateway"] = r["gateway"]
 
     def _addr_of(self, ref: str) -> str:
         if not ref:

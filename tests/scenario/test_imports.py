@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.scenario.conftest import REPO
+from .conftest import REPO
 
 
 @pytest.mark.parametrize("module", [

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from pynet.scenario.safety import Guard, SafetyError
-from tests.scenario.conftest import NEEDS_ROOT, REPO, SCENARIOS
+from .conftest import NEEDS_ROOT, REPO, SCENARIOS
 
 
 def test_guard_unit():
