@@ -86,15 +86,9 @@ def _http_post(path: str, route: str, body: bytes, timeout: float) -> tuple[int,
         head = (f"POST {route} HTTP/1.1\r\nHost: pynet\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
         s.sendall(head + body)
-        chunks = []
-        while True:
-            data = s.recv(65536)
-            if not data:
-                break
-            chunks.append(data)
+        raw = _read_answer(s)
     finally:
         s.close()
-    raw = b"".join(chunks)
     header, _, payload = raw.partition(b"\r\n\r\n")
     lines = header.split(b"\r\n")
     try:
@@ -110,6 +104,28 @@ def _http_post(path: str, route: str, body: bytes, timeout: float) -> tuple[int,
     elif b"content-length" in headers:
         payload = payload[:int(headers[b"content-length"])]
     return status, payload
+
+
+def _read_answer(s: socket.socket) -> bytes:
+    """Read until the answer is complete (its Content-Length, or the end of a
+    chunked body), not until the peer closes: a process that inherited the
+    connection (a forked helper) must not keep the runtime waiting."""
+    raw = b""
+    while True:
+        data = s.recv(65536)
+        if not data:
+            return raw
+        raw += data
+        header, sep, payload = raw.partition(b"\r\n\r\n")
+        if not sep:
+            continue
+        lower = header.lower()
+        if b"\r\ncontent-length:" in lower:
+            n = int(lower.split(b"\r\ncontent-length:", 1)[1].split(b"\r\n", 1)[0])
+            if len(payload) >= n:
+                return raw
+        elif b"chunked" in lower and payload.endswith(b"0\r\n\r\n"):
+            return raw
 
 
 def _dechunk(data: bytes) -> bytes:
