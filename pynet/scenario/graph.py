@@ -54,7 +54,10 @@ def planned_addresses(scn: Scenario) -> dict:
 
 
 def _q(s: str) -> str:
-    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A DOT string; ``\\n`` in ``s`` stays a line break (Graphviz's escape),
+    any other backslash and every quote are escaped."""
+    return '"' + "\\n".join(p.replace("\\", "\\\\").replace('"', '\\"')
+                             for p in s.split("\\n")) + '"'
 
 
 def to_dot(scn: Scenario) -> str:
@@ -71,7 +74,8 @@ def to_dot(scn: Scenario) -> str:
         L.append(f"    {_q('h_' + h.name)} [shape=point, width=0.1];")
         for n in h.networks.values():
             p = plan[(h.name, n.name)]
-            lab = f"{n.name} ({n.driver}{', internal' if n.internal else ''})\\n" \
+            cni = (", made by CNI ADD" if n.origin == "cni" else ", + CNI conflist") if n.cni else ""
+            lab = f"{n.name} ({n.driver}{', internal' if n.internal else ''}{cni})\\n" \
                   f"{n.subnet or 'subnet from IPAM'}\\ngw {p['gateway']}"
             L.append(f"    {_q('n_' + h.name + '_' + n.name)} [shape=ellipse, style=filled, "
                      f"fillcolor=\"#cfe2f3\", label={_q(lab)}];")
@@ -86,8 +90,9 @@ def to_dot(scn: Scenario) -> str:
                      f"label={_q(sb.name + mode + extra)}];")
             for a in sb.attachments:
                 addr = plan[(h.name, a.network)].get(sb.name, "")
+                how = f"\\nCNI ADD {a.ifname}" if a.cni else ""
                 L.append(f"    {_q('s_' + sb.name)} -- {_q('n_' + h.name + '_' + a.network)} "
-                         f"[label={_q(addr)}];")
+                         f"[label={_q(addr + how)}{', style=bold' if a.cni else ''}];")
             if sb.mode == "host":
                 L.append(f"    {_q('s_' + sb.name)} -- {_q('h_' + h.name)} [style=dashed, label=\"host netns\"];")
             if sb.mode == "container":
@@ -110,10 +115,11 @@ def to_svg(scn: Scenario) -> str:
     for h in scn.hosts.values():
         lines = [("b", f"host {h.name}  eth0 {h.address}")]
         for n in h.networks.values():
-            lines.append(("n", f"net {n.name} ({n.driver}) {n.subnet or 'IPAM'} gw {plan[(h.name, n.name)]['gateway']}"))
+            lines.append(("n", f"net {n.name} ({n.driver}{', cni' if n.cni else ''}) {n.subnet or 'IPAM'} "
+                               f"gw {plan[(h.name, n.name)]['gateway']}"))
         for sb in h.sandboxes.values():
             addrs = ", ".join(f"{a.network}={plan[(h.name, a.network)].get(sb.name, '')}"
-                              for a in sb.attachments) or sb.mode
+                              + (" (cni)" if a.cni else "") for a in sb.attachments) or sb.mode
             lines.append(("s", f"{sb.name}: {addrs}" + (f" [{sb.mode}]" if sb.mode != "netns" else "")))
         cols.append(lines)
     for o in scn.outside.values():
