@@ -13,6 +13,8 @@ A scenario is one YAML file (documented with examples in ``scenarios/README.md``
           b: {networks: {front: {address: 10.10.1.20}}}
     outside:                                # namespaces on the underlay without pynet
       ext: {}
+    # CNI: hosts.h1.cni: {podnet: {subnet: 10.22.0.0/24}}   conflists by network name
+    #      hosts.h1.sandboxes.p1: {cni: [podnet]}           attached by executing the plugin
     expect:
       - reach: {from: a, to: b, proto: icmp}
       - isolated: {from: a, to: ext, proto: tcp, port: 80}
