@@ -272,7 +272,7 @@ class Controller:
                 self._save_endpoint(ep)
                 undo.callback(self.store.delete, _ep_key(ep.network_id, ep.id))
                 # per-endpoint rules (anti-spoofing) exist before any traffic
-                self._sync_firewall()
+                self._sync_firewall_for(net, ep)
                 undo.pop_all()
             return ep
 
@@ -312,8 +312,10 @@ class Controller:
                 return
             ep = Endpoint.from_json(rec.value)
             net = self.network(network_id)
+            had_rules = self._firewall_affects(net, ep)
             self._teardown_endpoint(net, ep, self.driver_for(net))
-            self._sync_firewall()
+            if had_rules:
+                self._sync_firewall()
 
     def _teardown_endpoint(self, net: Network, ep: Endpoint, drv: Driver) -> None:
         # Each step tolerates what is already gone, so a teardown that was
@@ -361,6 +363,7 @@ class Controller:
             net = self.network(network_id)
             ep = self.endpoint(net.id, endpoint_id)
             requested = list(ports)
+            had_rules = self._firewall_affects(net, ep)
             ep.ports = self._resolve_host_ports(ep, requested)
             ep.exposed = list(exposed) or ep.exposed
             ep.external = True
@@ -369,7 +372,8 @@ class Controller:
             drv.program_external_connectivity(net, ep, self.endpoints(net.id))
             self._save_endpoint(ep)
             try:
-                self._sync_firewall()
+                if had_rules or self._firewall_affects(net, ep):
+                    self._sync_firewall()
             except BaseException:
                 self.store.put(_ep_key(net.id, ep.id), before.value)
                 drv.revoke_external_connectivity(net, ep, self.endpoints(net.id))
@@ -423,11 +427,13 @@ class Controller:
                 ep = self.endpoint(net.id, endpoint_id)
             except errors.NotFound:
                 return
+            had_rules = self._firewall_affects(net, ep)
             ep.ports = []
             ep.external = False
             self.driver_for(net).revoke_external_connectivity(net, ep, self.endpoints(net.id))
             self._save_endpoint(ep)
-            self._sync_firewall()
+            if had_rules:
+                self._sync_firewall()
 
     # ----------------------------------------------------------- reconcile
     def restore(self) -> None:
@@ -476,6 +482,19 @@ class Controller:
                                 for r in self.store.list(_gateway_key(pool["id"], ""))}
                     done["addresses"] += self.ipam.reconcile(pool["id"], held[key] | gateways)
         return done
+
+    def _firewall_affects(self, net: Network, ep: Endpoint) -> bool:
+        """Whether the endpoint has rules of its own (published ports,
+        anti-spoofing).  Most endpoints have none, and rendering the rule set
+        grows with every endpoint: skipping those keeps CreateEndpoint flat."""
+        if self.firewall is None:
+            return False
+        affects = getattr(self.firewall, "affects", None)
+        return True if affects is None else bool(affects(net, ep))
+
+    def _sync_firewall_for(self, net: Network, ep: Endpoint) -> None:
+        if self._firewall_affects(net, ep):
+            self._sync_firewall()
 
     def _sync_firewall(self) -> None:
         if self.firewall is None:

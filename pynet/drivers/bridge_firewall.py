@@ -69,6 +69,14 @@ class BridgeFirewall:
                                          "address of this host")
         return now
 
+    def affects(self, net: Network, ep: Endpoint) -> bool:
+        """Whether ``ep`` has rules of its own: published ports, or the
+        anti-spoofing rules of a spoof_check network.  Everything else about
+        an endpoint is covered by its network's rules."""
+        if net.driver != self.driver_name:
+            return False
+        return bool(ep.external and ep.ports) or _flag(net.driver_state.get("spoof_check"), False)
+
     def specs(self, networks: list[Network], endpoints: list[Endpoint]):
         mine = [n for n in networks if n.driver == self.driver_name and n.driver_state.get("bridge")]
         mine.sort(key=lambda n: (n.created_at, n.id), reverse=True)
