@@ -95,10 +95,13 @@ class Ctx:
         self.instance = instance or settings.get("instance") or "pynet"
         self.state_dir = settings["state_dir"]
 
+    ipam_only = False  # pynet-ipam needs the store and the IPAM, no kernel
+
     @property
     def controller(self):
         if self._controller is None:
-            self._controller = build_controller(self.settings)
+            self._controller = (build_ipam_controller(self.settings) if self.ipam_only
+                                else build_controller(self.settings))
         return self._controller
 
     @property
@@ -134,6 +137,20 @@ def _fast_pyroute2() -> None:
         pkg.IPRoute = IPRoute
     except Exception:  # noqa: BLE001 -- fall back to the full package
         del sys.modules["pyroute2"]
+
+
+def build_ipam_controller(settings: dict):
+    """What pynet-ipam needs in-process: the store and the IPAM.  No drivers,
+    no firewall -- and so no pyroute2, which is most of a CNI call's start-up."""
+    from pynet.cnm.controller import Controller
+    from pynet.config import Config
+    from pynet.daemon import open_store
+    from pynet.ipam import Ipam
+
+    config = Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
+                             chain_prefix=settings.get("chain_prefix"))
+    store = open_store(config)
+    return Controller(store, Ipam(store, default_pools=config.default_pools), {}, firewall=None)
 
 
 def build_controller(settings: dict):
@@ -691,6 +708,7 @@ def run(plugin: str, env: dict, stdin: bytes, controller=None, netlink=None,
         ctx = Ctx(pynet_settings(conf, env), controller=controller, netlink=netlink, instance=instance)
         if plugin == "ipam":
             from pynet.cni import ipam_plugin
+            ctx.ipam_only = True
             result = ipam_plugin.VERBS[command](ctx, conf, args)
         elif plugin in DRIVER_OF:
             result = VERBS[command](ctx, plugin, conf, args)
