@@ -55,7 +55,7 @@ def test_expectation_kinds_and_outcomes():
 
 
 @pytest.mark.parametrize("exp,msg", [
-    ({"reach": {"from": "a", "to": "8.8.8.8"}}, "outside the scenario's topology"),
+    ({"reach": {"from": "a", "to": "203.0.113.8"}}, "outside the scenario's topology"),
     ({"reach": {"from": "a", "to": "192.0.2.5"}}, "192.0.2.0/24"),
     ({"reach": {"from": "a", "to": "nobody"}}, "unknown name"),
     ({"reach": {"from": "a", "to": "b", "proto": "tcp"}}, "needs a port"),
@@ -89,7 +89,7 @@ def test_invalid_topologies(patch, msg):
 
 def test_load_reports_file_and_place(tmp_path):
     p = tmp_path / "bad.yaml"
-    p.write_text("hosts: {h1: {}}\nexpect:\n  - reach: {from: h1, to: 8.8.4.4}\n")
+    p.write_text("hosts: {h1: {}}\nexpect:\n  - reach: {from: h1, to: 203.0.113.4}\n")
     with pytest.raises(ScenarioError) as e:
         load(str(p))
     assert str(e.value).startswith(f"{p}: expect[0].reach.to:")

@@ -132,7 +132,7 @@ def test_sigkill_leftovers_are_cleaned_by_the_next_run(tmp_path, snapshot):
 
 def test_invalid_file_exits_2(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("hosts: {h1: {}}\nexpect:\n  - reach: {from: h1, to: 1.1.1.1}\n")
+    bad.write_text("hosts: {h1: {}}\nexpect:\n  - reach: {from: h1, to: 198.51.100.1}\n")
     r = run_cli("run", bad)
     assert r.returncode == 2
     assert "outside the scenario's topology" in r.stdout

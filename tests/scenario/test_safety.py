@@ -15,7 +15,7 @@ def test_guard_unit():
     g.check_send("ps00000-h1", "10.10.1.7")
     g.check_send("ps00000-h1", "10.99.0.3", "eth0")
     for dst, ns, ifn, msg in [
-        ("8.8.8.8", "ps00000-h1", None, "outside the topology"),
+        ("203.0.113.8", "ps00000-h1", None, "outside the topology"),
         ("192.0.2.1", "ps00000-h1", None, "192.0.2.0/24"),
         ("10.10.1.255", "ps00000-x", None, "not created by this run"),
         ("10.10.1.7", "ps00000-h1", "docker0", "was not created by this run"),
@@ -39,7 +39,7 @@ def test_live_agent_refuses(snapshot):
             a = t.agent(ns)
             out = []
             for method, kw in [("ping", dict(dst="198.51.100.7")),
-                               ("tcp_connect", dict(dst="8.8.8.8", port=53)),
+                               ("tcp_connect", dict(dst="203.0.113.8", port=53)),
                                ("arp", dict(dst="10.10.1.20", ifname="eth9")),
                                ("spoof", dict(dst="192.0.2.10", port=9, marker="x", src_ip="10.10.1.66"))]:
                 try:
