@@ -393,10 +393,10 @@ def cmd_port(args, config: Config) -> int:
     return 0
 
 
-def _bridge_firewall(config: Config):
+def _bridge_firewall(config: Config, with_store: bool = True):
     from pynet.daemon import build_firewall
 
-    return build_firewall(config)
+    return build_firewall(config, _store(config) if with_store else None)
 
 
 def _store_state(config: Config):
@@ -426,7 +426,7 @@ def cmd_firewall_diff(args, config: Config) -> int:
 
 
 def cmd_firewall_flush(args, config: Config) -> int:
-    _bridge_firewall(config).remove_all()
+    _bridge_firewall(config, with_store=False).remove_all()
     return 0
 
 

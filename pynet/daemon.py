@@ -38,14 +38,16 @@ def build_drivers(config: Config) -> dict:
     return {getattr(bridge, "name", "bridge") or "bridge": bridge, macvlan.name: macvlan}
 
 
-def build_firewall(config: Config):
+def build_firewall(config: Config, store=None):
     """Docker's iptables layout for the bridge networks, under this instance's
-    chain prefix (so a test daemon beside the main one never touches its rules)."""
+    chain prefix (so a test daemon beside the main one never touches its rules).
+    With the store, every process renders the same foreign bridges (learned
+    from dockerd by the daemon)."""
     from pynet.drivers.bridge_firewall import BridgeFirewall
     from pynet.firewall import Firewall
     from pynet.sysctl import Sysctl
 
-    return BridgeFirewall(Firewall(prefix=config.chain_prefix, sysctl=Sysctl()))
+    return BridgeFirewall(Firewall(prefix=config.chain_prefix, sysctl=Sysctl()), store=store)
 
 
 def build_controller(config: Config, store=None):
@@ -55,7 +57,7 @@ def build_controller(config: Config, store=None):
 
     store = store if store is not None else open_store(config)
     ipam = Ipam(store, default_pools=config.default_pools)
-    return Controller(store, ipam, build_drivers(config), firewall=build_firewall(config))
+    return Controller(store, ipam, build_drivers(config), firewall=build_firewall(config, store))
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -80,6 +82,18 @@ def recheck_interval() -> float:
         return max(0.0, float(os.environ.get(RECHECK_ENV, DEFAULT_RECHECK)))
     except ValueError:
         return DEFAULT_RECHECK
+
+
+def refresh_foreign_bridges(controller) -> None:
+    """Learn dockerd's custom-named bridges, so pynet's networks stay isolated
+    from them too (``docker0`` and ``br-*`` are matched by pattern)."""
+    setter = getattr(controller.firewall, "set_foreign_bridges", None)
+    if setter is None:
+        return
+    from pynet.plugin_api.docker_state import docker_custom_bridges
+    names = docker_custom_bridges()
+    if names is not None:
+        setter(names)
 
 
 class FirewallRechecker:
@@ -115,6 +129,7 @@ class FirewallRechecker:
 
     def recheck(self) -> None:
         c = self.controller
+        refresh_foreign_bridges(c)
         with c._lock:  # the controller's own lock: no verb runs in between
             c.firewall.sync(c.networks(), c.endpoints(), force=True)
 
@@ -145,6 +160,7 @@ def run_daemon(config: Config) -> None:
     log.info("pynet daemon starting: plugin %s, state %s, socket %s",
              config.plugin_name, config.state_dir, config.socket_path)
     controller = build_controller(config)
+    refresh_foreign_bridges(controller)
     controller.restore()
     from pynet.plugin_api.docker_state import reconcile_with_docker
     reconcile_with_docker(controller, config.plugin_name)

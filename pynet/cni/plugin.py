@@ -167,7 +167,7 @@ def build_controller(settings: dict):
     store = open_store(config)
     ipam = Ipam(store, default_pools=config.default_pools)
     box = {}
-    fw = SerialFirewall(build_firewall(config), os.path.join(config.state_dir, "firewall.lock"),
+    fw = SerialFirewall(build_firewall(config, store), os.path.join(config.state_dir, "firewall.lock"),
                         lambda: (box["c"].networks(), box["c"].endpoints()))
     c = Controller(store, ipam, build_drivers(config), firewall=fw)
     box["c"] = c

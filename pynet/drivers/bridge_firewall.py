@@ -25,6 +25,7 @@ from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping
 
 HOST_IPV4_OPTION = "com.docker.network.host_ipv4"
 FOREIGN_BRIDGES = ("docker0", "br-+", "pn-+")
+FOREIGN_KEY = "firewall/foreign-bridges"  # dockerd's custom-named bridges, learned by the daemon
 
 
 def _flag(value, default: bool) -> bool:
@@ -37,9 +38,11 @@ def _flag(value, default: bool) -> bool:
 
 class BridgeFirewall:
     def __init__(self, firewall: Firewall, driver_name: str = "bridge",
-                 isolate_from=FOREIGN_BRIDGES):
+                 isolate_from=FOREIGN_BRIDGES, store=None):
         self.firewall = firewall
         self.driver_name = driver_name
+        self.store = store
+        self._isolate_base = tuple(isolate_from) if isolate_from is not None else None
         if isolate_from is not None:
             firewall.isolate_from = tuple(isolate_from)
         self._known = None  # port mappings in place after the last successful sync
@@ -68,6 +71,27 @@ class BridgeFirewall:
                     raise InvalidAddress(f"host address {hip} for {hport}/{proto} is not an "
                                          "address of this host")
         return now
+
+    def set_foreign_bridges(self, names) -> None:
+        """Also isolate from these bridges (dockerd's custom-named ones).  Kept
+        in the store, so CNI processes and the CLI render the same rules."""
+        names = sorted(set(names))
+        if self.store is not None:
+            rec = self.store.get(FOREIGN_KEY)
+            if rec is None or rec.value != names:
+                self.store.put(FOREIGN_KEY, names)
+        self._use_foreign(names)
+
+    def _use_foreign(self, names) -> None:
+        if self._isolate_base is None:
+            return
+        self.firewall.isolate_from = self._isolate_base + tuple(
+            n for n in names if n not in self._isolate_base)
+
+    def _load_foreign(self) -> None:
+        if self.store is not None:
+            rec = self.store.get(FOREIGN_KEY)
+            self._use_foreign(rec.value if rec else [])
 
     def affects(self, net: Network, ep: Endpoint) -> bool:
         """Whether ``ep`` has rules of its own: published ports, or the
@@ -110,6 +134,7 @@ class BridgeFirewall:
         is cheap and reading the kernel's tables is not, so an unchanged
         rendering is not applied again unless ``force`` (the periodic re-check,
         which is what notices someone else changing the tables)."""
+        self._load_foreign()
         nets, eps = self.specs(networks, endpoints)
         now = self._check_new(eps)
         rendered = self.firewall.render(nets, eps)
@@ -122,9 +147,11 @@ class BridgeFirewall:
         self._last_applied = rendered
 
     def show(self, networks, endpoints) -> dict[str, str]:
+        self._load_foreign()
         return self.firewall.render(*self.specs(networks, endpoints))
 
     def diff(self, networks, endpoints) -> str:
+        self._load_foreign()
         return self.firewall.diff(*self.specs(networks, endpoints))
 
     def remove_all(self) -> None:

@@ -88,6 +88,29 @@ def docker_holdings(plugin_name: str, sock: str = DOCKER_SOCKET, timeout: float 
     return {"networks": held_nets, "pools": pools}
 
 
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+_COVERED = ("docker0", "br-")  # already matched by the firewall's default patterns
+
+
+def docker_custom_bridges(sock: str = DOCKER_SOCKET, timeout: float = 2.0) -> Optional[list[str]]:
+    """Bridges of dockerd's own bridge networks that carry a custom name
+    (``-o com.docker.network.bridge.name``), which the ``docker0``/``br-+``
+    patterns do not catch; None when dockerd does not answer."""
+    try:
+        nets = _get("/networks", sock, timeout)
+    except (OSError, ValueError, http.client.HTTPException):
+        return None
+    names = set()
+    for n in nets:
+        if n.get("Driver") != "bridge":
+            continue
+        name = (n.get("Options") or {}).get(BRIDGE_NAME_OPTION, "")
+        if (name and not name.startswith(_COVERED) and len(name.encode()) <= 15
+                and all(c.isalnum() or c in "-_." for c in name)):
+            names.add(name)
+    return sorted(names)
+
+
 def reconcile_with_docker(controller, plugin_name: str, sock: str = DOCKER_SOCKET) -> Optional[dict]:
     holdings = docker_holdings(plugin_name, sock)
     if holdings is None:

@@ -305,6 +305,21 @@ def test_isolation_after_docker_creates_a_network(env):
     assert "pynet:" in first, first
 
 
+def test_isolation_from_a_custom_named_docker_bridge(env):
+    """`-o com.docker.network.bridge.name` gives dockerd's bridge a name no pattern
+    matches: the daemon learns it from dockerd and isolates it too, both ways."""
+    d = env.docker
+    dn3, cd3 = f"{env.prefix}-dk3", f"{env.prefix}-cd3"
+    d.run("network", "create", "--subnet", f"10.237.{K}.0/24",
+          "-o", f"com.docker.network.bridge.name={env.prefix}-cb", dn3)
+    d.run("run", "-d", "--name", cd3, "--network", dn3, env.image, "sleep", "3600")
+    wait_in_sync(env)
+    deadline = time.monotonic() + 15  # the next periodic re-check learns the bridge
+    while f"-i {env.prefix}-cb" not in ipt_save() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert isolation_pairs(env, cd3) == []
+
+
 # --------------------------------------------------------------------------- ICC / internal / spoofing
 def test_icc_off_and_internal(env):
     d, pfx = env.docker, env.prefix
