@@ -71,3 +71,17 @@ def test_published_ports_and_spoof_check_do(setup):
     assert fw.applies == before + 1
     ctl.delete_endpoint(guarded.id, "2" * 64)
     assert fw.applies == before + 2
+
+
+def test_foreign_bridges_learned_by_the_daemon_reach_every_process():
+    store = MemoryStore()
+    daemon_fw, cni_fw = CountingFirewall(), CountingFirewall()
+    daemon_side = BridgeFirewall(daemon_fw, store=store)
+    cni_side = BridgeFirewall(cni_fw, store=store)       # e.g. a CNI binary in-process
+    daemon_side.set_foreign_bridges(["mybr0", "docker0"])
+    assert daemon_fw.isolate_from == ("docker0", "br-+", "pn-+", "mybr0")
+    cni_side.sync([], [])
+    assert cni_fw.isolate_from == ("docker0", "br-+", "pn-+", "mybr0")
+    daemon_side.set_foreign_bridges([])                   # dockerd removed that network
+    cni_side.sync([], [])
+    assert cni_fw.isolate_from == ("docker0", "br-+", "pn-+")
