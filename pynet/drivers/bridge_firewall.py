@@ -78,7 +78,10 @@ class BridgeFirewall:
         names = sorted(set(names))
         if self.store is not None:
             rec = self.store.get(FOREIGN_KEY)
-            if rec is None or rec.value != names:
+            if not names:
+                if rec is not None:
+                    self.store.delete(FOREIGN_KEY)
+            elif rec is None or rec.value != names:
                 self.store.put(FOREIGN_KEY, names)
         self._use_foreign(names)
 

@@ -85,3 +85,13 @@ def test_foreign_bridges_learned_by_the_daemon_reach_every_process():
     daemon_side.set_foreign_bridges([])                   # dockerd removed that network
     cni_side.sync([], [])
     assert cni_fw.isolate_from == ("docker0", "br-+", "pn-+")
+
+
+def test_no_foreign_bridges_leaves_no_record():
+    store = MemoryStore()
+    fw = BridgeFirewall(CountingFirewall(), store=store)
+    fw.set_foreign_bridges([])
+    assert store.list("") == []
+    fw.set_foreign_bridges(["mybr0"])
+    fw.set_foreign_bridges([])
+    assert store.list("") == []
