@@ -369,14 +369,14 @@ class Controller:
             ep.external = True
             before = self.store.get(_ep_key(net.id, ep.id))
             drv = self.driver_for(net)
-            drv.program_external_connectivity(net, ep, self.endpoints(net.id))
+            drv.program_external_connectivity(net, ep)
             self._save_endpoint(ep)
             try:
                 if had_rules or self._firewall_affects(net, ep):
                     self._sync_firewall()
             except BaseException:
                 self.store.put(_ep_key(net.id, ep.id), before.value)
-                drv.revoke_external_connectivity(net, ep, self.endpoints(net.id))
+                drv.revoke_external_connectivity(net, ep)
                 self._sync_firewall()
                 raise
             return ep
@@ -430,7 +430,7 @@ class Controller:
             had_rules = self._firewall_affects(net, ep)
             ep.ports = []
             ep.external = False
-            self.driver_for(net).revoke_external_connectivity(net, ep, self.endpoints(net.id))
+            self.driver_for(net).revoke_external_connectivity(net, ep)
             self._save_endpoint(ep)
             if had_rules:
                 self._sync_firewall()

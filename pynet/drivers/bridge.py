@@ -38,18 +38,17 @@ from typing import Optional
 
 from pynet import errors
 from pynet.cnm.model import Endpoint, JoinInfo, Network
-from pynet.netlink import IFNAMSIZ, LinkExists, check_ifname, check_mac, random_mac
+from pynet.drivers.options import OPT_IFACE_PREFIX, OPT_MTU, driver_mtu, iface_prefix
+from pynet.netlink import IFNAMSIZ, check_ifname, check_mac, random_mac
 
 log = logging.getLogger("pynet.drivers.bridge")
 
 # -- options ------------------------------------------------------------------
 OPT_NAME = "com.docker.network.bridge.name"
-OPT_MTU = "com.docker.network.driver.mtu"
 OPT_ICC = "com.docker.network.bridge.enable_icc"
 OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
 OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
 OPT_SPOOF_CHECK = "pynet.bridge.spoof_check"
-OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
 BRIDGE_OPTION_PREFIXES = ("com.docker.network.bridge.", "pynet.bridge.")
 KNOWN_OPTIONS = {OPT_NAME, OPT_MTU, OPT_ICC, OPT_MASQ, OPT_HOST_BINDING, OPT_SPOOF_CHECK,
                  OPT_IFACE_PREFIX}
@@ -123,14 +122,7 @@ def parse_options(net: Network) -> dict:
         except errors.InvalidParameter as e:
             raise errors.InvalidOption(f"invalid bridge name: {e}") from None
         cfg["bridge"] = name
-    if OPT_MTU in opts and opts[OPT_MTU] not in ("", None, 0, "0"):
-        try:
-            mtu = int(str(opts[OPT_MTU]).strip())
-        except ValueError:
-            raise errors.InvalidOption(f"invalid MTU {opts[OPT_MTU]!r}: not a number") from None
-        if not 68 <= mtu <= 65535:
-            raise errors.InvalidOption(f"invalid MTU {mtu}: must be between 68 and 65535")
-        cfg["mtu"] = mtu
+    cfg["mtu"] = driver_mtu(opts)
     if OPT_ICC in opts:
         cfg["enable_icc"] = _bool(OPT_ICC, opts[OPT_ICC])
     if OPT_MASQ in opts:
@@ -144,11 +136,7 @@ def parse_options(net: Network) -> dict:
             raise errors.InvalidOption(
                 f"invalid value {opts[OPT_HOST_BINDING]!r} for option {OPT_HOST_BINDING}: "
                 f"not an IP address") from None
-    if opts.get(OPT_IFACE_PREFIX):
-        prefix = str(opts[OPT_IFACE_PREFIX])
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,10}", prefix):
-            raise errors.InvalidOption(f"invalid interface prefix {prefix!r}")
-        cfg["dst_prefix"] = prefix
+    cfg["dst_prefix"] = iface_prefix(opts)
     return cfg
 
 
@@ -305,12 +293,10 @@ class BridgeDriver:
                 ep.driver_state.get("container_veth") or container_veth_name(ep.id))
 
     # ---- external connectivity: the firewall (controller.sync) does the work
-    def program_external_connectivity(self, net: Network, ep: Endpoint,
-                                      all_endpoints: list[Endpoint]) -> None:
+    def program_external_connectivity(self, net: Network, ep: Endpoint) -> None:
         return None
 
-    def revoke_external_connectivity(self, net: Network, ep: Endpoint,
-                                     all_endpoints: list[Endpoint]) -> None:
+    def revoke_external_connectivity(self, net: Network, ep: Endpoint) -> None:
         return None
 
     # ================================================================ leave

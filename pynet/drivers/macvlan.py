@@ -58,6 +58,7 @@ from typing import Optional
 from pynet import errors
 from pynet.cnm.model import Endpoint, JoinInfo, Network
 from pynet.drivers.bridge import ALIAS_PREFIX, _short, alias_for, mac_from_ipv4, parse_alias
+from pynet.drivers.options import OPT_IFACE_PREFIX, OPT_MTU, driver_mtu, iface_prefix
 from pynet.netlink import check_ifname, check_mac, check_vlan_id, random_mac
 
 log = logging.getLogger("pynet.drivers.macvlan")
@@ -65,8 +66,6 @@ log = logging.getLogger("pynet.drivers.macvlan")
 # -- options ------------------------------------------------------------------
 OPT_PARENT = "parent"
 OPT_MODE = "macvlan_mode"
-OPT_MTU = "com.docker.network.driver.mtu"
-OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
 MODES = ("bridge", "private", "vepa", "passthru")
 DEFAULT_MODE = "bridge"
 # our own option namespace: anything else in it is a typo
@@ -147,19 +146,8 @@ def parse_options(net: Network) -> dict:
     else:
         cfg["parent"] = dummy_parent_name(net.id)
         cfg["dummy"] = True
-    if OPT_MTU in opts and opts[OPT_MTU] not in ("", None, 0, "0"):
-        try:
-            mtu = int(str(opts[OPT_MTU]).strip())
-        except ValueError:
-            raise errors.InvalidOption(f"invalid MTU {opts[OPT_MTU]!r}: not a number") from None
-        if not 68 <= mtu <= 65535:
-            raise errors.InvalidOption(f"invalid MTU {mtu}: must be between 68 and 65535")
-        cfg["mtu"] = mtu
-    if opts.get(OPT_IFACE_PREFIX):
-        prefix = str(opts[OPT_IFACE_PREFIX])
-        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,10}", prefix):
-            raise errors.InvalidOption(f"invalid interface prefix {prefix!r}")
-        cfg["dst_prefix"] = prefix
+    cfg["mtu"] = driver_mtu(opts)
+    cfg["dst_prefix"] = iface_prefix(opts)
     return cfg
 
 
@@ -330,12 +318,10 @@ class MacvlanDriver:
         return ep.driver_state.get("macvlan") or macvlan_name(ep.id)
 
     # ---- external connectivity: none (no NAT, no published ports on macvlan)
-    def program_external_connectivity(self, net: Network, ep: Endpoint,
-                                      all_endpoints: list[Endpoint]) -> None:
+    def program_external_connectivity(self, net: Network, ep: Endpoint) -> None:
         return None
 
-    def revoke_external_connectivity(self, net: Network, ep: Endpoint,
-                                     all_endpoints: list[Endpoint]) -> None:
+    def revoke_external_connectivity(self, net: Network, ep: Endpoint) -> None:
         return None
 
     # ================================================================ leave

@@ -51,7 +51,7 @@ import subprocess
 from pynet.errors import KernelError
 
 from .backend import make_backend
-from .model import FAMILIES, IPV4, IPV6, EndpointSpec, NetworkSpec, Ruleset
+from .model import FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
 from .reconcile import diff_text, parse_save, plan_family, plan_restore
 from .render import own_chains, render_family, route_localnet_sysctls
 

@@ -34,7 +34,7 @@ import ipaddress
 
 from pynet.errors import InvalidAddress, InvalidParameter, PortInUse
 
-from .model import IPV4, IPV6, EndpointSpec, NetworkSpec, PortMapping, Ruleset
+from .model import IPV4, EndpointSpec, NetworkSpec, PortMapping, Ruleset
 
 PROTOS = ("tcp", "udp", "sctp")
 

@@ -24,7 +24,7 @@ import abc
 import ipaddress
 import random
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Optional
+from typing import Optional
 
 from pynet import errors
 
