@@ -130,8 +130,7 @@ class FirewallRechecker:
     def recheck(self) -> None:
         c = self.controller
         refresh_foreign_bridges(c)
-        with c._lock:  # the controller's own lock: no verb runs in between
-            c.firewall.sync(c.networks(), c.endpoints(), force=True)
+        c.recheck_firewall()
 
     def _loop(self) -> None:
         while not self.stopping.is_set():

@@ -501,6 +501,14 @@ class Controller:
             return
         self.firewall.sync(self.networks(), self.endpoints())
 
+    def recheck_firewall(self) -> None:
+        """Compare the kernel's rules with the store's and repair them (the
+        daemon's periodic re-check, SIGHUP), between two verbs."""
+        if self.firewall is None:
+            return
+        with self._lock:
+            self.firewall.sync(self.networks(), self.endpoints(), force=True)
+
 
 def ephemeral_port_range() -> tuple[int, int]:
     try:
