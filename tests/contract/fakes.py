@@ -96,10 +96,10 @@ class FakeDriver:
     def leave(self, net: Network, ep: Endpoint) -> None:
         self.calls.append(("Leave", ep.id))
 
-    def program_external_connectivity(self, net, ep, all_endpoints) -> None:
+    def program_external_connectivity(self, net, ep) -> None:
         self.calls.append(("ProgramExternalConnectivity", ep.id))
 
-    def revoke_external_connectivity(self, net, ep, all_endpoints) -> None:
+    def revoke_external_connectivity(self, net, ep) -> None:
         self.calls.append(("RevokeExternalConnectivity", ep.id))
 
     def restore(self, networks, endpoints) -> None:
