@@ -32,9 +32,15 @@ POOLS = "cni/ipam-pools/"
 
 
 def _conf(conf: dict) -> dict:
+    """The ``ipam`` section, its values checked before anything is allocated
+    (ranges, routes and dns are refused here, not after a commit)."""
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
         raise CniError(spec.INVALID_CONFIG, "the configuration has no ipam section")
+    parse_ranges(ipam)
+    parse_routes(ipam.get("routes"))
+    if not isinstance(ipam.get("dns") or {}, dict):
+        raise CniError(spec.INVALID_CONFIG, "ipam.dns must be an object")
     return ipam
 
 

@@ -40,7 +40,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from pynet import errors
+from pynet import errors, validate
 from pynet.cni import spec
 from pynet.cni.spec import CniError
 
@@ -209,6 +209,16 @@ class NetConf:
     mode: str = ""
 
 
+@contextlib.contextmanager
+def config_value():
+    """A value of the conflist refused by ``pynet.validate``: CNI code 7
+    (invalid configuration), the validator's line as the message."""
+    try:
+        yield
+    except errors.InvalidParameter as e:
+        raise CniError(spec.INVALID_CONFIG, str(e)) from None
+
+
 def parse_ranges(ipam: dict) -> dict:
     """``ranges`` (one range set per family) or the older ``subnet``/``gateway``."""
     if not isinstance(ipam, dict):
@@ -230,19 +240,12 @@ def parse_ranges(ipam: dict) -> dict:
             if r.get(k):
                 raise CniError(spec.UNSUPPORTED_FIELD, f"ipam range {k} is not supported by pynet "
                                                        "(the whole subnet is allocated from)")
-        sub = r.get("subnet")
-        try:
-            if not isinstance(sub, str) or "/" not in sub:
-                raise ValueError("not in CIDR form")
-            net = ipaddress.ip_network(sub, strict=False)
-        except ValueError as e:
-            raise CniError(spec.INVALID_CONFIG, f"invalid subnet {sub!r}: {e}") from None
+        with config_value():
+            net = validate.ip_network(r.get("subnet"), "ipam subnet")
         gw = r.get("gateway") or ""
         if gw:
-            try:
-                g = ipaddress.ip_address(gw)
-            except ValueError:
-                raise CniError(spec.INVALID_CONFIG, f"invalid gateway {gw!r}") from None
+            with config_value():
+                g = validate.ip_address(gw, "ipam gateway", version=net.version)
             if g not in net:
                 raise CniError(spec.INVALID_CONFIG, f"gateway {gw} is outside subnet {net}")
         if net.version in out:
@@ -255,13 +258,11 @@ def parse_routes(routes) -> list:
     out = []
     for r in routes or []:
         if not isinstance(r, dict) or not r.get("dst"):
-            raise CniError(spec.INVALID_CONFIG, f"invalid route {r!r}: needs dst")
-        try:
-            ipaddress.ip_network(r["dst"], strict=False)
+            raise CniError(spec.INVALID_CONFIG, f"invalid route {validate.shown(r)}: needs dst")
+        with config_value():
+            dst = validate.ip_network(r["dst"], "route dst")
             if r.get("gw"):
-                ipaddress.ip_address(r["gw"])
-        except ValueError as e:
-            raise CniError(spec.INVALID_CONFIG, f"invalid route {r!r}: {e}") from None
+                validate.ip_address(r["gw"], "route gw", version=dst.version)
         out.append({"dst": r["dst"], **({"gw": r["gw"]} if r.get("gw") else {})})
     return out
 
@@ -283,8 +284,9 @@ def parse_netconf(plugin: str, conf: dict) -> NetConf:
     nc = NetConf(name=conf["name"], version=conf["cniVersion"], driver=DRIVER_OF[plugin])
     if plugin == "bridge":
         br = conf.get("bridge") or ""
-        if br and (not isinstance(br, str) or len(br.encode()) > spec.IFNAMSIZ or "/" in br or " " in br):
-            raise CniError(spec.INVALID_CONFIG, f"invalid bridge name {br!r} (at most 15 bytes)")
+        if br:
+            with config_value():
+                validate.ifname(br, "bridge name")
         nc.bridge = br
         nc.is_default_gateway = bool(_bool(conf, "isDefaultGateway", False))
         nc.is_gateway = bool(_bool(conf, "isGateway", False)) or nc.is_default_gateway
@@ -294,8 +296,11 @@ def parse_netconf(plugin: str, conf: dict) -> NetConf:
     else:
         nc.master = conf.get("master") or ""
         nc.mode = conf.get("mode") or ""
-        if nc.master and (len(nc.master.encode()) > spec.IFNAMSIZ or "/" in nc.master):
-            raise CniError(spec.INVALID_CONFIG, f"invalid master interface {nc.master!r}")
+        with config_value():
+            if nc.master:
+                validate.ifname(nc.master, "master interface")
+            if nc.mode:
+                validate.option_value(nc.mode, "mode")
         nc.is_gateway = nc.is_default_gateway = True
     if conf.get("mtu") not in (None, 0):
         try:
@@ -476,26 +481,23 @@ def requested_addresses(conf: dict, args: spec.Args) -> dict:
     ips = spec.capability(conf, "ips")
     if ips is None and args.args.get("IP"):
         ips = args.args["IP"].split(",")
+    if not isinstance(ips, (list, type(None))):
+        raise CniError(spec.INVALID_CONFIG, "runtimeConfig.ips must be a list")
     out = {}
     for ip in ips or []:
-        try:
-            a = ipaddress.ip_interface(ip) if "/" in str(ip) else ipaddress.ip_address(ip)
-        except ValueError:
-            raise CniError(spec.INVALID_CONFIG, f"invalid requested address {ip!r}") from None
+        with config_value():
+            a = validate.ip_address(ip, "requested address", allow_prefix=True)
         if a.version in out:
             raise CniError(spec.INVALID_CONFIG, f"more than one IPv{a.version} address requested")
-        out[a.version] = str(a.ip if hasattr(a, "network") else a)
+        out[a.version] = str(a)
     return out
 
 
 def requested_mac(conf: dict, args: spec.Args) -> str:
     mac = spec.capability(conf, "mac") or args.args.get("MAC") or ""
     if mac:
-        from pynet.netlink import check_mac
-        try:
-            return check_mac(mac)
-        except errors.PynetError as e:
-            raise CniError(spec.INVALID_CONFIG, str(e)) from None
+        with config_value():
+            return validate.mac(mac, "requested MAC address")
     return ""
 
 
@@ -509,17 +511,21 @@ def port_mappings(conf: dict) -> list:
     for pm in pms:
         if not isinstance(pm, dict):
             raise CniError(spec.INVALID_CONFIG, f"invalid port mapping {pm!r}")
-        try:
-            hp = int(spec.ci_get(pm, "hostPort", default=0) or 0)
-            cp = int(spec.ci_get(pm, "containerPort", default=0) or 0)
-        except (TypeError, ValueError):
-            raise CniError(spec.INVALID_CONFIG, f"invalid port mapping {pm!r}") from None
-        proto = str(spec.ci_get(pm, "protocol", default="tcp") or "tcp").lower()
-        if not 0 < cp <= 65535 or not 0 <= hp <= 65535:
-            raise CniError(spec.INVALID_CONFIG, f"invalid port in mapping {pm!r}")
-        if proto not in ("tcp", "udp", "sctp"):
-            raise CniError(spec.INVALID_CONFIG, f"unsupported protocol {proto!r} in port mapping")
+        with config_value():
+            hp = validate.port(spec.ci_get(pm, "hostPort", default=0) or 0, "portMappings hostPort",
+                               allow_zero=True)
+            cp = validate.port(spec.ci_get(pm, "containerPort", default=0) or 0,
+                               "portMappings containerPort")
+        proto = spec.ci_get(pm, "protocol", default="tcp") or "tcp"
+        if not isinstance(proto, str) or proto.lower() not in ("tcp", "udp", "sctp"):
+            raise CniError(spec.INVALID_CONFIG,
+                           f"unsupported protocol {validate.shown(proto)} in port mapping")
+        proto = proto.lower()
         host_ip = spec.ci_get(pm, "hostIP", default="") or ""
+        if host_ip:
+            # it becomes an iptables token: no zone text, nothing but an address
+            with config_value():
+                host_ip = str(validate.ip_address(host_ip, "portMappings hostIP"))
         out.append(PortMapping(proto=proto, container_port=cp, host_port=hp, host_ip=host_ip))
     return out
 

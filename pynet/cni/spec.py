@@ -1,8 +1,9 @@
 """The CNI specification (1.1.0) as data: versions, well-known error codes,
 the environment, result conversion between versions, error JSON.
 
-Stdlib only and free of pynet imports: the shim answers VERSION and renders
-errors with it before anything heavy is loaded.
+Stdlib only, plus the two leaf modules ``pynet.errors`` and ``pynet.validate``
+(no other pynet imports): the shim answers VERSION and renders errors with it
+before anything heavy is loaded.
 
 Results are built in one internal shape -- the 1.x one::
 
@@ -20,8 +21,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import re
 from typing import Any, Optional
+
+from pynet import errors, validate
 
 SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
 LATEST = "1.1.0"
@@ -41,9 +43,10 @@ INTERNAL = 999
 
 COMMANDS = ("ADD", "DEL", "CHECK", "VERSION", "GC", "STATUS")
 
-# containerd/libcni's rules (pkg/utils): container IDs and network names
-_ID_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
-IFNAMSIZ = 15
+# containerd/libcni's rules (pkg/utils) for container IDs and network names
+# are pynet.validate.CNI_ID, anchored at the true end (libcni's ``$`` is Go's:
+# end of text; Python's also matches before a trailing newline).
+IFNAMSIZ = validate.IFNAMSIZ
 
 
 class CniError(Exception):
@@ -106,10 +109,10 @@ def parse_conf(stdin: bytes) -> dict:
         raise CniError(DECODE_FAILURE, f"cannot decode the network configuration: {e}") from None
     if not isinstance(conf, dict):
         raise CniError(DECODE_FAILURE, "the network configuration is not a JSON object")
-    name = conf.get("name")
-    if not isinstance(name, str) or not _ID_RE.match(name):
-        raise CniError(INVALID_CONFIG, f"invalid network name {name!r}: it must start with a letter "
-                                       "or digit, then letters, digits, '_', '.' or '-'")
+    try:
+        validate.cni_id(conf.get("name"), "network name")
+    except errors.InvalidParameter as e:
+        raise CniError(INVALID_CONFIG, str(e)) from None
     return conf
 
 
@@ -129,20 +132,19 @@ def parse_cni_args(value: str) -> dict[str, str]:
 def check_container_id(cid: Any) -> str:
     if not cid:
         raise CniError(INVALID_ENVIRONMENT, "CNI_CONTAINERID is missing")
-    if not _ID_RE.match(cid):
-        raise CniError(INVALID_ENVIRONMENT, f"invalid characters in CNI_CONTAINERID {cid!r}")
-    return cid
+    try:
+        return validate.cni_id(cid, "CNI_CONTAINERID")
+    except errors.InvalidParameter as e:
+        raise CniError(INVALID_ENVIRONMENT, str(e)) from None
 
 
 def check_ifname(name: Any) -> str:
     if not name:
         raise CniError(INVALID_ENVIRONMENT, "CNI_IFNAME is missing")
-    if len(name.encode()) > IFNAMSIZ:
-        raise CniError(INVALID_ENVIRONMENT,
-                       f"interface name {name!r} is too long ({len(name.encode())} bytes, at most {IFNAMSIZ})")
-    if name in (".", "..") or any(c in name for c in "/:") or any(c.isspace() for c in name):
-        raise CniError(INVALID_ENVIRONMENT, f"interface name {name!r} contains invalid characters")
-    return name
+    try:
+        return validate.ifname(name, "interface name (CNI_IFNAME)")
+    except errors.InvalidParameter as e:
+        raise CniError(INVALID_ENVIRONMENT, str(e)) from None
 
 
 class Args:

@@ -38,8 +38,9 @@ from typing import Optional
 
 from pynet import errors
 from pynet.cnm.model import Endpoint, JoinInfo, Network
-from pynet.drivers.options import OPT_IFACE_PREFIX, OPT_MTU, driver_mtu, iface_prefix
-from pynet.netlink import IFNAMSIZ, check_ifname, check_mac, random_mac
+from pynet.drivers.options import (OPT_IFACE_PREFIX, OPT_MTU, address_option, driver_mtu,
+                                   iface_prefix, ifname_option)
+from pynet.netlink import IFNAMSIZ, check_mac, random_mac
 
 log = logging.getLogger("pynet.drivers.bridge")
 
@@ -49,6 +50,7 @@ OPT_ICC = "com.docker.network.bridge.enable_icc"
 OPT_MASQ = "com.docker.network.bridge.enable_ip_masquerade"
 OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
 OPT_SPOOF_CHECK = "pynet.bridge.spoof_check"
+OPT_HOST_IPV4 = "com.docker.network.host_ipv4"  # SNAT source (read by bridge_firewall)
 BRIDGE_OPTION_PREFIXES = ("com.docker.network.bridge.", "pynet.bridge.")
 KNOWN_OPTIONS = {OPT_NAME, OPT_MTU, OPT_ICC, OPT_MASQ, OPT_HOST_BINDING, OPT_SPOOF_CHECK,
                  OPT_IFACE_PREFIX}
@@ -115,12 +117,8 @@ def parse_options(net: Network) -> dict:
     for key, value in opts.items():
         if key.startswith(BRIDGE_OPTION_PREFIXES) and key not in KNOWN_OPTIONS:
             raise errors.InvalidOption(f"unknown bridge option {key}")
-    if OPT_NAME in opts and opts[OPT_NAME] not in ("", None):
-        name = str(opts[OPT_NAME])
-        try:
-            check_ifname(name)
-        except errors.InvalidParameter as e:
-            raise errors.InvalidOption(f"invalid bridge name: {e}") from None
+    name = ifname_option(opts, OPT_NAME, "bridge name")
+    if name:
         cfg["bridge"] = name
     cfg["mtu"] = driver_mtu(opts)
     if OPT_ICC in opts:
@@ -129,13 +127,8 @@ def parse_options(net: Network) -> dict:
         cfg["enable_ip_masquerade"] = _bool(OPT_MASQ, opts[OPT_MASQ])
     if OPT_SPOOF_CHECK in opts:
         cfg["spoof_check"] = _bool(OPT_SPOOF_CHECK, opts[OPT_SPOOF_CHECK])
-    if opts.get(OPT_HOST_BINDING):
-        try:
-            cfg["host_binding_ipv4"] = str(ipaddress.ip_address(str(opts[OPT_HOST_BINDING]).strip()))
-        except ValueError:
-            raise errors.InvalidOption(
-                f"invalid value {opts[OPT_HOST_BINDING]!r} for option {OPT_HOST_BINDING}: "
-                f"not an IP address") from None
+    cfg["host_binding_ipv4"] = address_option(opts, OPT_HOST_BINDING)
+    address_option(opts, OPT_HOST_IPV4, version=4)  # kept in net.options, checked here
     cfg["dst_prefix"] = iface_prefix(opts)
     return cfg
 

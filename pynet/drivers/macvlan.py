@@ -58,8 +58,8 @@ from typing import Optional
 from pynet import errors
 from pynet.cnm.model import Endpoint, JoinInfo, Network
 from pynet.drivers.bridge import ALIAS_PREFIX, _short, alias_for, mac_from_ipv4, parse_alias
-from pynet.drivers.options import OPT_IFACE_PREFIX, OPT_MTU, driver_mtu, iface_prefix
-from pynet.netlink import check_ifname, check_mac, check_vlan_id, random_mac
+from pynet.drivers.options import OPT_IFACE_PREFIX, OPT_MTU, driver_mtu, iface_prefix, ifname_option
+from pynet.netlink import check_mac, check_vlan_id, random_mac
 
 log = logging.getLogger("pynet.drivers.macvlan")
 
@@ -124,7 +124,7 @@ def parse_options(net: Network) -> dict:
             raise errors.InvalidOption(f"invalid macvlan_mode {opts[OPT_MODE]!r}: expected one of "
                                        f"{', '.join(MODES)} (default {DEFAULT_MODE})")
         cfg["mode"] = mode
-    parent = str(opts.get(OPT_PARENT) or "").strip()
+    parent = ifname_option(opts, OPT_PARENT, "parent interface", strip=True)
     if net.internal and parent:
         # Docker's macvlan: --internal is an isolated network, whatever the parent
         log.info("network %s: internal, ignoring parent %s (isolated dummy parent)",
@@ -133,10 +133,6 @@ def parse_options(net: Network) -> dict:
     if parent:
         if parent == "lo":
             raise errors.InvalidOption("the loopback interface is not a valid macvlan parent")
-        try:
-            check_ifname(parent)
-        except errors.InvalidParameter as e:
-            raise errors.InvalidOption(f"invalid parent interface: {e}") from None
         base, vid, bad = split_parent(parent)
         if vid is not None:
             cfg["link"], cfg["vlan_id"] = base, vid

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from typing import Optional
 
-from pynet import errors
+from pynet import errors, validate
 
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
@@ -33,3 +33,25 @@ def iface_prefix(opts: dict, default: str = "eth") -> str:
     if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,10}", prefix):
         raise errors.InvalidOption(f"invalid interface prefix {prefix!r}")
     return prefix
+
+
+def ifname_option(opts: dict, key: str, what: str, strip: bool = False) -> str:
+    """An option naming an interface (bridge name, macvlan parent); "" when
+    unset.  The name becomes a netlink name and an iptables token, so it gets
+    ``pynet.validate.ifname``'s rules (no ``+`` wildcard, no leading ``-``)."""
+    value = opts.get(key)
+    if value in ("", None):
+        return ""
+    name = str(value).strip() if strip else str(value)
+    return validate.ifname(name, f"{what} (option {key})", err=errors.InvalidOption)
+
+
+def address_option(opts: dict, key: str, version: Optional[int] = None) -> str:
+    """An option holding a bare IP address (``host_binding_ipv4``,
+    ``host_ipv4``), normalised; "" when unset.  No zone, no whitespace: the
+    value becomes an iptables token."""
+    value = opts.get(key)
+    if value in ("", None):
+        return ""
+    return str(validate.ip_address(str(value), f"option {key}", version=version,
+                                   err=errors.InvalidOption))

@@ -8,6 +8,7 @@ import ipaddress
 import struct
 from typing import Any, Callable, Iterable, Optional, Union
 
+from pynet import validate
 from pynet.errors import InvalidAddress, InvalidParameter, InvalidSubnet, NoDefaultPool
 from pynet.ipam.bitmap import Layout
 
@@ -32,8 +33,9 @@ def parse_address_space(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidParameter(f"address space must be a non-empty string, got {value!r}")
     # the pool ID is '/'-separated with the address space first
-    if "/" in value or any(c.isspace() for c in value):
-        raise InvalidParameter(f"invalid address space {value!r}: no '/' or spaces allowed")
+    if "/" in value or any(c.isspace() for c in value) or not value.isprintable():
+        raise InvalidParameter(f"invalid address space {validate.shown(value)}: no '/', spaces "
+                               "or control characters allowed")
     return value
 
 
@@ -41,10 +43,7 @@ def parse_network(value: Any, what: str = "pool") -> Network:
     """A CIDR; host bits are masked off as Docker's default IPAM does."""
     if not isinstance(value, str) or "/" not in value:
         raise InvalidSubnet(f"invalid {what} {value!r}: expected CIDR notation like 10.1.0.0/24")
-    try:
-        return ipaddress.ip_network(value.strip(), strict=False)
-    except ValueError as e:
-        raise InvalidSubnet(f"invalid {what} {value!r}: {e}") from None
+    return validate.ip_network(value, what)
 
 
 def parse_address(value: Any) -> Address:
@@ -52,10 +51,7 @@ def parse_address(value: Any) -> Address:
     the caller against the pool)."""
     if not isinstance(value, str):
         raise InvalidAddress(f"invalid address {value!r}: expected a string")
-    try:
-        return ipaddress.ip_address(value.strip().split("/", 1)[0])
-    except ValueError:
-        raise InvalidAddress(f"invalid address {value!r}") from None
+    return validate.ip_address(value, allow_prefix=True)
 
 
 def parse_options(value: Any) -> dict:

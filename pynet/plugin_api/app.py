@@ -130,7 +130,7 @@ def create_app(controller) -> Flask:
         "StaticRoutes": [{"Destination", "RouteType", "NextHop"}],
         "DisableGatewayService": bool}  (empty gateways omitted)"""
         network_id, endpoint_id = wire.ids(body, "NetworkID", "EndpointID")
-        sandbox_key = wire.get_str(body, "SandboxKey")
+        sandbox_key = wire.sandbox_key(body)
         info = c.join(network_id, endpoint_id, sandbox_key)
         return wire.render_join(info)
 

@@ -14,7 +14,7 @@ import base64
 import json
 from typing import Any, Optional
 
-from pynet import errors
+from pynet import errors, validate
 from pynet.cnm.model import Endpoint, IPData, JoinInfo, PortMapping
 
 # --- Docker option keys (the wire names; used nowhere else) ------------------
@@ -28,6 +28,13 @@ OPT_EXPOSED = "com.docker.network.endpoint.exposedports"
 # ``-o pynet.driver=<name>`` picks the pynet driver for a Docker network.
 OPT_DRIVER = "pynet.driver"
 DEFAULT_DRIVER = "bridge"
+
+# Driver options whose values become interface names or addresses (kernel
+# objects, iptables tokens): checked here, at the door, whatever the driver.
+OPT_BRIDGE_NAME = "com.docker.network.bridge.name"
+OPT_HOST_BINDING = "com.docker.network.bridge.host_binding_ipv4"
+OPT_HOST_IPV4 = "com.docker.network.host_ipv4"
+OPT_PARENT = "parent"
 
 # IP protocol numbers as Docker sends them in port maps.
 PROTO_BY_NUMBER = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -113,8 +120,18 @@ def get_int(d: dict, key: str, where: str = "") -> int:
 
 
 def ids(body: dict, *keys: str) -> list[str]:
-    """Required, non-empty ID fields (NetworkID, EndpointID, PoolID)."""
-    return [get_str(body, k, required=True) for k in keys]
+    """Required ID fields: NetworkID and EndpointID are Docker's 64 hex digits
+    (a '/' in one would alias another's store key); PoolID is the IPAM's own
+    (``LocalDefault/10.1.0.0/24``), looked up as given."""
+    out = []
+    for k in keys:
+        v = get_str(body, k, required=True)
+        if k == "PoolID":
+            validate.option_value(v, k, err=errors.InvalidRequest)
+        else:
+            validate.docker_id(v, k)
+        out.append(v)
+    return out
 
 
 # ------------------------------------------------------------ NetworkDriver
@@ -129,8 +146,14 @@ def ip_data_list(body: dict, key: str) -> list[IPData]:
         for name, addr in aux.items():
             if not isinstance(addr, str):
                 raise errors.InvalidRequest(f"{where}AuxAddresses.{name} must be a string")
-        out.append(IPData(pool=get_str(item, "Pool", where, required=True),
-                          gateway=get_str(item, "Gateway", where),
+            validate.option_key(name, f"{where}AuxAddresses name", err=errors.InvalidRequest)
+            validate.ip_address(addr, f"{where}AuxAddresses.{name}", allow_prefix=True)
+        pool = get_str(item, "Pool", where, required=True)
+        validate.ip_network(pool, f"{where}Pool")
+        gateway = get_str(item, "Gateway", where)
+        if gateway:
+            validate.ip_address(gateway, f"{where}Gateway", allow_prefix=True)
+        out.append(IPData(pool=pool, gateway=gateway,
                           address_space=get_str(item, "AddressSpace", where),
                           aux_addresses=dict(aux)))
     return out
@@ -146,7 +169,9 @@ def create_network_args(body: dict) -> dict:
         # `-o key=value` arrives as strings; keep scalars as given.
         if isinstance(v, (dict, list)):
             raise errors.InvalidRequest(f"option {k} must be a scalar, not {_json_type(v)}")
-        drv_opts[k] = v
+        validate.option_key(k)
+        drv_opts[k] = v if v is None else validate.option_value(v, f"option {k}")
+    driver_option_values(drv_opts)
     driver = drv_opts.pop(OPT_DRIVER, "") or DEFAULT_DRIVER
     if not isinstance(driver, str):
         raise errors.InvalidRequest(f"option {OPT_DRIVER} must be a string")
@@ -160,6 +185,22 @@ def create_network_args(body: dict) -> dict:
         options=drv_opts,
         created_by="docker",
     )
+
+
+def driver_option_values(opts: dict) -> None:
+    """The options that name interfaces or addresses, whatever the driver:
+    refused here so that no driver (nor the firewall) ever sees them."""
+    name = opts.get(OPT_BRIDGE_NAME)
+    if name not in (None, ""):
+        validate.ifname(str(name), f"bridge name (option {OPT_BRIDGE_NAME})", err=errors.InvalidOption)
+    parent = opts.get(OPT_PARENT)
+    if parent not in (None, ""):
+        validate.ifname(str(parent).strip(), f"parent interface (option {OPT_PARENT})",
+                        err=errors.InvalidOption)
+    for key, version in ((OPT_HOST_BINDING, None), (OPT_HOST_IPV4, 4)):
+        value = opts.get(key)
+        if value not in (None, ""):
+            validate.ip_address(str(value), f"option {key}", version=version, err=errors.InvalidOption)
 
 
 def mac_from_option(value: Any) -> str:
@@ -195,9 +236,13 @@ def port_mappings(options: dict) -> list[PortMapping]:
                 raise errors.InvalidRequest(f"{where}{name} {v} is out of range")
         if port == 0:
             raise errors.InvalidRequest(f"{where}Port is required")
+        host_ip = get_str(pm, "HostIP", where)
+        if host_ip:
+            # it becomes an iptables token: no zone text, nothing but an address
+            validate.ip_address(host_ip, f"{where}HostIP")
         out.append(PortMapping(proto=proto, container_port=port, host_port=host_port,
                                host_port_end=host_end if host_end != host_port else 0,
-                               host_ip=get_str(pm, "HostIP", where)))
+                               host_ip=host_ip))
     return out
 
 
@@ -231,11 +276,24 @@ def create_endpoint_args(body: dict) -> tuple[dict, dict]:
         "AddressIPv6": get_str(iface, "AddressIPv6", "Interface."),
         "MacAddress": get_str(iface, "MacAddress", "Interface."),
     }
+    for wire, version in (("Address", 4), ("AddressIPv6", 6)):
+        if sent[wire]:
+            validate.ip_interface(sent[wire], f"Interface.{wire}", version=version)
+    if sent["MacAddress"]:
+        validate.mac(sent["MacAddress"], "Interface.MacAddress")
     mac = sent["MacAddress"] or mac_from_option(options.get(OPT_MAC))
     kwargs = dict(network_id=network_id, endpoint_id=endpoint_id,
                   address=sent["Address"], address_v6=sent["AddressIPv6"], mac=mac,
                   ports=port_mappings(options), exposed=exposed_ports(options))
     return kwargs, sent
+
+
+def sandbox_key(body: dict) -> str:
+    """Join's ``SandboxKey``: a path (``/var/run/docker/netns/<id>``), or empty."""
+    key = get_str(body, "SandboxKey")
+    if key:
+        validate.option_value(key, "SandboxKey", err=errors.InvalidRequest)
+    return key
 
 
 def render_create_endpoint(ep: Endpoint, sent: dict) -> dict:
@@ -281,6 +339,8 @@ def _string_map(d: dict, where: str) -> dict:
     for k, v in d.items():
         if not isinstance(v, str):
             raise errors.InvalidRequest(f"{where}.{k} must be a string, not {_json_type(v)}")
+        validate.option_key(k, f"{where} name")
+        validate.option_value(v, f"{where}.{k}")
     return dict(d)
 
 
