@@ -150,7 +150,7 @@ def test_malformed_json_posted_to_socket(pynet_daemon):
     status, body = pynet_daemon.post("IpamDriver.RequestPool", {"Pool": 42, "V6": "no"})
     assert status == 400 and "Err" in body
     status, body = pynet_daemon.post("NetworkDriver.CreateNetwork",
-                                     {"NetworkID": "x" * 64, "IPv4Data": [{"Pool": "10.1.0.0/33"}]})
+                                     {"NetworkID": "f" * 64, "IPv4Data": [{"Pool": "10.1.0.0/33"}]})
     assert status == 400 and "10.1.0.0/33" in body["Err"]
     assert store_keys(pynet_daemon) == before
 
