@@ -18,6 +18,8 @@ import logging
 import socket
 from typing import Optional
 
+from pynet import errors, validate
+
 log = logging.getLogger("pynet.docker_state")
 
 DOCKER_SOCKET = "/var/run/docker.sock"
@@ -92,6 +94,17 @@ BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
 _COVERED = ("docker0", "br-")  # already matched by the firewall's default patterns
 
 
+def _renderable(name: str) -> bool:
+    """A name that may appear in a rule (``pynet.validate.ifname``: no ``+``
+    wildcard, no leading ``-``); dockerd's bridge driver lets more through."""
+    try:
+        validate.ifname(name)
+        return True
+    except errors.InvalidParameter:
+        log.warning("not isolating from Docker bridge %r: not a name pynet renders", name)
+        return False
+
+
 def docker_custom_bridges(sock: str = DOCKER_SOCKET, timeout: float = 2.0) -> Optional[list[str]]:
     """Bridges of dockerd's own bridge networks that carry a custom name
     (``-o com.docker.network.bridge.name``), which the ``docker0``/``br-+``
@@ -105,8 +118,7 @@ def docker_custom_bridges(sock: str = DOCKER_SOCKET, timeout: float = 2.0) -> Op
         if n.get("Driver") != "bridge":
             continue
         name = (n.get("Options") or {}).get(BRIDGE_NAME_OPTION, "")
-        if (name and not name.startswith(_COVERED) and len(name.encode()) <= 15
-                and all(c.isalnum() or c in "-_." for c in name)):
+        if name and not name.startswith(_COVERED) and _renderable(name):
             names.add(name)
     return sorted(names)
 

@@ -217,3 +217,14 @@ def test_bridge_driver_refuses_wildcard_and_zone_options_too():
             c.create_network("c" * 64, [IPData(pool="10.60.0.0/24", gateway="10.60.0.1/24")], [],
                              driver="bridge", options=opts)
     assert c.networks() == [] and [n for n in nl.kernel.ns(None).links if n != "lo"] == []
+
+
+def test_foreign_docker_bridge_names_are_renderable_only(monkeypatch):
+    """The daemon isolates pynet's networks from dockerd's custom-named bridges;
+    a Docker bridge named ``-j`` or ``eth+`` must not become a rule token."""
+    from pynet.plugin_api import docker_state
+
+    nets = [{"Driver": "bridge", "Options": {BRIDGE: n}}
+            for n in ("mybr0", "-j", "eth+", "br\u00e9", "ok.1", "a" * 16)]
+    monkeypatch.setattr(docker_state, "_get", lambda *a, **k: nets)
+    assert docker_state.docker_custom_bridges() == ["mybr0", "ok.1"]
