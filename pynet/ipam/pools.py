@@ -1,6 +1,8 @@
 """Pool geometry, input parsing, default-pool choice and the host's routes.
 
-Stdlib only (``ipaddress``, ``struct``): this runs in every CNI invocation.
+Stdlib only (``ipaddress``, ``struct``) beside the leaf modules ``pynet.errors``
+and ``pynet.validate`` (which parses addresses and CIDRs, zones refused): this
+runs in every CNI invocation.
 """
 from __future__ import annotations
 
