@@ -26,7 +26,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import subprocess
 
 import pytest
