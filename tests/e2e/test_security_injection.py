@@ -124,10 +124,38 @@ def k(prefix):
 
 
 @pytest.fixture(scope="module")
-def net6(docker, pynet_daemon_module, prefix, k):
+def sec_daemon(prefix, docker, tmp_path_factory):
+    """This module's pynet daemon, without the periodic firewall re-check
+    (``PYNET_FIREWALL_RECHECK=0``): a re-check puts pynet's block back on top
+    of FORWARD after dockerd moved its DOCKER-USER jump there, which would be
+    a change of the dump that no request of the test caused."""
+    name = f"{prefix}-sec"
+    d = harness.PynetDaemon(name=name, socket_path=harness.PLUGIN_DIR / f"{name}.sock",
+                            state_dir=tmp_path_factory.mktemp("secd") / "state",
+                            env=dict(os.environ, PYNET_FIREWALL_RECHECK="0"))
+    d.start()
+    try:
+        yield d
+    finally:
+        harness.teardown_daemon(d, docker, [prefix])
+
+
+def settle_docker_user(docker, daemon, k):
+    """dockerd moves its ``-j DOCKER-USER`` jump to the top of FORWARD on every
+    network create, whatever the driver then answers (libnetwork's
+    arrangeUserFilterRule).  A create refused for a harmless reason (MTU) lets
+    it do so before the "before" snapshot is taken."""
+    p = docker.run("network", "create", "-d", daemon.name, "--ipam-driver", daemon.name,
+                   "--subnet", f"10.239.{k}.0/24", "-o", "com.docker.network.driver.mtu=huge",
+                   f"{daemon.name}-settle", check=False)
+    assert p.returncode != 0 and "MTU" in p.stderr, p.stderr
+
+
+@pytest.fixture(scope="module")
+def net6(docker, sec_daemon, prefix, k):
     """A dual-stack pynet network for the endpoint and port attempts."""
     name = f"{prefix}-sec6"
-    info = create_network(docker, pynet_daemon_module, name, "--subnet", f"10.238.{k}.0/24",
+    info = create_network(docker, sec_daemon, name, "--subnet", f"10.238.{k}.0/24",
                           "--ipv6", "--subnet", f"fd00:238:{k:x}::/64")
     yield name, info["Id"]
     docker.run("network", "rm", name, check=False)
@@ -146,10 +174,11 @@ NETWORK_OPTIONS = [
 
 
 @pytest.mark.parametrize("case", NETWORK_OPTIONS, ids=[c[0] for c in NETWORK_OPTIONS])
-def test_docker_network_create_option_refused(docker, pynet_daemon_module, net6, prefix, k, case):
+def test_docker_network_create_option_refused(docker, sec_daemon, net6, prefix, k, case):
     _, key, value = case
-    d = pynet_daemon_module
+    d = sec_daemon
     name = f"{prefix}-bad{secrets.token_hex(2)}"
+    settle_docker_user(docker, d, k)
     before = snapshot(d, docker)
     p = docker.run("network", "create", "-d", d.name, "--ipam-driver", d.name,
                    "--subnet", f"10.239.{k}.0/24", "-o", f"{key}={value}", name,
@@ -161,10 +190,11 @@ def test_docker_network_create_option_refused(docker, pynet_daemon_module, net6,
     assert name not in docker.network_names()
 
 
-def test_docker_network_create_bridge_name_with_nul_refused(docker, pynet_daemon_module, net6, prefix, k):
+def test_docker_network_create_bridge_name_with_nul_refused(docker, sec_daemon, net6, prefix, k):
     """NUL cannot travel in argv: the Engine API carries it as dockerd passes it on."""
-    d = pynet_daemon_module
+    d = sec_daemon
     name = f"{prefix}-badnul"
+    settle_docker_user(docker, d, k)
     before = snapshot(d, docker)
     status, body = docker_api("POST", "/networks/create", {
         "Name": name, "Driver": d.name, "CheckDuplicate": True,
@@ -177,13 +207,13 @@ def test_docker_network_create_bridge_name_with_nul_refused(docker, pynet_daemon
 
 
 # ===================================================== published ports: HostIp
-def test_published_host_ip_with_zone_never_reaches_the_batch(docker, test_image, pynet_daemon_module,
+def test_published_host_ip_with_zone_never_reaches_the_batch(docker, test_image, sec_daemon,
                                                              net6, prefix):
     """``docker run -p '[::%lo...]:…'`` is refused by the docker CLI itself; the
     Engine API takes the raw HostIp and dockerd (net.ParseIP) drops it on the
     way to the driver.  Either way no injected line may appear; then the exact
     request dockerd would send with the zone text goes straight to pynet."""
-    d = pynet_daemon_module
+    d = sec_daemon
     name, nid = net6
     before = snapshot(d, docker)
     p = docker.run("run", "-d", "--name", f"{prefix}-pz", "--network", name,
@@ -242,8 +272,8 @@ def test_published_host_ip_with_zone_never_reaches_the_batch(docker, test_image,
 
 
 # ================================================ endpoint IPv6 address with a zone
-def test_endpoint_ipv6_zone_refused(docker, test_image, pynet_daemon_module, net6, prefix, k):
-    d = pynet_daemon_module
+def test_endpoint_ipv6_zone_refused(docker, test_image, sec_daemon, net6, prefix, k):
+    d = sec_daemon
     name, nid = net6
     before = snapshot(d, docker)
     zone_addr = f"fd00:238:{k:x}::5%lo"
@@ -265,8 +295,8 @@ def test_endpoint_ipv6_zone_refused(docker, test_image, pynet_daemon_module, net
 # ===================================================================== Docker IDs
 @pytest.mark.parametrize("bad_id", ["a" * 32 + "/" + "b" * 31, "a" * 64 + "\n", "A" * 64],
                          ids=["slash", "newline", "upper"])
-def test_docker_ids_refused_on_the_socket(docker, pynet_daemon_module, net6, k, bad_id):
-    d = pynet_daemon_module
+def test_docker_ids_refused_on_the_socket(docker, sec_daemon, net6, k, bad_id):
+    d = sec_daemon
     name, nid = net6
     before = snapshot(d, docker)
     status, answer = d.post("NetworkDriver.CreateNetwork", {
