@@ -196,7 +196,7 @@ def port(value: Any, what: str = "port", allow_zero: bool = False,
         raise err(f"invalid {what} {shown(value)}: must be an integer")
     lo = 0 if allow_zero else 1
     if not lo <= value <= 65535:
-        raise err(f"invalid {what} {value}: must be between {lo} and 65535")
+        raise err(f"invalid {what} {value}: out of range {lo}-65535")
     return value
 
 

@@ -228,14 +228,12 @@ def port_mappings(options: dict) -> list[PortMapping]:
         if not isinstance(pm, dict):
             raise errors.InvalidRequest(f"{OPT_PORTMAP}[{i}] must be an object")
         proto = _proto(pm, where)
-        port = get_int(pm, "Port", where)
-        host_port = get_int(pm, "HostPort", where)
-        host_end = get_int(pm, "HostPortEnd", where)
-        for name, v in (("Port", port), ("HostPort", host_port), ("HostPortEnd", host_end)):
-            if not 0 <= v <= 65535:
-                raise errors.InvalidRequest(f"{where}{name} {v} is out of range")
-        if port == 0:
+        if not get_int(pm, "Port", where):
             raise errors.InvalidRequest(f"{where}Port is required")
+        port, host_port, host_end = (
+            validate.port(get_int(pm, name, where), f"{where}{name}", allow_zero=name != "Port",
+                          err=errors.InvalidRequest)
+            for name in ("Port", "HostPort", "HostPortEnd"))
         host_ip = get_str(pm, "HostIP", where)
         if host_ip:
             # it becomes an iptables token: no zone text, nothing but an address
