@@ -263,7 +263,10 @@ class Controller:
     def _hold_network_addresses(self, net: Network) -> None:
         holder = network_holder(net.id)
         for d, pid in self._network_pools(net):
-            self.ipam.hold_pool(pid, holder)
+            try:
+                self.ipam.hold_pool(pid, holder)
+            except errors.NotFound:
+                continue  # a record naming a pool already gone must not stop a start
             for a in [d.gateway, *(d.aux_addresses or {}).values()]:
                 if a:
                     self.ipam.hold_address(pid, a.split("/")[0], holder)
@@ -615,11 +618,35 @@ class Controller:
         with self._lock:
             nets = self.networks()
             eps = self.endpoints()
+            self._record_holds(nets, eps)
             for name, drv in self.drivers.items():
                 mine = [n for n in nets if n.driver == name]
                 ids = {n.id for n in mine}
                 drv.restore(mine, [e for e in eps if e.network_id in ids])
             self._sync_firewall()
+
+    def _record_holds(self, nets: list[Network], eps: list[Endpoint]) -> None:
+        """Holds and host port reservations of records a pynet of before
+        holders stored (idempotent): networks hold their pools, gateways and
+        aux addresses, CNI endpoints their addresses, programmed endpoints
+        their host ports -- so the reconcile that follows never takes them
+        for Docker's."""
+        if self.ipam is None:
+            return
+        by_net = {n.id: n for n in nets}
+        with self.store.transaction() as t:
+            for net in nets:
+                self._hold_network_addresses(net)
+            for ep in eps:
+                net = by_net.get(ep.network_id)
+                if net is not None and ep.container_id:
+                    for d, pid in self._network_pools(net):
+                        subnet = ipaddress.ip_network(d.pool, strict=False)
+                        for ip in (ep.ip, ep.ip6):
+                            if ip and ipaddress.ip_address(ip) in subnet:
+                                self.ipam.hold_address(pid, ip, endpoint_holder(net.id, ep.id))
+                if ep.external:
+                    self._reserve_exact(t, ep)
 
     def reconcile_runtime(self, networks_held: dict, pools_held: list, requester: str) -> dict:
         """Forget what a runtime (``requester``) no longer holds -- and only

@@ -218,6 +218,29 @@ def test_pynet_ipam_attachment_on_a_docker_network_outlives_release_pool(w):
     assert w.c.ipam.list_pools() == [] and w.store.list("ipam/") == []
 
 
+def test_restore_records_the_holds_of_a_store_of_before_holders(w, monkeypatch):
+    """A store written before holders existed: the start (restore) records
+    what the networks, CNI endpoints and programmed ports hold, so the
+    reconcile after it keeps the pod's address and Docker's ReleasePool keeps
+    the pool."""
+    pid, gw = w.docker_network_create()
+    ctr = w.docker_run(pid)
+    pod = w.pod("pod1", w.conflist(runtimeConfig={"portMappings": [
+        {"hostPort": 18080, "containerPort": 80, "protocol": "tcp"}]}))
+    for prefix in ("ipam/holders/", "ipam/pool-holders/", "ports/"):
+        w.store.delete_prefix(prefix)
+    w.c.restore()
+    assert [r.key for r in w.store.list("ports/")] == ["ports/tcp/18080/*"]
+    monkeypatch.setattr(docker_state, "docker_holdings", lambda name, sock=None: {
+        "networks": {NID: {E1}}, "pools": [(SUBNET, "", {ctr})]})
+    docker_state.reconcile_with_docker(w.c, "pynet")
+    assert {gw.split("/")[0], ctr, pod} <= allocated(w, pid)
+    w.docker_ok("NetworkDriver.DeleteEndpoint", {"NetworkID": NID, "EndpointID": E1})
+    w.docker_ok("IpamDriver.ReleaseAddress", {"PoolID": pid, "Address": ctr})
+    w.docker_network_rm(pid, gw)
+    assert {gw.split("/")[0], pod} <= allocated(w, pid)
+
+
 # ------------------------------------------------------------ IPAM holders
 def test_an_address_is_freed_by_its_last_holder(w):
     ipam = w.c.ipam
