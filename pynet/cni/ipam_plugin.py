@@ -13,9 +13,12 @@ and a pynet-bridge one of the same name share one address space.  Otherwise
 the plugin keeps its own pools for the name (``cni/ipam-pools/<name>``, in
 LocalDefault, so they never overlap a Docker network's); the gateway (given,
 or the first address) is reserved.  Allocations are recorded per attachment
-(``cni/ipam/<name>/<container id>/<ifname>``): a repeated ADD answers the
-same addresses, DEL releases them, GC releases those of attachments not in
-the valid list.  The ``ips`` capability / ``CNI_ARGS IP=`` ask for an address.
+(``cni/ipam/<name>/<container id>/<ifname>``), in the transaction that
+allocates them and with the attachment as their IPAM holder
+(``cni-ipam/<name>/<container id>/<ifname>``; the own pools' holder is
+``cni-ipam/<name>``): a repeated ADD answers the same addresses, DEL releases
+them, GC releases those of attachments not in the valid list, and no other
+runtime's release or reconcile frees them.  The ``ips`` capability / ``CNI_ARGS IP=`` ask for an address.
 """
 from __future__ import annotations
 
