@@ -545,7 +545,8 @@ class Controller:
                      and (not pm.host_ip or r.key.rsplit("/", 1)[1] in ("*", _esc(pm.host_ip)))]
             if clash:  # a port allocator that ignored ``taken``
                 raise errors.PortInUse(f"host port {port}/{pm.proto} is already allocated")
-            t.put(_port_key(pm.proto, port, _esc(pm.host_ip)), {"endpoint": owner})
+            # created only if absent (version 0): an etcd store compares the same way
+            t.put(_port_key(pm.proto, port, _esc(pm.host_ip)), {"endpoint": owner}, version=0)
             held.add((pm.host_ip, port))
             chosen.append(PortMapping(proto=pm.proto, container_port=pm.container_port,
                                       host_port=port, host_ip=pm.host_ip))
