@@ -673,6 +673,8 @@ class Controller:
                         self.delete_endpoint(net.id, ep.id)
                         done["endpoints"].append(ep.id)
                 if listed is not None:
+                    if net.delete_pending:  # dockerd honoured the refusal: it still has the network
+                        self.store.update(_net_key(net.id), lambda v: dict(v, delete_pending=False))
                     continue
                 if any(e.container_id for e in self.endpoints(net.id)):
                     if not net.delete_pending:
