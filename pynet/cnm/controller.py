@@ -503,8 +503,10 @@ class Controller:
                 t.put(_ep_key(ep.network_id, ep.id), ep.to_json())
             drv = self.driver_for(net)
             try:
+                stored = ep.to_json()
                 drv.program_external_connectivity(net, ep)
-                self._save_endpoint(ep)
+                if ep.to_json() != stored:  # the driver remembered something
+                    self._save_endpoint(ep)
                 if had_rules or self._firewall_affects(net, ep):
                     self._sync_firewall()
             except BaseException:
