@@ -13,13 +13,15 @@ and a pynet-bridge one of the same name share one address space.  Otherwise
 the plugin keeps its own pools for the name (``cni/ipam-pools/<name>``, in
 LocalDefault, so they never overlap a Docker network's); the gateway (given,
 or the first address) is reserved.  Allocations are recorded per attachment
-(``cni/ipam/<name>/<container id>/<ifname>``): a repeated ADD answers the
-same addresses, DEL releases them, GC releases those of attachments not in
-the valid list.  The ``ips`` capability / ``CNI_ARGS IP=`` ask for an address.
+(``cni/ipam/<name>/<container id>/<ifname>``), in the transaction that
+allocates them and with the attachment as their IPAM holder
+(``cni-ipam/<name>/<container id>/<ifname>``; the own pools' holder is
+``cni-ipam/<name>``): a repeated ADD answers the same addresses, DEL releases
+them, GC releases those of attachments not in the valid list, and no other
+runtime's release or reconcile frees them.  The ``ips`` capability / ``CNI_ARGS IP=`` ask for an address.
 """
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 
 from pynet import errors
@@ -72,20 +74,29 @@ def pools_for(ctx, name: str, ipam: dict, create: bool) -> dict:
         return {}
     if not ranges:
         raise CniError(spec.INVALID_CONFIG, "pynet-ipam needs ipam.ranges (or subnet)")
-    with ctx.lock("network"):
+    # The pools, their gateways and the record naming them: one commit (the
+    # store transaction also keeps a second ADD from making them twice).
+    with c.transaction():
         rec = c.store.get(POOLS + name)
         if rec is not None:
             return {int(k): v for k, v in rec.value.items()}
         out = {}
-        with contextlib.ExitStack() as undo:
-            for fam, r in ranges.items():
-                pid, pool, _ = c.request_pool(LOCAL_DEFAULT, r.subnet, v6=(fam == 6))
-                undo.callback(c.release_pool, pid)
-                gw = c.request_address(pid, r.gateway, GATEWAY_OPTS).split("/")[0]
-                out[fam] = {"pool_id": pid, "subnet": pool, "gateway": gw}
-            c.store.put(POOLS + name, {str(k): v for k, v in out.items()})
-            undo.pop_all()
+        for fam, r in ranges.items():
+            pid, pool, _ = c.request_pool(LOCAL_DEFAULT, r.subnet, v6=(fam == 6), requester=_pools_holder(name))
+            gw = c.request_address(pid, r.gateway, GATEWAY_OPTS, holder=_pools_holder(name)).split("/")[0]
+            out[fam] = {"pool_id": pid, "subnet": pool, "gateway": gw}
+        c.store.put(POOLS + name, {str(k): v for k, v in out.items()})
         return out
+
+
+def _pools_holder(name: str) -> str:
+    """The IPAM holder of pynet-ipam's own pools of network ``name``."""
+    return f"cni-ipam/{name}"
+
+
+def _holder(name: str, cid: str, ifname: str) -> str:
+    """The IPAM holder of one attachment's addresses."""
+    return f"cni-ipam/{name}/{cid}/{ifname}"
 
 
 def _agree(name: str, ranges: dict, have: dict, what: str) -> None:
@@ -109,51 +120,70 @@ def held_addresses(c, name: str) -> set:
     return out
 
 
-def _result(rec: dict, pools: dict, ipam: dict) -> dict:
+def _result(rec: dict, pools: dict, routes: list, dns: dict) -> dict:
     ips = []
     for fam in ("4", "6"):
         a = (rec.get("addresses") or {}).get(fam)
         if a:
             p = pools.get(int(fam)) or {}
             ips.append({"address": a, "gateway": p.get("gateway", "")})
-    return {"interfaces": [], "ips": ips, "routes": parse_routes(ipam.get("routes")),
-            "dns": dict(ipam.get("dns") or {})}
+    return {"interfaces": [], "ips": ips, "routes": routes, "dns": dns}
+
+
+def _dns(ipam: dict) -> dict:
+    dns = ipam.get("dns")
+    if dns is None:
+        return {}
+    if not isinstance(dns, dict):
+        raise CniError(spec.INVALID_CONFIG, f"ipam.dns must be an object, got {dns!r}")
+    return dict(dns)
 
 
 def cmd_add(ctx, conf: dict, args: spec.Args) -> dict:
     ipam = _conf(conf)
     name = conf["name"]
+    # Everything the result needs is checked before anything is written, and
+    # the pools, the allocation and the attachment record are one commit: a
+    # refused ADD and an ADD killed halfway both leave nothing behind (DEL
+    # and GC only know addresses through the record).
     wanted = requested_addresses(conf, args)
+    routes = parse_routes(ipam.get("routes"))
+    dns = _dns(ipam)
+    ranges = parse_ranges(ipam)
+    for fam, want in wanted.items():
+        r = ranges.get(fam)
+        if r and ipaddress.ip_address(want) not in ipaddress.ip_network(r.subnet):
+            raise CniError(spec.INVALID_CONFIG, f"requested address {want} is outside {r.subnet}")
     c = ctx.controller
-    pools = pools_for(ctx, name, ipam, create=True)
     key = _key(name, args.container_id, args.ifname)
-    rec = c.store.get(key)
-    if rec is not None:
-        return _result(rec.value, pools, ipam)
-    got = {}
-    with contextlib.ExitStack() as undo:
+    holder = _holder(name, args.container_id, args.ifname)
+    with c.transaction():
+        pools = pools_for(ctx, name, ipam, create=True)
+        rec = c.store.get(key)
+        if rec is not None:
+            return _result(rec.value, pools, routes, dns)
+        got = {}
         for fam, p in sorted(pools.items()):
             want = wanted.pop(fam, "")
             if want and ipaddress.ip_address(want) not in ipaddress.ip_network(p["subnet"]):
                 raise CniError(spec.INVALID_CONFIG, f"requested address {want} is outside {p['subnet']}")
-            cidr = c.request_address(p["pool_id"], want)
-            undo.callback(c.release_address, p["pool_id"], cidr.split("/")[0])
-            got[str(fam)] = cidr
+            got[str(fam)] = c.request_address(p["pool_id"], want, holder=holder)
         if wanted:
             raise CniError(spec.INVALID_CONFIG, f"no IPv{min(wanted)} range for the requested address")
         value = {"pools": {str(f): p["pool_id"] for f, p in pools.items()}, "addresses": got,
                  "container_id": args.container_id, "ifname": args.ifname}
         c.store.put(key, value)
-        undo.pop_all()
-    return _result(value, pools, ipam)
+    return _result(value, pools, routes, dns)
 
 
-def _release(c, key: str, value: dict) -> None:
-    for fam, a in (value.get("addresses") or {}).items():
-        pid = (value.get("pools") or {}).get(fam)
-        if pid:
-            c.release_address(pid, a.split("/")[0])
-    c.store.delete(key)
+def _release(c, name: str, key: str, value: dict) -> None:
+    holder = _holder(name, value.get("container_id", ""), value.get("ifname", ""))
+    with c.transaction():  # the addresses and the record: one commit
+        for fam, a in (value.get("addresses") or {}).items():
+            pid = (value.get("pools") or {}).get(fam)
+            if pid:
+                c.release_address(pid, a.split("/")[0], holder)
+        c.store.delete(key)
 
 
 def cmd_del(ctx, conf: dict, args: spec.Args) -> None:
@@ -162,7 +192,7 @@ def cmd_del(ctx, conf: dict, args: spec.Args) -> None:
     key = _key(conf["name"], args.container_id, args.ifname)
     rec = c.store.get(key)
     if rec is not None:
-        _release(c, key, rec.value)
+        _release(c, conf["name"], key, rec.value)
     return None
 
 
@@ -197,7 +227,7 @@ def cmd_gc(ctx, conf: dict, args: spec.Args) -> None:
     for rec in c.store.list(f"{ALLOC}{conf['name']}/"):
         v = rec.value
         if (v.get("container_id"), v.get("ifname")) not in valid:
-            _release(c, rec.key, v)
+            _release(c, conf["name"], rec.key, v)
     return None
 
 

@@ -561,14 +561,11 @@ def cmd_add(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> dict:
             raise CniError(spec.INVALID_CONFIG, f"container {args.container_id} already has interface "
                                                 f"{args.ifname} on network {nc.name}")
         attach.detach_endpoint(c, net, old, netlink=ctx.netlink)  # a stale attempt
-    if ports:
-        lock = ctx.lock("ports")   # host-port choice must see the other processes' choices
-    else:
-        lock = contextlib.nullcontext()
-    with lock:
-        a = attach.attach(c, net, args.container_id, args.ifname, args.netns, addresses=addrs,
-                          mac=mac, ports=ports, default_route=nc.is_default_gateway,
-                          routes=nc.routes, netlink=ctx.netlink)
+    # No lock around the host-port choice: the controller reserves host ports
+    # in the store transaction that records the endpoint.
+    a = attach.attach(c, net, args.container_id, args.ifname, args.netns, addresses=addrs,
+                      mac=mac, ports=ports, default_route=nc.is_default_gateway,
+                      routes=nc.routes, netlink=ctx.netlink)
     return _render_add(ctx, nc, a, args, prev)
 
 

@@ -32,6 +32,7 @@ from typing import Iterable, Optional
 
 from pynet import errors
 from pynet.cnm import sandbox
+from pynet.cnm.controller import endpoint_holder
 from pynet.cnm.model import Endpoint, IPData, JoinInfo, Network, PortMapping
 
 log = logging.getLogger("pynet.attach")
@@ -120,8 +121,8 @@ def attach(controller, network: Network, container_id: str, ifname: str, netns_p
                     raise errors.InvalidAddress(f"requested address {ip.ip} is outside subnet {subnet}")
                 want = str(ip.ip)
             pid = pool_id_of(c, d)
-            cidr = c.request_address(pid, want)
-            undo.callback(c.release_address, pid, cidr.split("/")[0])
+            cidr = c.request_address(pid, want, holder=endpoint_holder(nid, eid))
+            undo.callback(c.release_address, pid, cidr.split("/")[0], endpoint_holder(nid, eid))
             got[fam] = (pid, cidr)
         if addresses:
             raise errors.InvalidAddress(f"unexpected address families in request: {sorted(addresses)}")
@@ -199,7 +200,7 @@ def detach_endpoint(controller, network: Network, ep: Endpoint, netns_path: str 
     pools = (ep.options or {}).get(OPT_POOLS) or {}
     for fam, addr in (("4", ep.address), ("6", ep.address_v6)):
         if addr and pools.get(fam):
-            step(c.release_address, pools[fam], addr.split("/")[0])
+            step(c.release_address, pools[fam], addr.split("/")[0], endpoint_holder(nid, eid))
     if failures:
         raise failures[0]
     return True

@@ -26,6 +26,7 @@ log = logging.getLogger("pynet.controller")
 
 NETWORKS = "networks/"
 REQUESTER_OPTION = "pynet.requester"
+LOCAL_DEFAULT = "LocalDefault"
 ENDPOINTS = "endpoints/"
 
 
@@ -37,14 +38,42 @@ def _ep_key(nid: str, eid: str) -> str:
     return f"{ENDPOINTS}{nid}/{eid}"
 
 
+# Before IPAM holders existed, the automatic gateways Docker asked for were
+# remembered here; still read (reconcile) and removed (release) for stores of
+# that time.  A hold with ``{"gateway": true}`` does it now.
 GATEWAYS = "gateways/"
 GATEWAY_REQUEST = "com.docker.network.gateway"
+
+DOCKER = "docker"
+PORTS = "ports/"
+
+
+def network_holder(network_id: str) -> str:
+    """The IPAM holder of a network's pools, gateways and aux addresses."""
+    return f"network/{network_id}"
+
+
+def endpoint_holder(network_id: str, endpoint_id: str) -> str:
+    """The IPAM holder of the addresses pynet requested for an endpoint (CNI)."""
+    return f"endpoint/{network_id}/{endpoint_id}"
 
 
 def _gateway_key(pool_id: str, addr: str) -> str:
     # pool ids contain '/', which is fine inside a key; the trailing '/' keeps
     # one pool's prefix from matching another's.
     return f"{GATEWAYS}{pool_id}/" + addr
+
+
+def _port_prefix(proto: str, port: int) -> str:
+    return f"{PORTS}{proto}/{port}/"
+
+
+def _port_key(proto: str, port: int, host_ip: str) -> str:
+    """One host port reservation.  The host address comes last so that one
+    listing of ``ports/<proto>/<port>/`` finds every binding a new one could
+    clash with (a wildcard clashes with every address); ``*`` is "every
+    host address"."""
+    return _port_prefix(proto, port) + (host_ip or "*")
 
 
 def parse_cidr(value: str, what: str, strict: bool = False):
@@ -70,38 +99,52 @@ class Controller:
         # serialise writers across processes (CNI binaries beside the daemon).
         self._lock = threading.RLock()
 
+    @contextlib.contextmanager
+    def transaction(self):
+        """Several verbs in one store commit, all or nothing (pynet-ipam's
+        allocation and its attachment record).  The controller's lock comes
+        first, as in every verb, so two threads never wait on each other in
+        opposite orders."""
+        with self._lock, self.store.transaction() as t:
+            yield t
+
     # ------------------------------------------------------------------ IPAM
     def address_spaces(self) -> dict:
         return self.ipam.address_spaces()
 
+    # Every IPAM verb names its holder (ipam/allocator.py): "docker" for
+    # dockerd's IpamDriver calls, endpoint_holder() for an attachment's
+    # addresses, network_holder() for what a network keeps; "" is the
+    # anonymous caller (CLI, scenarios), whose releases are unconditional.
     def request_pool(self, address_space: str, pool: str = "", sub_pool: str = "",
                      options: Optional[dict] = None, v6: bool = False, requester: str = ""):
-        """``requester`` (e.g. "docker") is remembered with the pool so that
-        reconcile_runtime() only ever releases pools that runtime asked for."""
+        """``requester`` (e.g. "docker") holds the pool; it is also kept in
+        the options (stores of before holders identified Docker's pools so)."""
         options = dict(options or {})
         if requester:
             options[REQUESTER_OPTION] = requester
         with self._lock:
-            return self.ipam.request_pool(address_space, pool, sub_pool, options, v6)
+            return self.ipam.request_pool(address_space, pool, sub_pool, options, v6, holder=requester)
 
-    def release_pool(self, pool_id: str) -> None:
+    def release_pool(self, pool_id: str, holder: str = "") -> None:
+        """``holder`` lets go of the pool; it stays reserved while another
+        holder (a CNI pod's address, a network dockerd could not delete)
+        keeps it, and goes with the last of them."""
+        with self._lock, self.store.transaction():
+            gone = self.ipam.release_pool(pool_id, holder)
+            if gone:
+                self.store.delete_prefix(_gateway_key(pool_id, ""))
+
+    def request_address(self, pool_id: str, address: str = "", options: Optional[dict] = None,
+                        holder: str = "") -> str:
+        # Docker does not show an automatic gateway in `network inspect`: the
+        # hold records it as a gateway so reconcile_runtime() knows it is held.
         with self._lock:
-            self.ipam.release_pool(pool_id)
-            self.store.delete_prefix(_gateway_key(pool_id, ""))
+            return self.ipam.request_address(pool_id, address, options or {}, holder=holder)
 
-    def request_address(self, pool_id: str, address: str = "", options: Optional[dict] = None) -> str:
-        options = options or {}
-        with self._lock:
-            addr = self.ipam.request_address(pool_id, address, options)
-            if options.get("RequestAddressType") == GATEWAY_REQUEST:
-                # Docker does not show an automatic gateway in `network
-                # inspect`; remember it so reconcile_runtime() knows it is held.
-                self.store.put(_gateway_key(pool_id, addr.split("/")[0]), {})
-            return addr
-
-    def release_address(self, pool_id: str, address: str) -> None:
+    def release_address(self, pool_id: str, address: str, holder: str = "") -> None:
         with self._lock, self.store.transaction():  # one commit for both
-            self.ipam.release_address(pool_id, address)
+            self.ipam.release_address(pool_id, address, holder)
             self.store.delete(_gateway_key(pool_id, address.split("/")[0]))
 
     # ------------------------------------------------------------- lookups
@@ -173,12 +216,78 @@ class Controller:
             with contextlib.ExitStack() as undo:
                 drv.create_network(net)
                 undo.callback(drv.delete_network, net)
-                self._save_network(net)
-                undo.callback(self.store.delete, _net_key(net.id))
+                with self.store.transaction():  # the record and its holds: one commit
+                    self._save_network(net)
+                    self._hold_network_addresses(net)
+                undo.callback(self._forget_network, net, [])
                 self._sync_firewall()
                 undo.pop_all()
             log.info("created network %s (%s)", net.id[:12], net.driver)
             return net
+
+    # A network holds its pools, gateways and aux addresses in pynet's IPAM
+    # (when the IPAM is pynet's), beside whoever requested them: the bridge
+    # carries the gateway for as long as the network lives, whatever dockerd
+    # releases meanwhile.
+    def _network_pools(self, net: Network) -> list[tuple[IPData, str]]:
+        if self.ipam is None:
+            return []
+        out = []
+        for d in net.ipv4 + net.ipv6:
+            pid = d.pool_id
+            if not pid:
+                found = self.ipam.find_pool(d.address_space or LOCAL_DEFAULT, d.pool)
+                # only the pool Docker requested for it (its IPAM was pynet's)
+                if found and self._requested_by(found, net.created_by):
+                    pid = found
+            if pid:
+                out.append((d, pid))
+        return out
+
+    def _requested_by(self, pool_id: str, requester: str) -> bool:
+        try:
+            p = self.ipam.get_pool(pool_id)
+        except errors.NotFound:
+            return False
+        return (p.get("options") or {}).get(REQUESTER_OPTION) == requester
+
+    def _hold_network_addresses(self, net: Network) -> None:
+        holder = network_holder(net.id)
+        for d, pid in self._network_pools(net):
+            try:
+                self.ipam.hold_pool(pid, holder)
+            except errors.NotFound:
+                continue  # a record naming a pool already gone must not stop a start
+            for a in [d.gateway, *(d.aux_addresses or {}).values()]:
+                if a:
+                    self.ipam.hold_address(pid, a.split("/")[0], holder)
+
+    def _release_network_holds(self, net: Network, eps: list[Endpoint]) -> None:
+        """The network and the endpoints torn down with it let go of what they
+        hold; a pool nobody else holds goes with them."""
+        holder = network_holder(net.id)
+        for d, pid in self._network_pools(net):
+            subnet = ipaddress.ip_network(d.pool, strict=False)
+            for ep in eps:
+                for ip in (ep.ip, ep.ip6):
+                    if ip and ipaddress.ip_address(ip) in subnet:
+                        self.ipam.release_address(pid, ip, endpoint_holder(net.id, ep.id))
+            for a in [d.gateway, *(d.aux_addresses or {}).values()]:
+                if a:
+                    self.ipam.release_address(pid, a.split("/")[0], holder)
+            try:
+                held = holder in self.ipam.holders(pid)["pool"]
+            except errors.NotFound:
+                continue
+            # a pool the network never held (a store of before holders) goes
+            # with a CNI-made network, and stays for Docker to release
+            if held or net.created_by != DOCKER:
+                self.ipam.release_pool(pid, holder)
+
+    def _forget_network(self, net: Network, eps: list[Endpoint]) -> None:
+        with self.store.transaction():
+            self.store.delete(_net_key(net.id))
+            self._release_network_holds(net, eps)
 
     def _validate_subnets(self, net: Network, others: list[Network]) -> None:
         mine = []
@@ -210,7 +319,12 @@ class Controller:
     def _bare_ip(value: str, what: str):
         return validate.ip_address(value, what)
 
-    def delete_network(self, network_id: str, force_endpoints: bool = False) -> None:
+    def delete_network(self, network_id: str, force_endpoints: bool = False,
+                       requester: str = "") -> None:
+        """``requester``: the runtime asking (dockerd's DeleteNetwork).  When
+        the network is its own but CNI pods are still attached, it is refused
+        (dockerd forgets it anyway and releases its pool, which the network
+        keeps held) and marked: it is removed when the last attachment leaves."""
         with self._lock:
             rec = self.store.get(_net_key(network_id))
             if rec is None:
@@ -218,9 +332,14 @@ class Controller:
             net = Network.from_json(rec.value)
             eps = self.endpoints(net.id)
             if eps and not force_endpoints:
+                later = ""
+                if requester and net.created_by == requester and any(e.container_id for e in eps):
+                    if not net.delete_pending:
+                        self._mark_delete_pending(net)
+                    later = "; pynet removes it when the last CNI attachment leaves"
                 raise errors.InUse(
                     f"network {net.name or net.id[:12]} has active endpoints "
-                    f"({', '.join(e.id[:12] for e in eps)})")
+                    f"({', '.join(e.id[:12] for e in eps)}){later}")
             drv = self.driver_for(net)
             try:
                 for ep in eps:
@@ -230,12 +349,15 @@ class Controller:
                 # Docker forgets the network even when DeleteNetwork fails; a
                 # record kept here would block its subnet forever.  Kernel
                 # leftovers carry our alias, so restore() removes them.
-                self.store.delete(_net_key(net.id))
-                for d in net.ipv4 + net.ipv6:
-                    if d.pool_id and net.created_by != "docker":
-                        self.ipam.release_pool(d.pool_id)
+                self._forget_network(net, eps)
                 self._sync_firewall()
             log.info("deleted network %s", net.id[:12])
+
+    def _mark_delete_pending(self, net: Network) -> None:
+        net.delete_pending = True
+        self.store.update(_net_key(net.id), lambda v: dict(v or net.to_json(), delete_pending=True))
+        log.info("network %s: its runtime deleted it while CNI attachments remain; "
+                 "it goes with the last of them", net.id[:12])
 
     # ------------------------------------------------------------ endpoints
     def create_endpoint(self, network_id: str, endpoint_id: str, address: str = "",
@@ -302,19 +424,24 @@ class Controller:
             net = self.network(network_id)
             had_rules = self._firewall_affects(net, ep)
             self._teardown_endpoint(net, ep, self.driver_for(net))
-            if had_rules:
+            if net.delete_pending and not self.endpoints(net.id):
+                self.delete_network(net.id)  # the last attachment of a network its runtime deleted
+            elif had_rules:
                 self._sync_firewall()
 
     def _teardown_endpoint(self, net: Network, ep: Endpoint, drv: Driver) -> None:
         # Each step tolerates what is already gone, so a teardown that was
         # interrupted can simply run again.
+        held_ports = list(ep.ports) if ep.external else []
         if ep.external:
             ep.external = False
             ep.ports = []
         if ep.sandbox_key:
             drv.leave(net, ep)
         drv.delete_endpoint(net, ep)
-        self.store.delete(_ep_key(net.id, ep.id))
+        with self.store.transaction() as t:  # the record and its host ports: one commit
+            self._unreserve_ports(t, ep, held_ports)
+            t.delete(_ep_key(net.id, ep.id))
 
     # ------------------------------------------------------------ join/leave
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str,
@@ -352,43 +479,65 @@ class Controller:
             ep = self.endpoint(net.id, endpoint_id)
             requested = list(ports)
             had_rules = self._firewall_affects(net, ep)
-            ep.ports = self._resolve_host_ports(ep, requested)
+            before = Endpoint.from_json(self.store.get(_ep_key(net.id, ep.id)).value)
             ep.exposed = list(exposed) or ep.exposed
             ep.external = True
-            before = self.store.get(_ep_key(net.id, ep.id))
+            # Host ports are chosen and reserved in the transaction that
+            # stores the endpoint: two processes (the daemon, a CNI binary)
+            # can never both store one host port, and no file lock is needed.
+            with self.store.transaction() as t:
+                self._unreserve_ports(t, before, before.ports if before.external else [])
+                ep.ports = self._reserve_host_ports(t, ep, requested)
+                t.put(_ep_key(ep.network_id, ep.id), ep.to_json())
             drv = self.driver_for(net)
-            drv.program_external_connectivity(net, ep)
-            self._save_endpoint(ep)
             try:
+                stored = ep.to_json()
+                drv.program_external_connectivity(net, ep)
+                if ep.to_json() != stored:  # the driver remembered something
+                    self._save_endpoint(ep)
                 if had_rules or self._firewall_affects(net, ep):
                     self._sync_firewall()
             except BaseException:
-                self.store.put(_ep_key(net.id, ep.id), before.value)
+                with self.store.transaction() as t:
+                    self._unreserve_ports(t, ep, ep.ports)
+                    if before.external:
+                        self._reserve_exact(t, before)
+                    t.put(_ep_key(net.id, ep.id), before.to_json())
                 drv.revoke_external_connectivity(net, ep)
                 self._sync_firewall()
                 raise
             return ep
 
-    def _resolve_host_ports(self, ep: Endpoint, requested: list[PortMapping]) -> list[PortMapping]:
+    def _reserve_host_ports(self, t, ep: Endpoint, requested: list[PortMapping]) -> list[PortMapping]:
         """Choose host ports as Docker's bridge driver does: an explicit port
         as given, 0 = first free from the ephemeral range, a range = first free
-        in it; a port another endpoint holds is refused."""
+        in it; a port another endpoint holds is refused.  Each choice is
+        reserved (``ports/<proto>/<port>/<host address>``, created only if
+        absent) in the caller's transaction."""
         # Only programmed endpoints hold host ports: Docker sends a container's
         # port map to CreateEndpoint of every network it joins, but programs
         # it on one of them.
-        held = {(p.proto, p.host_ip, p.host_port)
-                for other in self.endpoints() if other.id != ep.id and other.external
-                for p in other.ports}
+        owner = f"{ep.network_id}/{ep.id}"
+        held_by_proto: dict[str, set] = {}
         chosen: list[PortMapping] = []
         for pm in requested:
             if pm.proto not in ("tcp", "udp", "sctp"):
                 raise errors.InvalidParameter(f"unsupported protocol {pm.proto!r}")
             if pm.host_ip:
                 self._bare_ip(pm.host_ip, "host address")
-            taken = {hp for proto, hip, hp in held
-                     if proto == pm.proto and (not hip or not pm.host_ip or hip == pm.host_ip)}
+            held = held_by_proto.get(pm.proto)
+            if held is None:
+                held = held_by_proto[pm.proto] = self._reserved_ports(t, pm.proto, owner)
+            taken = {hp for hip, hp in held if not hip or not pm.host_ip or hip == pm.host_ip}
             port = self._pick_port(pm, taken)
-            held.add((pm.proto, pm.host_ip, port))
+            clash = [r for r in t.list(_port_prefix(pm.proto, port))
+                     if (r.value or {}).get("endpoint") != owner
+                     and (not pm.host_ip or r.key.rsplit("/", 1)[1] in ("*", _esc(pm.host_ip)))]
+            if clash:  # a port allocator that ignored ``taken``
+                raise errors.PortInUse(f"host port {port}/{pm.proto} is already allocated")
+            # created only if absent (version 0): an etcd store compares the same way
+            t.put(_port_key(pm.proto, port, _esc(pm.host_ip)), {"endpoint": owner}, version=0)
+            held.add((pm.host_ip, port))
             chosen.append(PortMapping(proto=pm.proto, container_port=pm.container_port,
                                       host_port=port, host_ip=pm.host_ip))
         return chosen
@@ -408,6 +557,34 @@ class Controller:
             raise errors.PortInUse(f"host port {pm.host_port}/{pm.proto} is already allocated")
         raise errors.PortInUse(f"no free host port in {lo}-{hi}/{pm.proto}")
 
+    @staticmethod
+    def _reserved_ports(t, proto: str, owner: str) -> set:
+        out = set()
+        prefix = f"{PORTS}{proto}/"
+        for r in t.list(prefix):
+            if (r.value or {}).get("endpoint") == owner:
+                continue
+            port, hip = r.key[len(prefix):].split("/", 1)
+            out.add(("" if hip == "*" else _unesc(hip), int(port)))
+        return out
+
+    @staticmethod
+    def _unreserve_ports(t, ep: Endpoint, ports: Iterable[PortMapping]) -> None:
+        owner = f"{ep.network_id}/{ep.id}"
+        for pm in ports:
+            key = _port_key(pm.proto, pm.host_port, _esc(pm.host_ip))
+            rec = t.get(key)
+            if rec is not None and (rec.value or {}).get("endpoint") == owner:
+                t.delete(key)
+
+    @staticmethod
+    def _reserve_exact(t, ep: Endpoint) -> None:
+        owner = f"{ep.network_id}/{ep.id}"
+        for pm in ep.ports:
+            key = _port_key(pm.proto, pm.host_port, _esc(pm.host_ip))
+            if t.get(key) is None:
+                t.put(key, {"endpoint": owner})
+
     def revoke_external_connectivity(self, network_id: str, endpoint_id: str) -> None:
         with self._lock:
             try:
@@ -416,10 +593,13 @@ class Controller:
             except errors.NotFound:
                 return
             had_rules = self._firewall_affects(net, ep)
+            held_ports = list(ep.ports) if ep.external else []
             ep.ports = []
             ep.external = False
             self.driver_for(net).revoke_external_connectivity(net, ep)
-            self._save_endpoint(ep)
+            with self.store.transaction() as t:
+                self._unreserve_ports(t, ep, held_ports)
+                t.put(_ep_key(net.id, ep.id), ep.to_json())
             if had_rules:
                 self._sync_firewall()
 
@@ -429,47 +609,92 @@ class Controller:
         with self._lock:
             nets = self.networks()
             eps = self.endpoints()
+            self._record_holds(nets, eps)
             for name, drv in self.drivers.items():
                 mine = [n for n in nets if n.driver == name]
                 ids = {n.id for n in mine}
                 drv.restore(mine, [e for e in eps if e.network_id in ids])
             self._sync_firewall()
 
+    def _record_holds(self, nets: list[Network], eps: list[Endpoint]) -> None:
+        """Holds and host port reservations of records a pynet of before
+        holders stored (idempotent): networks hold their pools, gateways and
+        aux addresses, CNI endpoints their addresses, programmed endpoints
+        their host ports -- so the reconcile that follows never takes them
+        for Docker's."""
+        if self.ipam is None:
+            return
+        by_net = {n.id: n for n in nets}
+        with self.store.transaction() as t:
+            for net in nets:
+                self._hold_network_addresses(net)
+            for ep in eps:
+                net = by_net.get(ep.network_id)
+                if net is not None and ep.container_id:
+                    for d, pid in self._network_pools(net):
+                        subnet = ipaddress.ip_network(d.pool, strict=False)
+                        for ip in (ep.ip, ep.ip6):
+                            if ip and ipaddress.ip_address(ip) in subnet:
+                                self.ipam.hold_address(pid, ip, endpoint_holder(net.id, ep.id))
+                if ep.external:
+                    self._reserve_exact(t, ep)
+
     def reconcile_runtime(self, networks_held: dict, pools_held: list, requester: str) -> dict:
-        """Forget what a runtime (``requester``) no longer holds.
+        """Forget what a runtime (``requester``) no longer holds -- and only
+        what it asked for itself.
 
         ``networks_held``: network id -> endpoint ids the runtime still has, for
         every network of ours it knows; ``pools_held``: (pool, sub_pool, bare
         addresses) for every pool it holds through our IPAM.  Only records the
         runtime made are touched (networks created_by it, endpoints without a
-        CNI container id, pools requested by it).
+        CNI container id, pools and addresses it holds).  A network of the
+        runtime it no longer lists but CNI pods are attached to is kept for
+        them and removed with the last one; a pool it no longer lists stays
+        reserved while another holder keeps an address or the pool.
         """
         done = {"networks": [], "endpoints": [], "pools": [], "addresses": []}
         with self._lock:
             for net in self.networks():
                 if net.created_by != requester:
                     continue
-                if net.id not in networks_held:
-                    self.delete_network(net.id, force_endpoints=True)
-                    done["networks"].append(net.id)
-                    continue
+                listed = networks_held.get(net.id)
                 for ep in self.endpoints(net.id):
-                    if not ep.container_id and ep.id not in networks_held[net.id]:
+                    if not ep.container_id and ep.id not in (listed or ()):
                         self.delete_endpoint(net.id, ep.id)
                         done["endpoints"].append(ep.id)
+                if listed is not None:
+                    if net.delete_pending:  # dockerd honoured the refusal: it still has the network
+                        self.store.update(_net_key(net.id), lambda v: dict(v, delete_pending=False))
+                    continue
+                if any(e.container_id for e in self.endpoints(net.id)):
+                    if not net.delete_pending:
+                        self._mark_delete_pending(net)
+                    continue
+                if self.store.get(_net_key(net.id)) is not None:  # not gone with its last endpoint
+                    self.delete_network(net.id, force_endpoints=True)
+                done["networks"].append(net.id)
             held = {(p, sp or ""): addrs for p, sp, addrs in pools_held}
             for pool in self.ipam.list_pools():
-                if (pool.get("options") or {}).get(REQUESTER_OPTION) != requester:
+                if not self._held_by(pool, requester):
                     continue
                 key = (pool["pool"], pool.get("sub_pool") or "")
                 if key not in held:
-                    self.release_pool(pool["id"])
+                    self.release_pool(pool["id"], requester)
                     done["pools"].append(pool["id"])
                 else:
-                    gateways = {r.key.rsplit("/", 1)[1]
-                                for r in self.store.list(_gateway_key(pool["id"], ""))}
-                    done["addresses"] += self.ipam.reconcile(pool["id"], held[key] | gateways)
+                    legacy_gateways = {r.key.rsplit("/", 1)[1]
+                                       for r in self.store.list(_gateway_key(pool["id"], ""))}
+                    done["addresses"] += self.ipam.reconcile_holder(
+                        pool["id"], requester, held[key] | legacy_gateways)
         return done
+
+    def _held_by(self, pool: dict, requester: str) -> bool:
+        """Whether ``requester`` holds the pool: its hold, or (a store of
+        before holders) its name in the pool's options."""
+        h = self.ipam.holders(pool["id"])
+        if h["pool"] or pool.get("requested") is False:
+            return requester in h["pool"]
+        return (pool.get("options") or {}).get(REQUESTER_OPTION) == requester
 
     def _firewall_affects(self, net: Network, ep: Endpoint) -> bool:
         """Whether the endpoint has rules of its own (published ports,
@@ -496,6 +721,16 @@ class Controller:
             return
         with self._lock:
             self.firewall.sync(self.networks(), self.endpoints(), force=True)
+
+
+def _esc(host_ip: str) -> str:
+    # a host address is validated before it gets here; escaping keeps any
+    # '/' of an odd one from splitting the key
+    return host_ip.replace("%", "%25").replace("/", "%2F")
+
+
+def _unesc(k: str) -> str:
+    return k.replace("%2F", "/").replace("%25", "%")
 
 
 def ephemeral_port_range() -> tuple[int, int]:

@@ -41,6 +41,8 @@ class Network:
     created_by: str = "docker"                     # "docker" | "cni" | "cli"
     created_at: float = 0.0                        # orders firewall blocks as Docker does (newest first)
     driver_state: dict = field(default_factory=dict)
+    # its runtime deleted it while CNI attachments remained: removed with the last of them
+    delete_pending: bool = False
 
     @property
     def gateway_v4(self) -> str:

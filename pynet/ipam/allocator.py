@@ -11,6 +11,22 @@ percent-escaped):
 * ``ipam/pools/<pid>``                 pool record (JSON): CIDRs, options, cursor, used
 * ``ipam/bits/<pid>/<hex block>``      allocation bitmap blocks (bytes, absent = free)
 * ``ipam/full/<pid>/<level>/<hex>``    summary bitmaps: which blocks are full
+* ``ipam/pool-holders/<pid>/<holder>`` who holds the pool (``{}``)
+* ``ipam/holders/<pid>/<addr>/<holder>`` who holds an address (``{}``, or
+  ``{"gateway": true}`` for a runtime's automatic gateway)
+
+Holders (``<holder>`` percent-escaped like ``<pid>``) say *why* a pool or an
+address is reserved: ``docker`` (dockerd asked through the IPAM API), a
+network (``network/<id>``: its gateway and aux addresses, its pool), a CNI
+attachment (``endpoint/<net>/<ep>``, ``cni-ipam/<name>/<container>/<ifname>``).
+A holder's record is written in the same transaction as the allocation and
+deleted in the same transaction as the release, so a crash never separates
+them (an etcd store does the same in one Txn).  Releasing frees an address
+only when its last holder lets go, and a pool that has ever had a holder is
+forgotten only when none is left -- so dockerd's ReleasePool of a pool that
+CNI pods still use leaves it reserved until the last pod leaves.  An empty
+holder (``""``) is the anonymous caller of before holders existed: its
+allocations carry no record and its releases are unconditional.
 """
 from __future__ import annotations
 
@@ -25,13 +41,34 @@ from pynet.ipam.pools import (GATEWAY_TYPE, REQUEST_ADDRESS_TYPE, Geometry, choo
                               parse_network, parse_options, parse_routes, read_host_routes)
 
 LOCAL_DEFAULT = "LocalDefault"
+
+
+def _unescape(k: str) -> str:
+    return k.replace("%2F", "/").replace("%25", "%")
 GLOBAL_DEFAULT = "GlobalDefault"
 
 _POOLS = "ipam/pools/"
+_POOL_HOLDERS = "ipam/pool-holders/"
+_HOLDERS = "ipam/holders/"
 
 
 def _pool_key(pool_id: str) -> str:
     return _POOLS + key_id(pool_id)
+
+
+def _pool_holders_prefix(pool_id: str) -> str:
+    return f"{_POOL_HOLDERS}{key_id(pool_id)}/"
+
+
+def _holders_prefix(pool_id: str, addr: str = "") -> str:
+    """Every address hold of the pool, or (``addr`` given) of one address."""
+    return f"{_HOLDERS}{key_id(pool_id)}/" + (f"{addr}/" if addr else "")
+
+
+def _check_holder(holder) -> str:
+    if not isinstance(holder, str):
+        raise InvalidParameter(f"holder must be a string, got {holder!r}")
+    return holder
 
 
 class Ipam:
@@ -66,12 +103,14 @@ class Ipam:
                 "GlobalDefaultAddressSpace": GLOBAL_DEFAULT}
 
     def request_pool(self, address_space: str, pool: str = "", sub_pool: str = "",
-                     options: Optional[dict] = None, v6: bool = False) -> tuple[str, str, dict]:
-        """Reserve a pool; returns (pool_id, pool CIDR, data).
+                     options: Optional[dict] = None, v6: bool = False,
+                     holder: str = "") -> tuple[str, str, dict]:
+        """Reserve a pool for ``holder``; returns (pool_id, pool CIDR, data).
 
         With ``pool`` empty a default pool is chosen (``sub_pool`` must then
         be empty too).  The family follows ``pool`` when given, ``v6`` otherwise.
         """
+        _check_holder(holder)
         space = parse_address_space(address_space)
         opts = parse_options(options)
         if not isinstance(v6, bool):
@@ -94,33 +133,117 @@ class Ipam:
                 net = choose_default_pool(self.default_pools, version, held_nets,
                                           parse_routes(self.host_routes))
             else:
-                for other in held_nets:
+                for other, p in zip(held_nets, held):
                     if other.version == net.version and other.overlaps(net):
-                        raise PoolOverlap(f"pool {net} overlaps pool {other} in address space {space}")
+                        still = "" if p.get("requested", True) else (
+                            " (released by its requester but still held by "
+                            + ", ".join(self._holder_names(t, p["id"])) + ")")
+                        raise PoolOverlap(f"pool {net} overlaps pool {other} in address space {space}{still}")
             pool_id = make_pool_id(space, net, sub)
             t.put(_pool_key(pool_id), {
                 "id": pool_id, "address_space": space, "pool": str(net),
                 "sub_pool": str(sub) if sub is not None else "", "v6": net.version == 6,
-                "options": opts, "cursor": 0, "used": 0,
+                "options": opts, "cursor": 0, "used": 0, "managed": bool(holder),
             })
+            if holder:
+                t.put(_pool_holders_prefix(pool_id) + key_id(holder), {})
         return pool_id, str(net), {}
 
-    def release_pool(self, pool_id: str) -> None:
-        """Forget the pool and every address allocated from it; an unknown
-        pool is already released."""
+    def hold_pool(self, pool_id: str, holder: str) -> None:
+        """Add ``holder`` to an existing pool's holders (a network over a pool
+        its runtime requested).  Raises PoolNotFound."""
+        if not _check_holder(holder):
+            raise InvalidParameter("holder is empty")
+        with self.store.transaction() as t:
+            p = self._load(pool_id, t)
+            t.put(_pool_holders_prefix(pool_id) + key_id(holder), {})
+            if not p.get("managed"):
+                p["managed"] = True
+                t.put(_pool_key(pool_id), p)
+
+    def find_pool(self, address_space: str, cidr: str) -> Optional[str]:
+        """The ID of the pool of ``cidr`` in the address space (with or
+        without a sub-pool), None if pynet's IPAM has none."""
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except (TypeError, ValueError):
+            return None
+        for rec in self.store.list(_POOLS + key_id(address_space) + "%2F"):
+            if rec.value.get("pool") == str(net):
+                return rec.value["id"]
+        return None
+
+    def release_pool(self, pool_id: str, holder: str = "") -> bool:
+        """``holder`` lets go of the pool and of every address it holds in
+        it; the pool is forgotten (every address with it) when no holder of
+        the pool or of one of its addresses is left.  ``holder=""``: forget
+        it whoever holds it.  An unknown pool is already released.  Returns
+        whether the pool is gone."""
         if not isinstance(pool_id, str):
             raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
-        kid = key_id(pool_id)
+        _check_holder(holder)
         with self.store.transaction() as t:
-            t.delete(_pool_key(pool_id))
-            for prefix in prefixes(kid):
-                t.delete_prefix(prefix)
+            rec = t.get(_pool_key(pool_id))
+            if rec is None:
+                return True
+            if holder:
+                t.delete(_pool_holders_prefix(pool_id) + key_id(holder))
+                self._drop_holds(t, rec.value, lambda h: h == holder)
+                if self._held(t, pool_id):
+                    p = t.get(_pool_key(pool_id)).value
+                    if p.get("requested", True):
+                        p["requested"] = False  # shown by ipam ls, named by PoolOverlap
+                        t.put(_pool_key(pool_id), p)
+                    return False
+            self._forget(t, pool_id)
+        return True
+
+    def _forget(self, t, pool_id: str) -> None:
+        kid = key_id(pool_id)
+        t.delete(_pool_key(pool_id))
+        for prefix in (*prefixes(kid), _pool_holders_prefix(pool_id), _holders_prefix(pool_id)):
+            t.delete_prefix(prefix)
         self._geometry.pop(pool_id, None)
+
+    @staticmethod
+    def _held(t, pool_id: str) -> bool:
+        return bool(t.list(_pool_holders_prefix(pool_id)) or t.list(_holders_prefix(pool_id)))
+
+    @staticmethod
+    def _holder_names(t, pool_id: str) -> list[str]:
+        names = {_unescape(r.key.rsplit("/", 1)[1]) for r in t.list(_pool_holders_prefix(pool_id))}
+        names |= {_unescape(r.key.rsplit("/", 1)[1]) for r in t.list(_holders_prefix(pool_id))}
+        return sorted(names)
+
+    def _drop_holds(self, t, p: dict, which) -> list[str]:
+        """Delete the address holds whose holder satisfies ``which``; free
+        the addresses left without a holder.  Returns the freed ones."""
+        g = self._geom(p)
+        prefix = _holders_prefix(p["id"])
+        by_addr: dict[str, list[tuple[str, str]]] = {}
+        for r in t.list(prefix):
+            addr, h = r.key[len(prefix):].split("/", 1)
+            by_addr.setdefault(addr, []).append((r.key, _unescape(h)))
+        freed = []
+        bits = Bitmap(t, g.layout)
+        for addr, holds in by_addr.items():
+            dropped = [k for k, h in holds if which(h)]
+            if not dropped:
+                continue
+            for k in dropped:
+                t.delete(k)
+            if len(dropped) == len(holds) and bits.clear(g.ordinal(ipaddress.ip_address(addr))):
+                freed.append(addr)
+        if freed:
+            p = t.get(_pool_key(p["id"])).value
+            p["used"] -= len(freed)
+            t.put(_pool_key(p["id"]), p)
+        return freed
 
     # --- addresses ------------------------------------------------------------------
     def request_address(self, pool_id: str, address: str = "",
-                        options: Optional[dict] = None) -> str:
-        """Allocate an address; returns it as ``addr/prefixlen``.
+                        options: Optional[dict] = None, holder: str = "") -> str:
+        """Allocate an address for ``holder``; returns it as ``addr/prefixlen``.
 
         * explicit ``address``: anywhere in the pool, even outside the sub-pool
           (gateway and auxiliary addresses of ``--ip-range`` networks).
@@ -132,6 +255,7 @@ class Ipam:
         """
         if not isinstance(pool_id, str):
             raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        _check_holder(holder)
         opts = parse_options(options)
         wanted = None if address is None or address == "" else parse_address(address)
         gateway = opts.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE
@@ -163,13 +287,39 @@ class Ipam:
             bits.set(o)
             p["used"] += 1
             t.put(key, p)
+            if holder:
+                t.put(_holders_prefix(pool_id, g.address(o)) + key_id(holder),
+                      {"gateway": True} if gateway else {})
         return g.cidr(o)
 
-    def release_address(self, pool_id: str, address: str) -> None:
-        """Free an address (bare or CIDR).  An unknown pool or an address not
-        allocated is already released."""
+    def hold_address(self, pool_id: str, address: str, holder: str) -> bool:
+        """Add ``holder`` to the holders of an allocated address (a network
+        holding the gateway its runtime requested).  False (nothing written)
+        when the pool is unknown or the address not allocated."""
+        if not _check_holder(holder):
+            raise InvalidParameter("holder is empty")
+        addr = parse_address(address)
+        with self.store.transaction() as t:
+            rec = t.get(_pool_key(pool_id))
+            if rec is None:
+                return False
+            g = self._geom(rec.value)
+            if addr.version != g.pool.version or addr not in g.pool:
+                return False
+            o = g.ordinal(addr)
+            if not Bitmap(t, g.layout).test(o):
+                return False
+            t.put(_holders_prefix(pool_id, g.address(o)) + key_id(holder), {})
+        return True
+
+    def release_address(self, pool_id: str, address: str, holder: str = "") -> None:
+        """``holder`` lets go of an address (bare or CIDR); it is freed when
+        no holder is left (``holder=""``: freed whoever holds it).  The last
+        address hold of a pool no holder holds any more forgets the pool.
+        An unknown pool or an address not allocated is already released."""
         if not isinstance(pool_id, str):
             raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        _check_holder(holder)
         addr = parse_address(address)
         key = _pool_key(pool_id)
         with self.store.transaction() as t:
@@ -178,13 +328,34 @@ class Ipam:
                 return
             p = rec.value
             g = self._geom(p)
-            if addr.version != g.pool.version:
+            if addr.version != g.pool.version or addr not in g.pool:
                 return
             o = g.ordinal(addr)
+            hp = _holders_prefix(pool_id, g.address(o))
+            if holder:
+                t.delete(hp + key_id(holder))
+                if t.list(hp):
+                    return  # someone else still holds it
+            else:
+                t.delete_prefix(hp)
             if not g.lo <= o <= g.hi or not Bitmap(t, g.layout).clear(o):
                 return
             p["used"] -= 1
             t.put(key, p)
+            if p.get("managed") and not self._held(t, pool_id):
+                self._forget(t, pool_id)
+
+    def holders(self, pool_id: str) -> dict:
+        """{"pool": [holders of the pool], "addresses": {bare address: [holders]}}."""
+        with self.store.transaction() as t:
+            self._load(pool_id, t)
+            prefix = _holders_prefix(pool_id)
+            addrs: dict[str, list[str]] = {}
+            for r in t.list(prefix):
+                addr, h = r.key[len(prefix):].split("/", 1)
+                addrs.setdefault(addr, []).append(_unescape(h))
+            pool = [_unescape(r.key.rsplit("/", 1)[1]) for r in t.list(_pool_holders_prefix(pool_id))]
+        return {"pool": pool, "addresses": addrs}
 
     # --- inspection and repair --------------------------------------------------------
     def list_pools(self) -> list[dict]:
@@ -221,11 +392,54 @@ class Ipam:
                 a = g.address(o)
                 if a not in keep:
                     bits.clear(o)
+                    t.delete_prefix(_holders_prefix(pool_id, a))
                     released.append(a)
             if released:
                 p["used"] -= len(released)
                 t.put(key, p)
         return released
+
+    def reconcile_holder(self, pool_id: str, holder: str, held: set[str]) -> list[str]:
+        """``holder`` (a runtime) lets go of every address of the pool it
+        holds but no longer lists in ``held`` -- except the automatic
+        gateways it asked for, which it never lists.  Addresses other holders
+        keep (a CNI pod's on a Docker network) and allocations without a
+        holder record stay: only what the runtime itself asked for is
+        released.  Returns the freed addresses."""
+        if not isinstance(pool_id, str):
+            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        if not _check_holder(holder):
+            raise InvalidParameter("holder is empty")
+        keep = {str(parse_address(a)) for a in held}
+        hk = key_id(holder)
+        with self.store.transaction() as t:
+            rec = t.get(_pool_key(pool_id))
+            if rec is None:
+                return []
+            prefix = _holders_prefix(pool_id)
+            gone = set()
+            for r in t.list(prefix):
+                addr, h = r.key[len(prefix):].split("/", 1)
+                if h == hk and addr not in keep and not (r.value or {}).get("gateway"):
+                    gone.add(addr)
+            if not gone:
+                return []
+            return self._drop_addr_holds(t, rec.value, holder, gone)
+
+    def _drop_addr_holds(self, t, p: dict, holder: str, addrs: set[str]) -> list[str]:
+        g = self._geom(p)
+        bits = Bitmap(t, g.layout)
+        freed = []
+        for a in sorted(addrs, key=lambda x: ipaddress.ip_address(x)):
+            hp = _holders_prefix(p["id"], a)
+            t.delete(hp + key_id(holder))
+            if not t.list(hp) and bits.clear(g.ordinal(ipaddress.ip_address(a))):
+                freed.append(a)
+        if freed:
+            p = t.get(_pool_key(p["id"])).value
+            p["used"] -= len(freed)
+            t.put(_pool_key(p["id"]), p)
+        return freed
 
     def verify(self, pool_id: str) -> list[str]:
         """Consistency problems of one pool's state (empty list = sound):
@@ -295,4 +509,5 @@ class Ipam:
             "sub_pool": p["sub_pool"], "v6": p["v6"], "options": dict(p.get("options") or {}),
             "size": g.size, "dynamic_size": max(0, g.rhi - g.rlo + 1),
             "used": p["used"], "free": g.size - p["used"],
+            "requested": p.get("requested", True),
         }

@@ -25,6 +25,7 @@ from pynet.plugin_api import translate as wire
 log = logging.getLogger("pynet.plugin_api")
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1+json"
+DOCKER = "docker"  # the IPAM holder and requester of every call dockerd makes
 
 # IpamDriver capabilities.
 #  * RequiresMACAddress false: addresses are allocated from the pool bitmap,
@@ -88,7 +89,7 @@ def create_app(controller) -> Flask:
     def delete_network(body):
         """in: {"NetworkID"}  out: {} (an unknown network is already deleted)"""
         (network_id,) = wire.ids(body, "NetworkID")
-        c.delete_network(network_id)
+        c.delete_network(network_id, requester=DOCKER)
         return {}
 
     @route("NetworkDriver.CreateEndpoint")
@@ -103,7 +104,7 @@ def create_app(controller) -> Flask:
         # The port map is validated here but handed over only by
         # ProgramExternalConnectivity, which carries it again: the controller
         # counts the ports stored on *every* endpoint as held (controller.py,
-        # _resolve_host_ports), so requested-but-unprogrammed ports of a
+        # _reserve_host_ports), so requested-but-unprogrammed ports of a
         # container's second network would block its own first network.
         kwargs["ports"] = ()
         ep = c.create_endpoint(**kwargs)
@@ -197,14 +198,14 @@ def create_app(controller) -> Flask:
         """in: {"AddressSpace", "Pool": "" | CIDR, "SubPool": "" | CIDR (--ip-range),
         "Options": {...}, "V6": bool}
         out: {"PoolID", "Pool": CIDR, "Data": {...}}"""
-        pool_id, pool, data = c.request_pool(**wire.request_pool_args(body), requester="docker")
+        pool_id, pool, data = c.request_pool(**wire.request_pool_args(body), requester=DOCKER)
         return wire.render_pool(pool_id, pool, data)
 
     @route("IpamDriver.ReleasePool")
     def release_pool(body):
         """in: {"PoolID"}  out: {}"""
         (pool_id,) = wire.ids(body, "PoolID")
-        c.release_pool(pool_id)
+        c.release_pool(pool_id, holder=DOCKER)
         return {}
 
     @route("IpamDriver.RequestAddress")
@@ -212,14 +213,14 @@ def create_app(controller) -> Flask:
         """in: {"PoolID", "Address": "" | "a.b.c.d", "Options": null |
         {"RequestAddressType": "com.docker.network.gateway"} | {mac option}}
         out: {"Address": "a.b.c.d/len", "Data": {}}"""
-        address = c.request_address(**wire.request_address_args(body))
+        address = c.request_address(**wire.request_address_args(body), holder=DOCKER)
         return {"Address": address, "Data": {}}
 
     @route("IpamDriver.ReleaseAddress")
     def release_address(body):
         """in: {"PoolID", "Address": "a.b.c.d" (bare)}  out: {}"""
         (pool_id,) = wire.ids(body, "PoolID")
-        c.release_address(pool_id, wire.get_str(body, "Address", required=True))
+        c.release_address(pool_id, wire.get_str(body, "Address", required=True), holder=DOCKER)
         return {}
 
     from pynet.plugin_api.cni_route import register_cni  # CNI shim -> daemon

@@ -42,9 +42,9 @@ def test_networks_and_endpoints_docker_forgot_are_removed(ctl):
 
 def test_pools_and_addresses_docker_does_not_hold_are_released(ctl):
     pid, _, _ = ctl.request_pool("LocalDefault", "10.5.0.0/24", requester="docker")
-    gw = ctl.request_address(pid, "", GW).split("/")[0]
-    a = ctl.request_address(pid).split("/")[0]
-    lost = ctl.request_address(pid).split("/")[0]
+    gw = ctl.request_address(pid, "", GW, holder="docker").split("/")[0]
+    a = ctl.request_address(pid, holder="docker").split("/")[0]
+    lost = ctl.request_address(pid, holder="docker").split("/")[0]
     leaked, _, _ = ctl.request_pool("LocalDefault", "10.6.0.0/24", requester="docker")
     other, _, _ = ctl.request_pool("LocalDefault", "10.7.0.0/24")   # not requested by Docker
     # Docker does not list an automatic gateway: the controller remembers it
@@ -57,8 +57,8 @@ def test_pools_and_addresses_docker_does_not_hold_are_released(ctl):
 
 def test_nothing_released_when_everything_is_held(ctl):
     pid, _, _ = ctl.request_pool("LocalDefault", "10.5.0.0/24", requester="docker")
-    ctl.request_address(pid, "", GW)
-    a = ctl.request_address(pid).split("/")[0]
+    ctl.request_address(pid, "", GW, holder="docker")
+    a = ctl.request_address(pid, holder="docker").split("/")[0]
     before = ctl.store.list("")
     done = ctl.reconcile_runtime({}, [("10.5.0.0/24", "", {a})], requester="docker")
     assert not any(done.values())
