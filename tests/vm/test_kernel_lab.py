@@ -17,9 +17,10 @@ def _tail(text: str, n: int = 60) -> str:
 
 
 @pytest.mark.parametrize("nodeid", list(_IDS) or ["(none)"])
-def test_in_vm(nodeid, kernel_lab_run):
+def test_in_vm(nodeid, request):
     if _LIST_ERROR:
         pytest.fail(f"kernel lab: {_LIST_ERROR}", pytrace=False)
+    kernel_lab_run = request.getfixturevalue("kernel_lab_run")
     case = kernel_lab_run.cases.get(nodeid)
     if case is None:
         pytest.fail(f"kernel lab: {nodeid} has no result from the guest (guest pytest exit "

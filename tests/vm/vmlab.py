@@ -353,11 +353,12 @@ def guest_script(nodeids, pytest_args=(), test_timeout: float = 240) -> str:
         "PYNET_IN_VM": "1", "PYNET_REPO": str(REPO), "PYNET_TEST_RESULTS": GUEST_OUT,
         "PYNET_VM_MODROOT": GUEST_MODROOT, "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+        "HYPOTHESIS_STORAGE_DIRECTORY": "/tmp/hypothesis",
         "PYNET_TEST_IMAGE": os.environ.get("PYNET_TEST_IMAGE", "pynet-test:latest"),
     }
     argv = [str(py), "-m", "pytest", "-p", "no:cacheprovider", "-o", "junit_family=xunit2",
             "-o", "junit_logging=all", f"--junitxml={GUEST_OUT}/junit.xml",
-            f"--timeout={int(test_timeout)}", "-rA",
+            f"--timeout={int(test_timeout)}", "-rA", "--durations=0",
             *pytest_args, *nodeids]
     lines = ["set -u", f"cd {shlex.quote(str(REPO))}"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]

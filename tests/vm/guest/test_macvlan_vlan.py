@@ -9,6 +9,11 @@ Topology (all in throwaway namespaces of the guest):
       up0.31  <- pynet n31        eth0.31 -> moved to seg31 as "seg" 10.76.31.100/24
         container a: n30 10.76.30.2, container b: n31 10.76.31.2
 
+The VLAN checks run through the Controller, and once more through Docker's plugin protocol
+(pynet's Flask app, called the way dockerd calls a remote driver: CreateNetwork with
+``-o pynet.driver=macvlan -o parent=up0.30``, CreateEndpoint, Join, then the interface moved
+into the sandbox as dockerd moves it; Leave, DeleteEndpoint, DeleteNetwork on removal).
+
 Negative checks never rest on a wait alone: every listener first sees a control frame sent
 after the frames that must not arrive (from the right side, over the same path), then the
 test asserts that none of the forbidden frames came before it.
@@ -34,13 +39,19 @@ from pynet.sysctl import run_in_netns
 
 pytestmark = [pytest.mark.netns, pytest.mark.kernel_lab]
 
-from scapy.all import ARP, ICMP, IP, Dot1Q, Ether, conf  # noqa: E402  (pyproject [test])
+# the layers only, not scapy.all: that takes a second natively and many more in the emulated guest
+from scapy.config import conf  # noqa: E402  (scapy: pyproject [test])
+from scapy.layers.inet import ICMP, IP  # noqa: E402
+from scapy.layers.l2 import ARP, Dot1Q, Ether  # noqa: E402
 
 BCAST = "ff:ff:ff:ff:ff:ff"
 
 
 def hexid() -> str:
     return secrets.token_hex(32)
+
+
+ACCEPT = "application/vnd.docker.plugins.v1.2+json"
 
 
 class Lab:
@@ -50,7 +61,21 @@ class Lab:
         self.drv = MacvlanDriver(host_ns.nl, host_ns.sysctl, instance=prefix)
         store = MemoryStore()
         self.ctl = Controller(store, Ipam(store, host_routes=lambda: []), {"macvlan": self.drv})
+        self.frontend = "controller"
+        self._client = None
         self._nls = []
+
+    # -- Docker's plugin protocol, as dockerd speaks it
+    def docker(self, method, body):
+        if self._client is None:
+            from pynet.plugin_api import create_app
+            self._client = create_app(self.ctl).test_client()
+        resp = self._client.post(f"/{method}", data=json.dumps(body).encode(),
+                                 headers={"Accept": ACCEPT}, content_type=None)
+        answer = json.loads(resp.get_data())
+        if resp.status_code != 200:
+            raise AssertionError(f"{method}: {resp.status_code} {answer}")
+        return answer
 
     def nl(self, ns):
         n = self.host.nl.for_netns(ns)
@@ -58,18 +83,50 @@ class Lab:
         return n
 
     def network(self, subnet, gw, options=None, internal=False):
+        if self.frontend == "docker":
+            nid = hexid()
+            self.docker("NetworkDriver.CreateNetwork", {
+                "NetworkID": nid,
+                "IPv4Data": [{"AddressSpace": "LocalDefault", "Pool": subnet, "Gateway": gw}],
+                "IPv6Data": [],
+                "Options": {"com.docker.network.generic": {"pynet.driver": "macvlan",
+                                                           **(options or {})},
+                            "com.docker.network.enable_ipv6": False,
+                            "com.docker.network.internal": internal}})
+            return self.ctl.network(nid)
         return self.ctl.create_network(hexid(), [IPData(pool=subnet, gateway=gw)], [],
                                        driver="macvlan", options=options or {},
                                        internal=internal, created_by="cli")
 
     def container(self, net, ip):
         eid = hexid()
-        ep = self.ctl.create_endpoint(net.id, eid, address=ip)
         ns = self.make_netns("c")
-        info = self.ctl.join(net.id, eid, ns)
-        sandbox.attach(ns, info.src_name, "eth0", [ip], mac=ep.mac,
-                       gateway=info.gateway or None, netlink=self.host.nl)
+        if self.frontend == "docker":
+            self.docker("NetworkDriver.CreateEndpoint", {
+                "NetworkID": net.id, "EndpointID": eid, "Options": {},
+                "Interface": {"Address": ip, "AddressIPv6": "", "MacAddress": ""}})
+            ep = self.ctl.endpoint(net.id, eid)
+            join = self.docker("NetworkDriver.Join", {"NetworkID": net.id, "EndpointID": eid,
+                                                      "SandboxKey": ns, "Options": {}})
+            src, dst = join["InterfaceName"]["SrcName"], join["InterfaceName"]["DstPrefix"] + "0"
+            gateway = join.get("Gateway")
+        else:
+            ep = self.ctl.create_endpoint(net.id, eid, address=ip)
+            info = self.ctl.join(net.id, eid, ns)
+            src, dst, gateway = info.src_name, "eth0", info.gateway
+        sandbox.attach(ns, src, dst, [ip], mac=ep.mac, gateway=gateway or None,
+                       netlink=self.host.nl)
         return ep, ns
+
+    def remove(self, net):
+        if self.frontend == "docker":
+            for ep in self.ctl.endpoints(net.id):
+                body = {"NetworkID": net.id, "EndpointID": ep.id}
+                self.docker("NetworkDriver.Leave", body)
+                self.docker("NetworkDriver.DeleteEndpoint", body)
+            self.docker("NetworkDriver.DeleteNetwork", {"NetworkID": net.id})
+        else:
+            self.ctl.delete_network(net.id, force_endpoints=True)
 
     def close(self):
         for n in self._nls:
@@ -159,10 +216,10 @@ def answer(port, want, sent, limit=200):
     return None
 
 
-@pytest.fixture
-def vlans(lab):
+def make_vlans(lab, frontend):
     """The trunk with VLANs 30 and 31, a segment namespace on each, pynet networks n30/n31 on
-    up0.30/up0.31 (created by pynet) and one container on each."""
+    up0.30/up0.31 (created by pynet) and one container on each; through either front end."""
+    lab.frontend = frontend
     trunk = lab.make_netns("t")
     nl = lab.host.nl
     nl.add_veth("up0", "upx")
@@ -189,7 +246,12 @@ def vlans(lab):
             "ctr": {30: (a, ns_a), 31: (b, ns_b)}}
 
 
-def test_vlan_parents_are_created_on_demand_and_removed_with_their_network(lab, vlans):
+@pytest.fixture
+def vlans(lab):
+    return make_vlans(lab, "controller")
+
+
+def check_parents_created_on_demand(lab, vlans):
     for vid, net in vlans["nets"].items():
         parent = f"up0.{vid}"
         assert net.driver_state["parent_kind"] == "vlan" and net.driver_state["created"]
@@ -197,13 +259,21 @@ def test_vlan_parents_are_created_on_demand_and_removed_with_their_network(lab, 
         assert d["linkinfo"]["info_kind"] == "vlan"
         assert d["linkinfo"]["info_data"]["id"] == vid and d["link"] == "up0"
         assert d["linkinfo"]["info_data"].get("protocol", "802.1Q") == "802.1Q"
-    lab.ctl.delete_network(vlans["nets"][30].id, force_endpoints=True)
+
+
+def test_vlan_parents_are_created_on_demand_and_removed_with_their_network(lab, vlans):
+    check_parents_created_on_demand(lab, vlans)
+    lab.remove(vlans["nets"][30])
     assert not lab.host.nl.link_exists("up0.30") and lab.host.nl.link_exists("up0.31")
-    lab.ctl.delete_network(vlans["nets"][31].id, force_endpoints=True)
+    lab.remove(vlans["nets"][31])
     assert host_links(lab) == ["lo", "up0"]                # the parent pynet did not create stays
 
 
 def test_each_network_reaches_its_own_segment(lab, vlans, ping):
+    check_reach(lab, vlans, ping)
+
+
+def check_reach(lab, vlans, ping):
     """scapy: ARP and ICMP echo from each container get their segment's answer; on the trunk
     the container's frames carry its network's VLAN tag."""
     trunk = Port(vlans["trunk"], "eth0", vlans["tnl"])
@@ -237,6 +307,10 @@ def test_each_network_reaches_its_own_segment(lab, vlans, ping):
 
 
 def test_networks_on_two_vlans_cannot_reach_each_other(lab, vlans, ping):
+    check_isolation(lab, vlans, ping)
+
+
+def check_isolation(lab, vlans, ping):
     """scapy: frames of VLAN 30 (broadcast ARP, unicast to the other container's and segment's
     MAC and IP) never reach VLAN 31's container or segment, and the other way round."""
     for src_vid, dst_vid in ((30, 31), (31, 30)):
@@ -283,12 +357,25 @@ def test_networks_on_two_vlans_cannot_reach_each_other(lab, vlans, ping):
 
 
 def test_removing_the_networks_removes_the_sub_interfaces(lab, vlans):
+    check_removal(lab, vlans)
+
+
+def check_removal(lab, vlans):
     for net in vlans["nets"].values():
-        lab.ctl.delete_network(net.id, force_endpoints=True)
+        lab.remove(net)
     assert host_links(lab) == ["lo", "up0"]
     assert lab.ctl.networks() == []
     # the trunk side is untouched (pynet created nothing there)
     assert sorted(l.name for l in vlans["tnl"].list_links()) == ["eth0", "lo"]
+
+
+def test_through_dockers_plugin_protocol(lab, ping):
+    """The same, driven as dockerd drives a remote driver (one setup: the guest is slow)."""
+    vlans = make_vlans(lab, "docker")
+    check_parents_created_on_demand(lab, vlans)
+    check_reach(lab, vlans, ping)
+    check_isolation(lab, vlans, ping)
+    check_removal(lab, vlans)
 
 
 def test_vlan_parent_without_8021q_is_one_clear_error_and_nothing_changes(lab, kernel_module_unloaded):
