@@ -93,3 +93,26 @@ def test_junit_cases_map_back_to_node_ids(tmp_path):
     failed = cases["tests/vm/guest/test_macvlan_vlan.py::test_x"]
     assert (failed.outcome, failed.output) == ("failed", "hello") and "assert 1 == 2" in failed.message
     assert cases["tests/netns/test_macvlan.py::test_y"].outcome == "skipped"
+
+
+def test_the_image_is_cached_per_package_version(monkeypatch, tmp_path):
+    builds = []
+
+    def fake_build(final, pkg):
+        builds.append(final.name)
+        final.mkdir()
+        for f in ("vmlinuz", "initrd.gz"):
+            (final / f).write_bytes(b"x")
+        (final / "kver").write_text("6.1.0-test\n")
+        (final / "ready").write_text(pkg)
+
+    version = ["6.1.1-1"]
+    monkeypatch.setattr(vmlab, "cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(vmlab, "kernel_package", lambda: ("linux-image-test", version[0]))
+    monkeypatch.setattr(vmlab, "_build", fake_build)
+    first = vmlab.build_image(log=lambda m: None)
+    assert vmlab.build_image(log=lambda m: None).dir == first.dir and len(builds) == 1
+    version[0] = "6.1.2-1"                      # a new kernel package: built again, old one gone
+    second = vmlab.build_image(log=lambda m: None)
+    assert len(builds) == 2 and second.dir != first.dir and second.version == "6.1.2-1"
+    assert not first.dir.exists() and second.kernel.exists()
