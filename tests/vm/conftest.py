@@ -41,11 +41,14 @@ if IN_VM or os.environ.get("PYNET_VM_COLLECT") == "1":
 
 
 def _say(config, line: str) -> None:
+    """A progress line on the terminal, past the test's output capture."""
     tr = config.pluginmanager.get_plugin("terminalreporter")
-    if tr is not None:
-        tr.write_line(line)
-    else:
+    cap = config.pluginmanager.get_plugin("capturemanager")
+    if tr is None or cap is None:
         print(line)
+        return
+    with cap.global_and_fixture_disabled():
+        tr.write_line(line)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +56,8 @@ def kernel_lab_image(request):
     try:
         return lab.build_image(log=lambda m: _say(request.config, m))
     except lab.LabError as e:
-        pytest.fail(f"kernel lab: {e}", pytrace=False)
+        error = str(e)
+    pytest.fail(f"kernel lab: {error}", pytrace=False)     # outside except: one line, no chain
 
 
 @pytest.fixture(scope="session")
@@ -68,20 +72,25 @@ def kernel_lab_run(request, kernel_lab_image):
     artifacts = Path(os.environ.get("PYNET_TEST_RESULTS", lab.REPO / "test-results")) / "kernel-lab"
     scratch = Path(tempfile.mkdtemp(prefix="pynet-vm-"))
     try:
+        res, error = None, ""
         try:
             res = lab.run_in_vm(kernel_lab_image, wanted, scratch, timeout=lab.RUN_TIMEOUT,
                                 log=lambda m: _say(request.config, m))
         except lab.LabError as e:
-            pytest.fail(f"kernel lab: {e}", pytrace=False)
+            error = str(e)
         finally:
             shutil.rmtree(artifacts, ignore_errors=True)
             artifacts.mkdir(parents=True, exist_ok=True)
             for f in ("console.log", "pytest.log", "junit.xml"):
                 if (scratch / f).exists():
                     shutil.copy2(scratch / f, artifacts / f)
-        _say(request.config, f"[kernel-lab] {kernel_lab_image.package} {kernel_lab_image.version}: "
-                             f"guest booted in {res.boot_s:.0f}s, {len(wanted)} test(s), "
-                             f"{res.total_s:.0f}s in all (guest pytest exit {res.rc})")
+        if error:
+            pytest.fail(f"kernel lab: {error}", pytrace=False)
+        summary = (f"[kernel-lab] {kernel_lab_image.package} {kernel_lab_image.version}: guest "
+                   f"booted in {res.boot_s:.0f}s, {len(wanted)} test(s), {res.total_s:.0f}s in all "
+                   f"(guest pytest exit {res.rc})")
+        (artifacts / "summary.txt").write_text(summary + "\n")
+        _say(request.config, summary)
         yield res
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
