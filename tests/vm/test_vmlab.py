@@ -2,7 +2,6 @@
 cannot start or never boots is one readable LabError line, and qemu does not outlive it."""
 import os
 import textwrap
-from pathlib import Path
 
 import pytest
 
