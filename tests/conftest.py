@@ -7,9 +7,14 @@ ends, which is how the crash cleanup at session start tells a dead run's leftove
 run's resources. Own links/netns with the prefix are removed again at session end.
 
 The e2e harness module is importable everywhere as ``harness`` (tests/e2e is put on sys.path).
+
+``kernel_lab`` marker: the test needs a kernel feature this machine's kernel lacks and Debian's has
+(802.1q, dummy links, ...). Such tests are deselected here and run inside the kernel lab VM instead
+(tests/vm: one host-side test per such node id, which fails if the guest test does not pass).
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,8 +33,32 @@ def pytest_configure(config):
         "netns: needs root; runs real netlink/firewall in throwaway namespaces",
         "pynet_daemon: uses a real `pynet daemon` process (set on tests using the pynet_daemon fixtures)",
         "root: needs root",
+        "kernel_lab: needs a kernel feature Debian's kernel has and this machine's may not: runs "
+        "in the kernel lab VM (tests/vm)",
     ):
         config.addinivalue_line("markers", line)
+
+
+def _runs_kernel_lab_tests_here() -> bool:
+    # inside the guest (PYNET_IN_VM) and while tests/vm lists them (PYNET_VM_COLLECT)
+    return os.environ.get("PYNET_IN_VM") == "1" or os.environ.get("PYNET_VM_COLLECT") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    if _runs_kernel_lab_tests_here():
+        return
+    routed = [i for i in items if i.get_closest_marker("kernel_lab")]
+    if routed:
+        config.hook.pytest_deselected(items=routed)
+        items[:] = [i for i in items if not i.get_closest_marker("kernel_lab")]
+        config._pynet_kernel_lab_routed = len(routed)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    n = getattr(config, "_pynet_kernel_lab_routed", 0)
+    if n:
+        terminalreporter.write_line(f"kernel lab: {n} deselected test(s) marked kernel_lab run in "
+                                    f"the VM (tests/vm/test_kernel_lab.py)")
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -44,7 +73,10 @@ def pytest_runtest_makereport(item, call):
 def prefix() -> str:
     lock = harness.RunLock.acquire_new()
     try:
-        removed = harness.cleanup_stale_host(current=lock.prefix)
+        # the kernel lab guest boots fresh: nothing of an earlier run to find (and every
+        # iptables-save/ip call costs seconds in the emulated guest)
+        removed = [] if os.environ.get("PYNET_IN_VM") == "1" else \
+            harness.cleanup_stale_host(current=lock.prefix)
         if removed:
             print(f"\n[pynet] removed leftovers of earlier runs: {' '.join(removed)}")
         yield lock.prefix

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from pathlib import Path
 
 import pytest
 
@@ -139,35 +140,53 @@ def test_internal_and_parentless_networks(docker, test_image, pynet_daemon, pref
     assert not ping(docker, f"{prefix}-int-a", "10.232.4.100")
 
 
+def _kernel_has_8021q() -> bool:
+    """Asked of the kernel, not of pynet: 8021q is loaded, or there is a module to load."""
+    return Path("/proc/net/vlan").exists() or \
+        harness.sh("modinfo", "8021q", check=False).returncode == 0
+
+
 def test_vlan_parent(docker, test_image, pynet_daemon, prefix, segment):
     parent, ext, _ = segment
-    p10 = f"{parent}.10"
-    if len(p10) > 15:
-        pytest.skip("name too long")
+    p10, p20 = f"{parent}.10", f"{parent}.20"
+    assert len(p20) <= 15
     res = docker.run("network", "create", "-d", pynet_daemon.name, "-o", "pynet.driver=macvlan",
                      "-o", f"parent={p10}", "--subnet", "10.232.10.0/24", f"{prefix}-v10",
                      check=False)
-    if res.returncode != 0:
-        # this VM's kernel has no 802.1q: the error says so, and nothing was made
-        assert "802.1q" in res.stderr, res.stderr
+    if not _kernel_has_8021q():
+        # A kernel without CONFIG_VLAN_8021Q (this machine's): Docker shows pynet's one readable
+        # error and nothing is made.  The VLAN behaviour itself runs on Debian's kernel in the
+        # kernel lab (tests/vm/guest/test_macvlan_vlan.py, and
+        # tests/netns/test_macvlan.py::test_vlans_of_one_parent_are_isolated).
+        assert res.returncode != 0 and "802.1q" in res.stderr, res.stderr
         assert p10 not in links() and f"{prefix}-v10" not in docker.network_names()
-        pytest.skip("kernel without CONFIG_VLAN_8021Q")
-    p20 = f"{parent}.20"
+        return
+    assert res.returncode == 0, res.stderr
     mk(docker, pynet_daemon, f"{prefix}-v20", "-o", f"parent={p20}", "--subnet", "10.232.20.0/24")
-    for vid in (10, 20):
-        harness.sh("ip", "-n", ext, "link", "add", "link", "eth0", "name", f"eth0.{vid}", "type",
-                   "vlan", "id", str(vid))
-        harness.sh("ip", "-n", ext, "addr", "add", f"10.232.{vid}.100/24", "dev", f"eth0.{vid}")
-        harness.sh("ip", "-n", ext, "link", "set", f"eth0.{vid}", "up")
-    run(docker, test_image, f"{prefix}-a", f"{prefix}-v10")
-    b = run(docker, test_image, f"{prefix}-b", f"{prefix}-v20")
-    assert ping(docker, f"{prefix}-a", "10.232.10.100")
-    docker.run("exec", f"{prefix}-a", "ip", "route", "add", "10.232.20.0/24", "dev", "eth0")
-    assert not ping(docker, f"{prefix}-a", b["IPAddress"])
-    assert not ping(docker, f"{prefix}-a", "10.232.20.100")
-    docker.run("rm", "-f", f"{prefix}-a", f"{prefix}-b")
-    docker.run("network", "rm", f"{prefix}-v10", f"{prefix}-v20")
-    assert p10 not in links() and p20 not in links() and parent in links()
+    # one namespace per VLAN segment: a single host on both VLANs would answer ARP for either
+    # of its addresses on either VLAN (Linux's weak host model), proving nothing
+    segs = [f"{ext}s{vid}" for vid in (10, 20)]
+    try:
+        for vid, seg in zip((10, 20), segs):
+            harness.sh("ip", "netns", "add", seg)
+            harness.sh("ip", "-n", ext, "link", "add", "link", "eth0", "name", f"eth0.{vid}", "type",
+                       "vlan", "id", str(vid))
+            harness.sh("ip", "-n", ext, "link", "set", f"eth0.{vid}", "netns", seg)
+            harness.sh("ip", "-n", seg, "addr", "add", f"10.232.{vid}.100/24", "dev", f"eth0.{vid}")
+            harness.sh("ip", "-n", seg, "link", "set", f"eth0.{vid}", "up")
+        run(docker, test_image, f"{prefix}-a", f"{prefix}-v10")
+        b = run(docker, test_image, f"{prefix}-b", f"{prefix}-v20")
+        assert ping(docker, f"{prefix}-a", "10.232.10.100")
+        assert ping(docker, f"{prefix}-b", "10.232.20.100")
+        docker.run("exec", f"{prefix}-a", "ip", "route", "add", "10.232.20.0/24", "dev", "eth0")
+        assert not ping(docker, f"{prefix}-a", b["IPAddress"])
+        assert not ping(docker, f"{prefix}-a", "10.232.20.100")
+        docker.run("rm", "-f", f"{prefix}-a", f"{prefix}-b")
+        docker.run("network", "rm", f"{prefix}-v10", f"{prefix}-v20")
+        assert p10 not in links() and p20 not in links() and parent in links()
+    finally:
+        for seg in segs:
+            harness.sh("ip", "netns", "del", seg, check=False)
 
 
 @pytest.mark.parametrize("opts,words", [
