@@ -590,9 +590,11 @@ def _render_add(ctx: Ctx, nc: NetConf, a, args: spec.Args, prev: dict) -> dict:
                    "mtu": getattr(link, "mtu", None), "sandbox": args.netns})
     idx = len(ifaces) - 1
     ips = []
-    for addr, gw in ((ep.address, net.gateway_v4), (ep.address_v6, net.gateway_v6)):
+    # the gateways the join gave (none on an isolated macvlan parent), not the
+    # network's: a result must not name a gateway the sandbox has no route to
+    for addr, gw in ((ep.address, a.join.gateway), (ep.address_v6, a.join.gateway_v6)):
         if addr:
-            ips.append({"address": addr, "gateway": gw if nc.is_gateway else "", "interface": idx})
+            ips.append({"address": addr, "gateway": (gw or "") if nc.is_gateway else "", "interface": idx})
     routes = [{"dst": d, "gw": g} for d, g in a.routes]
     ours = {"interfaces": ifaces, "ips": ips, "routes": routes, "dns": dict(nc.dns)}
     return _merge(prev, ours)

@@ -162,3 +162,29 @@ def test_ipam_plugin_records_and_releases(w):
     assert w.run("DEL", conf, "c1", "", plugin_name="ipam") == (0, None)
     pid = w.c.store.get("cni/ipam-pools/net1").value["4"]["pool_id"]
     assert sorted(w.c.ipam.allocated(pid)) == ["10.6.0.1", "10.6.0.3"]
+
+
+@pytest.mark.parametrize("dummy_links", [True, False], ids=["dummy-parent", "veth-pair-parent"])
+def test_parentless_macvlan_passes_check(w, dummy_links):
+    """A macvlan conflist without ``master`` gets an isolated parent (a dummy,
+    or the pd-/pp- veth pair on kernels without dummy links): the join gives no
+    gateway, so CHECK must not expect a default route, and the ADD result must
+    not name a gateway."""
+    from pynet.drivers.macvlan import MacvlanDriver
+    from pynet.sysctl import FakeSysctl
+
+    w.c.drivers["macvlan"] = MacvlanDriver(w.nl, FakeSysctl(), instance="t")
+    if not dummy_links:
+        w.kernel.fail("add_dummy", times=10,
+                      exc=errors.KernelError("add dummy pd-x: Operation not supported"))
+    ns = w.netns("ns1")
+    conf = {"cniVersion": "1.0.0", "name": "mv", "type": "pynet-macvlan",
+            "ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}]]}, "pynet": {"stateDir": w.state}}
+    code, res = w.run("ADD", conf, netns=ns, plugin_name="macvlan")
+    assert code == 0, res
+    kinds = {link.name[:3]: link.kind for link in w.nl.list_links() if link.name[:3] in ("pd-", "pp-")}
+    assert kinds == ({"pd-": "dummy"} if dummy_links else {"pd-": "veth", "pp-": "veth"})
+    assert all(not ip.get("gateway") for ip in res["ips"]), res
+    for _ in range(2):
+        assert w.run("CHECK", dict(conf, prevResult=res), netns=ns, plugin_name="macvlan") == (0, None)
+    assert w.run("DEL", conf, netns=ns, plugin_name="macvlan") == (0, None)
