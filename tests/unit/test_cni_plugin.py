@@ -188,3 +188,86 @@ def test_parentless_macvlan_passes_check(w, dummy_links):
     for _ in range(2):
         assert w.run("CHECK", dict(conf, prevResult=res), netns=ns, plugin_name="macvlan") == (0, None)
     assert w.run("DEL", conf, netns=ns, plugin_name="macvlan") == (0, None)
+
+
+GOOD_PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+             "ips": [{"address": "10.7.0.2/24", "interface": 0}], "routes": [{"dst": "0.0.0.0/0"}],
+             "dns": {"nameservers": ["10.7.0.1"]}}
+
+
+@pytest.mark.parametrize("prev", [
+    "x", [1], {"interfaces": "eth0"}, {"interfaces": ["eth0"]}, {"interfaces": [{"name": 5}]},
+    {"interfaces": [{"mtu": "1500"}]}, {"ips": [{}]}, {"ips": [{"address": 5}]},
+    {"ips": [{"address": "nope"}]}, {"ips": [{"address": "fe80::1%eth0/64"}]},
+    {"ips": [{"address": "10.7.0.2/24", "interface": "0"}]},
+    {"ips": [{"address": "10.7.0.2/24", "interface": 3}]},
+    {"ips": [{"address": "10.7.0.2/24", "interface": True}]},
+    {"ips": [{"address": "10.7.0.2/24", "gateway": ["10.7.0.1"]}]},
+    {"ips": "10.7.0.2/24"}, {"routes": [{"dst": 1}]}, {"routes": [{"dst": "x"}]}, {"routes": ["0/0"]},
+    {"dns": []}, {"dns": {"nameservers": "10.0.0.1"}}, {"dns": {"search": [1]}},
+], ids=lambda p: json.dumps(p)[:40])
+@pytest.mark.parametrize("command", ["ADD", "CHECK"])
+def test_malformed_prev_result_is_refused_before_anything(w, prev, command):
+    ns = w.netns("ns1")
+    if command == "CHECK":
+        code, res = w.run("ADD", w.conf(), netns=ns)
+        assert code == 0, res
+    before = list(w.store.list(""))
+    links = sorted(link.name for link in w.nl.list_links())
+    code, res = w.run(command, w.conf(prevResult=prev), cid="c1", netns=ns)
+    assert code == 1 and res["code"] in (6, 7), res
+    assert list(w.store.list("")) == before
+    assert sorted(link.name for link in w.nl.list_links()) == links
+
+
+def test_well_formed_prev_result_is_merged(w):
+    code, res = w.run("ADD", w.conf(prevResult=GOOD_PREV), netns=w.netns("ns1"))
+    assert code == 0, res
+    assert res["ips"][0] == {"address": "10.7.0.2/24", "interface": 0}
+    assert res["ips"][1]["interface"] == len(res["interfaces"]) - 1
+    assert res["interfaces"][0] == {"name": "eth0", "sandbox": "/x"}
+
+
+@pytest.mark.parametrize("env_over", [{"CNI_CONTAINERID": 5}, {"CNI_IFNAME": None}, {"CNI_NETNS": ["/x"]},
+                                      {"CNI_CONTAINERID": "c\udcff"}, {"CNI_IFNAME": "e\ud800"},
+                                      {"CNI_ARGS": "IP=\udcff"}, {"PYNET_STATE_DIR": 1}])
+def test_bad_env_values_are_code_4(w, env_over):
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1"),
+           **env_over}
+    out, code = plugin.run("bridge", env, json.dumps(w.conf()).encode(), controller=w.c, netlink=w.nl,
+                           instance="t")
+    assert code == 1 and json.loads(out)["code"] == 4, out
+    assert list(w.store.list("")) == []
+
+
+@pytest.mark.parametrize("stdin", [
+    b'{"cniVersion": "1.0.0", "name": "n1", "args": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+    b'{"cniVersion": "1.0.0", "name": "n1", "args": ' + b"[" * 100 + b"]" * 100 + b"}",
+    b"[" * 1000 + b"]" * 1000,
+    b'{"cniVersion": "1.0.0", "name": "n1", "type": "pynet-bridge", "bridge": "b\\ud800x"}',
+    b'{"cniVersion": "1.0.0", "name": "n1", "type": "pynet-bridge", "ipam": {"x\\udc80": 1}}',
+    b'{"cniVersion": "1.0.0", "name": "n1", "pynet": {"stateDir": 5}}',
+    b'{"cniVersion": "1.0.0", "name": "n1", "pynet": {"daemon": "no"}}',
+], ids=["deep-1000", "deep-100", "deep-top", "surrogate-value", "surrogate-key", "stateDir-int",
+        "daemon-str"])
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "VERSION"])
+def test_undecodable_configs_are_code_6_or_7(w, stdin, command):
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1")}
+    out, code = plugin.run("bridge", env, stdin, controller=w.c, netlink=w.nl, instance="t")
+    if command == "VERSION":
+        assert code == 0 and "supportedVersions" in json.loads(out)
+    else:
+        assert code == 1 and json.loads(out)["code"] in (6, 7), out
+    assert list(w.store.list("")) == []
+
+
+def test_shim_answers_undecodable_configs_in_cni_terms(w, tmp_path):
+    from pynet.cni import shim
+
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1"),
+           "PYNET_CNI_DAEMON": "0", "PYNET_STATE_DIR": str(tmp_path / "s")}
+    for stdin in (b"[" * 1000 + b"]" * 1000, b'{"cniVersion": "1.0.0", "name": "n1", "pynet": {"stateDir": 5}}'):
+        out, code = shim.handle("bridge", env, stdin)
+        assert code == 1 and json.loads(out)["code"] in (6, 7), out
+    out, code = shim.handle("bridge", dict(env, CNI_COMMAND="VERSION"), b"[" * 1000 + b"]" * 1000)
+    assert code == 0 and "supportedVersions" in json.loads(out)
