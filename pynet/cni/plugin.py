@@ -638,22 +638,42 @@ def cmd_add(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> dict:
     if not os.path.exists(args.netns):
         raise CniError(spec.UNKNOWN_CONTAINER, f"network namespace {args.netns} does not exist")
     c = ctx.controller
+    existed = find_network(c, nc.name) is not None
     net = ensure_network(ctx, nc)
-    old = attach.find(c, net, args.container_id, args.ifname)
-    if old is not None:
-        if old.sandbox_key == args.netns and _link_exists(ctx, args.netns, args.ifname):
-            raise CniError(spec.INVALID_CONFIG, f"container {args.container_id} already has interface "
-                                                f"{args.ifname} on network {nc.name}")
-        attach.detach_endpoint(c, net, old, netlink=ctx.netlink)  # a stale attempt
-    if ports:
-        lock = ctx.lock("ports")   # host-port choice must see the other processes' choices
-    else:
-        lock = contextlib.nullcontext()
-    with lock:
-        a = attach.attach(c, net, args.container_id, args.ifname, args.netns, addresses=addrs,
-                          mac=mac, ports=ports, default_route=nc.is_default_gateway,
-                          routes=nc.routes, netlink=ctx.netlink)
+    try:
+        old = attach.find(c, net, args.container_id, args.ifname)
+        if old is not None:
+            if old.sandbox_key == args.netns and _link_exists(ctx, args.netns, args.ifname):
+                raise CniError(spec.INVALID_CONFIG, f"container {args.container_id} already has interface "
+                                                    f"{args.ifname} on network {nc.name}")
+            attach.detach_endpoint(c, net, old, netlink=ctx.netlink)  # a stale attempt
+        if ports:
+            lock = ctx.lock("ports")   # host-port choice must see the other processes' choices
+        else:
+            lock = contextlib.nullcontext()
+        with lock:
+            a = attach.attach(c, net, args.container_id, args.ifname, args.netns, addresses=addrs,
+                              mac=mac, ports=ports, default_route=nc.is_default_gateway,
+                              routes=nc.routes, netlink=ctx.netlink)
+    except BaseException:
+        if not existed:
+            _forget_new_network(ctx, net)
+        raise
     return _render_add(ctx, nc, a, args, prev)
+
+
+def _forget_new_network(ctx: Ctx, net) -> None:
+    """A refused first ADD leaves nothing: the network it created goes again
+    (kernel, record, pool) -- unless another ADD attached to it meanwhile."""
+    c = ctx.controller
+    if net.created_by != "cni":
+        return
+    try:
+        with ctx.lock("network"):
+            if not c.endpoints(net.id):
+                c.delete_network(net.id)
+    except Exception as e:  # noqa: BLE001 -- the ADD's own error is the answer
+        log.warning("network %s made by a refused ADD is kept: %s", net.name, e)
 
 
 def _link_exists(ctx: Ctx, netns: str, ifname: str) -> bool:

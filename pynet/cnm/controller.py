@@ -245,7 +245,7 @@ class Controller:
                 self.store.delete(_net_key(net.id))
                 for d in net.ipv4 + net.ipv6:
                     if d.pool_id and net.created_by != "docker":
-                        self.ipam.release_pool(d.pool_id)
+                        self.release_pool(d.pool_id)   # its gateway records too
                 self._sync_firewall()
             log.info("deleted network %s", net.id[:12])
 

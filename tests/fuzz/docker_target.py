@@ -21,11 +21,11 @@ from typing import Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "contract"))
 
-from conftest import ACCEPT, CONTENT_TYPE, Plugin, make_ipam, snapshot  # noqa: E402
+from conftest import ACCEPT, CONTENT_TYPE, Plugin, make_ipam  # noqa: E402
 from fakes import FakeDriver, FakeFirewall  # noqa: E402
 from test_contract_replay import Replayer, _prime, rounds  # noqa: E402
 
-from tests.fuzz.engine import Chooser, Failure, Finding, mutate  # noqa: E402
+from tests.fuzz.engine import Chooser, Failure, Finding, mutate, store_state  # noqa: E402
 
 
 HEX64 = re.compile(r"[0-9a-f]{64}")
@@ -107,7 +107,7 @@ class DockerTarget:
         req = {} if req is None else req
         mutated, body, how = mutate(req, ch)
         where = f"{name} #{rec['seq']} {method}: {how}"
-        before = (snapshot(store), sorted(driver.links), list(fw.published))
+        before = (store_state(store), sorted(driver.links), list(fw.published))
         resp = client.post(f"/{method}", data=body, headers={"Accept": ACCEPT}, content_type=None)
         status = resp.status_code
         if status >= 500:
@@ -124,13 +124,13 @@ class DockerTarget:
             if set(answer) != {"Err"} or not isinstance(answer["Err"], str) or not answer["Err"] \
                     or "\n" in answer["Err"]:
                 raise Failure("err-shape", f"{where} -> {status} {answer!r}")
-            after = (snapshot(store), sorted(driver.links), list(fw.published))
+            after = (store_state(store), sorted(driver.links), list(fw.published))
             if after[0] != before[0]:
                 raise Failure("store-changed", f"{where} -> {status} {answer['Err']!r}")
             if after[1:] != before[1:]:
                 raise Failure("kernel-changed", f"{where} -> {status} {answer['Err']!r}")
         elif self.strict:
-            found = accepted_hostile(before[0], snapshot(store))
+            found = accepted_hostile(before[0], store_state(store))
             if found:
                 raise Finding(found[0], f"{where} -> {status}: {found[1]}")
         return f"{where} -> {status}"

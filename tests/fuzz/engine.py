@@ -46,6 +46,20 @@ class Finding(Failure):
     (reported by the long run in strict mode; not a property of the CI tests)."""
 
 
+def store_state(store) -> list:
+    """The store's records, for "nothing changed".  A pool's ``cursor`` is left
+    out: the allocator is next-fit, and an undone allocation moving the
+    cursor is by design (a released address is not handed out again at once,
+    as with Docker's IPAM); it holds nothing."""
+    out = []
+    for r in store.list(""):
+        v = r.value
+        if r.key.startswith("ipam/pools/") and isinstance(v, dict):
+            v = {k: x for k, x in v.items() if k != "cursor"}
+        out.append((r.key, v))
+    return out
+
+
 class Chooser:
     def choice(self, seq: Sequence, label: str = "") -> Any:
         raise NotImplementedError

@@ -88,9 +88,9 @@ def test_failed_sandbox_step_undoes_everything(w):
     w.kernel.fail("move_to_netns")
     code, res = w.run("ADD", w.conf(), netns=ns)
     assert code == 1 and res["code"] == 999
-    net = w.c.network("net1")
-    assert w.c.endpoints() == []
-    assert w.c.ipam.get_pool(net.ipv4[0].pool_id)["used"] == 1
+    # the failed first ADD takes the network it created with it (pool, gateway)
+    assert w.c.networks() == [] and w.c.endpoints() == []
+    assert w.c.ipam.list_pools() == [] and list(w.store.list("")) == []
     assert not [link for link in w.nl.list_links() if link.kind == "veth"]
     code, res = w.run("ADD", w.conf(), netns=ns)
     assert code == 0, res
@@ -271,3 +271,20 @@ def test_shim_answers_undecodable_configs_in_cni_terms(w, tmp_path):
         assert code == 1 and json.loads(out)["code"] in (6, 7), out
     out, code = shim.handle("bridge", dict(env, CNI_COMMAND="VERSION"), b"[" * 1000 + b"]" * 1000)
     assert code == 0 and "supportedVersions" in json.loads(out)
+
+
+@pytest.mark.parametrize("runtime_config", [
+    {"portMappings": [{"hostPort": 8080, "containerPort": 80}, {"hostPort": 8080, "containerPort": 81}]},
+    {"portMappings": [{"hostPort": 8080, "containerPort": 80, "hostIP": "not-an-address"}]},
+    {"ips": ["10.99.0.5/24"]},
+], ids=["same-host-port-twice", "bad-host-ip", "ip-outside-subnet"])
+def test_refused_first_add_leaves_nothing(w, runtime_config):
+    """The first ADD creates the network; refused later on, it takes the
+    network, its pool and its gateway records with it."""
+    ns = w.netns("ns1")
+    code, res = w.run("ADD", w.conf(runtimeConfig=runtime_config), netns=ns)
+    assert code == 1 and res["code"] != 999, res
+    assert list(w.store.list("")) == []
+    assert w.kernel.summary() == {}
+    code, res = w.run("ADD", w.conf(), netns=ns)
+    assert code == 0, res
