@@ -34,13 +34,18 @@ def _reply(body, status: int = 200) -> Response:
 
 def _log_done(plugin: str, env: dict, code: int) -> None:
     """One line per request; IDs are the caller's text (control characters,
-    surrogates): ``%a`` keeps the line one ASCII line, and a failure to log
-    is not the request's failure."""
+    surrogates): anything but printable ASCII is logged escaped, so the line
+    stays one ASCII line, and a failure to log is not the request's failure."""
     try:
-        log.info("CNI %a %a %a -> %d", plugin, env.get("CNI_COMMAND"),
-                 str(env.get("CNI_CONTAINERID", ""))[:12], code)
+        log.info("CNI %s %s %s -> %d", _printable(plugin), _printable(env.get("CNI_COMMAND")),
+                 _printable(str(env.get("CNI_CONTAINERID", ""))[:12]), code)
     except Exception:  # noqa: BLE001
         pass
+
+
+def _printable(v) -> str:
+    s = str(v)
+    return s if s.isascii() and s.isprintable() else ascii(s)
 
 
 def register_cni(app, controller) -> None:

@@ -123,3 +123,15 @@ def test_finished_add_is_answered_even_if_logging_fails(cni, monkeypatch):
     env["CNI_CONTAINERID"] = "c1-\x1b[2J\u2028x"
     status, answer = cni.post(cni.envelope(env=env))
     assert (status, answer) == (200, {"stdout": result, "code": 0})
+
+
+def test_odd_ids_are_logged_on_one_ascii_line(cni, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="pynet.plugin_api.cni")
+    env = cni.envelope()["env"]
+    env["CNI_CONTAINERID"] = "c1\nINFO forged\u2028"
+    status, answer = cni.post(cni.envelope(env=env))
+    assert status == 200 and _cni_code(answer) == 4, answer
+    lines = [r.getMessage() for r in caplog.records if r.name == "pynet.plugin_api.cni"]
+    assert len(lines) == 1 and lines[0].isascii() and "\n" not in lines[0], lines
