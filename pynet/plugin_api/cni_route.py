@@ -4,6 +4,7 @@
           "stdin": "<network configuration>", "stateDir": "/var/lib/pynet",
           "netns": "net:[...]", "mntns": "mnt:[...]"}
     out: 200 {"stdout": "<the plugin's stdout>", "code": <exit code>}
+         400 {"Err": "..."}  -- not such an envelope (not JSON, too deep, fields of other types)
          421 {"Err": "..."}  -- not this daemon's request: another state directory, or a
                                caller in another network or mount namespace (the
                                kernel work would land in the wrong place); the shim
@@ -80,26 +81,21 @@ def register_cni(app, controller) -> None:
             return _reply({"Err": f"this daemon serves state dir {state_dir!r}"}, 421)
         if (body.get("netns"), body.get("mntns")) != own_ns:
             return _reply({"Err": "caller is in another network or mount namespace"}, 421)
-        from pynet.cni import spec
         from pynet.cni.plugin import run
 
-        bad = sorted(str(k) for k, v in env.items() if not isinstance(v, str))
-        if bad:
-            # a CNI answer, as the binary would give for an unusable environment
-            out = spec.dumps(spec.error_result(spec.INVALID_ENVIRONMENT,
-                                               f"environment variable(s) {', '.join(bad)!a} "
-                                               "must be strings"))
-            return _reply({"stdout": out, "code": 1})
         try:
             raw_stdin = stdin.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             # a surrogate no byte maps to: the bytes it stands for are invalid
             # UTF-8 either way, and run() answers them as it would on a pipe
             raw_stdin = stdin.encode("utf-8", "surrogatepass")
+        # env values of other types than str are run()'s to refuse (code 4), as
+        # an unusable environment of the binary would be
         out, code = run(plugin, dict(env), raw_stdin, controller=controller, instance=instance)
         # the verb is done (an ADD's interface exists): nothing after this line
         # may turn its answer into an error
         _log_done(plugin, env, code)
         return _reply({"stdout": out, "code": code})
+
     cni.__doc__ = __doc__
     app.add_url_rule(ROUTE, endpoint="Pynet.CNI", view_func=cni, methods=["POST"])
