@@ -50,14 +50,32 @@ def build_firewall(config: Config, store=None):
     return BridgeFirewall(Firewall(prefix=config.chain_prefix, sysctl=Sysctl()), store=store)
 
 
+def serial_firewall(firewall, config: Config, controller_box: dict):
+    """``firewall`` behind the state dir's cross-process lock (``firewall.lock``,
+    shared with CNI binaries working in-process and with the CLI): every sync
+    re-reads the store under the lock, so the last sync applies the newest state."""
+    from pynet.cni.plugin import SerialFirewall
+
+    return SerialFirewall(firewall, os.path.join(config.state_dir, "firewall.lock"),
+                          lambda: (controller_box["c"].networks(), controller_box["c"].endpoints()))
+
+
 def build_controller(config: Config, store=None):
-    """Store, IPAM, drivers and firewall, built once and handed in."""
+    """Store, IPAM, drivers and firewall, built once and handed in.
+
+    The firewall is wrapped in the cross-process lock here, where it is built,
+    so that no sync -- ``restore()`` at daemon start and the CLI's verbs
+    included -- can run beside a CNI binary's sync (before, the daemon wrapped it
+    only when the Flask app was created, after its start-up syncs)."""
     from pynet.cnm.controller import Controller
     from pynet.ipam import Ipam
 
     store = store if store is not None else open_store(config)
     ipam = Ipam(store, default_pools=config.default_pools)
-    return Controller(store, ipam, build_drivers(config), firewall=build_firewall(config, store))
+    box: dict = {}
+    fw = serial_firewall(build_firewall(config, store), config, box)
+    box["c"] = c = Controller(store, ipam, build_drivers(config), firewall=fw)
+    return c
 
 
 def setup_logging(level: int = logging.INFO) -> None:

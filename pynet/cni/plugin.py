@@ -40,7 +40,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from pynet import errors, validate
+from pynet import errors, jsonsafe, validate
 from pynet.cni import spec
 from pynet.cni.spec import CniError
 
@@ -530,6 +530,96 @@ def port_mappings(conf: dict) -> list:
     return out
 
 
+# ================================================================ prevResult
+_PREV_STR_LISTS = ("nameservers", "search", "options")
+
+
+def prev_result(conf: dict) -> dict:
+    """The conflist's ``prevResult``, checked field by field before anything is
+    done (code 7 naming the field), then normalised (``spec.from_any``): its
+    entries are copied into our ADD result and read by CHECK, so a malformed
+    one used to fail only after the ADD had attached (code 999)."""
+    raw = conf.get("prevResult")
+    if isinstance(raw, dict) and "ip4" not in raw and "ip6" not in raw:
+        _check_prev(raw)
+    return spec.from_any(raw)
+
+
+def _bad_prev(where: str, what: str):
+    return CniError(spec.INVALID_CONFIG, f"prevResult.{where} {what}")
+
+
+def _list_of_dicts(raw: dict, key: str) -> list:
+    v = raw.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise _bad_prev(key, "must be a list")
+    for i, item in enumerate(v):
+        if not isinstance(item, dict):
+            raise _bad_prev(f"{key}[{i}]", "must be an object")
+    return v
+
+
+def _opt_str(d: dict, key: str, where: str) -> str:
+    v = d.get(key)
+    if v is not None and not isinstance(v, str):
+        raise _bad_prev(f"{where}.{key}", "must be a string")
+    return v or ""
+
+
+def _check_prev(raw: dict) -> None:
+    ifaces = _list_of_dicts(raw, "interfaces")
+    for i, f in enumerate(ifaces):
+        for k in ("name", "mac", "sandbox", "socketPath", "pciID"):
+            _opt_str(f, k, f"interfaces[{i}]")
+        mtu = f.get("mtu")
+        if mtu is not None and (isinstance(mtu, bool) or not isinstance(mtu, int) or not 0 <= mtu <= 65535):
+            raise _bad_prev(f"interfaces[{i}].mtu", "must be a number 0..65535")
+    for i, ip in enumerate(_list_of_dicts(raw, "ips")):
+        where = f"ips[{i}]"
+        address = _opt_str(ip, "address", where)
+        if not address:
+            raise _bad_prev(f"{where}.address", "is required")
+        for k, parse in (("address", ipaddress.ip_interface), ("gateway", ipaddress.ip_address)):
+            v = _opt_str(ip, k, where)
+            if not v:
+                continue
+            try:
+                if "%" in v:
+                    raise ValueError
+                parse(v)
+            except ValueError:
+                raise _bad_prev(f"{where}.{k}", f"{v!a} is not an IP address") from None
+        _opt_str(ip, "version", where)
+        idx = ip.get("interface")
+        if idx is not None and (isinstance(idx, bool) or not isinstance(idx, int)
+                                or not 0 <= idx < len(ifaces)):
+            raise _bad_prev(f"{where}.interface", f"must index interfaces (0..{len(ifaces) - 1})")
+    for i, r in enumerate(_list_of_dicts(raw, "routes")):
+        where = f"routes[{i}]"
+        for k in ("dst", "gw"):
+            v = _opt_str(r, k, where)
+            try:
+                if "%" in v:
+                    raise ValueError
+                if k == "dst":
+                    ipaddress.ip_network(v, strict=False)
+                elif v:
+                    ipaddress.ip_address(v)
+            except ValueError:
+                raise _bad_prev(f"{where}.{k}", f"{v!a} is not an IP {'network' if k == 'dst' else 'address'}") from None
+    dns = raw.get("dns")
+    if dns is not None:
+        if not isinstance(dns, dict):
+            raise _bad_prev("dns", "must be an object")
+        _opt_str(dns, "domain", "dns")
+        for k in _PREV_STR_LISTS:
+            v = dns.get(k)
+            if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+                raise _bad_prev(f"dns.{k}", "must be a list of strings")
+
+
 # ================================================================== verbs
 def _merge(prev: dict, ours: dict) -> dict:
     """Our result appended to the prevResult (chained plugins)."""
@@ -547,26 +637,46 @@ def cmd_add(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> dict:
     from pynet.cnm import attach
 
     nc = parse_netconf(plugin, conf)
-    prev = spec.from_any(conf.get("prevResult"))
+    prev = prev_result(conf)
     addrs = requested_addresses(conf, args)
     mac = requested_mac(conf, args)
     ports = port_mappings(conf)
     if not os.path.exists(args.netns):
         raise CniError(spec.UNKNOWN_CONTAINER, f"network namespace {args.netns} does not exist")
     c = ctx.controller
+    existed = find_network(c, nc.name) is not None
     net = ensure_network(ctx, nc)
-    old = attach.find(c, net, args.container_id, args.ifname)
-    if old is not None:
-        if old.sandbox_key == args.netns and _link_exists(ctx, args.netns, args.ifname):
-            raise CniError(spec.INVALID_CONFIG, f"container {args.container_id} already has interface "
-                                                f"{args.ifname} on network {nc.name}")
-        attach.detach_endpoint(c, net, old, netlink=ctx.netlink)  # a stale attempt
-    # No lock around the host-port choice: the controller reserves host ports
-    # in the store transaction that records the endpoint.
-    a = attach.attach(c, net, args.container_id, args.ifname, args.netns, addresses=addrs,
-                      mac=mac, ports=ports, default_route=nc.is_default_gateway,
-                      routes=nc.routes, netlink=ctx.netlink)
+    try:
+        old = attach.find(c, net, args.container_id, args.ifname)
+        if old is not None:
+            if old.sandbox_key == args.netns and _link_exists(ctx, args.netns, args.ifname):
+                raise CniError(spec.INVALID_CONFIG, f"container {args.container_id} already has interface "
+                                                    f"{args.ifname} on network {nc.name}")
+            attach.detach_endpoint(c, net, old, netlink=ctx.netlink)  # a stale attempt
+        # No lock around the host-port choice: the controller reserves host ports
+        # in the store transaction that records the endpoint.
+        a = attach.attach(c, net, args.container_id, args.ifname, args.netns, addresses=addrs,
+                          mac=mac, ports=ports, default_route=nc.is_default_gateway,
+                          routes=nc.routes, netlink=ctx.netlink)
+    except BaseException:
+        if not existed:
+            _forget_new_network(ctx, net)
+        raise
     return _render_add(ctx, nc, a, args, prev)
+
+
+def _forget_new_network(ctx: Ctx, net) -> None:
+    """A refused first ADD leaves nothing: the network it created goes again
+    (kernel, record, pool) -- unless another ADD attached to it meanwhile."""
+    c = ctx.controller
+    if net.created_by != "cni":
+        return
+    try:
+        with ctx.lock("network"):
+            if not c.endpoints(net.id):
+                c.delete_network(net.id)
+    except Exception as e:  # noqa: BLE001 -- the ADD's own error is the answer
+        log.warning("network %s made by a refused ADD is kept: %s", net.name, e)
 
 
 def _link_exists(ctx: Ctx, netns: str, ifname: str) -> bool:
@@ -593,9 +703,11 @@ def _render_add(ctx: Ctx, nc: NetConf, a, args: spec.Args, prev: dict) -> dict:
                    "mtu": getattr(link, "mtu", None), "sandbox": args.netns})
     idx = len(ifaces) - 1
     ips = []
-    for addr, gw in ((ep.address, net.gateway_v4), (ep.address_v6, net.gateway_v6)):
+    # the gateways the join gave (none on an isolated macvlan parent), not the
+    # network's: a result must not name a gateway the sandbox has no route to
+    for addr, gw in ((ep.address, a.join.gateway), (ep.address_v6, a.join.gateway_v6)):
         if addr:
-            ips.append({"address": addr, "gateway": gw if nc.is_gateway else "", "interface": idx})
+            ips.append({"address": addr, "gateway": (gw or "") if nc.is_gateway else "", "interface": idx})
     routes = [{"dst": d, "gw": g} for d, g in a.routes]
     ours = {"interfaces": ifaces, "ips": ips, "routes": routes, "dns": dict(nc.dns)}
     return _merge(prev, ours)
@@ -619,7 +731,7 @@ def cmd_check(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
     nc = parse_netconf(plugin, conf)
     if "prevResult" not in conf:
         raise CniError(spec.INVALID_CONFIG, "CHECK needs the prevResult of the ADD")
-    prev = spec.from_any(conf.get("prevResult"))
+    prev = prev_result(conf)
     c = ctx.controller
     net = find_network(c, nc.name)
     if net is None:
@@ -695,6 +807,19 @@ VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STAT
 
 
 # ==================================================================== run
+def _check_env(env: dict) -> None:
+    """Every value a string of valid Unicode (the daemon's route hands on JSON,
+    and a lone surrogate -- a non-UTF-8 byte of the environment -- fails the
+    first ``.encode()``, deep in the store or netlink): code 4 otherwise."""
+    for k, v in env.items():
+        if not isinstance(v, str):
+            raise CniError(spec.INVALID_ENVIRONMENT, f"{k!a} must be a string")
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CniError(spec.INVALID_ENVIRONMENT, f"{k}={v!a} is not valid UTF-8") from None
+
+
 def run(plugin: str, env: dict, stdin: bytes, controller=None, netlink=None,
         instance: str = "") -> tuple[str, int]:
     """One CNI invocation -> (stdout, exit code)."""
@@ -702,10 +827,16 @@ def run(plugin: str, env: dict, stdin: bytes, controller=None, netlink=None,
 
     version = None
     try:
+        _check_env(env)
         command = spec.parse_command(env)
         if command == "VERSION":
             return spec.dumps(spec.version_result(stdin)), 0
-        conf = spec.parse_conf(stdin)
+        try:
+            conf = spec.parse_conf(stdin)
+            jsonsafe.check(conf)
+        except (RecursionError, jsonsafe.Malformed) as e:
+            why = f"nested deeper than {jsonsafe.MAX_DEPTH} levels" if isinstance(e, RecursionError) else e
+            raise CniError(spec.DECODE_FAILURE, f"cannot decode the network configuration: {why}") from None
         version = spec.check_version(conf.get("cniVersion"))
         args = spec.Args(env, command)
         ctx = Ctx(pynet_settings(conf, env), controller=controller, netlink=netlink, instance=instance)

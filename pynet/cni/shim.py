@@ -54,6 +54,13 @@ def pynet_settings(conf: dict, env: dict) -> dict:
         for src in (ipam.get("pynet"), conf.get("pynet")):
             if isinstance(src, dict):
                 own.update(src)
+    for key in ("stateDir", "socket", "chainPrefix", "instance"):
+        if own.get(key) is not None and not isinstance(own[key], str):
+            from pynet.cni import spec
+            raise spec.CniError(spec.INVALID_CONFIG, f"pynet.{key} must be a string")
+    if not isinstance(own.get("daemon", True), bool):
+        from pynet.cni import spec
+        raise spec.CniError(spec.INVALID_CONFIG, "pynet.daemon must be true or false")
     instance = own.get("instance") or env.get("PYNET_PLUGIN_NAME") or "pynet"
     daemon = own.get("daemon", True)
     if str(env.get("PYNET_CNI_DAEMON", "1")).lower() in ("0", "false", "no", "off"):
@@ -177,9 +184,13 @@ def handle(plugin: str, env: dict, stdin: bytes) -> tuple[str, int]:
             return spec.dumps(spec.version_result(stdin)), 0
         try:
             conf = json.loads(stdin or b"{}")
-        except ValueError:
-            conf = {}
-        settings = pynet_settings(conf, env)
+        except (ValueError, RecursionError):
+            conf = {}   # run() answers it in CNI terms (code 6)
+        try:
+            settings = pynet_settings(conf, env)
+        except spec.CniError as e:
+            version = conf.get("cniVersion") if isinstance(conf, dict) else None
+            return spec.dumps(spec.error_result(e.code, e.msg, version if isinstance(version, str) else None)), 1
         try:
             return via_daemon(plugin, env, stdin, settings)
         except Declined:
@@ -188,7 +199,8 @@ def handle(plugin: str, env: dict, stdin: bytes) -> tuple[str, int]:
             # the daemon died mid-request or answered nonsense: the request may
             # be half done there, so do not repeat it here -- the runtime retries
             version = conf.get("cniVersion") if isinstance(conf, dict) else None
-            return spec.dumps(spec.error_result(spec.TRY_AGAIN_LATER, f"pynet daemon: {e}", version)), 1
+            return spec.dumps(spec.error_result(spec.TRY_AGAIN_LATER, f"pynet daemon: {e}",
+                                                version if isinstance(version, str) else None)), 1
     except Exception as e:  # noqa: BLE001 -- the shim must always answer in CNI terms
         return spec.dumps(spec.error_result(spec.INTERNAL, f"pynet shim: {type(e).__name__}: {e}")), 1
     from pynet.cni.plugin import run

@@ -94,7 +94,7 @@ def version_result(stdin: bytes) -> dict:
         conf = json.loads(stdin or b"{}")
         if isinstance(conf, dict) and isinstance(conf.get("cniVersion"), str) and conf["cniVersion"]:
             requested = conf["cniVersion"]
-    except ValueError:
+    except (ValueError, RecursionError):  # VERSION answers whatever stdin holds
         pass
     return {"cniVersion": requested, "supportedVersions": list(SUPPORTED_VERSIONS)}
 

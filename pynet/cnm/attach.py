@@ -206,6 +206,17 @@ def detach_endpoint(controller, network: Network, ep: Endpoint, netns_path: str 
     return True
 
 
+def join_gateways(controller, network: Network) -> tuple[str, str]:
+    """(IPv4, IPv6) gateways a join on ``network`` hands the sandbox."""
+    drv = (getattr(controller, "drivers", None) or {}).get(network.driver)
+    gateways = getattr(drv, "gateways", None)
+    if gateways is not None:
+        return gateways(network)
+    if network.internal:
+        return "", ""
+    return network.gateway_v4, network.gateway_v6
+
+
 def check(controller, network: Network, container_id: str, ifname: str, netns_path: str, *,
           default_route: bool = True, routes: Iterable = (), expect_ips: Iterable[str] = (),
           netlink=None) -> Endpoint:
@@ -236,8 +247,11 @@ def check(controller, network: Network, container_id: str, ifname: str, netns_pa
     try:
         want = _route_list(routes, network.gateway_v4, network.gateway_v6)
         if default_route:
-            want += [("0.0.0.0/0", network.gateway_v4)] if network.gateway_v4 and ep.address else []
-            want += [("::/0", network.gateway_v6)] if network.gateway_v6 and ep.address_v6 else []
+            # the default routes attach() added: via the gateways the driver's
+            # join gave, not the network's (a macvlan on an isolated parent has none)
+            gw4, gw6 = join_gateways(c, network)
+            want += [("0.0.0.0/0", gw4)] if gw4 and ep.address else []
+            want += [("::/0", gw6)] if gw6 and ep.address_v6 else []
         for fam in (4, 6):
             fam_want = [(d, g) for d, g in want if ipaddress.ip_network(d).version == fam]
             if not fam_want:

@@ -305,10 +305,18 @@ class MacvlanDriver:
             ep.driver_state.update(macvlan=name, parent=st["parent"])
             self._create_child(st, ep)
         prefix = st.get("dst_prefix", "eth")
-        if net.internal or st.get("dummy"):
-            return JoinInfo(src_name=name, dst_prefix=prefix, disable_gateway_service=True)
-        return JoinInfo(src_name=name, dst_prefix=prefix, gateway=net.gateway_v4,
-                        gateway_v6=net.gateway_v6, disable_gateway_service=True)
+        gw4, gw6 = self.gateways(net)
+        return JoinInfo(src_name=name, dst_prefix=prefix, gateway=gw4, gateway_v6=gw6,
+                        disable_gateway_service=True)
+
+    def gateways(self, net: Network) -> tuple[str, str]:
+        """The gateways a join hands the sandbox (and so what CHECK expects as
+        its default routes): none on an internal network or on an isolated
+        parent (dummy, or the ``pd-``/``pp-`` veth pair) -- nothing is behind
+        them to route to."""
+        if net.internal or self._state(net).get("dummy"):
+            return "", ""
+        return net.gateway_v4, net.gateway_v6
 
     def _child(self, ep: Endpoint) -> str:
         return ep.driver_state.get("macvlan") or macvlan_name(ep.id)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from flask import Flask, Response, request
 
-from pynet import errors
+from pynet import errors, jsonsafe
 from pynet.plugin_api import translate as wire
 
 log = logging.getLogger("pynet.plugin_api")
@@ -55,8 +55,7 @@ def create_app(controller) -> Flask:
     def route(method: str) -> Callable:
         def register(fn: Callable[[dict], Any]) -> Callable:
             def view():
-                body = wire.parse_body(request.get_data(cache=False))
-                return _reply(fn(body))
+                return _reply(fn(_body(request.get_data(cache=False))))
             view.__name__ = fn.__name__
             view.__doc__ = fn.__doc__
             app.add_url_rule(f"/{method}", endpoint=method, view_func=view, methods=["POST"])
@@ -256,6 +255,21 @@ def create_app(controller) -> Flask:
         return _reply({"Err": _one_line(f"internal error: {type(err).__name__}: {err}")}, 500)
 
     return app
+
+
+def _body(raw: bytes) -> dict:
+    """The request body as a dict, refused (400) when it nests too deeply or
+    holds a lone surrogate (``pynet.jsonsafe``): either would surface later as
+    a 500 from code that walks, stores or logs it."""
+    try:
+        body = wire.parse_body(raw)
+        jsonsafe.check(body)
+    except RecursionError:
+        raise errors.InvalidRequest(f"malformed JSON request body: nested deeper than "
+                                    f"{jsonsafe.MAX_DEPTH} levels") from None
+    except jsonsafe.Malformed as e:
+        raise errors.InvalidRequest(f"malformed JSON request body: {e}") from None
+    return body
 
 
 def _one_line(s: str) -> str:

@@ -4,6 +4,7 @@
           "stdin": "<network configuration>", "stateDir": "/var/lib/pynet",
           "netns": "net:[...]", "mntns": "mnt:[...]"}
     out: 200 {"stdout": "<the plugin's stdout>", "code": <exit code>}
+         400 {"Err": "..."}  -- not such an envelope (not JSON, too deep, fields of other types)
          421 {"Err": "..."}  -- not this daemon's request: another state directory, or a
                                caller in another network or mount namespace (the
                                kernel work would land in the wrong place); the shim
@@ -21,6 +22,8 @@ import os
 
 from flask import Response, request
 
+from pynet import jsonsafe
+
 log = logging.getLogger("pynet.plugin_api.cni")
 
 ROUTE = "/Pynet.CNI"
@@ -28,6 +31,22 @@ ROUTE = "/Pynet.CNI"
 
 def _reply(body, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+def _log_done(plugin: str, env: dict, code: int) -> None:
+    """One line per request; IDs are the caller's text (control characters,
+    surrogates): anything but printable ASCII is logged escaped, so the line
+    stays one ASCII line, and a failure to log is not the request's failure."""
+    try:
+        log.info("CNI %s %s %s -> %d", _printable(plugin), _printable(env.get("CNI_COMMAND")),
+                 _printable(str(env.get("CNI_CONTAINERID", ""))[:12]), code)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _printable(v) -> str:
+    s = str(v)
+    return s if s.isascii() and s.isprintable() else ascii(s)
 
 
 def register_cni(app, controller) -> None:
@@ -47,23 +66,35 @@ def register_cni(app, controller) -> None:
 
     def cni():
         try:
-            body = json.loads(request.get_data(cache=False) or b"{}")
-            env = body["env"]
-            stdin = body.get("stdin") or ""
-            plugin = body["plugin"]
-            if not isinstance(env, dict) or not isinstance(stdin, str) or not isinstance(plugin, str):
+            # the envelope's strings may hold surrogate escapes: the shim
+            # carries stdin and the environment's raw bytes that way
+            body = jsonsafe.loads(request.get_data(cache=False) or b"{}", surrogates=True)
+            env, stdin, plugin = body["env"], body.get("stdin") or "", body["plugin"]
+            fields = (stdin, plugin, body.get("stateDir") or "", body.get("netns") or "",
+                      body.get("mntns") or "")
+            if not isinstance(env, dict) or not all(isinstance(f, str) for f in fields):
                 raise TypeError
         except (ValueError, KeyError, TypeError):
-            return _reply({"Err": "expected {plugin, env, stdin, stateDir, netns, mntns}"}, 400)
+            return _reply({"Err": "expected {plugin, env, stdin, stateDir, netns, mntns}: "
+                                  "an object of strings, env an object"}, 400)
         if not state_dir or os.path.abspath(body.get("stateDir") or "") != state_dir:
             return _reply({"Err": f"this daemon serves state dir {state_dir!r}"}, 421)
         if (body.get("netns"), body.get("mntns")) != own_ns:
             return _reply({"Err": "caller is in another network or mount namespace"}, 421)
         from pynet.cni.plugin import run
-        out, code = run(plugin, {str(k): str(v) for k, v in env.items()},
-                        stdin.encode("utf-8", "surrogateescape"), controller=controller,
-                        instance=instance)
-        log.info("CNI %s %s %s -> %d", plugin, env.get("CNI_COMMAND"), env.get("CNI_CONTAINERID", "")[:12], code)
+
+        try:
+            raw_stdin = stdin.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            # a surrogate no byte maps to: the bytes it stands for are invalid
+            # UTF-8 either way, and run() answers them as it would on a pipe
+            raw_stdin = stdin.encode("utf-8", "surrogatepass")
+        # env values of other types than str are run()'s to refuse (code 4), as
+        # an unusable environment of the binary would be
+        out, code = run(plugin, dict(env), raw_stdin, controller=controller, instance=instance)
+        # the verb is done (an ADD's interface exists): nothing after this line
+        # may turn its answer into an error
+        _log_done(plugin, env, code)
         return _reply({"stdout": out, "code": code})
 
     cni.__doc__ = __doc__

@@ -24,6 +24,38 @@ log = logging.getLogger("pynet.server")
 
 THREADS = 4
 
+# Open connections waitress accepts at once.  waitress reads requests in its
+# event loop and hands a thread only complete requests, so a client that sends
+# half a request (or nothing) holds no thread -- only one of these slots, until
+# ``channel_timeout`` closes it.  At the limit waitress stops accepting, so the
+# limit alone decides how many stalled clients it takes to starve dockerd's
+# ``Plugin.Activate``: it was 64 (a single misbehaving client looping on
+# connect could reach it); now it is set far above what dockerd (a handful of
+# keep-alive connections) and bursts of CNI binaries (one connection per exec)
+# need, bounded by the process's descriptor limit.  Polling with poll(2), not
+# select(2), so descriptors above FD_SETSIZE (1024) work.
+CONNECTION_LIMIT = 4096
+FD_RESERVE = 256        # descriptors kept for the store, netlink, iptables pipes
+MAX_BODY = 8 * 1024 * 1024  # above Flask's MAX_CONTENT_LENGTH: Flask answers 413 {"Err"}
+
+
+def connection_limit(limit: int = CONNECTION_LIMIT) -> int:
+    """``limit``, lowered to fit the soft RLIMIT_NOFILE (raised to the hard limit first)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = limit + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        return limit
+    return max(64, min(limit, soft - FD_RESERVE))
+
 
 class SocketBusy(RuntimeError):
     pass
@@ -67,10 +99,13 @@ def create_server(app, socket_path: str, threads: int = THREADS):
             unix_socket_perms="600",
             threads=threads,
             ident="pynet",
-            # dockerd's plugin client keeps connections alive; small buffers
-            # keep the memory footprint small.
+            # dockerd's plugin client keeps connections alive; an idle or
+            # stalled one is closed after channel_timeout.  Stalled clients
+            # cannot starve the others: see CONNECTION_LIMIT.
             channel_timeout=120,
-            connection_limit=64,
+            connection_limit=connection_limit(),
+            asyncore_use_poll=True,
+            max_request_body_size=MAX_BODY,
             clear_untrusted_proxy_headers=True,
         )
     finally:

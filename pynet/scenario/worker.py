@@ -14,8 +14,14 @@ The child runs in its own session (no terminal SIGINT): the runner alone
 decides when to tear down.  If the runner dies, the child sees EOF on its
 command pipe, runs its service's ``close()`` and exits.
 
-Protocol: the parent sends ``(method, kwargs)`` pickles; the child answers
-``("ok", result)`` or ``("err", "Type: message", traceback)``.
+Protocol: the parent sends ``(method, kwargs, seq)`` pickles; the child
+answers ``(seq, ("ok", result))`` or ``(seq, ("err", "Type: message",
+traceback))``; its start-up answer has seq 0.  The parent drops answers to
+another seq: a call interrupted while it waited (SIGINT raises
+KeyboardInterrupt in the runner, whose teardown then calls the same workers)
+leaves its answer in the pipe, and without the seq the next call would take it
+for its own -- a ping's dict handed to ``sniff_stop``'s caller made
+``sorted(packets)`` compare a float timestamp with a str key.
 """
 from __future__ import annotations
 
@@ -97,6 +103,7 @@ class WorkerHandle:
                 stderr.close()
         self._w = Connection(w_parent, readable=False)
         self._r = Connection(r_parent, writable=False)
+        self._seq = 0   # of the last call sent; 0 = the start-up answer
         self._ready = False
         self._init = init or {}
         self.init_result = None
@@ -126,7 +133,8 @@ class WorkerHandle:
         if self._init:
             self.init_result = self.call("init", call_timeout=timeout, **self._init)
 
-    def _recv(self, timeout: float, what: str):
+    def _recv(self, timeout: float, what: str, seq: int = 0):
+        """The answer to call ``seq``; answers to earlier, interrupted calls are dropped."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -134,7 +142,10 @@ class WorkerHandle:
                 raise WorkerTimeout(f"worker {self.name}: no answer to {what} within {timeout:.0f}s")
             try:
                 if self._r.poll(min(left, 0.5)):
-                    return self._r.recv()
+                    got, msg = self._r.recv()
+                    if got == seq:
+                        return msg
+                    continue   # the answer of a call interrupted before it came
             except (EOFError, OSError):
                 raise WorkerError(f"worker {self.name} exited (code {self.proc.poll()}) during {what}") from None
             if self.proc.poll() is not None and not self._r.poll(0):
@@ -145,12 +156,13 @@ class WorkerHandle:
         answer within ``call_timeout`` is killed (its answers would be out of
         step with the questions from then on)."""
         self.wait_ready()
+        self._seq += 1
         try:
-            self._w.send((method, kwargs))
+            self._w.send((method, kwargs, self._seq))
         except (BrokenPipeError, OSError):
             raise WorkerError(f"worker {self.name} is gone (code {self.proc.poll()})") from None
         try:
-            msg = self._recv(call_timeout, method)
+            msg = self._recv(call_timeout, method, self._seq)
         except WorkerError as e:
             self._start_error = e
             self.kill()
@@ -163,7 +175,7 @@ class WorkerHandle:
         """Ask the worker to close its service and exit; kill it if it does not."""
         if self.proc.poll() is None:
             try:
-                self._w.send(("__exit__", {}))
+                self._w.send(("__exit__", {}, 0))
             except (BrokenPipeError, OSError):
                 pass
             try:
@@ -197,13 +209,13 @@ def main(argv: list[str]) -> int:
         mod, cls = target.split(":")
         service = getattr(importlib.import_module(mod), cls)()
     except BaseException as e:  # noqa: BLE001 - reported to the parent
-        w.send(("err", f"{type(e).__name__}: {e}", traceback.format_exc()))
+        w.send((0, ("err", f"{type(e).__name__}: {e}", traceback.format_exc())))
         return 1
-    w.send(("ready", None))
+    w.send((0, ("ready", None)))
     try:
         while True:
             try:
-                method, kwargs = r.recv()
+                method, kwargs, seq = r.recv()
             except (EOFError, OSError):
                 break
             if method == "__exit__":
@@ -212,10 +224,10 @@ def main(argv: list[str]) -> int:
                 if method.startswith("_"):
                     raise AttributeError(f"no method {method}")
                 res = getattr(service, method)(**kwargs)
-                w.send(("ok", res))
+                w.send((seq, ("ok", res)))
             except Exception as e:  # noqa: BLE001
                 try:
-                    w.send(("err", f"{type(e).__name__}: {e}", traceback.format_exc()))
+                    w.send((seq, ("err", f"{type(e).__name__}: {e}", traceback.format_exc())))
                 except (BrokenPipeError, OSError):
                     break
     finally:

@@ -88,9 +88,9 @@ def test_failed_sandbox_step_undoes_everything(w):
     w.kernel.fail("move_to_netns")
     code, res = w.run("ADD", w.conf(), netns=ns)
     assert code == 1 and res["code"] == 999
-    net = w.c.network("net1")
-    assert w.c.endpoints() == []
-    assert w.c.ipam.get_pool(net.ipv4[0].pool_id)["used"] == 1
+    # the failed first ADD takes the network it created with it (pool, gateway)
+    assert w.c.networks() == [] and w.c.endpoints() == []
+    assert w.c.ipam.list_pools() == [] and list(w.store.list("")) == []
     assert not [link for link in w.nl.list_links() if link.kind == "veth"]
     code, res = w.run("ADD", w.conf(), netns=ns)
     assert code == 0, res
@@ -162,3 +162,129 @@ def test_ipam_plugin_records_and_releases(w):
     assert w.run("DEL", conf, "c1", "", plugin_name="ipam") == (0, None)
     pid = w.c.store.get("cni/ipam-pools/net1").value["4"]["pool_id"]
     assert sorted(w.c.ipam.allocated(pid)) == ["10.6.0.1", "10.6.0.3"]
+
+
+@pytest.mark.parametrize("dummy_links", [True, False], ids=["dummy-parent", "veth-pair-parent"])
+def test_parentless_macvlan_passes_check(w, dummy_links):
+    """A macvlan conflist without ``master`` gets an isolated parent (a dummy,
+    or the pd-/pp- veth pair on kernels without dummy links): the join gives no
+    gateway, so CHECK must not expect a default route, and the ADD result must
+    not name a gateway."""
+    from pynet.drivers.macvlan import MacvlanDriver
+    from pynet.sysctl import FakeSysctl
+
+    w.c.drivers["macvlan"] = MacvlanDriver(w.nl, FakeSysctl(), instance="t")
+    if not dummy_links:
+        w.kernel.fail("add_dummy", times=10,
+                      exc=errors.KernelError("add dummy pd-x: Operation not supported"))
+    ns = w.netns("ns1")
+    conf = {"cniVersion": "1.0.0", "name": "mv", "type": "pynet-macvlan",
+            "ipam": {"ranges": [[{"subnet": "10.9.0.0/24"}]]}, "pynet": {"stateDir": w.state}}
+    code, res = w.run("ADD", conf, netns=ns, plugin_name="macvlan")
+    assert code == 0, res
+    kinds = {link.name[:3]: link.kind for link in w.nl.list_links() if link.name[:3] in ("pd-", "pp-")}
+    assert kinds == ({"pd-": "dummy"} if dummy_links else {"pd-": "veth", "pp-": "veth"})
+    assert all(not ip.get("gateway") for ip in res["ips"]), res
+    for _ in range(2):
+        assert w.run("CHECK", dict(conf, prevResult=res), netns=ns, plugin_name="macvlan") == (0, None)
+    assert w.run("DEL", conf, netns=ns, plugin_name="macvlan") == (0, None)
+
+
+GOOD_PREV = {"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "/x"}],
+             "ips": [{"address": "10.7.0.2/24", "interface": 0}], "routes": [{"dst": "0.0.0.0/0"}],
+             "dns": {"nameservers": ["10.7.0.1"]}}
+
+
+@pytest.mark.parametrize("prev", [
+    "x", [1], {"interfaces": "eth0"}, {"interfaces": ["eth0"]}, {"interfaces": [{"name": 5}]},
+    {"interfaces": [{"mtu": "1500"}]}, {"ips": [{}]}, {"ips": [{"address": 5}]},
+    {"ips": [{"address": "nope"}]}, {"ips": [{"address": "fe80::1%eth0/64"}]},
+    {"ips": [{"address": "10.7.0.2/24", "interface": "0"}]},
+    {"ips": [{"address": "10.7.0.2/24", "interface": 3}]},
+    {"ips": [{"address": "10.7.0.2/24", "interface": True}]},
+    {"ips": [{"address": "10.7.0.2/24", "gateway": ["10.7.0.1"]}]},
+    {"ips": "10.7.0.2/24"}, {"routes": [{"dst": 1}]}, {"routes": [{"dst": "x"}]}, {"routes": ["0/0"]},
+    {"dns": []}, {"dns": {"nameservers": "10.0.0.1"}}, {"dns": {"search": [1]}},
+], ids=lambda p: json.dumps(p)[:40])
+@pytest.mark.parametrize("command", ["ADD", "CHECK"])
+def test_malformed_prev_result_is_refused_before_anything(w, prev, command):
+    ns = w.netns("ns1")
+    if command == "CHECK":
+        code, res = w.run("ADD", w.conf(), netns=ns)
+        assert code == 0, res
+    before = list(w.store.list(""))
+    links = sorted(link.name for link in w.nl.list_links())
+    code, res = w.run(command, w.conf(prevResult=prev), cid="c1", netns=ns)
+    assert code == 1 and res["code"] in (6, 7), res
+    assert list(w.store.list("")) == before
+    assert sorted(link.name for link in w.nl.list_links()) == links
+
+
+def test_well_formed_prev_result_is_merged(w):
+    code, res = w.run("ADD", w.conf(prevResult=GOOD_PREV), netns=w.netns("ns1"))
+    assert code == 0, res
+    assert res["ips"][0] == {"address": "10.7.0.2/24", "interface": 0}
+    assert res["ips"][1]["interface"] == len(res["interfaces"]) - 1
+    assert res["interfaces"][0] == {"name": "eth0", "sandbox": "/x"}
+
+
+@pytest.mark.parametrize("env_over", [{"CNI_CONTAINERID": 5}, {"CNI_IFNAME": None}, {"CNI_NETNS": ["/x"]},
+                                      {"CNI_CONTAINERID": "c\udcff"}, {"CNI_IFNAME": "e\ud800"},
+                                      {"CNI_ARGS": "IP=\udcff"}, {"PYNET_STATE_DIR": 1}])
+def test_bad_env_values_are_code_4(w, env_over):
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1"),
+           **env_over}
+    out, code = plugin.run("bridge", env, json.dumps(w.conf()).encode(), controller=w.c, netlink=w.nl,
+                           instance="t")
+    assert code == 1 and json.loads(out)["code"] == 4, out
+    assert list(w.store.list("")) == []
+
+
+@pytest.mark.parametrize("stdin", [
+    b'{"cniVersion": "1.0.0", "name": "n1", "args": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+    b'{"cniVersion": "1.0.0", "name": "n1", "args": ' + b"[" * 100 + b"]" * 100 + b"}",
+    b"[" * 1000 + b"]" * 1000,
+    b'{"cniVersion": "1.0.0", "name": "n1", "type": "pynet-bridge", "bridge": "b\\ud800x"}',
+    b'{"cniVersion": "1.0.0", "name": "n1", "type": "pynet-bridge", "ipam": {"x\\udc80": 1}}',
+    b'{"cniVersion": "1.0.0", "name": "n1", "pynet": {"stateDir": 5}}',
+    b'{"cniVersion": "1.0.0", "name": "n1", "pynet": {"daemon": "no"}}',
+], ids=["deep-1000", "deep-100", "deep-top", "surrogate-value", "surrogate-key", "stateDir-int",
+        "daemon-str"])
+@pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "VERSION"])
+def test_undecodable_configs_are_code_6_or_7(w, stdin, command):
+    env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1")}
+    out, code = plugin.run("bridge", env, stdin, controller=w.c, netlink=w.nl, instance="t")
+    if command == "VERSION":
+        assert code == 0 and "supportedVersions" in json.loads(out)
+    else:
+        assert code == 1 and json.loads(out)["code"] in (6, 7), out
+    assert list(w.store.list("")) == []
+
+
+def test_shim_answers_undecodable_configs_in_cni_terms(w, tmp_path):
+    from pynet.cni import shim
+
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1"),
+           "PYNET_CNI_DAEMON": "0", "PYNET_STATE_DIR": str(tmp_path / "s")}
+    for stdin in (b"[" * 1000 + b"]" * 1000, b'{"cniVersion": "1.0.0", "name": "n1", "pynet": {"stateDir": 5}}'):
+        out, code = shim.handle("bridge", env, stdin)
+        assert code == 1 and json.loads(out)["code"] in (6, 7), out
+    out, code = shim.handle("bridge", dict(env, CNI_COMMAND="VERSION"), b"[" * 1000 + b"]" * 1000)
+    assert code == 0 and "supportedVersions" in json.loads(out)
+
+
+@pytest.mark.parametrize("runtime_config", [
+    {"portMappings": [{"hostPort": 8080, "containerPort": 80}, {"hostPort": 8080, "containerPort": 81}]},
+    {"portMappings": [{"hostPort": 8080, "containerPort": 80, "hostIP": "not-an-address"}]},
+    {"ips": ["10.99.0.5/24"]},
+], ids=["same-host-port-twice", "bad-host-ip", "ip-outside-subnet"])
+def test_refused_first_add_leaves_nothing(w, runtime_config):
+    """The first ADD creates the network; refused later on, it takes the
+    network, its pool and its gateway records with it."""
+    ns = w.netns("ns1")
+    code, res = w.run("ADD", w.conf(runtimeConfig=runtime_config), netns=ns)
+    assert code == 1 and res["code"] != 999, res
+    assert list(w.store.list("")) == []
+    assert w.kernel.summary() == {}
+    code, res = w.run("ADD", w.conf(), netns=ns)
+    assert code == 0, res

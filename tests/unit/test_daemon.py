@@ -1,0 +1,60 @@
+"""The daemon's start-up (``pynet.daemon.run_daemon``) against fakes: what it
+builds and in which order."""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
+
+from fakes import FakeDriver  # noqa: E402
+
+import pynet.daemon as daemon  # noqa: E402
+from pynet.config import Config  # noqa: E402
+
+
+class LockProbeFirewall:
+    """Records, for every sync, whether the state dir's firewall lock was held
+    (a second flock on it would block)."""
+
+    def __init__(self, lock_path: str):
+        self.lock_path = lock_path
+        self.syncs: list[bool] = []
+
+    def sync(self, networks=None, endpoints=None, force: bool = False) -> None:
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            assert e.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+            self.syncs.append(True)
+        else:
+            self.syncs.append(False)
+        finally:
+            os.close(fd)
+
+
+def test_startup_syncs_run_under_the_cross_process_firewall_lock(tmp_path, monkeypatch):
+    config = Config(state_dir=str(tmp_path / "state"), socket_path=str(tmp_path / "p.sock"))
+    fw = LockProbeFirewall(os.path.join(config.state_dir, "firewall.lock"))
+    monkeypatch.setattr(daemon, "build_drivers", lambda config: {"bridge": FakeDriver()})
+    monkeypatch.setattr(daemon, "build_firewall", lambda config, store=None: fw)
+    monkeypatch.setattr(daemon, "refresh_foreign_bridges", lambda c: None)
+    import pynet.plugin_api as plugin_api
+    import pynet.plugin_api.docker_state as docker_state
+
+    served = []
+    monkeypatch.setattr(docker_state, "reconcile_with_docker", lambda c, name: None)
+    monkeypatch.setattr(plugin_api, "serve", lambda app, path: served.append(path))
+    monkeypatch.setenv(daemon.RECHECK_ENV, "0")
+    import signal
+    hup = signal.getsignal(signal.SIGHUP)
+    try:
+        daemon.run_daemon(config)
+    finally:
+        signal.signal(signal.SIGHUP, hup)  # the re-checker's handler
+    assert served == [config.socket_path]
+    # restore() synced at least once, and every sync held the lock
+    assert fw.syncs and all(fw.syncs), fw.syncs
