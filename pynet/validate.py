@@ -200,6 +200,92 @@ def port(value: Any, what: str = "port", allow_zero: bool = False,
     return value
 
 
+# ------------------------------------------------------------------------ MTU
+MTU_MIN, MTU_MAX = 68, 65535  # IPv4's minimum (RFC 791), the largest an IP packet can be
+
+
+def mtu(value: Any, what: str = "mtu",
+        err: type[errors.PynetError] = errors.InvalidParameter) -> int:
+    """An interface MTU as JSON carries it: an integer (not a boolean, not a
+    float -- ``int(-inf)`` raises OverflowError, ``int(1500.7)`` would pass
+    silently), 68-65535."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise err(f"invalid {what} {shown(value)}: must be an integer")
+    if not MTU_MIN <= value <= MTU_MAX:
+        raise err(f"invalid {what} {value}: out of range {MTU_MIN}-{MTU_MAX}")
+    return value
+
+
+# ------------------------------------------------- instance, chains and paths
+# The chain prefix names iptables chains (``<prefix>-ISOLATION-STAGE-1`` is the
+# longest, and a chain name is at most 28 characters) and goes into every
+# rule's owner comment; the instance name is part of every link alias
+# (``pynet:<instance>:<id>``), of the Docker plugin socket's file name and of
+# the IPAM holders.  Both: letters, digits, '_' and '-' ('.' too for an
+# instance), starting with a letter or digit -- no ':' (the alias separator),
+# no '/', no iptables wildcard or negation, nothing a shell or a batch reads.
+CHAIN_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*\Z")
+CHAIN_PREFIX_MAX = 28 - len("-ISOLATION-STAGE-1")
+INSTANCE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+INSTANCE_MAX = 64  # /run/docker/plugins/<instance>.sock stays far below sun_path's 108 bytes
+
+
+def chain_prefix(value: Any, what: str = "chain prefix",
+                 err: type[errors.PynetError] = errors.InvalidParameter) -> str:
+    """The prefix of pynet's iptables chains (``PYNET``, ``DOCKER``...)."""
+    text = _need_str(value, what, err)
+    if not CHAIN_PREFIX.match(text):
+        raise err(f"invalid {what} {shown(text)}: it must start with a letter or digit, "
+                  "then letters, digits, '_' or '-'")
+    if len(text) > CHAIN_PREFIX_MAX:
+        raise err(f"invalid {what} {shown(text)}: {len(text)} characters long, at most "
+                  f"{CHAIN_PREFIX_MAX} (iptables chain names are at most 28)")
+    return text
+
+
+def instance_name(value: Any, what: str = "pynet instance name",
+                  err: type[errors.PynetError] = errors.InvalidParameter) -> str:
+    """A pynet instance (plugin) name: link aliases, socket name, IPAM holders."""
+    text = _need_str(value, what, err)
+    if not INSTANCE.match(text):
+        raise err(f"invalid {what} {shown(text)}: it must start with a letter or digit, "
+                  "then letters, digits, '_', '.' or '-'")
+    if len(text) > INSTANCE_MAX:
+        raise err(f"invalid {what} {shown(text)}: {len(text)} characters long, at most {INSTANCE_MAX}")
+    return text
+
+
+def abs_path(value: Any, what: str = "path",
+             err: type[errors.PynetError] = errors.InvalidParameter) -> str:
+    """An absolute file system path of printable characters (a NUL makes every
+    os call raise ValueError; a relative one would depend on the caller's
+    working directory)."""
+    text = _need_str(value, what, err)
+    if not text.startswith("/"):
+        raise err(f"invalid {what} {shown(text)}: not an absolute path")
+    if not text.isprintable():
+        raise err(f"invalid {what} {shown(text)}: control characters are not allowed")
+    if len(text.encode("utf-8", "surrogatepass")) > 4095:
+        raise err(f"invalid {what}: longer than PATH_MAX")
+    return text
+
+
+# ------------------------------------------------------------- address spaces
+ADDRESS_SPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*\Z")
+
+
+def address_space(value: Any, what: str = "address space",
+                  err: type[errors.PynetError] = errors.InvalidParameter) -> str:
+    """An IPAM address space name (``LocalDefault``, ``GlobalDefault``): it
+    heads every pool ID (``<space>/<pool>``) and is stored with each network,
+    so letters, digits, '_', '.' and '-' only -- no '/', '%', ':', spaces or
+    control characters."""
+    text = _need_str(value, what, err)
+    if not ADDRESS_SPACE.match(text) or len(text) > 64:
+        raise err(f"invalid {what} {shown(text)}: letters, digits, '_', '.' and '-' only")
+    return text
+
+
 # -------------------------------------------------------------- option values
 def option_value(value: Any, what: str = "option",
                  err: type[errors.PynetError] = errors.InvalidOption) -> Any:

@@ -26,8 +26,8 @@ import ipaddress
 
 from pynet import errors
 from pynet.cni import spec
-from pynet.cni.plugin import (GATEWAY_OPTS, LOCAL_DEFAULT, CniError, find_network, parse_ranges,
-                              parse_routes, requested_addresses)
+from pynet.cni.plugin import (GATEWAY_OPTS, LOCAL_DEFAULT, CniError, check_route_gateways, find_network,
+                              parse_dns, parse_ranges, parse_routes, requested_addresses)
 
 ALLOC = "cni/ipam/"
 POOLS = "cni/ipam-pools/"
@@ -39,10 +39,8 @@ def _conf(conf: dict) -> dict:
     ipam = conf.get("ipam")
     if not isinstance(ipam, dict):
         raise CniError(spec.INVALID_CONFIG, "the configuration has no ipam section")
-    parse_ranges(ipam)
-    parse_routes(ipam.get("routes"))
-    if not isinstance(ipam.get("dns") or {}, dict):
-        raise CniError(spec.INVALID_CONFIG, "ipam.dns must be an object")
+    parse_routes(ipam.get("routes"), parse_ranges(ipam))
+    parse_dns(ipam.get("dns"), "ipam.dns")
     return ipam
 
 
@@ -131,12 +129,7 @@ def _result(rec: dict, pools: dict, routes: list, dns: dict) -> dict:
 
 
 def _dns(ipam: dict) -> dict:
-    dns = ipam.get("dns")
-    if dns is None:
-        return {}
-    if not isinstance(dns, dict):
-        raise CniError(spec.INVALID_CONFIG, f"ipam.dns must be an object, got {dns!r}")
-    return dict(dns)
+    return parse_dns(ipam.get("dns"), "ipam.dns")
 
 
 def cmd_add(ctx, conf: dict, args: spec.Args) -> dict:
@@ -147,9 +140,9 @@ def cmd_add(ctx, conf: dict, args: spec.Args) -> dict:
     # refused ADD and an ADD killed halfway both leave nothing behind (DEL
     # and GC only know addresses through the record).
     wanted = requested_addresses(conf, args)
-    routes = parse_routes(ipam.get("routes"))
-    dns = _dns(ipam)
     ranges = parse_ranges(ipam)
+    routes = parse_routes(ipam.get("routes"), ranges)
+    dns = _dns(ipam)
     for fam, want in wanted.items():
         r = ranges.get(fam)
         if r and ipaddress.ip_address(want) not in ipaddress.ip_network(r.subnet):
@@ -159,6 +152,9 @@ def cmd_add(ctx, conf: dict, args: spec.Args) -> dict:
     holder = _holder(name, args.container_id, args.ifname)
     with c.transaction():
         pools = pools_for(ctx, name, ipam, create=True)
+        # the pools of an existing network when the conflist names no subnet:
+        # a route's gateway must be on-link there too (raising here undoes the commit)
+        check_route_gateways(routes, {f: p["subnet"] for f, p in pools.items()}, name)
         rec = c.store.get(key)
         if rec is not None:
             return _result(rec.value, pools, routes, dns)

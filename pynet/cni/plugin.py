@@ -219,15 +219,28 @@ def config_value():
         raise CniError(spec.INVALID_CONFIG, str(e)) from None
 
 
+def _absent(v) -> bool:
+    """JSON ``null``, a missing key or ``""``: the field is not given.  Any
+    other falsy value (``0``, ``false``, ``[]``) is a value of the wrong type,
+    refused by the field's check -- not read as "absent" (Go's decoder, which
+    the reference plugins use, refuses it too)."""
+    return v is None or v == ""
+
+
 def parse_ranges(ipam: dict) -> dict:
     """``ranges`` (one range set per family) or the older ``subnet``/``gateway``."""
     if not isinstance(ipam, dict):
         raise CniError(spec.INVALID_CONFIG, "ipam must be an object")
     sets = ipam.get("ranges")
-    if sets is None and ipam.get("subnet"):
-        sets = [[{"subnet": ipam["subnet"], "gateway": ipam.get("gateway", "")}]]
+    if sets is None and not _absent(ipam.get("subnet")):
+        sets = [[{"subnet": ipam["subnet"], "gateway": ipam.get("gateway")}]]
+    if sets is None:
+        sets = []
+    if not isinstance(sets, list):
+        raise CniError(spec.INVALID_CONFIG, f"ipam.ranges must be a list of range sets, "
+                                            f"not {validate.shown(sets)}")
     out: dict[int, Range] = {}
-    for rs in sets or []:
+    for rs in sets:
         if not isinstance(rs, list) or not rs:
             raise CniError(spec.INVALID_CONFIG, "ipam.ranges must be a list of non-empty lists")
         if len(rs) > 1:
@@ -237,81 +250,158 @@ def parse_ranges(ipam: dict) -> dict:
         if not isinstance(r, dict):
             raise CniError(spec.INVALID_CONFIG, "an ipam range must be an object")
         for k in ("rangeStart", "rangeEnd"):
-            if r.get(k):
+            if not _absent(r.get(k)):
                 raise CniError(spec.UNSUPPORTED_FIELD, f"ipam range {k} is not supported by pynet "
                                                        "(the whole subnet is allocated from)")
         with config_value():
             net = validate.ip_network(r.get("subnet"), "ipam subnet")
-        gw = r.get("gateway") or ""
-        if gw:
+        gw = r.get("gateway")
+        if _absent(gw):
+            gw = ""
+        else:
             with config_value():
                 g = validate.ip_address(gw, "ipam gateway", version=net.version)
             if g not in net:
-                raise CniError(spec.INVALID_CONFIG, f"gateway {gw} is outside subnet {net}")
+                raise CniError(spec.INVALID_CONFIG, f"gateway {g} is outside subnet {net}")
+            if net.num_addresses > 2 and (g == net.network_address or (
+                    net.version == 4 and g == net.broadcast_address)):
+                # as the IPAM's pool geometry: no network (or subnet-router anycast) and
+                # no broadcast address, except on /31, /32, /127 and /128
+                raise CniError(spec.INVALID_CONFIG, f"gateway {g} is not a host address of subnet {net}")
+            gw = str(g)
         if net.version in out:
             raise CniError(spec.UNSUPPORTED_FIELD, f"more than one IPv{net.version} range set")
         out[net.version] = Range(str(net), gw)
     return out
 
 
-def parse_routes(routes) -> list:
+def parse_routes(routes, ranges: Optional[dict] = None) -> list:
+    """``ipam.routes``: ``[{"dst": CIDR, "gw"?: address}]``, normalised (the
+    kernel refuses a dst with host bits).  A gateway must be on-link -- in the
+    subnet of its family, when ``ranges`` (from ``parse_ranges``) names one --
+    or the kernel refuses the route after the interface is set up
+    (``check_route_gateways`` checks it against a default pool's subnet)."""
+    if routes is None:
+        return []
+    if not isinstance(routes, list):
+        raise CniError(spec.INVALID_CONFIG, f"ipam.routes must be a list, not {validate.shown(routes)}")
     out = []
-    for r in routes or []:
-        if not isinstance(r, dict) or not r.get("dst"):
+    for r in routes:
+        if not isinstance(r, dict) or _absent(r.get("dst")):
             raise CniError(spec.INVALID_CONFIG, f"invalid route {validate.shown(r)}: needs dst")
         with config_value():
             dst = validate.ip_network(r["dst"], "route dst")
-            if r.get("gw"):
-                validate.ip_address(r["gw"], "route gw", version=dst.version)
-        out.append({"dst": r["dst"], **({"gw": r["gw"]} if r.get("gw") else {})})
+            gw = None if _absent(r.get("gw")) else validate.ip_address(r["gw"], "route gw", version=dst.version)
+        route = {"dst": str(dst)}
+        if gw is not None:
+            if gw.is_unspecified or gw.is_multicast or (gw.version == 4 and gw == ipaddress.IPv4Address(
+                    "255.255.255.255")):
+                raise CniError(spec.INVALID_CONFIG, f"route {dst} via {gw}: not a gateway address")
+            r4 = (ranges or {}).get(gw.version)
+            if r4 is not None and gw not in ipaddress.ip_network(r4.subnet):
+                raise CniError(spec.INVALID_CONFIG, f"route {dst} via {gw}: the gateway is not in "
+                                                    f"subnet {r4.subnet}")
+            route["gw"] = str(gw)
+        if route in out:
+            raise CniError(spec.INVALID_CONFIG, f"route {dst} is given twice")
+        out.append(route)
     return out
 
 
+def network_subnets(net) -> dict:
+    """{4: subnet, 6: subnet} of a pynet network (its first pool per family)."""
+    out = {}
+    for fam, datas in ((4, net.ipv4), (6, net.ipv6)):
+        if datas:
+            out[fam] = str(ipaddress.ip_network(datas[0].pool, strict=False))
+    return out
+
+
+def check_route_gateways(routes: list, subnets: dict, name: str) -> None:
+    """Each route's gateway inside the network's subnet of its family
+    (``subnets``: {4: "10.1.0.0/24", 6: ...}); code 7 otherwise."""
+    for r in routes:
+        if not r.get("gw"):
+            continue
+        gw = ipaddress.ip_address(r["gw"])
+        sub = subnets.get(gw.version)
+        if sub is None or gw not in ipaddress.ip_network(sub, strict=False):
+            raise CniError(spec.INVALID_CONFIG, f"route {r['dst']} via {gw}: the gateway is not in "
+                                                f"{'subnet ' + str(sub) if sub else f'an IPv{gw.version} subnet'} "
+                                                f"of network {name}")
+
+
+_DNS_LISTS = ("nameservers", "search", "options")
+
+
+def parse_dns(dns, where: str = "dns") -> dict:
+    """A ``dns`` object (passed through to the result): its fields' types as the spec gives them."""
+    if dns is None:
+        return {}
+    if not isinstance(dns, dict):
+        raise CniError(spec.INVALID_CONFIG, f"{where} must be an object")
+    d = dns.get("domain")
+    if d is not None and not isinstance(d, str):
+        raise CniError(spec.INVALID_CONFIG, f"{where}.domain must be a string")
+    for k in _DNS_LISTS:
+        v = dns.get(k)
+        if v is not None and (not isinstance(v, list) or not all(isinstance(x, str) for x in v)):
+            raise CniError(spec.INVALID_CONFIG, f"{where}.{k} must be a list of strings")
+    return dict(dns)
+
+
 def ipam_section(conf: dict) -> dict:
-    ipam = conf.get("ipam") or {}
+    ipam = conf.get("ipam")
+    if ipam is None:
+        return {}
     if not isinstance(ipam, dict):
         raise CniError(spec.INVALID_CONFIG, "ipam must be an object")
     t = ipam.get("type", "")
     if t not in ("", "pynet", "pynet-ipam"):
         raise CniError(spec.UNSUPPORTED_FIELD,
-                       f"ipam type {t!r}: pynet's interface plugins allocate from pynet's IPAM "
+                       f"ipam type {validate.shown(t)}: pynet's interface plugins allocate from pynet's IPAM "
                        f"(type pynet-ipam); use pynet-ipam with other interface plugins")
     return ipam
 
 
+def _opt_ifname(conf: dict, key: str, what: str) -> str:
+    v = conf.get(key)
+    if _absent(v):
+        return ""
+    with config_value():
+        return validate.ifname(v, what)
+
+
 def parse_netconf(plugin: str, conf: dict) -> NetConf:
+    """The interface plugin's network configuration, every field checked by
+    type and by value before anything is looked up or created (code 7, or 2
+    for what pynet does not support)."""
+    from pynet.drivers.macvlan import MODES
+
     ipam = ipam_section(conf)
     nc = NetConf(name=conf["name"], version=conf["cniVersion"], driver=DRIVER_OF[plugin])
     if plugin == "bridge":
-        br = conf.get("bridge") or ""
-        if br:
-            with config_value():
-                validate.ifname(br, "bridge name")
-        nc.bridge = br
+        nc.bridge = _opt_ifname(conf, "bridge", "bridge name")
         nc.is_default_gateway = bool(_bool(conf, "isDefaultGateway", False))
         nc.is_gateway = bool(_bool(conf, "isGateway", False)) or nc.is_default_gateway
         nc.ip_masq = _bool(conf, "ipMasq", None)
         nc.hairpin = bool(_bool(conf, "hairpinMode", False))
         nc.spoof_check = _bool(conf, "macspoofchk", None)
     else:
-        nc.master = conf.get("master") or ""
-        nc.mode = conf.get("mode") or ""
-        with config_value():
-            if nc.master:
-                validate.ifname(nc.master, "master interface")
-            if nc.mode:
-                validate.option_value(nc.mode, "mode")
+        nc.master = _opt_ifname(conf, "master", "master interface")
+        mode = conf.get("mode")
+        if not _absent(mode):
+            if not isinstance(mode, str) or mode not in MODES:
+                raise CniError(spec.INVALID_CONFIG, f"invalid macvlan mode {validate.shown(mode)}: "
+                                                    f"expected one of {', '.join(MODES)}")
+            nc.mode = mode
         nc.is_gateway = nc.is_default_gateway = True
-    if conf.get("mtu") not in (None, 0):
-        try:
-            nc.mtu = int(conf["mtu"])
-            if not 68 <= nc.mtu <= 65535:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise CniError(spec.INVALID_CONFIG, f"invalid mtu {conf.get('mtu')!r}") from None
+    if conf.get("mtu") not in (None, 0) or isinstance(conf.get("mtu"), bool):
+        with config_value():
+            nc.mtu = validate.mtu(conf["mtu"])
     nc.ranges = parse_ranges(ipam)
-    nc.routes = parse_routes(ipam.get("routes"))
-    nc.dns = conf.get("dns") if isinstance(conf.get("dns"), dict) else {}
+    nc.routes = parse_routes(ipam.get("routes"), nc.ranges)
+    nc.dns = parse_dns(conf.get("dns"))
     return nc
 
 
@@ -481,10 +571,12 @@ def requested_addresses(conf: dict, args: spec.Args) -> dict:
     ips = spec.capability(conf, "ips")
     if ips is None and args.args.get("IP"):
         ips = args.args["IP"].split(",")
-    if not isinstance(ips, (list, type(None))):
-        raise CniError(spec.INVALID_CONFIG, "runtimeConfig.ips must be a list")
+    if ips is None:
+        return {}
+    if not isinstance(ips, list):
+        raise CniError(spec.INVALID_CONFIG, f"runtimeConfig.ips must be a list, not {validate.shown(ips)}")
     out = {}
-    for ip in ips or []:
+    for ip in ips:
         with config_value():
             a = validate.ip_address(ip, "requested address", allow_prefix=True)
         if a.version in out:
@@ -494,39 +586,57 @@ def requested_addresses(conf: dict, args: spec.Args) -> dict:
 
 
 def requested_mac(conf: dict, args: spec.Args) -> str:
-    mac = spec.capability(conf, "mac") or args.args.get("MAC") or ""
-    if mac:
-        with config_value():
-            return validate.mac(mac, "requested MAC address")
-    return ""
+    mac = spec.capability(conf, "mac")
+    if _absent(mac):
+        mac = args.args.get("MAC")
+    if _absent(mac):
+        return ""
+    with config_value():
+        return validate.mac(mac, "requested MAC address")
 
 
 def port_mappings(conf: dict) -> list:
+    """``runtimeConfig.portMappings``, every field checked -- a host address
+    also for being one of this host's (the check the firewall makes when it
+    publishes), so a bad one is refused here, before the network exists."""
     from pynet.cnm.model import PortMapping
 
-    pms = spec.capability(conf, "portMappings") or []
+    pms = spec.capability(conf, "portMappings")
+    if pms is None:
+        return []
     if not isinstance(pms, list):
         raise CniError(spec.INVALID_CONFIG, "runtimeConfig.portMappings must be a list")
     out = []
     for pm in pms:
         if not isinstance(pm, dict):
-            raise CniError(spec.INVALID_CONFIG, f"invalid port mapping {pm!r}")
+            raise CniError(spec.INVALID_CONFIG, f"invalid port mapping {validate.shown(pm)}")
+        hp = spec.ci_get(pm, "hostPort")
+        cp = spec.ci_get(pm, "containerPort")
         with config_value():
-            hp = validate.port(spec.ci_get(pm, "hostPort", default=0) or 0, "portMappings hostPort",
-                               allow_zero=True)
-            cp = validate.port(spec.ci_get(pm, "containerPort", default=0) or 0,
-                               "portMappings containerPort")
-        proto = spec.ci_get(pm, "protocol", default="tcp") or "tcp"
+            hp = validate.port(0 if hp is None else hp, "portMappings hostPort", allow_zero=True)
+            cp = validate.port(cp, "portMappings containerPort")
+        proto = spec.ci_get(pm, "protocol")
+        if _absent(proto):
+            proto = "tcp"
         if not isinstance(proto, str) or proto.lower() not in ("tcp", "udp", "sctp"):
             raise CniError(spec.INVALID_CONFIG,
                            f"unsupported protocol {validate.shown(proto)} in port mapping")
         proto = proto.lower()
-        host_ip = spec.ci_get(pm, "hostIP", default="") or ""
-        if host_ip:
+        host_ip = spec.ci_get(pm, "hostIP")
+        if _absent(host_ip):
+            host_ip = ""
+        else:
             # it becomes an iptables token: no zone text, nothing but an address
             with config_value():
                 host_ip = str(validate.ip_address(host_ip, "portMappings hostIP"))
-        out.append(PortMapping(proto=proto, container_port=cp, host_port=hp, host_ip=host_ip))
+            from pynet.drivers.bridge_firewall import BridgeFirewall
+            if not BridgeFirewall.is_local(host_ip):
+                raise CniError(spec.INVALID_CONFIG, f"portMappings hostIP {host_ip} is not an address "
+                                                    "of this host")
+        m = PortMapping(proto=proto, container_port=cp, host_port=hp, host_ip=host_ip)
+        if m in out:
+            raise CniError(spec.INVALID_CONFIG, f"port mapping {hp}/{proto} -> {cp} is given twice")
+        out.append(m)
     return out
 
 
@@ -647,6 +757,8 @@ def cmd_add(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> dict:
     existed = find_network(c, nc.name) is not None
     net = ensure_network(ctx, nc)
     try:
+        # the subnets are known now also when the conflist gave none (a default pool)
+        check_route_gateways(nc.routes, network_subnets(net), nc.name)
         old = attach.find(c, net, args.container_id, args.ifname)
         if old is not None:
             if old.sandbox_key == args.netns and _link_exists(ctx, args.netns, args.ifname):
@@ -758,8 +870,10 @@ def valid_attachments(conf: dict) -> set:
         raise CniError(spec.INVALID_CONFIG, "cni.dev/valid-attachments must be a list")
     out = set()
     for a in va:
-        if not isinstance(a, dict) or not a.get("containerID"):
-            raise CniError(spec.INVALID_CONFIG, f"invalid attachment {a!r}")
+        if not isinstance(a, dict) or not isinstance(a.get("containerID"), str) or not a["containerID"] \
+                or not isinstance(a.get("ifname") or "", str):
+            raise CniError(spec.INVALID_CONFIG, f"invalid attachment {validate.shown(a)}: "
+                                                "needs a containerID string (and an ifname string)")
         out.add((a["containerID"], a.get("ifname") or ""))
     return out
 

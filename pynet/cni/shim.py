@@ -47,28 +47,50 @@ class Declined(Exception):
 def pynet_settings(conf: dict, env: dict) -> dict:
     """State dir, socket, chain prefix, instance and whether to use the daemon,
     from the conflist's ``pynet`` object (top level or inside ``ipam``), the
-    environment, then the defaults."""
+    environment, then the defaults.
+
+    Each value is checked here, at the door (``pynet.validate``), by content
+    and not only by type: the chain prefix names iptables chains and tags
+    every rule, the instance is part of every link alias, the socket's name
+    and the IPAM holders, and the paths reach every os call (a NUL in one
+    raises ValueError there).  A bad conflist value is code 7, a bad
+    PYNET_* variable code 4."""
+    from pynet import errors, validate
+    from pynet.cni import spec
+
     own = {}
     if isinstance(conf, dict):
         ipam = conf.get("ipam") if isinstance(conf.get("ipam"), dict) else {}
         for src in (ipam.get("pynet"), conf.get("pynet")):
+            if src is not None and not isinstance(src, dict):
+                raise spec.CniError(spec.INVALID_CONFIG, "the pynet section must be an object")
             if isinstance(src, dict):
                 own.update(src)
-    for key in ("stateDir", "socket", "chainPrefix", "instance"):
-        if own.get(key) is not None and not isinstance(own[key], str):
-            from pynet.cni import spec
-            raise spec.CniError(spec.INVALID_CONFIG, f"pynet.{key} must be a string")
     if not isinstance(own.get("daemon", True), bool):
-        from pynet.cni import spec
         raise spec.CniError(spec.INVALID_CONFIG, "pynet.daemon must be true or false")
-    instance = own.get("instance") or env.get("PYNET_PLUGIN_NAME") or "pynet"
+    checks = {"stateDir": (validate.abs_path, "PYNET_STATE_DIR"),
+              "socket": (validate.abs_path, "PYNET_SOCKET"),
+              "chainPrefix": (validate.chain_prefix, "PYNET_CHAIN_PREFIX"),
+              "instance": (validate.instance_name, "PYNET_PLUGIN_NAME")}
+    got = {}
+    for key, (check, var) in checks.items():
+        value, code, what = own.get(key), spec.INVALID_CONFIG, f"pynet.{key}"
+        if value is None or value == "":
+            value, code, what = env.get(var), spec.INVALID_ENVIRONMENT, var
+        if value is None or value == "":
+            continue
+        try:
+            got[key] = check(value, what)
+        except errors.InvalidParameter as e:
+            raise spec.CniError(code, str(e)) from None
+    instance = got.get("instance") or "pynet"
     daemon = own.get("daemon", True)
     if str(env.get("PYNET_CNI_DAEMON", "1")).lower() in ("0", "false", "no", "off"):
         daemon = False
     return {
-        "state_dir": own.get("stateDir") or env.get("PYNET_STATE_DIR") or DEFAULT_STATE_DIR,
-        "socket": own.get("socket") or env.get("PYNET_SOCKET") or f"/run/docker/plugins/{instance}.sock",
-        "chain_prefix": own.get("chainPrefix") or env.get("PYNET_CHAIN_PREFIX") or None,
+        "state_dir": got.get("stateDir") or DEFAULT_STATE_DIR,
+        "socket": got.get("socket") or f"/run/docker/plugins/{instance}.sock",
+        "chain_prefix": got.get("chainPrefix"),
         "instance": instance,
         "daemon": bool(daemon),
     }

@@ -49,7 +49,7 @@ class BridgeFirewall:
         self._last_applied = None  # the rendering the kernel got last
 
     @staticmethod
-    def _is_local(ip: str) -> bool:
+    def is_local(ip: str) -> bool:
         """Docker's built-in driver binds each published host address (and so refuses one that
         is not on this host); pynet has no proxy, so it tries the same bind once."""
         a = ipaddress.ip_address(ip)
@@ -67,7 +67,7 @@ class BridgeFirewall:
         now = {(e.id, p.proto, p.host_ip, p.host_port) for e in ep_specs for p in e.ports}
         if self._known is not None:  # the first sync (daemon start) restores what is stored
             for (_, proto, hip, hport) in sorted(now - self._known):
-                if hip and not self._is_local(hip):
+                if hip and not self.is_local(hip):
                     raise InvalidAddress(f"host address {hip} for {hport}/{proto} is not an "
                                          "address of this host")
         return now

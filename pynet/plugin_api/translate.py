@@ -153,8 +153,10 @@ def ip_data_list(body: dict, key: str) -> list[IPData]:
         gateway = get_str(item, "Gateway", where)
         if gateway:
             validate.ip_address(gateway, f"{where}Gateway", allow_prefix=True)
-        out.append(IPData(pool=pool, gateway=gateway,
-                          address_space=get_str(item, "AddressSpace", where),
+        space = get_str(item, "AddressSpace", where)
+        if space:
+            validate.address_space(space, f"{where}AddressSpace", err=errors.InvalidRequest)
+        out.append(IPData(pool=pool, gateway=gateway, address_space=space,
                           aux_addresses=dict(aux)))
     return out
 
@@ -290,7 +292,7 @@ def sandbox_key(body: dict) -> str:
     """Join's ``SandboxKey``: a path (``/var/run/docker/netns/<id>``), or empty."""
     key = get_str(body, "SandboxKey")
     if key:
-        validate.option_value(key, "SandboxKey", err=errors.InvalidRequest)
+        validate.abs_path(key, "SandboxKey", err=errors.InvalidRequest)
     return key
 
 
@@ -322,7 +324,10 @@ def render_join(info: JoinInfo) -> dict:
 # ---------------------------------------------------------------- IpamDriver
 def request_pool_args(body: dict) -> dict:
     options = get_dict(body, "Options")
-    return dict(address_space=get_str(body, "AddressSpace"),
+    space = get_str(body, "AddressSpace")
+    if space:
+        validate.address_space(space, "AddressSpace", err=errors.InvalidRequest)
+    return dict(address_space=space,
                 pool=get_str(body, "Pool"), sub_pool=get_str(body, "SubPool"),
                 options=_string_map(options, "Options"), v6=get_bool(body, "V6"))
 
