@@ -165,6 +165,14 @@ class Args:
             raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS is required for {command}")
         if command in ("ADD", "CHECK") and not self.netns.startswith("/"):
             raise CniError(INVALID_ENVIRONMENT, f"CNI_NETNS {self.netns!r} is not an absolute path")
+        if command in ("ADD", "CHECK"):
+            # it is stored as the endpoint's sandbox key and opened: a NUL or a
+            # newline in it is no namespace path (DEL stays lenient: it finds
+            # the attachment by container ID and interface)
+            try:
+                validate.abs_path(self.netns, "CNI_NETNS")
+            except errors.InvalidParameter as e:
+                raise CniError(INVALID_ENVIRONMENT, str(e)) from None
 
 
 def parse_command(env: dict) -> str:
