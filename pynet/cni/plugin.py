@@ -297,10 +297,10 @@ def parse_routes(routes, ranges: Optional[dict] = None) -> list:
             if gw.is_unspecified or gw.is_multicast or (gw.version == 4 and gw == ipaddress.IPv4Address(
                     "255.255.255.255")):
                 raise CniError(spec.INVALID_CONFIG, f"route {dst} via {gw}: not a gateway address")
-            r4 = (ranges or {}).get(gw.version)
-            if r4 is not None and gw not in ipaddress.ip_network(r4.subnet):
+            rng = (ranges or {}).get(gw.version)
+            if rng is not None and gw not in ipaddress.ip_network(rng.subnet):
                 raise CniError(spec.INVALID_CONFIG, f"route {dst} via {gw}: the gateway is not in "
-                                                    f"subnet {r4.subnet}")
+                                                    f"subnet {rng.subnet}")
             route["gw"] = str(gw)
         if route in out:
             raise CniError(spec.INVALID_CONFIG, f"route {dst} is given twice")
