@@ -83,6 +83,12 @@ def _bare(addr: str) -> str:
     return (addr or "").split("/")[0]
 
 
+def _brief(e: dict) -> str:
+    """One operation of the log on one line."""
+    rest = {k: v for k, v in e.items() if k not in ("step", "op", "t") and v not in (None, "", [], False)}
+    return f"{e['step']} {e['op']} " + " ".join(f"{k}={v}" for k, v in rest.items())
+
+
 def _short(text: str, n: int = 240) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= n else text[:n] + "..."
@@ -140,7 +146,9 @@ class FaultRun:
     # ------------------------------------------------------------------ the daemon
     def restart_daemon(self, why: str) -> bool:
         self.daemon.kill()
-        return self.start_daemon(why)
+        ok = self.start_daemon(why)
+        self.note("daemon SIGKILL + start", why=why, ok=ok)
+        return ok
 
     def start_daemon(self, why: str) -> bool:
         try:
@@ -531,14 +539,22 @@ class FaultRun:
         harness.cleanup_links(list(harness.daemon_links(self.daemon.name)))
 
     def summary(self) -> str:
-        first = min((v["step"] for v in self.violations if isinstance(v["step"], int)), default=None)
-        lines = [f"seed {self.seed} ({len(self.log)} operations logged; replay: "
-                 f"PYNET_FAULT_SEED={self.seed} ./scripts/test tests/e2e/test_fault_injection.py -q)",
-                 f"{len(self.violations)} violation(s):"]
-        lines += [f"  step {v['step']}: [{v['kind']}] {v['msg']}" for v in self.violations]
-        upto = [e for e in self.log if first is None or not isinstance(e["step"], int) or e["step"] <= first]
-        lines.append(f"operations up to the first violation (step {first}), last 40:")
-        lines += ["  " + json.dumps(e, default=str) for e in upto[-40:] if isinstance(e["step"], int)]
+        lines = [f"seed {self.seed}: {len(self.violations)} violation(s) in {len(self.log)} logged operations "
+                 f"(replay: PYNET_FAULT_SEED={self.seed} ./scripts/test tests/e2e/test_fault_injection.py -q; "
+                 f"whole log: {harness.results_dir()}/fault-injection-{self.seed}.json)"]
+        kinds: dict[str, list] = defaultdict(list)
+        for v in self.violations:
+            kinds[v["kind"]].append(v)
+        for kind, vs in kinds.items():
+            lines.append(f"[{kind}] {len(vs)}x, first at step {vs[0]['step']}:")
+            lines += [f"    step {v['step']}: {v['msg']}" for v in vs[:3]]
+        for kind, vs in kinds.items():
+            first = vs[0]["step"]
+            if not isinstance(first, int):
+                continue
+            lines.append(f"operations before the first [{kind}] (step {first}), last 12:")
+            before = [e for e in self.log if isinstance(e["step"], int) and e["step"] <= first]
+            lines += ["    " + _brief(e) for e in before[-12:]]
         return "\n".join(lines)
 
     def report(self) -> str:
