@@ -940,6 +940,17 @@ def netns_del(name: str) -> bool:
     return sh("ip", "netns", "del", name, check=False).returncode == 0
 
 
+# Store records of the daemon itself, not of any object a test makes: the custom-named bridges of
+# dockerd's own networks, learned from dockerd (another run's `docker network create -o
+# com.docker.network.bridge.name=...` adds one at any time).
+DAEMON_STATE_KEYS = ("firewall/foreign-bridges",)
+
+
+def object_keys(keys: Iterable[str]) -> set[str]:
+    """Store keys minus the daemon's own state (``DAEMON_STATE_KEYS``)."""
+    return {k for k in keys if not k.startswith(DAEMON_STATE_KEYS)}
+
+
 def pynet_holdings(state_dir: str | os.PathLike) -> dict:
     """What a daemon's store holds, read from its state dir as the CLI reads it::
 

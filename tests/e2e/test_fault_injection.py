@@ -441,7 +441,7 @@ class FaultRun:
         from pynet.drivers.bridge import container_veth_name, default_bridge_name, host_veth_name
 
         st = harness.pynet_holdings(self.daemon.state_dir)
-        left = sorted(set(st["keys"]) - self.baseline_keys)
+        left = sorted(harness.object_keys(st["keys"]) - self.baseline_keys)
         if left:
             self.violation("L2 store", f"{when}: store records left: {left[:12]}{' ...' if len(left) > 12 else ''}")
         tagged = harness.daemon_links(self.daemon.name)
@@ -463,7 +463,7 @@ class FaultRun:
 
     # ------------------------------------------------------------------ the run
     def baseline(self) -> None:
-        self.baseline_keys = set(harness.pynet_holdings(self.daemon.state_dir)["keys"])
+        self.baseline_keys = harness.object_keys(harness.pynet_holdings(self.daemon.state_dir)["keys"])
         self.baseline_rules = set(harness.firewall_lines(self.chain_prefix))
         self.observe()
 
