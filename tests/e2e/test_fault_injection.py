@@ -569,7 +569,7 @@ class FaultRun:
         return str(path)
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(600)
 def test_fault_injection_docker_and_cni(docker, test_image, pynet_daemon_factory, prefix, tmp_path):
     seed = int(os.environ.get("PYNET_FAULT_SEED") or secrets.randbits(32))
     print(f"\n[fault injection] seed {seed}, {N_OPS} operations")

@@ -109,7 +109,7 @@ class Churn:
         return sum(a < t < b for t in self.events)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(420)
 def test_parallel_cni_adds_with_docker_churn(docker, test_image, pynet_daemon_factory, prefix, tmp_path):
     daemon = pynet_daemon_factory("par")
     cni = harness.CniExec(harness.install_cni_binaries(tmp_path / "cnibin"))
