@@ -25,7 +25,8 @@ After every operation:
         always starts again
 After a last restart with nothing in flight and every unfinished pod DEL'd:
     L1  the store holds nothing that no live container, pod or Docker network holds (addresses,
-        endpoint and network records) and every link tagged with the daemon's alias has its record
+        endpoint and network records); every link tagged with the daemon's alias and every rule
+        whose owner comment names a network or endpoint has its record
 After removing everything (containers, pods, networks), and again after one more restart:
     L2  no store record beyond a fresh daemon's, no link tagged with the daemon's alias or named
         after one of its objects, no iptables/ip6tables line with its chain prefix, no netns
@@ -44,6 +45,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import secrets
 import subprocess
 import threading
@@ -435,6 +437,12 @@ class FaultRun:
         for link, oid in sorted(harness.daemon_links(self.daemon.name).items()):
             if oid not in ids:
                 self.violation("L1 link", f"link {link} (tagged for {oid[:12]}) has no record")
+        # rules are owned by a network or an endpoint (the comment names it) or are the base layout
+        owner_re = re.compile(rf"pynet:{re.escape(self.chain_prefix)}:([0-9a-f]{{64}})\b")
+        orphans = sorted({m.group(1) for line in harness.firewall_lines(self.chain_prefix)
+                          for m in [owner_re.search(line)] if m and m.group(1) not in ids})
+        if orphans:
+            self.violation("L1 rule", f"firewall rules of owners without a record: {[o[:12] for o in orphans]}")
 
     def check_nothing_left(self, when: str) -> None:
         """L2, after removing everything."""
@@ -480,7 +488,7 @@ class FaultRun:
         ops.append((1.0 if self.disconnectable() else 0, self.op_disconnect))
         ops.append((3.0 if nets and len(pods) < MAX_PODS else 0, self.op_cni_add))
         ops.append((1.5 + 2 * uncertain if pods else 0, self.op_cni_del))
-        ops.append((1.2, self.op_daemon_kill))
+        ops.append((1.0, self.op_daemon_kill))
         ops = [(w, f) for w, f in ops if w > 0]
         return self.rng.choices([f for _, f in ops], [w for w, _ in ops])[0]
 
