@@ -595,3 +595,71 @@ def test_fault_injection_docker_and_cni(docker, test_image, pynet_daemon_factory
               f"{round(time.monotonic() - run.t0)} s, log {path}")
         run.emergency_cleanup()
     assert not run.violations, run.summary()
+
+
+KILLED_ADDS = 40
+
+
+@pytest.mark.timeout(300)
+def test_killed_cni_add_then_del_leaks_nothing(prefix, tmp_path):
+    """The fault loop's "kill an in-flight CNI binary" focused on one place: a pynet-bridge ADD
+    working in-process (no daemon answers) is SIGKILLed at a random point of its work, then DEL'd
+    as a runtime does after a failed ADD.  Nothing may stay allocated, recorded or linked.  The
+    network is a CNI-made one (no Docker network of that name), so no reconciliation with dockerd
+    can hide a leak.  Delays are seeded like the loop's (PYNET_FAULT_SEED); 40 kills spread over
+    the ADD's measured duration, 10.247.8.0/24."""
+    import random
+
+    seed = int(os.environ.get("PYNET_FAULT_SEED") or secrets.randbits(32))
+    rng = random.Random(seed)
+    instance = f"{prefix}-kill"
+    chain_prefix = harness.chain_prefix_for(instance)
+    state = tmp_path / "state-kill"
+    cni = harness.CniExec(harness.install_cni_binaries(tmp_path / "cnibin"))
+    network = f"{prefix}-kn"
+    conf = {"cniVersion": "1.0.0", "name": network, "type": "pynet-bridge", "isGateway": True,
+            "isDefaultGateway": True, "ipMasq": True,
+            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": "10.247.8.0/24"}]]},
+            "pynet": {"stateDir": str(state), "chainPrefix": chain_prefix, "instance": instance,
+                      "daemon": False}}
+    ns = f"{prefix}-xk"
+    path = harness.netns_add(ns)
+
+    def view() -> dict:
+        st = harness.pynet_holdings(state)
+        return {"addresses": sorted(a for p in st["pools"] for a in p["allocated"]),
+                "endpoint records": sorted(e["id"][:12] for e in st["endpoints"]),
+                "links": sorted(harness.daemon_links(instance))}
+
+    leaks: list[str] = []
+    took = 0.0
+    try:
+        durations = []
+        for i in range(3):
+            t = time.monotonic()
+            r = cni.call("ADD", conf, f"warm{i}", path)
+            durations.append(time.monotonic() - t)
+            assert r.ok, r
+            assert cni.call("DEL", conf, f"warm{i}", path).ok
+        took = sorted(durations)[1]
+        base = view()
+        for k in range(KILLED_ADDS):
+            delay = rng.uniform(0.2 * took, 0.9 * took)
+            r = cni.call("ADD", conf, f"k{k}", path, kill_after=delay)
+            r2 = cni.call("DEL", conf, f"k{k}", path)
+            if not r2.ok:
+                leaks.append(f"DEL after a kill at {delay:.3f} s failed: {r2!r}")
+            now = view()
+            new = {kind: sorted(set(now[kind]) - set(base[kind])) for kind in now}
+            if any(new.values()):
+                leaks.append(f"ADD {'killed' if r.killed else 'finished'} at {delay:.3f} s, then DEL: "
+                             + "; ".join(f"{kind} left {v}" for kind, v in new.items() if v))
+                base = now   # each leak reported once
+    finally:
+        harness.netns_del(ns)
+        harness.sh(*harness.pynet_command(), "--state-dir", str(state), "--plugin-name", instance,
+                   "--chain-prefix", chain_prefix, "network", "rm", "--force", network, check=False)
+        harness.cleanup_links(list(harness.daemon_links(instance)))
+        harness.flush_firewall(chain_prefix)
+    assert not leaks, (f"seed {seed} (an unkilled ADD takes {took:.2f} s); {len(leaks)} of {KILLED_ADDS} "
+                       "killed ADDs left something a DEL does not remove:\n" + "\n".join(leaks))
