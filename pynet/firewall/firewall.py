@@ -26,16 +26,20 @@ In the chains pynet creates, foreign rules (e.g. an admin's rules in
 ``-j RETURN`` stays last).
 
 FORWARD policy: Docker sets ``ip_forward=1`` and, when it is the one that
-turned forwarding on, the FORWARD policy to DROP.  pynet's bridge driver sets
-``ip_forward=1`` for non-internal networks but pynet never changes a built-in
-chain's policy: it is host-wide state pynet cannot own or restore by tag.
-Everything pynet promises (isolation, ICC off, internal, anti-spoofing,
-published vs unpublished ports via the host's addresses) is enforced by
-explicit rules and holds with policy ACCEPT too.  What policy DROP adds on a
-host without dockerd is that *routed* traffic to a container address (a
-neighbour that routes 10.x/24 via this host) is refused, and that the host
-does not route between its other interfaces; administrators who want that set
-``iptables -P FORWARD DROP`` themselves (beside dockerd it is already DROP).
+turned forwarding on, the FORWARD policy to DROP; where forwarding was already
+on (a router, a Kubernetes node, a host where a CNI plugin ran first) it leaves
+the policy at ACCEPT.  pynet's bridge driver sets ``ip_forward=1`` for
+non-internal networks but pynet never changes a built-in chain's policy: it is
+host-wide state pynet cannot own or restore by tag.  Nothing pynet promises
+leans on the policy: isolation, ICC off, internal, anti-spoofing, and "a
+container port is reachable from outside its network only if it is published"
+are all explicit rules, for IPv4 and IPv6 -- the last one is the
+``! -i br -o br -j DROP`` per network at the end of the ``<prefix>`` chain,
+below every per-port ACCEPT (as Docker 28 does; Docker 20.10 relied on the
+policy there, see :mod:`pynet.firewall.render`).  What policy DROP still adds
+on a host without dockerd is that the host does not route between its *other*
+interfaces; administrators who want that set ``iptables -P FORWARD DROP``
+themselves.
 
 Atomicity: one ``iptables-restore --noflush`` process (nft) or one libiptc
 commit per table (legacy) per family.  iptables-restore commits table by

@@ -18,6 +18,18 @@ Differences from Docker, all on purpose:
 * An ``--internal`` network with several subnets of one family cannot use
   Docker's ``! -d subnet -j DROP`` pair (it would drop its own second
   subnet); it gets ``-d subnet -j RETURN`` per subnet then one DROP instead.
+* Unpublished ports (Docker 28's fix, which 20.10 lacks): after every
+  per-port ACCEPT in ``<prefix>``, each non-internal network gets
+  ``! -i br -o br -j DROP``, so traffic forwarded into a bridge from outside it
+  is refused unless a published port accepted it -- whatever the FORWARD
+  policy (dockerd leaves it at ACCEPT when ip_forward was already 1 before it
+  started, and Docker 20.10's own bridge is open to routed traffic there).
+  The drops sit below *all* the accepts (the chain is shared by the
+  networks), so they never shadow one; replies (RELATED,ESTABLISHED) are
+  accepted in FORWARD before the jump, hairpin and ICC traffic enter the
+  bridge from the bridge itself (``-i br``) and the 127.0.0.1 DNAT goes
+  through OUTPUT, so none of them reach the drop.  Internal networks have
+  no jump to ``<prefix>`` (their isolation rules drop everything foreign).
 * IPv6: there is no ``route_localnet`` for IPv6, so DNAT from ``::1`` can't
   work; the ip6tables OUTPUT jump excludes ``::1/128`` and mappings bound to
   ``::1`` are not rendered.
@@ -304,6 +316,12 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
             if p == "sctp":
                 rs.add("mangle", "POSTROUTING", ["-p", p, "-m", p, "--sport", str(pm.container_port),
                                                  "-j", "CHECKSUM", "--checksum-fill"], ep.id)
+
+    # everything else forwarded into a bridge from outside it: dropped here, below every
+    # per-port ACCEPT of every network, so isolation never leans on the FORWARD policy
+    for n, subs in nets:
+        if not n.internal:
+            rs.add("filter", c["main"], ["!", "-i", n.bridge, "-o", n.bridge, "-j", "DROP"], n.id)
     return rs
 
 

@@ -256,7 +256,13 @@ def sc_golden_in_kernel(c: Ctx):
             if t in ("filter", "nat"):
                 out[t] = {ch: [" ".join(r.spec) for r in rs] for ch, rs in ts.chains.items()}
         return out
-    assert norm(c.save()) == norm(GOLDEN.read_text())
+    got = norm(c.save())
+    # the one deliberate difference (Docker 28 has it too): unpublished ports are dropped
+    # at the end of the DOCKER chain, whatever the FORWARD policy
+    drops = [f"! -i {n.bridge} -o {n.bridge} -j DROP" for n in nets]
+    assert got["filter"]["DOCKER"][-len(drops):] == drops
+    del got["filter"]["DOCKER"][-len(drops):]
+    assert got == norm(GOLDEN.read_text())
 
 
 SCENARIOS = {f.__name__[3:]: f for f in (
