@@ -55,7 +55,7 @@ import subprocess
 from pynet.errors import KernelError
 
 from .backend import make_backend
-from .model import FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
+from .model import CHAIN_RE, FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
 from .reconcile import diff_text, parse_save, plan_family, plan_restore
 from .render import own_chains, render_family, route_localnet_sysctls
 
@@ -75,7 +75,7 @@ class Firewall:
         isolate_from: bridge interface names/patterns of others (``docker0``, ``br-+``)
             isolated from pynet's networks in both directions (see render_family).
         """
-        if not prefix or any(c.isspace() or c in ':"\'\\' for c in prefix) \
+        if not isinstance(prefix, str) or not CHAIN_RE.fullmatch(prefix) \
                 or len(prefix) > 28 - len("-ISOLATION-STAGE-1"):
             raise ValueError(f"invalid chain prefix {prefix!r}")
         self.prefix = prefix

@@ -46,7 +46,7 @@ import ipaddress
 
 from pynet.errors import InvalidAddress, InvalidParameter, PortInUse
 
-from .model import IPV4, EndpointSpec, NetworkSpec, PortMapping, Ruleset
+from .model import IPV4, EndpointSpec, NetworkSpec, PortMapping, Ruleset, check_ifname_token
 
 PROTOS = ("tcp", "udp", "sctp")
 
@@ -66,9 +66,18 @@ def own_chains(prefix: str) -> set[str]:
 
 
 # --- validation -------------------------------------------------------------
+# (the renderer checks its inputs for readable errors; model.Rule checks every token again)
+def _no_zone(s) -> str:
+    if not isinstance(s, str):
+        raise InvalidAddress(f"invalid address {s!r}: not a string")
+    if "%" in s:
+        raise InvalidAddress(f"invalid address {s!r}: no IPv6 zone (%...) allowed")
+    return s
+
+
 def _net(s: str, version: int) -> str:
     try:
-        n = ipaddress.ip_network(s, strict=False)
+        n = ipaddress.ip_network(_no_zone(s), strict=False)
     except ValueError as e:
         raise InvalidAddress(f"invalid subnet {s!r}: {e}") from None
     if n.version != version:
@@ -77,6 +86,7 @@ def _net(s: str, version: int) -> str:
 
 
 def _addr(s: str, version: int | None = None) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    _no_zone(s)
     try:
         a = ipaddress.ip_address(s.split("/")[0] if "/" in s else s)
     except (ValueError, AttributeError) as e:
@@ -90,10 +100,10 @@ def _host(a) -> str:
     return f"{a}/{a.max_prefixlen}"
 
 
-def _ifname(name: str) -> str:
-    if not name or len(name.encode()) > 15 or any(c in name for c in " \t\n\"'/!"):
-        raise InvalidParameter(f"invalid interface name {name!r}")
-    return name
+def _ifname(name: str, patterns: bool = False) -> str:
+    """A bridge or veth name: a literal interface name; ``patterns``: also one of
+    pynet's own isolation wildcards (``br-+``, ``pn-+``)."""
+    return check_ifname_token(name, patterns=patterns)
 
 
 def _port(p, what: str) -> int:
@@ -159,7 +169,7 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
     ``ISOLATION-STAGE-1: -i P ! -o P -j STAGE-2`` and ``STAGE-2: -o P -j DROP`` (owner
     ``base``).  Empty (the default): exactly Docker's layout."""
     for p in isolate_from:
-        _ifname(p)
+        _ifname(p, patterns=True)
     ver = 4 if family == IPV4 else 6
     c = chain_names(prefix)
     rs = Ruleset(family, prefix)
