@@ -52,12 +52,12 @@ from __future__ import annotations
 import os
 import subprocess
 
-from pynet.errors import KernelError
+from pynet.errors import KernelError, PynetError
 
 from .backend import make_backend
 from .model import CHAIN_RE, FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
 from .reconcile import diff_text, parse_save, plan_family, plan_restore
-from .render import own_chains, render_family, route_localnet_sysctls
+from .render import own_chains, render_family, route_localnet_sysctls, screen
 
 
 class Firewall:
@@ -87,14 +87,42 @@ class Firewall:
         self.isolate_from = tuple(isolate_from)
 
     # --- rendering -----------------------------------------------------------
-    def desired(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> dict[str, Ruleset]:
+    def _render(self, networks, endpoints, isolate_from) -> dict[str, Ruleset]:
         return {fam: render_family(self.prefix, list(networks), list(endpoints), fam, self.userland_proxy,
-                                   self.isolate_from)
+                                   isolate_from)
                 for fam in self.families}
 
-    def render(self, networks, endpoints) -> dict[str, str]:
+    def screened(self, networks, endpoints, problems: dict):
+        """``(rule sets, networks rendered)`` with the owners the renderer refuses
+        skipped and recorded in ``problems`` (owner id -> one line; see
+        render.screen).  A rule refused later still (model.Rule's own check of
+        every token) drops its owner the same way."""
+        nets, eps, iso = screen(list(networks), list(endpoints), self.isolate_from, problems)
+        for _ in range(len(nets) + len(eps) + 1):
+            try:
+                return self._render(nets, eps, iso), nets
+            except PynetError as e:
+                owner = e.details.get("owner")
+                if owner is None or not any(o.id == owner for o in nets + eps):
+                    raise
+                problems[owner] = str(e)
+                nets = [n for n in nets if n.id != owner]
+                ids = {n.id for n in nets}
+                eps = [x for x in eps if x.id != owner and x.network_id in ids]
+        raise AssertionError("unreachable: every round removes an owner")
+
+    def desired(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec],
+                problems: dict | None = None) -> dict[str, Ruleset]:
+        """The rule set per family.  ``problems`` None: any refused input raises (a typed
+        PynetError); a dict: refused owners are skipped and recorded there instead, and
+        everything else is rendered (issue 9, defect 6)."""
+        if problems is None:
+            return self._render(networks, endpoints, self.isolate_from)
+        return self.screened(networks, endpoints, problems)[0]
+
+    def render(self, networks, endpoints, problems: dict | None = None) -> dict[str, str]:
         """The desired iptables-restore text per family (``ipv4``, ``ipv6``)."""
-        return {fam: rs.to_restore() for fam, rs in self.desired(networks, endpoints).items()}
+        return {fam: rs.to_restore() for fam, rs in self.desired(networks, endpoints, problems).items()}
 
     def sysctls(self, networks) -> list[tuple[str, str]]:
         return route_localnet_sysctls(list(networks), self.userland_proxy)
@@ -131,9 +159,18 @@ class Firewall:
             err.details["rollback_error"] = str(e2)
             err.args = (f"{err.args[0]} (and the rollback failed too: {e2})",)
 
-    def apply(self, networks, endpoints) -> None:
-        """Make the kernel match the desired state (idempotent)."""
-        desired = self.desired(networks, endpoints)  # validates everything before touching anything
+    def apply(self, networks, endpoints, problems: dict | None = None) -> None:
+        """Make the kernel match the desired state (idempotent).  ``problems``: as in
+        :meth:`desired` (skip and record refused owners instead of raising)."""
+        if problems is None:
+            desired = self.desired(networks, endpoints)  # validates everything before touching anything
+        else:
+            desired, networks = self.screened(networks, endpoints, problems)
+        self.apply_desired(desired, networks)
+
+    def apply_desired(self, desired: dict[str, Ruleset], networks) -> None:
+        """Apply rule sets made by :meth:`desired`/:meth:`screened` (``networks``: the
+        networks rendered, for their sysctls)."""
         for fam in self.families:
             self._reconcile(fam, desired[fam])
         if IPV4 in self.families:
@@ -145,10 +182,10 @@ class Firewall:
         for fam in self.families:
             self._reconcile(fam, Ruleset(fam, self.prefix))
 
-    def diff(self, networks, endpoints) -> str:
+    def diff(self, networks, endpoints, problems: dict | None = None) -> str:
         """Desired vs actual pynet rules; '' when the kernel is in sync."""
         out = []
-        for fam, rs in self.desired(networks, endpoints).items():
+        for fam, rs in self.desired(networks, endpoints, problems).items():
             actual = self._actual(fam, rs)
             if actual is None:
                 continue

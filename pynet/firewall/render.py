@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pynet.errors import InvalidAddress, InvalidParameter, PortInUse
+from pynet.errors import InvalidAddress, InvalidParameter, PortInUse, PynetError
 
 from .model import IPV4, EndpointSpec, NetworkSpec, PortMapping, Ruleset, check_ifname_token
 
@@ -146,17 +146,100 @@ def expand_ports(ep: EndpointSpec) -> list[tuple[int, PortMapping, str]]:
     return rows
 
 
+def _port_conflict(ep: EndpointSpec, seen) -> PortInUse | None:
+    for pm in ep.ports:
+        for proto, hip, hport, owner in seen:
+            if proto == pm.proto and hport == pm.host_port and _overlap(hip, pm.host_ip) \
+                    and owner != ep.id:
+                return PortInUse(
+                    f"Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/{pm.proto} failed: "
+                    f"port is already allocated (endpoint {owner})", owner=ep.id)
+    return None
+
+
 def check_port_conflicts(endpoints: list[EndpointSpec]) -> None:
     seen: list[tuple[str, str, int, str]] = []
     for ep in endpoints:
-        for pm in ep.ports:
-            for proto, hip, hport, owner in seen:
-                if proto == pm.proto and hport == pm.host_port and _overlap(hip, pm.host_ip) \
-                        and owner != ep.id:
-                    raise PortInUse(
-                        f"Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/{pm.proto} failed: "
-                        f"port is already allocated (endpoint {owner})")
-            seen.append((pm.proto, pm.host_ip, pm.host_port, ep.id))
+        err = _port_conflict(ep, seen)
+        if err is not None:
+            raise err
+        seen.extend((pm.proto, pm.host_ip, pm.host_port, ep.id) for pm in ep.ports)
+
+
+# --- per-owner screening -----------------------------------------------------
+def _check_network(n: NetworkSpec) -> None:
+    _ifname(n.bridge)
+    for s in n.subnets_v4:
+        _net(s, 4)
+    for s in n.subnets_v6:
+        _net(s, 6)
+    if n.host_ipv4:
+        _addr(n.host_ipv4, 4)
+
+
+def _check_endpoint(ep: EndpointSpec) -> None:
+    if ep.mac:
+        _mac(ep.mac)
+    if ep.host_veth:
+        _ifname(ep.host_veth)
+    if ep.ipv4:
+        _addr(ep.ipv4, 4)
+    if ep.ipv6:
+        _addr(ep.ipv6, 6)
+    expand_ports(ep)
+    for pm in ep.ports:
+        if pm.host_ip:
+            _addr(pm.host_ip)
+
+
+def screen(networks: list[NetworkSpec], endpoints: list[EndpointSpec], isolate_from=(),
+           problems: dict | None = None):
+    """Split the desired state into what renders and what does not, per owner.
+
+    Returns ``(networks, endpoints, isolate_from)`` without the owners the renderer
+    would refuse, and records each refused one in ``problems`` (owner id -> one
+    readable line): a network (bad bridge name, subnet, host binding; its endpoints
+    go with it), an endpoint (bad address, MAC, veth name or port mapping, or a host
+    port an endpoint earlier in the given order already publishes -- the first one
+    keeps it), a foreign bridge pattern.  So one bad stored record costs its own
+    rules, never everyone's (issue 9, defect 6)."""
+    problems = {} if problems is None else problems
+    iso = []
+    for p in isolate_from:
+        try:
+            iso.append(_ifname(p, patterns=True))
+        except PynetError as e:
+            problems[f"foreign bridge {p!r}"] = str(e)
+    nets, ids = [], set()
+    for n in networks:
+        try:
+            if n.id in ids:
+                raise InvalidParameter(f"network id {n.id!r} given twice")
+            _check_network(n)
+        except PynetError as e:
+            problems[n.id] = f"network {n.id}: {e}"
+            continue
+        nets.append(n)
+        ids.add(n.id)
+    eps: list[EndpointSpec] = []
+    seen: list[tuple[str, str, int, str]] = []
+    known = {n.id for n in networks}
+    for ep in endpoints:
+        try:
+            if ep.network_id not in ids:
+                if ep.network_id in known:
+                    raise InvalidParameter(f"its network {ep.network_id} is refused")
+                raise InvalidParameter(f"unknown network {ep.network_id}")
+            _check_endpoint(ep)
+            err = _port_conflict(ep, seen)
+            if err is not None:
+                raise err
+        except PynetError as e:
+            problems[ep.id] = f"endpoint {ep.id}: {e}"
+            continue
+        eps.append(ep)
+        seen.extend((pm.proto, pm.host_ip, pm.host_port, ep.id) for pm in ep.ports)
+    return nets, eps, tuple(iso)
 
 
 # --- the renderer ------------------------------------------------------------

@@ -158,6 +158,28 @@ def test_render_refuses_or_renders_only_well_formed_rules(state):
 
 
 @SETTINGS
+@given(states())
+def test_skipping_refused_owners_always_renders_the_rest(state):
+    """The per-owner mode (what BridgeFirewall.sync uses): never raises for bad input,
+    every line well-formed, and a refused owner has no rule at all."""
+    nets, eps, isolate = state
+    fw = Firewall("PT", backend=NoBackend(), isolate_from=isolate)
+    problems: dict = {}
+    desired = fw.desired(nets, eps, problems=problems)
+    ambiguous = {n.id for n in nets} & {e.id for e in eps}  # one id, a network's and an endpoint's
+    for fam, rs in desired.items():
+        assert_well_formed(rs, rs.to_restore())
+        owners = {r.owner for chains in rs.rules.values() for rules in chains.values() for r in rules}
+        assert not (owners & set(problems)) - ambiguous, problems
+    # what the strict mode refuses, the per-owner mode skipped (it checks more: every
+    # address of an endpoint, used or not, and duplicate network ids)
+    try:
+        fw.desired(nets, eps)
+    except PynetError:
+        assert problems
+
+
+@SETTINGS
 @given(st.text(max_size=20), st.sampled_from(["-s", "-d", "-i", "-o", "--physdev-in", "--dport",
                                               "--to-destination", "--mac-source", "-j", "-p"]))
 def test_no_rule_with_a_bad_token_can_be_made(value, option):
