@@ -24,12 +24,9 @@ included (issue 9, defect 6).
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
-import socket
 
 from pynet.cnm.model import Endpoint, Network
-from pynet.errors import InvalidAddress
 from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping
 
 log = logging.getLogger("pynet.drivers.bridge_firewall")
@@ -56,33 +53,8 @@ class BridgeFirewall:
         self._isolate_base = tuple(isolate_from) if isolate_from is not None else None
         if isolate_from is not None:
             firewall.isolate_from = tuple(isolate_from)
-        self._known = None  # port mappings in place after the last successful sync
         self._last_applied = None  # the rendering the kernel got last
         self.problems: dict[str, str] = {}  # owners skipped by the last sync -> why
-
-    @staticmethod
-    def _is_local(ip: str) -> bool:
-        """Docker's built-in driver binds each published host address (and so refuses one that
-        is not on this host); pynet has no proxy, so it tries the same bind once."""
-        a = ipaddress.ip_address(ip)
-        if a.is_unspecified:
-            return True
-        fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
-        try:
-            with socket.socket(fam, socket.SOCK_DGRAM) as s:
-                s.bind((ip, 0))
-            return True
-        except OSError:
-            return False
-
-    def _check_new(self, ep_specs) -> set:
-        now = {(e.id, p.proto, p.host_ip, p.host_port) for e in ep_specs for p in e.ports}
-        if self._known is not None:  # the first sync (daemon start) restores what is stored
-            for (_, proto, hip, hport) in sorted(now - self._known):
-                if hip and not self._is_local(hip):
-                    raise InvalidAddress(f"host address {hip} for {hport}/{proto} is not an "
-                                         "address of this host")
-        return now
 
     def set_foreign_bridges(self, names) -> None:
         """Also isolate from these bridges (dockerd's custom-named ones).  Kept
@@ -174,15 +146,12 @@ class BridgeFirewall:
         self._load_foreign()
         problems: dict[str, str] = {}
         nets, eps = self.specs(networks, endpoints, problems)
-        now = self._check_new(eps)
         rendered = self.firewall.render(nets, eps, problems=problems)
         self._report(problems)
         if not force and rendered == self._last_applied:
-            self._known = now
             return
         self._last_applied = None  # unknown until apply() succeeds
         self.firewall.apply(nets, eps, problems={})  # the same owners skipped again
-        self._known = now
         self._last_applied = rendered
 
     def show(self, networks, endpoints, problems: dict | None = None) -> dict[str, str]:

@@ -7,7 +7,7 @@ not start.  Now the refused owner is skipped and reported (log, ``BridgeFirewall
 ``pynet firewall diff``) and everything else is applied.
 
 The real Controller, BridgeDriver (fake netlink), BridgeFirewall and Firewall, over a
-stateful fake of the iptables backend (tests/unit/fake_iptables.py).
+stateful fake of the iptables backend (tests/contract/fake_iptables.py).
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
 
 from fake_iptables import FakeTables  # noqa: E402
 
