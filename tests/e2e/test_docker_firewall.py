@@ -462,6 +462,50 @@ def test_reconcile_after_forward_flushed(env):
                 harness.sh("iptables", *l.split(), check=False)
 
 
+def test_y_daemon_starts_despite_a_record_the_firewall_refuses(env):
+    """Issue 9, defect 6: one stored record the renderer refuses -- here a second programmed
+    endpoint on the published host ports of a running container, as the Docker path could
+    store -- used to make restore() at daemon start fail, so the daemon could not start.
+    Now it starts, applies everything else and reports the record."""
+    from pynet.store.sqlite import SqliteStore
+
+    d, c = env.docker, env.pub["explicit"]
+    net_id = d.inspect(env.n1, "network")["Id"]
+    ep_id = d.inspect(c, "container")["NetworkSettings"]["Networks"][env.n1]["EndpointID"]
+    ghost_id = "f" * 64  # sorts after the real endpoint: the real one keeps the port
+    store = SqliteStore.in_state_dir(str(env.daemon.state_dir))
+    real = store.get(f"endpoints/{net_id}/{ep_id}").value
+    ghost = dict(real, id=ghost_id, address=f"10.232.{K}.250/24", address_v6="", mac="",
+                 sandbox_key="-", container_id=f"{env.prefix}-ghost", ifname="eth9",
+                 driver_state={})  # a CNI-held record (kept by the reconcile with dockerd)
+    ghost_key = f"endpoints/{net_id}/{ghost_id}"
+    old = os.environ.get("PYNET_FIREWALL_RECHECK")
+    os.environ["PYNET_FIREWALL_RECHECK"] = "2"
+    try:
+        store.put(ghost_key, ghost)
+        env.daemon.stop()
+        env.daemon.start()  # raised: "daemon exited ... during startup" (PortInUse in restore)
+        assert env.daemon.post("Plugin.Activate")[0] == 200
+        assert f"skipped endpoint {ghost_id}" in env.daemon.log_text()
+        diff = cli(env, "firewall", "diff", check=False)
+        assert diff.returncode == 1 and f"# skipped endpoint {ghost_id}" in diff.stdout, diff.stdout
+        assert "already allocated" in diff.stdout
+        # everything else is in place: the real container keeps its published port
+        assert reach(f"ns:{env.out}", "tcp", env.host4, env.H, c)
+        assert reach(None, "tcp", "127.0.0.1", env.H, c)
+        assert f"pynet:{env.cp}:{ghost_id}" not in ipt_save()
+    finally:
+        if old is None:
+            os.environ.pop("PYNET_FIREWALL_RECHECK", None)
+        else:
+            os.environ["PYNET_FIREWALL_RECHECK"] = old
+        store.delete(ghost_key)
+        store.close()
+        if not env.daemon.running:
+            env.daemon.start()
+    wait_in_sync(env)  # the record gone, the problem with it
+
+
 def test_z_reconcile_after_dockerd_restart(env):
     """Last: restarts dockerd (defaults), which stops the containers and rewrites its chains."""
     d = env.docker
