@@ -45,7 +45,10 @@ Atomicity: one ``iptables-restore --noflush`` process (nft) or one libiptc
 commit per table (legacy) per family.  iptables-restore commits table by
 table, so when the kernel refuses a later table the tables already committed
 are rolled back to the state read before the change, and
-:class:`~pynet.errors.KernelError` carries the iptables message.
+:class:`~pynet.errors.KernelError` carries the iptables message.  When the
+tables changed under the batch (dockerd or another pynet instance editing the
+same built-in chain between pynet's read and its batch: "Index of insertion
+too big"), the change is planned again from a fresh read, a few times.
 """
 from __future__ import annotations
 
@@ -55,9 +58,19 @@ import subprocess
 from pynet.errors import KernelError, PynetError
 
 from .backend import make_backend
-from .model import CHAIN_RE, FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
+from .model import BUILTIN_CHAINS, CHAIN_RE, FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
 from .reconcile import diff_text, parse_save, plan_family, plan_restore
 from .render import own_chains, render_family, route_localnet_sysctls, screen
+
+
+RETRIES = 3  # re-plans when someone else changed the tables under a batch
+
+
+def _chains(state) -> dict:
+    """Every rule of every chain (foreign ones included) and every user chain, to tell
+    whether the tables moved (an empty table nft made on the way does not count)."""
+    return {(t, ch): [r.tokens for r in rules] for t, ts in state.items()
+            for ch, rules in ts.chains.items() if rules or ch not in BUILTIN_CHAINS.get(t, ())}
 
 
 class Firewall:
@@ -137,27 +150,40 @@ class Firewall:
             raise
 
     def _reconcile(self, family: str, desired: Ruleset) -> None:
-        before = self._actual(family, desired)
-        if before is None:
-            return
-        plan = plan_family(before, desired, own_chains(self.prefix))
-        if not plan:
-            return
-        try:
-            self.backend.execute(family, plan)
-        except KernelError as err:
-            self._rollback(family, before, err)
-            raise
+        # The plan is made from one read of the tables; dockerd or another pynet instance
+        # (other chain prefix, other lock) may change a chain before the batch runs, and
+        # the batch then fails ("Index of insertion too big", a rule to delete gone).  So:
+        # rolled back, and if the tables now differ from what the plan was made from,
+        # planned again from a fresh read -- a bounded number of times.
+        for attempt in range(RETRIES + 1):
+            before = self._actual(family, desired)
+            if before is None:
+                return
+            plan = plan_family(before, desired, own_chains(self.prefix))
+            if not plan:
+                return
+            try:
+                self.backend.execute(family, plan)
+                return
+            except KernelError as err:
+                now = self._rollback(family, before, err)
+                if attempt == RETRIES or now is None or _chains(now) == _chains(before):
+                    raise  # refused on its own merits (or the rollback failed)
 
-    def _rollback(self, family: str, before, err: KernelError) -> None:
+    def _rollback(self, family: str, before, err: KernelError):
+        """Put pynet's rules back as in ``before``; the tables afterwards, None if the
+        rollback failed too."""
         try:
             now = parse_save(self.backend.save(family), self.prefix)
             plan = plan_restore(now, before, own_chains(self.prefix))
             if plan:
                 self.backend.execute(family, plan)
+                now = parse_save(self.backend.save(family), self.prefix)
+            return now
         except KernelError as e2:
             err.details["rollback_error"] = str(e2)
             err.args = (f"{err.args[0]} (and the rollback failed too: {e2})",)
+            return None
 
     def apply(self, networks, endpoints, problems: dict | None = None) -> None:
         """Make the kernel match the desired state (idempotent).  ``problems``: as in

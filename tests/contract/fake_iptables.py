@@ -20,6 +20,7 @@ class FakeTables:
         self.tables = {fam: {t: {c: [] for c in chains} for t, chains in BUILTIN_CHAINS.items()}
                        for fam in ("ipv4", "ipv6")}
         self.batches: list[tuple[str, str]] = []
+        self.before_execute = None  # hook: someone else changing the tables under a batch
 
     def save(self, family: str) -> str:
         out = []
@@ -40,6 +41,9 @@ class FakeTables:
         if len(text.splitlines()) != n_ops + 2 * n_tables:
             raise KernelError("fake: a batch line is not one operation", batch=text)
         self.batches.append((family, text))
+        if self.before_execute is not None:
+            hook, self.before_execute = self.before_execute, None
+            hook(self)
         state = {t: {c: list(r) for c, r in chains.items()} for t, chains in self.tables[family].items()}
         for table, ops in plan.items():
             chains = state[table]
@@ -60,6 +64,8 @@ class FakeTables:
                 else:
                     if op.chain not in chains:
                         raise KernelError(f"fake: no chain {op.chain}")
+                    if not 1 <= op.pos <= len(chains[op.chain]) + 1:
+                        raise KernelError("fake: Index of insertion too big.")
                     chains[op.chain].insert(op.pos - 1, tuple(shlex.split(join(op.tokens))))
         self.tables[family] = state  # all or nothing, like one iptables-restore batch
 

@@ -164,3 +164,32 @@ def test_cli_diff_shows_the_skipped_records(w, monkeypatch, capsys):
     assert got["in_sync"] is False and list(got["problems"]) == [N2]
     assert cli.cmd_firewall_show(args, None) == 0
     assert capsys.readouterr().out.startswith(f"# skipped network {N2}")
+
+
+def test_a_batch_planned_on_tables_that_changed_meanwhile_is_planned_again():
+    """Another pynet instance removes its block above ours between our read and our batch:
+    the batch's absolute positions are then too big ("Index of insertion too big", seen
+    with several instances on one host).  The change is rolled back and planned again from
+    a fresh read, instead of failing the verb."""
+    from pynet.firewall import EndpointSpec, NetworkSpec, PortMapping as FwPort
+    tables = FakeTables()
+    peer = ("-o", "pn-peer", "-m", "comment", "--comment", "pynet:OTHER:n", "-j", "MASQUERADE")
+    tables.tables["ipv4"]["nat"]["POSTROUTING"] = [peer] * 5
+    fw = Firewall("PT", backend=tables, sysctl=lambda p, v: None)
+    nets = [NetworkSpec("n1", "br1", ["10.20.1.0/24"])]
+    eps = [EndpointSpec("e1", "n1", "10.20.1.2", ports=[FwPort("tcp", "", 18080, 80)])]
+
+    def peer_leaves(t):
+        t.tables["ipv4"]["nat"]["POSTROUTING"] = []
+    tables.before_execute = peer_leaves
+    fw.apply(nets, eps)
+    assert fw.diff(nets, eps) == ""
+    assert len(tables.batches) >= 2  # the first one failed, a second one made it
+    # a batch refused on its own merits is not retried forever: it raises
+    from pynet.errors import KernelError
+    tables.before_execute = lambda t: (_ for _ in ()).throw(KernelError("fake: refused"))
+    n = len(tables.batches)
+    fw2 = Firewall("PT2", backend=tables, sysctl=lambda p, v: None)
+    with pytest.raises(KernelError):
+        fw2.apply(nets, eps)
+    assert len(tables.batches) - n <= 4
