@@ -40,9 +40,6 @@ from typing import Optional
 from pynet import errors
 from pynet.cnm.model import Endpoint, JoinInfo, Network
 from pynet.drivers.options import OPT_IFACE_PREFIX, OPT_MTU, driver_mtu, iface_prefix
-from pynet.firewall.model import EndpointSpec
-from pynet.firewall.model import PortMapping as FwPortMapping
-from pynet.firewall.render import expand_ports
 from pynet.netlink import IFNAMSIZ, check_ifname, check_mac, random_mac
 
 log = logging.getLogger("pynet.drivers.bridge")
@@ -340,6 +337,10 @@ class BridgeDriver:
         mapping changes nothing, on the Docker path and on every CNI exec alike (a
         check in the firewall's sync used to be skipped on a process's first sync,
         which is every CNI process).  The firewall then only renders what passed."""
+        from pynet.firewall.model import EndpointSpec
+        from pynet.firewall.model import PortMapping as FwPortMapping
+        from pynet.firewall.render import expand_ports
+
         st = self._state(net)
         binding = st.get("host_binding_ipv4") or ""
         mappings = []
