@@ -217,7 +217,7 @@ def detach_endpoint(controller, network: Network, ep: Endpoint, netns_path: str 
     pools = (ep.options or {}).get(OPT_POOLS) or {}
     addrs = [(pools[fam], addr.split("/")[0]) for fam, addr in (("4", ep.address), ("6", ep.address_v6))
              if addr and pools.get(fam)]
-    step(c.release_attachment, nid, eid, [p for p, _ in addrs], addrs)
+    step(c.release_attachment, nid, eid, (), addrs)
     if failures:
         raise failures[0]
     return True

@@ -708,10 +708,12 @@ class Controller:
     def release_attachment(self, network_id: str, endpoint_id: str, pools: Iterable[str] = (),
                            addresses: Iterable[tuple[str, str]] = (),
                            only_if=None) -> Optional[list[str]]:
-        """One commit: everything ``endpoint_holder(network, endpoint)`` holds
-        in ``pools`` and in the pools its record names, the ``addresses``
-        ([(pool id, addr)]: allocations of before holders carry no hold
-        record), and the attachment record.  ``only_if``: the record's value
+        """One commit: the ``addresses`` ([(pool id, addr)], an endpoint
+        record's: they name all the attachment holds, and allocations of
+        before holders carry no hold record) -- or, without them, everything
+        ``endpoint_holder(network, endpoint)`` holds in ``pools`` and in the
+        pools its record names (a pool-wide scan: only when no endpoint
+        record says which) -- and the attachment record.  ``only_if``: the record's value
         as read by a caller that judged it an orphan -- nothing is released
         when it changed meanwhile (the runtime retried the ADD), and None is
         returned.  Returns the freed addresses."""
@@ -724,10 +726,12 @@ class Controller:
                                         or t.get(_ep_key(network_id, endpoint_id)) is not None):
                 return None
             named = list((rec.value or {}).get("pools", {}).values()) if rec is not None else []
+            addresses = list(addresses)
             for pid, addr in addresses:
                 self.release_address(pid, addr, holder)
-            for pid in dict.fromkeys([*pools, *named]):
-                freed += self.ipam.release_holder(pid, holder)
+            if not addresses:
+                for pid in dict.fromkeys([*pools, *named]):
+                    freed += self.ipam.release_holder(pid, holder)
             if rec is not None:
                 t.delete(key)
         return freed

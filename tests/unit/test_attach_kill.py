@@ -232,3 +232,35 @@ def test_add_retried_after_a_kill_releases_the_first_attempt(tmp_path):
     assert code == 0, res
     for p in pools:
         assert len(set(ipam.allocated(p)) - before[p]) == 1, (p, sorted(ipam.allocated(p)))
+
+
+def test_restore_and_gc_leave_an_add_in_flight_alone(tmp_path, monkeypatch):
+    """An attachment without an endpoint record whose process still runs is
+    an ADD in flight (a CNI binary beside a restarting daemon): restore() and
+    GC keep its addresses, record and veth; once its process is gone they go."""
+    host = Host(tmp_path)
+    assert host.run(host.process(), "ADD", "warm", ports=False)[0] == 0
+    base = host.view()
+    for k in range(1, MAX_STEPS):   # stop it where its veth exists but no endpoint record yet
+        with pytest.raises(Killed):
+            host.run(host.process(Clock(k)), "ADD", "fly")
+        c, _ = host.process()
+        veths = set(host.view()["host links"]) - set(base["host links"])
+        if veths and not [e for e in c.endpoints() if e.container_id == "fly"]:
+            break
+        host.run(host.process(), "DEL", "fly")
+    assert c.attachments() and veths
+    in_flight = host.view()
+    c.restore()
+    conf = dict(host.conf(), cniVersion="1.1.0")
+    conf["cni.dev/valid-attachments"] = [{"containerID": "warm", "ifname": "eth0"}]
+    env = {"CNI_COMMAND": "GC", "CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}
+    assert plugin.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=host.process()[1],
+                      instance="t")[1] == 0
+    assert host.view() == in_flight
+    # the same attachment, its maker gone
+    for r in host.store.list("attachments/"):
+        if r.value["container_id"] == "fly":
+            host.store.put(r.key, dict(r.value, process=dict(r.value["process"], start="gone")))
+    host.process()[0].restore()
+    assert host.view() == base
