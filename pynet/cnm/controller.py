@@ -776,10 +776,14 @@ class Controller:
                     in_flight.add(eid)
                     continue
                 net = nets.get(nid)
-                if net is None:
-                    r = {"addresses": self.release_attachment(nid, eid, only_if=a) or [], "links": []}
-                else:
-                    r = self.forget_attachment(net, eid, only_if=a)
+                try:
+                    if net is None:
+                        r = {"addresses": self.release_attachment(nid, eid, only_if=a) or [], "links": []}
+                    else:
+                        r = self.forget_attachment(net, eid, only_if=a)
+                except Exception as e:  # noqa: BLE001 -- one bad record must not stop a start
+                    log.error("attachment %s/%s left by a killed ADD: %s", nid[:12], eid[:12], e)
+                    continue
                 done["attachments"].append(f"{nid[:12]}/{eid[:12]}")
                 done["addresses"] += r["addresses"]
                 done["links"] += r["links"]
