@@ -346,6 +346,8 @@ def gc(controller, network: Network, valid: set[tuple[str, str]], netlink=None,
             removed["endpoints"].append(f"{ep.container_id}/{ep.ifname}")
         except Exception as e:  # noqa: BLE001
             failures.append(e)
+    # what remains recorded is explained, ADDs begun since the first look included
+    in_flight |= {a["endpoint_id"] for a in c.attachments(network.id)}
     # links nobody knows (an interrupted ADD, a lost record)
     if netlink is not None and instance:
         known = {e.id for e in c.endpoints()} | {n.id for n in c.networks()} | in_flight
