@@ -363,6 +363,19 @@ class BridgeDriver:
         host, _ = self._veths(ep)
         self.nl.delete_link(host, missing_ok=True)
 
+    def forget_endpoint(self, net: Network, endpoint_id: str) -> list[str]:
+        """The host end an interrupted create of ``endpoint_id`` left (no
+        record of it exists, so its name derives from the id); only if it
+        carries our tag for that id.  Returns the deleted links."""
+        host = host_veth_name(endpoint_id)
+        try:
+            if self.nl.get_link(host).alias != self._tag(endpoint_id):
+                return []
+        except errors.NotFound:
+            return []
+        self.nl.delete_link(host, missing_ok=True)
+        return [host]
+
     # ======================================================= delete network
     def delete_network(self, net: Network) -> None:
         st = self._state(net)
@@ -377,13 +390,14 @@ class BridgeDriver:
                     self.nl.remove_address(name, self._gateway_cidr(d), missing_ok=True)
 
     # ============================================================== restore
-    def restore(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
+    def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> None:
         """Make the kernel match the store: (a) recreate missing bridges with
         their addresses, re-enslave surviving host veths, recreate the pair of
         endpoints not yet joined; (b) remove bridges and veths tagged for THIS
-        instance that match nothing stored.  Other instances' links stay."""
+        instance that match nothing stored.  Other instances' links stay, and
+        so do those of ``keep`` (endpoint IDs of attachments in flight)."""
         nets = {n.id: n for n in networks}
-        known = set(nets) | {e.id for e in endpoints}
+        known = set(nets) | {e.id for e in endpoints} | set(keep)
         # (b) first, so a stale bridge of a deleted network cannot be mistaken
         for link in self.nl.list_links(alias_prefix=f"{ALIAS_PREFIX}:{self.instance}:"):
             owner = parse_alias(link.alias)

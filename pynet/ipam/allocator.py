@@ -345,6 +345,30 @@ class Ipam:
             if p.get("managed") and not self._held(t, pool_id):
                 self._forget(t, pool_id)
 
+    def release_holder(self, pool_id: str, holder: str, prefix: bool = False) -> list[str]:
+        """``holder`` lets go of every address it holds in the pool, whichever
+        they are (``prefix=True``: every holder whose name starts with
+        ``holder``, e.g. all ``endpoint/<net>/`` of a network).  This is how an
+        attachment is released when its records are gone or were never
+        written (an ADD killed halfway): the holder names it, the addresses
+        need not be known.  Addresses other holders keep stay allocated; the
+        pool is forgotten as by ``release_address``.  An unknown pool holds
+        nothing.  Returns the freed addresses."""
+        if not isinstance(pool_id, str):
+            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        if not _check_holder(holder):
+            raise InvalidParameter("holder is empty")
+        which = (lambda h: h.startswith(holder)) if prefix else (lambda h: h == holder)
+        with self.store.transaction() as t:
+            rec = t.get(_pool_key(pool_id))
+            if rec is None:
+                return []
+            freed = self._drop_holds(t, rec.value, which)
+            p = t.get(_pool_key(pool_id)).value
+            if freed and p.get("managed") and not self._held(t, pool_id):
+                self._forget(t, pool_id)
+        return freed
+
     def holders(self, pool_id: str) -> dict:
         """{"pool": [holders of the pool], "addresses": {bare address: [holders]}}."""
         with self.store.transaction() as t:
