@@ -395,7 +395,8 @@ class Ipam:
 
     def reconcile(self, pool_id: str, held: set[str]) -> list[str]:
         """Release every allocated address of the pool that is not in ``held``
-        (what the runtime really uses) and return the released ones.
+        (what the runtime really uses) and that no holder record names, and
+        return the released ones.
 
         The caller must include allocations still in flight in ``held``;
         this cannot tell a leak from an answer on its way.  An unknown pool
@@ -414,9 +415,12 @@ class Ipam:
             bits = Bitmap(t, g.layout)
             for o in list(iter_set(t, g.layout)):
                 a = g.address(o)
-                if a not in keep:
+                # An address someone holds by record is never a leak: an ADD
+                # that committed its first step after the caller listed what
+                # is in flight holds its address this way (orphaned holds are
+                # released by their holder's own clean-up, not here).
+                if a not in keep and not t.list(_holders_prefix(pool_id, a)):
                     bits.clear(o)
-                    t.delete_prefix(_holders_prefix(pool_id, a))
                     released.append(a)
             if released:
                 p["used"] -= len(released)
