@@ -10,7 +10,8 @@
     pynet endpoint ls [--network N]
     pynet port CONTAINER|ENDPOINT       "80/tcp -> 0.0.0.0:18088"
     pynet firewall show                 the desired rules (iptables-restore text per family)
-    pynet firewall diff                 desired vs the kernel's pynet rules; exit 1 if out of sync
+    pynet firewall diff                 desired vs the kernel's pynet rules and the records skipped as
+                                        unrenderable ("# skipped ..."); exit 1 if out of sync
     pynet firewall flush                remove this instance's (--chain-prefix) rules and chains
     pynet cni install [--bin-dir DIR]   CNI binaries pynet-bridge/-macvlan/-ipam (+ example conflists)
     pynet cni uninstall | ls            remove the binaries | list CNI attachments
@@ -405,10 +406,13 @@ def _store_state(config: Config):
 
 
 def cmd_firewall_show(args, config: Config) -> int:
-    out = _bridge_firewall(config).show(*_store_state(config))
+    problems: dict = {}
+    out = _bridge_firewall(config).show(*_store_state(config), problems=problems)
     if args.json:
         _print_json(out)
     else:
+        for _, why in sorted(problems.items()):  # comments: the text stays a restore file
+            print(f"# skipped {why}")
         for fam, text in out.items():
             if text:
                 print(f"# {fam}")
@@ -417,9 +421,10 @@ def cmd_firewall_show(args, config: Config) -> int:
 
 
 def cmd_firewall_diff(args, config: Config) -> int:
-    text = _bridge_firewall(config).diff(*_store_state(config))
+    problems: dict = {}
+    text = _bridge_firewall(config).diff(*_store_state(config), problems=problems)
     if args.json:
-        _print_json({"in_sync": not text, "diff": text})
+        _print_json({"in_sync": not text, "diff": text, "problems": problems})
     elif text:
         sys.stdout.write(text)
     return 1 if text else 0

@@ -629,8 +629,10 @@ def port_mappings(conf: dict) -> list:
             # it becomes an iptables token: no zone text, nothing but an address
             with config_value():
                 host_ip = str(validate.ip_address(host_ip, "portMappings hostIP"))
-            from pynet.drivers.bridge_firewall import BridgeFirewall
-            if not BridgeFirewall.is_local(host_ip):
+            # refused before the network is ensured, so a refused ADD creates nothing;
+            # the bridge driver checks the same again when the mapping is programmed
+            from pynet.drivers import bridge
+            if not bridge.host_address_is_local(host_ip):
                 raise CniError(spec.INVALID_CONFIG, f"portMappings hostIP {host_ip} is not an address "
                                                     "of this host")
         m = PortMapping(proto=proto, container_port=cp, host_port=hp, host_ip=host_ip)

@@ -20,6 +20,17 @@ endpoint ID is ``sha256(network id : container id : ifname)`` (hex), so the
 driver's link names derive from it and DEL needs nothing but the three.
 The pools an endpoint's addresses came from are kept in its options
 (``pynet.cni.pools``) so the addresses go back to the right pool.
+
+Crash safety: ``attach`` allocates the addresses for the attachment's holder
+(``endpoint/<net>/<ep>``) and writes the attachment record (controller.py,
+ATTACHMENTS: pools, container, interface, the process making it) in ONE
+commit, before the driver creates anything.  A SIGKILL runs no undo, and the
+endpoint record only exists once the driver made the veth, so ``detach``
+without an endpoint record still releases everything that holder holds and
+deletes the links tagged for that endpoint ID; GC and the daemon's
+``restore()`` do the same for attachments whose process is gone.  ``detach``
+releases the addresses and deletes the attachment record in one commit too,
+last, so a holder never outlives every record that names it on the new path.
 """
 from __future__ import annotations
 
@@ -104,8 +115,9 @@ def attach(controller, network: Network, container_id: str, ifname: str, netns_p
     eid = endpoint_id(nid, container_id, ifname)
     addresses = dict(addresses or {})
     with contextlib.ExitStack() as undo:
-        # -- request_address, per family (dockerd asks IPAM before CreateEndpoint)
-        got: dict[int, tuple[str, str]] = {}
+        # -- request_address, per family (dockerd asks IPAM before CreateEndpoint),
+        # checked first, then allocated with the attachment record in one commit
+        requests: list[tuple[int, str, str]] = []
         for fam, datas in ((4, network.ipv4), (6, network.ipv6)):
             want = addresses.pop(fam, "") or ""
             if not datas:
@@ -120,12 +132,12 @@ def attach(controller, network: Network, container_id: str, ifname: str, netns_p
                 if ip.ip not in subnet:
                     raise errors.InvalidAddress(f"requested address {ip.ip} is outside subnet {subnet}")
                 want = str(ip.ip)
-            pid = pool_id_of(c, d)
-            cidr = c.request_address(pid, want, holder=endpoint_holder(nid, eid))
-            undo.callback(c.release_address, pid, cidr.split("/")[0], endpoint_holder(nid, eid))
-            got[fam] = (pid, cidr)
+            requests.append((fam, pool_id_of(c, d), want))
         if addresses:
             raise errors.InvalidAddress(f"unexpected address families in request: {sorted(addresses)}")
+        cidrs = c.begin_attachment(nid, eid, requests, container_id=container_id, ifname=ifname)
+        undo.callback(c.release_attachment, nid, eid)
+        got = {fam: (pid, cidrs[fam]) for fam, pid, _ in requests}
         opts = dict(options or {})
         opts[OPT_OWNER] = "1"
         opts[OPT_POOLS] = {str(f): pid for f, (pid, _) in got.items()}
@@ -170,7 +182,10 @@ def detach(controller, network: Optional[Network], container_id: str, ifname: st
         return False
     ep = find(controller, network, container_id, ifname)
     if ep is None:
-        return False
+        # An ADD killed before its endpoint record was written: its addresses
+        # (held by the holder the endpoint ID names) and its tagged link.
+        left = controller.forget_attachment(network, endpoint_id(network.id, container_id, ifname))
+        return bool(left.get("record") or left["addresses"] or left["links"])
     return detach_endpoint(controller, network, ep, netns_path, netlink=netlink)
 
 
@@ -197,10 +212,12 @@ def detach_endpoint(controller, network: Network, ep: Endpoint, netns_path: str 
         step(sandbox.detach, ns, ep.ifname, netlink)
     step(c.leave, nid, eid)
     step(c.delete_endpoint, nid, eid)
+    # the addresses and the attachment record, one commit, last: a DEL killed
+    # before it leaves the record, so the next DEL (or GC) still finds them
     pools = (ep.options or {}).get(OPT_POOLS) or {}
-    for fam, addr in (("4", ep.address), ("6", ep.address_v6)):
-        if addr and pools.get(fam):
-            step(c.release_address, pools[fam], addr.split("/")[0], endpoint_holder(nid, eid))
+    addrs = [(pools[fam], addr.split("/")[0]) for fam, addr in (("4", ep.address), ("6", ep.address_v6))
+             if addr and pools.get(fam)]
+    step(c.release_attachment, nid, eid, (), addrs)
     if failures:
         raise failures[0]
     return True
@@ -291,6 +308,18 @@ def check(controller, network: Network, container_id: str, ifname: str, netns_pa
     return ep
 
 
+def _held_by_attachments(c, pool_id: str, network_id: str, eids: set) -> set:
+    """Addresses of ``pool_id`` the attachments ``eids`` (in flight) hold."""
+    if not eids:
+        return set()
+    try:
+        held = c.ipam.holders(pool_id)["addresses"]
+    except errors.NotFound:
+        return set()
+    mine = {endpoint_holder(network_id, e) for e in eids}
+    return {a for a, hs in held.items() if mine & set(hs)}
+
+
 def gc(controller, network: Network, valid: set[tuple[str, str]], netlink=None,
        instance: str = "", extra_held: Iterable[str] = ()) -> dict:
     """GC: remove every attachment of ``network`` made through CNI that is not in
@@ -302,6 +331,11 @@ def gc(controller, network: Network, valid: set[tuple[str, str]], netlink=None,
     c = controller
     removed = {"endpoints": [], "addresses": [], "links": []}
     failures = []
+    # attachments of killed ADDs (no endpoint record, their process gone);
+    # those still in flight are not leaks (their links and addresses stay)
+    orphans, in_flight = c.forget_orphan_attachments(network.id)
+    removed["addresses"] += orphans["addresses"]
+    removed["links"] += orphans["links"]
     for ep in c.endpoints(network.id):
         if (ep.options or {}).get(OPT_OWNER) != "1" or not ep.container_id:
             continue
@@ -312,9 +346,11 @@ def gc(controller, network: Network, valid: set[tuple[str, str]], netlink=None,
             removed["endpoints"].append(f"{ep.container_id}/{ep.ifname}")
         except Exception as e:  # noqa: BLE001
             failures.append(e)
+    # what remains recorded is explained, ADDs begun since the first look included
+    in_flight |= {a["endpoint_id"] for a in c.attachments(network.id)}
     # links nobody knows (an interrupted ADD, a lost record)
     if netlink is not None and instance:
-        known = {e.id for e in c.endpoints()} | {n.id for n in c.networks()}
+        known = {e.id for e in c.endpoints()} | {n.id for n in c.networks()} | in_flight
         bridge = (network.driver_state or {}).get("bridge")
         tag = f"pynet:{instance}:"
         for link in netlink.list_links(alias_prefix=tag):
@@ -330,6 +366,7 @@ def gc(controller, network: Network, valid: set[tuple[str, str]], netlink=None,
                 if not d.pool_id:
                     continue
                 held = {e.ip for e in eps if e.ip} | {e.ip6 for e in eps if e.ip6}
+                held |= _held_by_attachments(c, d.pool_id, network.id, in_flight)
                 held |= {str(ipaddress.ip_interface(a).ip) if "/" in a else a for a in extra_held}
                 if d.gateway:
                     held.add(d.gateway.split("/")[0])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import os
 import threading
 import time
 from typing import Iterable, Optional
@@ -56,6 +57,69 @@ def network_holder(network_id: str) -> str:
 def endpoint_holder(network_id: str, endpoint_id: str) -> str:
     """The IPAM holder of the addresses pynet requested for an endpoint (CNI)."""
     return f"endpoint/{network_id}/{endpoint_id}"
+
+
+# An attachment pynet makes itself (the CNI path, cnm/attach.py) is recorded
+# under ``attachments/<net>/<ep>`` in the SAME store transaction that
+# allocates its addresses for ``endpoint_holder(net, ep)``, before anything
+# is created in the kernel.  The endpoint record comes later (after the
+# driver made the veth) and a SIGKILL runs no undo, so without this record an
+# ADD killed in between leaves an allocation nothing names: DEL and GC walk
+# endpoint records only.  The record names the pools and the process making
+# the attachment, so DEL (which derives the endpoint ID from the container
+# ID, interface and network) releases whatever the holder holds, and GC and
+# restore() tell an ADD still in flight (its process alive) from an orphan.
+# It lives as long as the attachment and goes in the commit that releases
+# its addresses.  Per-attachment keys and one transaction, no global lock:
+# an etcd store does the same in one Txn (and could bind the record to the
+# process's lease instead of recording a pid).
+ATTACHMENTS = "attachments/"
+
+
+def _attachment_key(nid: str, eid: str) -> str:
+    return f"{ATTACHMENTS}{nid}/{eid}"
+
+
+_identity: dict = {}
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _start_time(pid: int) -> str:
+    """The process's start time (clock ticks after boot, /proc/<pid>/stat
+    field 22): a pid reused by another process has another one."""
+    stat = _read(f"/proc/{pid}/stat")
+    # the command name (field 2) may contain spaces and parentheses
+    fields = stat.rsplit(")", 1)[-1].split()
+    return fields[19] if len(fields) > 19 else ""
+
+
+def process_identity() -> dict:
+    """Who is making an attachment: pid, start time, boot (cached per process)."""
+    pid = os.getpid()
+    if _identity.get("pid") != pid:
+        _identity.clear()
+        _identity.update(pid=pid, start=_start_time(pid),
+                         boot=_read("/proc/sys/kernel/random/boot_id").strip())
+    return dict(_identity)
+
+
+def process_alive(ident) -> bool:
+    """Whether the process ``process_identity()`` described still runs (same
+    boot, same pid, same start time).  Unknown -> False: an attachment whose
+    maker cannot be identified is not in flight."""
+    if not isinstance(ident, dict) or not isinstance(ident.get("pid"), int):
+        return False
+    if ident.get("boot") != _read("/proc/sys/kernel/random/boot_id").strip():
+        return False
+    start = _start_time(ident["pid"])
+    return bool(start) and start == ident.get("start")
 
 
 def _gateway_key(pool_id: str, addr: str) -> str:
@@ -272,6 +336,8 @@ class Controller:
                 for ip in (ep.ip, ep.ip6):
                     if ip and ipaddress.ip_address(ip) in subnet:
                         self.ipam.release_address(pid, ip, endpoint_holder(net.id, ep.id))
+            # and what attachments without an endpoint record hold (killed ADDs)
+            self.ipam.release_holder(pid, endpoint_holder(net.id, ""), prefix=True)
             for a in [d.gateway, *(d.aux_addresses or {}).values()]:
                 if a:
                     self.ipam.release_address(pid, a.split("/")[0], holder)
@@ -287,6 +353,7 @@ class Controller:
     def _forget_network(self, net: Network, eps: list[Endpoint]) -> None:
         with self.store.transaction():
             self.store.delete(_net_key(net.id))
+            self.store.delete_prefix(_attachment_key(net.id, ""))
             self._release_network_holds(net, eps)
 
     def _validate_subnets(self, net: Network, others: list[Network]) -> None:
@@ -603,6 +670,140 @@ class Controller:
             if had_rules:
                 self._sync_firewall()
 
+    # ------------------------------------------------ attachments (CNI path)
+    def attachments(self, network_id: Optional[str] = None) -> list[dict]:
+        """The attachment records (see ATTACHMENTS), with ``network_id`` and
+        ``endpoint_id`` added."""
+        prefix = _attachment_key(network_id, "") if network_id else ATTACHMENTS
+        out = []
+        for r in self.store.list(prefix):
+            nid, _, eid = r.key[len(ATTACHMENTS):].partition("/")
+            out.append(dict(r.value or {}, network_id=nid, endpoint_id=eid))
+        return out
+
+    def begin_attachment(self, network_id: str, endpoint_id: str, requests: list,
+                         container_id: str = "", ifname: str = "") -> dict:
+        """An attachment's addresses and its record, in one commit (nothing
+        else of it exists yet).  ``requests``: [(family, pool id, address or
+        "")].  Returns {family: "addr/len"}.  What an earlier attempt of the
+        same attachment, killed and never DEL'd, still holds is released in
+        the same commit: the runtime retries the ADD instead."""
+        holder = endpoint_holder(network_id, endpoint_id)
+        key = _attachment_key(network_id, endpoint_id)
+        with self.transaction() as t:
+            if t.get(_ep_key(network_id, endpoint_id)) is not None:
+                raise errors.EndpointExists(f"endpoint {endpoint_id} already exists")
+            stale = t.get(key)
+            if stale is not None:
+                for pid in dict.fromkeys((stale.value or {}).get("pools", {}).values()):
+                    self.ipam.release_holder(pid, holder)
+            got = {}
+            for fam, pid, want in requests:
+                got[fam] = self.request_address(pid, want, holder=holder)
+            t.put(key, {"container_id": container_id, "ifname": ifname,
+                        "pools": {str(fam): pid for fam, pid, _ in requests},
+                        "process": process_identity()})
+        return got
+
+    def release_attachment(self, network_id: str, endpoint_id: str, pools: Iterable[str] = (),
+                           addresses: Iterable[tuple[str, str]] = (),
+                           only_if=None) -> Optional[list[str]]:
+        """One commit: the ``addresses`` ([(pool id, addr)], an endpoint
+        record's: they name all the attachment holds, and allocations of
+        before holders carry no hold record) -- or, without them, everything
+        ``endpoint_holder(network, endpoint)`` holds in ``pools`` and in the
+        pools its record names (a pool-wide scan: only when no endpoint
+        record says which) -- and the attachment record.  ``only_if``: the record's value
+        as read by a caller that judged it an orphan -- nothing is released
+        when it changed meanwhile (the runtime retried the ADD), and None is
+        returned.  Returns the freed addresses."""
+        holder = endpoint_holder(network_id, endpoint_id)
+        key = _attachment_key(network_id, endpoint_id)
+        freed: list[str] = []
+        with self.transaction() as t:
+            rec = t.get(key)
+            if only_if is not None and (rec is None or rec.value != only_if
+                                        or t.get(_ep_key(network_id, endpoint_id)) is not None):
+                return None
+            named = list((rec.value or {}).get("pools", {}).values()) if rec is not None else []
+            addresses = list(addresses)
+            for pid, addr in addresses:
+                self.release_address(pid, addr, holder)
+            if not addresses:
+                for pid in dict.fromkeys([*pools, *named]):
+                    freed += self.ipam.release_holder(pid, holder)
+            if rec is not None:
+                t.delete(key)
+        return freed
+
+    def forget_attachment(self, net: Network, endpoint_id: str, only_if=None) -> dict:
+        """Remove what an attach of ``endpoint_id`` left when no endpoint
+        record exists (an ADD killed before or while the driver created the
+        endpoint): its addresses and record, then the links tagged for it.
+        Addresses first: a kill in between leaves only a tagged link, which a
+        DEL again, GC and restore() remove.  Returns what was removed."""
+        with self._lock:
+            if self.store.get(_ep_key(net.id, endpoint_id)) is not None:
+                return {"addresses": [], "links": []}  # a real endpoint: detach's work
+            pools = [pid for _, pid in self._network_pools(net)]
+            had = self.store.get(_attachment_key(net.id, endpoint_id)) is not None
+            freed = self.release_attachment(net.id, endpoint_id, pools, only_if=only_if)
+            if freed is None:
+                return {"addresses": [], "links": []}  # changed meanwhile: in flight again
+            forget = getattr(self.driver_for(net), "forget_endpoint", None)
+            links = forget(net, endpoint_id) if forget is not None else []
+            return {"addresses": freed, "links": links, "record": had}
+
+    def forget_orphan_attachments(self, network_id: Optional[str] = None) -> tuple[dict, set]:
+        """restore() and CNI GC: attachments without an endpoint record whose
+        process is gone (an ADD killed for good, never DEL'd), and endpoint
+        holds that no record explains at all (a DEL killed after deleting
+        the endpoint record), of one network or all.  Returns (what was
+        removed, endpoint IDs of ADDs still in flight -- their links and
+        addresses are not leaks)."""
+        done = {"attachments": [], "addresses": [], "links": []}
+        in_flight: set[str] = set()
+        if self.ipam is None:
+            return done, in_flight
+        with self._lock:
+            nets = {n.id: n for n in self.networks()}
+            eps = {(e.network_id, e.id) for e in self.endpoints(network_id)}
+            for a in self.attachments(network_id):
+                nid, eid = a.pop("network_id"), a.pop("endpoint_id")
+                if (nid, eid) in eps:
+                    continue
+                if process_alive(a.get("process")):
+                    in_flight.add(eid)
+                    continue
+                net = nets.get(nid)
+                try:
+                    if net is None:
+                        r = {"addresses": self.release_attachment(nid, eid, only_if=a) or [], "links": []}
+                    else:
+                        r = self.forget_attachment(net, eid, only_if=a)
+                except Exception as e:  # noqa: BLE001 -- one bad record must not stop a start
+                    log.error("attachment %s/%s left by a killed ADD: %s", nid[:12], eid[:12], e)
+                    continue
+                done["attachments"].append(f"{nid[:12]}/{eid[:12]}")
+                done["addresses"] += r["addresses"]
+                done["links"] += r["links"]
+            prefix = endpoint_holder(network_id, "") if network_id else "endpoint/"
+            for pool in self.ipam.list_pools():
+                try:
+                    held = self.ipam.holders(pool["id"])["addresses"]
+                except errors.NotFound:
+                    continue
+                for h in sorted({h for hs in held.values() for h in hs if h.startswith(prefix)}):
+                    nid, _, eid = h[len("endpoint/"):].partition("/")
+                    with self.transaction() as t:  # checked again in the commit that releases
+                        if t.get(_ep_key(nid, eid)) is not None or \
+                                t.get(_attachment_key(nid, eid)) is not None:
+                            continue
+                        done["addresses"] += self.ipam.release_holder(pool["id"], h)
+        if done["addresses"] or done["links"]:
+            log.info("removed what killed attachments left: %s", done)
+        return done, in_flight
+
     # ----------------------------------------------------------- reconcile
     def restore(self) -> None:
         """Daemon start: make kernel and firewall match the store."""
@@ -610,10 +811,14 @@ class Controller:
             nets = self.networks()
             eps = self.endpoints()
             self._record_holds(nets, eps)
+            # before the drivers' restore, so the links of killed ADDs go with
+            # their addresses, and those of ADDs in flight (a CNI binary
+            # working beside a restarting daemon) stay
+            _, in_flight = self.forget_orphan_attachments()
             for name, drv in self.drivers.items():
                 mine = [n for n in nets if n.driver == name]
                 ids = {n.id for n in mine}
-                drv.restore(mine, [e for e in eps if e.network_id in ids])
+                drv.restore(mine, [e for e in eps if e.network_id in ids], keep=in_flight)
             self._sync_firewall()
 
     def _record_holds(self, nets: list[Network], eps: list[Endpoint]) -> None:

@@ -39,7 +39,14 @@ class Driver(Protocol):
     def delete_network(self, net: Network) -> None:
         """Must succeed when the kernel objects are already gone."""
 
-    def restore(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
-        """Make the kernel match the stored state (daemon start)."""
+    def forget_endpoint(self, net: Network, endpoint_id: str) -> list[str]:
+        """Remove the kernel objects an interrupted create_endpoint left for
+        ``endpoint_id`` although no record of it exists (only those tagged
+        for it); returns their names.  Optional: the controller skips a
+        driver without it."""
+
+    def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> None:
+        """Make the kernel match the stored state (daemon start); leave the
+        objects of the endpoint IDs in ``keep`` (attachments in flight)."""
 
     def oper_info(self, net: Network, ep: Endpoint) -> dict: ...

@@ -34,6 +34,7 @@ import hashlib
 import ipaddress
 import logging
 import re
+import socket
 from typing import Optional
 
 from pynet import errors
@@ -133,15 +134,52 @@ def parse_options(net: Network) -> dict:
     return cfg
 
 
+def host_address_is_local(ip: str) -> bool:
+    """Docker's built-in driver binds each published host address (and so refuses one
+    that is not on this host); pynet has no proxy, so it tries the same bind once."""
+    a = ipaddress.ip_address(ip)
+    if a.is_unspecified:
+        return True
+    fam = socket.AF_INET6 if a.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.bind((ip, 0))
+        return True
+    except OSError:
+        return False
+
+
+def check_host_address(host_ip: str, what: str, is_local=host_address_is_local) -> str:
+    """A published port's host address: a plain IP address (no IPv6 zone: Python's
+    ipaddress takes any text after ``%``, and ``::%x`` counted as unspecified) that is
+    this host's.  InvalidAddress otherwise."""
+    if not isinstance(host_ip, str) or "%" in host_ip or host_ip.strip() != host_ip:
+        raise errors.InvalidAddress(f"invalid host address {host_ip!r} for {what}: "
+                                    "a plain IP address without zone is required")
+    try:
+        ipaddress.ip_address(host_ip)
+    except ValueError:
+        raise errors.InvalidAddress(f"invalid host address {host_ip!r} for {what}") from None
+    if not is_local(host_ip):
+        raise errors.InvalidAddress(f"host address {host_ip} for {what} is not an address of this host")
+    return host_ip
+
+
 class BridgeDriver:
     name = "bridge"
 
-    def __init__(self, netlink, sysctl, instance: str):
+    def __init__(self, netlink, sysctl, instance: str, is_local=None):
+        """``is_local(ip) -> bool``: whether a published port's host address is this
+        host's (default :func:`host_address_is_local`)."""
         if not instance or ":" in instance:
             raise errors.InvalidParameter(f"invalid pynet instance name {instance!r}")
         self.nl = netlink
         self.sysctl = sysctl
         self.instance = instance
+        self._is_local = is_local
+
+    def is_local(self, ip: str) -> bool:
+        return (self._is_local or host_address_is_local)(ip)
 
     def _tag(self, object_id: str) -> str:
         return alias_for(self.instance, object_id)
@@ -287,6 +325,28 @@ class BridgeDriver:
 
     # ---- external connectivity: the firewall (controller.sync) does the work
     def program_external_connectivity(self, net: Network, ep: Endpoint) -> None:
+        """The door for published ports: each mapping is checked here, when it is
+        programmed -- before it is stored and before any rule exists -- so a refused
+        mapping changes nothing, on the Docker path and on every CNI exec alike (a
+        check in the firewall's sync used to be skipped on a process's first sync,
+        which is every CNI process).  The firewall then only renders what passed."""
+        from pynet.firewall.model import EndpointSpec
+        from pynet.firewall.model import PortMapping as FwPortMapping
+        from pynet.firewall.render import expand_ports
+
+        st = self._state(net)
+        binding = st.get("host_binding_ipv4") or ""
+        mappings = []
+        for pm in ep.ports:
+            host_ip = pm.host_ip or binding
+            if host_ip:
+                check_host_address(host_ip, f"{pm.host_port}/{pm.proto}", self.is_local)
+            mappings.append(FwPortMapping(proto=pm.proto, host_ip=host_ip, host_port=pm.host_port,
+                                          container_port=pm.container_port))
+        # what the renderer would refuse for this endpoint alone (e.g. a host address of a
+        # family the endpoint has no address of)
+        expand_ports(EndpointSpec(id=ep.id, network_id=net.id, ipv4=ep.ip or None,
+                                  ipv6=ep.ip6 or None, ports=mappings))
         return None
 
     def revoke_external_connectivity(self, net: Network, ep: Endpoint) -> None:
@@ -303,6 +363,19 @@ class BridgeDriver:
         host, _ = self._veths(ep)
         self.nl.delete_link(host, missing_ok=True)
 
+    def forget_endpoint(self, net: Network, endpoint_id: str) -> list[str]:
+        """The host end an interrupted create of ``endpoint_id`` left (no
+        record of it exists, so its name derives from the id); only if it
+        carries our tag for that id.  Returns the deleted links."""
+        host = host_veth_name(endpoint_id)
+        try:
+            if self.nl.get_link(host).alias != self._tag(endpoint_id):
+                return []
+        except errors.NotFound:
+            return []
+        self.nl.delete_link(host, missing_ok=True)
+        return [host]
+
     # ======================================================= delete network
     def delete_network(self, net: Network) -> None:
         st = self._state(net)
@@ -317,13 +390,14 @@ class BridgeDriver:
                     self.nl.remove_address(name, self._gateway_cidr(d), missing_ok=True)
 
     # ============================================================== restore
-    def restore(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
+    def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> None:
         """Make the kernel match the store: (a) recreate missing bridges with
         their addresses, re-enslave surviving host veths, recreate the pair of
         endpoints not yet joined; (b) remove bridges and veths tagged for THIS
-        instance that match nothing stored.  Other instances' links stay."""
+        instance that match nothing stored.  Other instances' links stay, and
+        so do those of ``keep`` (endpoint IDs of attachments in flight)."""
         nets = {n.id: n for n in networks}
-        known = set(nets) | {e.id for e in endpoints}
+        known = set(nets) | {e.id for e in endpoints} | set(keep)
         # (b) first, so a stale bridge of a deleted network cannot be mistaken
         for link in self.nl.list_links(alias_prefix=f"{ALIAS_PREFIX}:{self.instance}:"):
             owner = parse_alias(link.alias)

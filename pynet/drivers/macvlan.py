@@ -343,6 +343,18 @@ class MacvlanDriver:
                 return
             self.nl.delete_link(name, missing_ok=True)
 
+    def forget_endpoint(self, net: Network, endpoint_id: str) -> list[str]:
+        """The child an interrupted create of ``endpoint_id`` left (no record
+        of it exists), only if tagged for that id.  Returns the deleted links."""
+        name = macvlan_name(endpoint_id)
+        try:
+            if self.nl.get_link(name).alias != self._tag(endpoint_id):
+                return []
+        except errors.NotFound:
+            return []
+        self.nl.delete_link(name, missing_ok=True)
+        return [name]
+
     # ======================================================= delete network
     def delete_network(self, net: Network) -> None:
         st = self._state(net)
@@ -357,9 +369,9 @@ class MacvlanDriver:
                         net.id[:12], parent, owner)
 
     # ============================================================== restore
-    def restore(self, networks: list[Network], endpoints: list[Endpoint]) -> None:
+    def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> None:
         nets = {n.id: n for n in networks}
-        known = set(nets) | {e.id for e in endpoints}
+        known = set(nets) | {e.id for e in endpoints} | set(keep)  # keep: ADDs in flight
         links = self.nl.list_links(alias_prefix=f"{ALIAS_PREFIX}:{self.instance}:") + \
             self.nl.list_links(alias_prefix=f"{ISOLATED_PREFIX}:{self.instance}:")
         for link in links:

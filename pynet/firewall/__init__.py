@@ -1,4 +1,5 @@
-"""pynet firewall: Docker 20.10's bridge iptables layout as data, applied atomically.
+"""pynet firewall: Docker 20.10's bridge iptables layout (plus Docker 28's explicit drop of
+unpublished ports) as data, applied atomically.
 
 See :mod:`pynet.firewall.firewall` for the coexistence-with-dockerd choice,
 :mod:`pynet.firewall.render` for the layout and :mod:`pynet.firewall.backend`

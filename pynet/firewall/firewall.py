@@ -26,34 +26,51 @@ In the chains pynet creates, foreign rules (e.g. an admin's rules in
 ``-j RETURN`` stays last).
 
 FORWARD policy: Docker sets ``ip_forward=1`` and, when it is the one that
-turned forwarding on, the FORWARD policy to DROP.  pynet's bridge driver sets
-``ip_forward=1`` for non-internal networks but pynet never changes a built-in
-chain's policy: it is host-wide state pynet cannot own or restore by tag.
-Everything pynet promises (isolation, ICC off, internal, anti-spoofing,
-published vs unpublished ports via the host's addresses) is enforced by
-explicit rules and holds with policy ACCEPT too.  What policy DROP adds on a
-host without dockerd is that *routed* traffic to a container address (a
-neighbour that routes 10.x/24 via this host) is refused, and that the host
-does not route between its other interfaces; administrators who want that set
-``iptables -P FORWARD DROP`` themselves (beside dockerd it is already DROP).
+turned forwarding on, the FORWARD policy to DROP; where forwarding was already
+on (a router, a Kubernetes node, a host where a CNI plugin ran first) it leaves
+the policy at ACCEPT.  pynet's bridge driver sets ``ip_forward=1`` for
+non-internal networks but pynet never changes a built-in chain's policy: it is
+host-wide state pynet cannot own or restore by tag.  Nothing pynet promises
+leans on the policy: isolation, ICC off, internal, anti-spoofing, and "a
+container port is reachable from outside its network only if it is published"
+are all explicit rules, for IPv4 and IPv6 -- the last one is the
+``! -i br -o br -j DROP`` per network at the end of the ``<prefix>`` chain,
+below every per-port ACCEPT (as Docker 28 does; Docker 20.10 relied on the
+policy there, see :mod:`pynet.firewall.render`).  What policy DROP still adds
+on a host without dockerd is that the host does not route between its *other*
+interfaces; administrators who want that set ``iptables -P FORWARD DROP``
+themselves.
 
 Atomicity: one ``iptables-restore --noflush`` process (nft) or one libiptc
 commit per table (legacy) per family.  iptables-restore commits table by
 table, so when the kernel refuses a later table the tables already committed
 are rolled back to the state read before the change, and
-:class:`~pynet.errors.KernelError` carries the iptables message.
+:class:`~pynet.errors.KernelError` carries the iptables message.  When the
+tables changed under the batch (dockerd or another pynet instance editing the
+same built-in chain between pynet's read and its batch: "Index of insertion
+too big"), the change is planned again from a fresh read, a few times.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 
-from pynet.errors import KernelError
+from pynet.errors import KernelError, PynetError
 
 from .backend import make_backend
-from .model import FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
+from .model import BUILTIN_CHAINS, CHAIN_RE, FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
 from .reconcile import diff_text, parse_save, plan_family, plan_restore
-from .render import own_chains, render_family, route_localnet_sysctls
+from .render import own_chains, render_family, route_localnet_sysctls, screen
+
+
+RETRIES = 3  # re-plans when someone else changed the tables under a batch
+
+
+def _chains(state) -> dict:
+    """Every rule of every chain (foreign ones included) and every user chain, to tell
+    whether the tables moved (an empty table nft made on the way does not count)."""
+    return {(t, ch): [r.tokens for r in rules] for t, ts in state.items()
+            for ch, rules in ts.chains.items() if rules or ch not in BUILTIN_CHAINS.get(t, ())}
 
 
 class Firewall:
@@ -71,7 +88,7 @@ class Firewall:
         isolate_from: bridge interface names/patterns of others (``docker0``, ``br-+``)
             isolated from pynet's networks in both directions (see render_family).
         """
-        if not prefix or any(c.isspace() or c in ':"\'\\' for c in prefix) \
+        if not isinstance(prefix, str) or not CHAIN_RE.fullmatch(prefix) \
                 or len(prefix) > 28 - len("-ISOLATION-STAGE-1"):
             raise ValueError(f"invalid chain prefix {prefix!r}")
         self.prefix = prefix
@@ -83,14 +100,42 @@ class Firewall:
         self.isolate_from = tuple(isolate_from)
 
     # --- rendering -----------------------------------------------------------
-    def desired(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec]) -> dict[str, Ruleset]:
+    def _render(self, networks, endpoints, isolate_from) -> dict[str, Ruleset]:
         return {fam: render_family(self.prefix, list(networks), list(endpoints), fam, self.userland_proxy,
-                                   self.isolate_from)
+                                   isolate_from)
                 for fam in self.families}
 
-    def render(self, networks, endpoints) -> dict[str, str]:
+    def screened(self, networks, endpoints, problems: dict):
+        """``(rule sets, networks rendered)`` with the owners the renderer refuses
+        skipped and recorded in ``problems`` (owner id -> one line; see
+        render.screen).  A rule refused later still (model.Rule's own check of
+        every token) drops its owner the same way."""
+        nets, eps, iso = screen(list(networks), list(endpoints), self.isolate_from, problems)
+        for _ in range(len(nets) + len(eps) + 1):
+            try:
+                return self._render(nets, eps, iso), nets
+            except PynetError as e:
+                owner = e.details.get("owner")
+                if owner is None or not any(o.id == owner for o in nets + eps):
+                    raise
+                problems[owner] = str(e)
+                nets = [n for n in nets if n.id != owner]
+                ids = {n.id for n in nets}
+                eps = [x for x in eps if x.id != owner and x.network_id in ids]
+        raise AssertionError("unreachable: every round removes an owner")
+
+    def desired(self, networks: list[NetworkSpec], endpoints: list[EndpointSpec],
+                problems: dict | None = None) -> dict[str, Ruleset]:
+        """The rule set per family.  ``problems`` None: any refused input raises (a typed
+        PynetError); a dict: refused owners are skipped and recorded there instead, and
+        everything else is rendered (issue 9, defect 6)."""
+        if problems is None:
+            return self._render(networks, endpoints, self.isolate_from)
+        return self.screened(networks, endpoints, problems)[0]
+
+    def render(self, networks, endpoints, problems: dict | None = None) -> dict[str, str]:
         """The desired iptables-restore text per family (``ipv4``, ``ipv6``)."""
-        return {fam: rs.to_restore() for fam, rs in self.desired(networks, endpoints).items()}
+        return {fam: rs.to_restore() for fam, rs in self.desired(networks, endpoints, problems).items()}
 
     def sysctls(self, networks) -> list[tuple[str, str]]:
         return route_localnet_sysctls(list(networks), self.userland_proxy)
@@ -105,31 +150,53 @@ class Firewall:
             raise
 
     def _reconcile(self, family: str, desired: Ruleset) -> None:
-        before = self._actual(family, desired)
-        if before is None:
-            return
-        plan = plan_family(before, desired, own_chains(self.prefix))
-        if not plan:
-            return
-        try:
-            self.backend.execute(family, plan)
-        except KernelError as err:
-            self._rollback(family, before, err)
-            raise
+        # The plan is made from one read of the tables; dockerd or another pynet instance
+        # (other chain prefix, other lock) may change a chain before the batch runs, and
+        # the batch then fails ("Index of insertion too big", a rule to delete gone).  So:
+        # rolled back, and if the tables now differ from what the plan was made from,
+        # planned again from a fresh read -- a bounded number of times.
+        for attempt in range(RETRIES + 1):
+            before = self._actual(family, desired)
+            if before is None:
+                return
+            plan = plan_family(before, desired, own_chains(self.prefix))
+            if not plan:
+                return
+            try:
+                self.backend.execute(family, plan)
+                return
+            except KernelError as err:
+                now = self._rollback(family, before, err)
+                if attempt == RETRIES or now is None or _chains(now) == _chains(before):
+                    raise  # refused on its own merits (or the rollback failed)
 
-    def _rollback(self, family: str, before, err: KernelError) -> None:
+    def _rollback(self, family: str, before, err: KernelError):
+        """Put pynet's rules back as in ``before``; the tables afterwards, None if the
+        rollback failed too."""
         try:
             now = parse_save(self.backend.save(family), self.prefix)
             plan = plan_restore(now, before, own_chains(self.prefix))
             if plan:
                 self.backend.execute(family, plan)
+                now = parse_save(self.backend.save(family), self.prefix)
+            return now
         except KernelError as e2:
             err.details["rollback_error"] = str(e2)
             err.args = (f"{err.args[0]} (and the rollback failed too: {e2})",)
+            return None
 
-    def apply(self, networks, endpoints) -> None:
-        """Make the kernel match the desired state (idempotent)."""
-        desired = self.desired(networks, endpoints)  # validates everything before touching anything
+    def apply(self, networks, endpoints, problems: dict | None = None) -> None:
+        """Make the kernel match the desired state (idempotent).  ``problems``: as in
+        :meth:`desired` (skip and record refused owners instead of raising)."""
+        if problems is None:
+            desired = self.desired(networks, endpoints)  # validates everything before touching anything
+        else:
+            desired, networks = self.screened(networks, endpoints, problems)
+        self.apply_desired(desired, networks)
+
+    def apply_desired(self, desired: dict[str, Ruleset], networks) -> None:
+        """Apply rule sets made by :meth:`desired`/:meth:`screened` (``networks``: the
+        networks rendered, for their sysctls)."""
         for fam in self.families:
             self._reconcile(fam, desired[fam])
         if IPV4 in self.families:
@@ -141,10 +208,10 @@ class Firewall:
         for fam in self.families:
             self._reconcile(fam, Ruleset(fam, self.prefix))
 
-    def diff(self, networks, endpoints) -> str:
+    def diff(self, networks, endpoints, problems: dict | None = None) -> str:
         """Desired vs actual pynet rules; '' when the kernel is in sync."""
         out = []
-        for fam, rs in self.desired(networks, endpoints).items():
+        for fam, rs in self.desired(networks, endpoints, problems).items():
             actual = self._actual(fam, rs)
             if actual is None:
                 continue

@@ -18,6 +18,18 @@ Differences from Docker, all on purpose:
 * An ``--internal`` network with several subnets of one family cannot use
   Docker's ``! -d subnet -j DROP`` pair (it would drop its own second
   subnet); it gets ``-d subnet -j RETURN`` per subnet then one DROP instead.
+* Unpublished ports (Docker 28's fix, which 20.10 lacks): after every
+  per-port ACCEPT in ``<prefix>``, each non-internal network gets
+  ``! -i br -o br -j DROP``, so traffic forwarded into a bridge from outside it
+  is refused unless a published port accepted it -- whatever the FORWARD
+  policy (dockerd leaves it at ACCEPT when ip_forward was already 1 before it
+  started, and Docker 20.10's own bridge is open to routed traffic there).
+  The drops sit below *all* the accepts (the chain is shared by the
+  networks), so they never shadow one; replies (RELATED,ESTABLISHED) are
+  accepted in FORWARD before the jump, hairpin and ICC traffic enter the
+  bridge from the bridge itself (``-i br``) and the 127.0.0.1 DNAT goes
+  through OUTPUT, so none of them reach the drop.  Internal networks have
+  no jump to ``<prefix>`` (their isolation rules drop everything foreign).
 * IPv6: there is no ``route_localnet`` for IPv6, so DNAT from ``::1`` can't
   work; the ip6tables OUTPUT jump excludes ``::1/128`` and mappings bound to
   ``::1`` are not rendered.
@@ -32,9 +44,9 @@ from __future__ import annotations
 
 import ipaddress
 
-from pynet.errors import InvalidAddress, InvalidParameter, PortInUse
+from pynet.errors import InvalidAddress, InvalidParameter, PortInUse, PynetError
 
-from .model import IPV4, EndpointSpec, NetworkSpec, PortMapping, Ruleset
+from .model import IPV4, EndpointSpec, NetworkSpec, PortMapping, Ruleset, check_ifname_token
 
 PROTOS = ("tcp", "udp", "sctp")
 
@@ -54,9 +66,18 @@ def own_chains(prefix: str) -> set[str]:
 
 
 # --- validation -------------------------------------------------------------
+# (the renderer checks its inputs for readable errors; model.Rule checks every token again)
+def _no_zone(s) -> str:
+    if not isinstance(s, str):
+        raise InvalidAddress(f"invalid address {s!r}: not a string")
+    if "%" in s:
+        raise InvalidAddress(f"invalid address {s!r}: no IPv6 zone (%...) allowed")
+    return s
+
+
 def _net(s: str, version: int) -> str:
     try:
-        n = ipaddress.ip_network(s, strict=False)
+        n = ipaddress.ip_network(_no_zone(s), strict=False)
     except ValueError as e:
         raise InvalidAddress(f"invalid subnet {s!r}: {e}") from None
     if n.version != version:
@@ -65,6 +86,7 @@ def _net(s: str, version: int) -> str:
 
 
 def _addr(s: str, version: int | None = None) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    _no_zone(s)
     try:
         a = ipaddress.ip_address(s.split("/")[0] if "/" in s else s)
     except (ValueError, AttributeError) as e:
@@ -78,10 +100,10 @@ def _host(a) -> str:
     return f"{a}/{a.max_prefixlen}"
 
 
-def _ifname(name: str) -> str:
-    if not name or len(name.encode()) > 15 or any(c in name for c in " \t\n\"'/!"):
-        raise InvalidParameter(f"invalid interface name {name!r}")
-    return name
+def _ifname(name: str, patterns: bool = False) -> str:
+    """A bridge or veth name: a literal interface name; ``patterns``: also one of
+    pynet's own isolation wildcards (``br-+``, ``pn-+``)."""
+    return check_ifname_token(name, patterns=patterns)
 
 
 def _port(p, what: str) -> int:
@@ -124,17 +146,100 @@ def expand_ports(ep: EndpointSpec) -> list[tuple[int, PortMapping, str]]:
     return rows
 
 
+def _port_conflict(ep: EndpointSpec, seen) -> PortInUse | None:
+    for pm in ep.ports:
+        for proto, hip, hport, owner in seen:
+            if proto == pm.proto and hport == pm.host_port and _overlap(hip, pm.host_ip) \
+                    and owner != ep.id:
+                return PortInUse(
+                    f"Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/{pm.proto} failed: "
+                    f"port is already allocated (endpoint {owner})", owner=ep.id)
+    return None
+
+
 def check_port_conflicts(endpoints: list[EndpointSpec]) -> None:
     seen: list[tuple[str, str, int, str]] = []
     for ep in endpoints:
-        for pm in ep.ports:
-            for proto, hip, hport, owner in seen:
-                if proto == pm.proto and hport == pm.host_port and _overlap(hip, pm.host_ip) \
-                        and owner != ep.id:
-                    raise PortInUse(
-                        f"Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/{pm.proto} failed: "
-                        f"port is already allocated (endpoint {owner})")
-            seen.append((pm.proto, pm.host_ip, pm.host_port, ep.id))
+        err = _port_conflict(ep, seen)
+        if err is not None:
+            raise err
+        seen.extend((pm.proto, pm.host_ip, pm.host_port, ep.id) for pm in ep.ports)
+
+
+# --- per-owner screening -----------------------------------------------------
+def _check_network(n: NetworkSpec) -> None:
+    _ifname(n.bridge)
+    for s in n.subnets_v4:
+        _net(s, 4)
+    for s in n.subnets_v6:
+        _net(s, 6)
+    if n.host_ipv4:
+        _addr(n.host_ipv4, 4)
+
+
+def _check_endpoint(ep: EndpointSpec) -> None:
+    if ep.mac:
+        _mac(ep.mac)
+    if ep.host_veth:
+        _ifname(ep.host_veth)
+    if ep.ipv4:
+        _addr(ep.ipv4, 4)
+    if ep.ipv6:
+        _addr(ep.ipv6, 6)
+    expand_ports(ep)
+    for pm in ep.ports:
+        if pm.host_ip:
+            _addr(pm.host_ip)
+
+
+def screen(networks: list[NetworkSpec], endpoints: list[EndpointSpec], isolate_from=(),
+           problems: dict | None = None):
+    """Split the desired state into what renders and what does not, per owner.
+
+    Returns ``(networks, endpoints, isolate_from)`` without the owners the renderer
+    would refuse, and records each refused one in ``problems`` (owner id -> one
+    readable line): a network (bad bridge name, subnet, host binding; its endpoints
+    go with it), an endpoint (bad address, MAC, veth name or port mapping, or a host
+    port an endpoint earlier in the given order already publishes -- the first one
+    keeps it), a foreign bridge pattern.  So one bad stored record costs its own
+    rules, never everyone's (issue 9, defect 6)."""
+    problems = {} if problems is None else problems
+    iso = []
+    for p in isolate_from:
+        try:
+            iso.append(_ifname(p, patterns=True))
+        except PynetError as e:
+            problems[f"foreign bridge {p!r}"] = str(e)
+    nets, ids = [], set()
+    for n in networks:
+        try:
+            if n.id in ids:
+                raise InvalidParameter(f"network id {n.id!r} given twice")
+            _check_network(n)
+        except PynetError as e:
+            problems[n.id] = f"network {n.id}: {e}"
+            continue
+        nets.append(n)
+        ids.add(n.id)
+    eps: list[EndpointSpec] = []
+    seen: list[tuple[str, str, int, str]] = []
+    known = {n.id for n in networks}
+    for ep in endpoints:
+        try:
+            if ep.network_id not in ids:
+                if ep.network_id in known:
+                    raise InvalidParameter(f"its network {ep.network_id} is refused")
+                raise InvalidParameter(f"unknown network {ep.network_id}")
+            _check_endpoint(ep)
+            err = _port_conflict(ep, seen)
+            if err is not None:
+                raise err
+        except PynetError as e:
+            problems[ep.id] = f"endpoint {ep.id}: {e}"
+            continue
+        eps.append(ep)
+        seen.extend((pm.proto, pm.host_ip, pm.host_port, ep.id) for pm in ep.ports)
+    return nets, eps, tuple(iso)
 
 
 # --- the renderer ------------------------------------------------------------
@@ -147,7 +252,7 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
     ``ISOLATION-STAGE-1: -i P ! -o P -j STAGE-2`` and ``STAGE-2: -o P -j DROP`` (owner
     ``base``).  Empty (the default): exactly Docker's layout."""
     for p in isolate_from:
-        _ifname(p)
+        _ifname(p, patterns=True)
     ver = 4 if family == IPV4 else 6
     c = chain_names(prefix)
     rs = Ruleset(family, prefix)
@@ -304,6 +409,12 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
             if p == "sctp":
                 rs.add("mangle", "POSTROUTING", ["-p", p, "-m", p, "--sport", str(pm.container_port),
                                                  "-j", "CHECKSUM", "--checksum-fill"], ep.id)
+
+    # everything else forwarded into a bridge from outside it: dropped here, below every
+    # per-port ACCEPT of every network, so isolation never leans on the FORWARD policy
+    for n, subs in nets:
+        if not n.internal:
+            rs.add("filter", c["main"], ["!", "-i", n.bridge, "-o", n.bridge, "-j", "DROP"], n.id)
     return rs
 
 

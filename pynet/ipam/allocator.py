@@ -345,6 +345,30 @@ class Ipam:
             if p.get("managed") and not self._held(t, pool_id):
                 self._forget(t, pool_id)
 
+    def release_holder(self, pool_id: str, holder: str, prefix: bool = False) -> list[str]:
+        """``holder`` lets go of every address it holds in the pool, whichever
+        they are (``prefix=True``: every holder whose name starts with
+        ``holder``, e.g. all ``endpoint/<net>/`` of a network).  This is how an
+        attachment is released when its records are gone or were never
+        written (an ADD killed halfway): the holder names it, the addresses
+        need not be known.  Addresses other holders keep stay allocated; the
+        pool is forgotten as by ``release_address``.  An unknown pool holds
+        nothing.  Returns the freed addresses."""
+        if not isinstance(pool_id, str):
+            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        if not _check_holder(holder):
+            raise InvalidParameter("holder is empty")
+        which = (lambda h: h.startswith(holder)) if prefix else (lambda h: h == holder)
+        with self.store.transaction() as t:
+            rec = t.get(_pool_key(pool_id))
+            if rec is None:
+                return []
+            freed = self._drop_holds(t, rec.value, which)
+            p = t.get(_pool_key(pool_id)).value
+            if freed and p.get("managed") and not self._held(t, pool_id):
+                self._forget(t, pool_id)
+        return freed
+
     def holders(self, pool_id: str) -> dict:
         """{"pool": [holders of the pool], "addresses": {bare address: [holders]}}."""
         with self.store.transaction() as t:
@@ -371,7 +395,8 @@ class Ipam:
 
     def reconcile(self, pool_id: str, held: set[str]) -> list[str]:
         """Release every allocated address of the pool that is not in ``held``
-        (what the runtime really uses) and return the released ones.
+        (what the runtime really uses) and that no holder record names, and
+        return the released ones.
 
         The caller must include allocations still in flight in ``held``;
         this cannot tell a leak from an answer on its way.  An unknown pool
@@ -390,9 +415,12 @@ class Ipam:
             bits = Bitmap(t, g.layout)
             for o in list(iter_set(t, g.layout)):
                 a = g.address(o)
-                if a not in keep:
+                # An address someone holds by record is never a leak: an ADD
+                # that committed its first step after the caller listed what
+                # is in flight holds its address this way (orphaned holds are
+                # released by their holder's own clean-up, not here).
+                if a not in keep and not t.list(_holders_prefix(pool_id, a)):
                     bits.clear(o)
-                    t.delete_prefix(_holders_prefix(pool_id, a))
                     released.append(a)
             if released:
                 p["used"] -= len(released)

@@ -102,7 +102,7 @@ class FakeDriver:
     def revoke_external_connectivity(self, net, ep) -> None:
         self.calls.append(("RevokeExternalConnectivity", ep.id))
 
-    def restore(self, networks, endpoints) -> None:
+    def restore(self, networks, endpoints, keep=()) -> None:
         for n in networks:
             self.links.add(self.bridge_name(n))
         for e in endpoints:

@@ -13,6 +13,7 @@ the smoke test):  python harness.py stub-plugin SOCKET
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import http.client
 import http.server
@@ -764,6 +765,261 @@ def teardown_daemon(daemon: PynetDaemon, docker: Docker | None, prefixes: Iterab
     if errors:
         raise RuntimeError(f"teardown of {daemon.name}: " + "; ".join(errors))
     return prefixes
+
+
+# --------------------------------------------------------------------------- CNI beside a test daemon; what pynet holds
+# Used by the fault-injection and parallel acceptance tests: the CNI binaries exec'd in the host
+# namespace next to a test daemon (the shim hands them to its socket, or works in-process when it
+# is dead), dockerd's view read from its API in one request, and what the daemon holds read from
+# its state dir, kernel and firewall -- so an invariant can be checked after every operation.
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def docker_get(path: str, timeout: float = 30):
+    """GET on dockerd's API over its socket (one request, no CLI process): parsed JSON."""
+    conn = UnixHTTPConnection(DOCKER_SOCKET, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        raw = resp.read()
+        status = resp.status
+    finally:
+        conn.close()
+    if status != 200:
+        raise RuntimeError(f"GET {path}: dockerd answered {status}: {raw[:300]!r}")
+    return json.loads(raw)
+
+
+def docker_objects(prefixes: Iterable[str]) -> dict:
+    """Docker's containers and networks named with one of ``prefixes``::
+
+        {"containers": {name: {"id", "running", "networks": {network name: {"ip", "ip6",
+                                "endpoint_id", "network_id"}}}},
+         "networks": {name: {"id", "driver", "ipam_driver", "subnets": [...], "gateways": [...]}}}
+    """
+    prefixes = [p for p in prefixes if p]
+    out: dict = {"containers": {}, "networks": {}}
+    for c in docker_get("/containers/json?all=1"):
+        name = ((c.get("Names") or [""])[0]).lstrip("/")
+        if not _matches(name, prefixes):
+            continue
+        nets = {}
+        for nname, n in ((c.get("NetworkSettings") or {}).get("Networks") or {}).items():
+            nets[nname] = {"ip": n.get("IPAddress") or "", "ip6": n.get("GlobalIPv6Address") or "",
+                           "endpoint_id": n.get("EndpointID") or "", "network_id": n.get("NetworkID") or ""}
+        out["containers"][name] = {"id": c.get("Id", ""), "running": c.get("State") == "running",
+                                   "networks": nets}
+    for n in docker_get("/networks"):
+        if not _matches(n.get("Name", ""), prefixes):
+            continue
+        cfg = (n.get("IPAM") or {}).get("Config") or []
+        out["networks"][n["Name"]] = {
+            "id": n.get("Id", ""), "driver": n.get("Driver", ""),
+            "ipam_driver": (n.get("IPAM") or {}).get("Driver", ""),
+            "subnets": [x.get("Subnet", "") for x in cfg if x.get("Subnet")],
+            "gateways": [x.get("Gateway", "") for x in cfg if x.get("Gateway")]}
+    return out
+
+
+def install_cni_binaries(bin_dir: str | os.PathLike) -> Path:
+    """pynet-bridge, pynet-macvlan, pynet-ipam into ``bin_dir`` (``pynet cni install``)."""
+    from pynet.cni.install import install
+
+    install(str(bin_dir), conf_dir=None)
+    return Path(bin_dir)
+
+
+def daemon_cni_conf(daemon: "PynetDaemon", network: str, subnet: str, *, version: str = "1.0.0",
+                    port_mappings: Sequence[dict] = ()) -> dict:
+    """A pynet-bridge network configuration for ``daemon``'s state dir, socket, chain prefix and
+    instance. ``network`` as a Docker network's name makes the pods share that network."""
+    conf = {"cniVersion": version, "name": network, "type": "pynet-bridge",
+            "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": subnet}]]},
+            "pynet": {"stateDir": str(daemon.state_dir), "socket": str(daemon.socket),
+                      "chainPrefix": daemon_chain_prefix(daemon.argv()), "instance": daemon.name}}
+    if port_mappings:
+        conf["capabilities"] = {"portMappings": True}
+        conf["runtimeConfig"] = {"portMappings": [dict(p) for p in port_mappings]}
+    return conf
+
+
+class CniResult:
+    """One CNI call: exit code, parsed stdout (None if not JSON), raw text, stderr, and whether
+    the caller SIGKILLed the binary before it finished."""
+
+    def __init__(self, rc: int | None, raw: str, err: str, killed: bool = False):
+        self.rc = rc
+        self.raw = raw
+        self.err = err
+        self.killed = killed
+        try:
+            self.out = json.loads(raw) if raw.strip() else None
+        except ValueError:
+            self.out = None
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0 and not self.killed
+
+    @property
+    def code(self) -> int | None:
+        """The CNI error code of a failed call (None when it succeeded or printed no error)."""
+        return self.out.get("code") if isinstance(self.out, dict) and self.rc != 0 else None
+
+    def ips(self) -> list[str]:
+        """Bare addresses of a successful ADD's result."""
+        if not self.ok or not isinstance(self.out, dict):
+            return []
+        return [str(ip.get("address", "")).split("/")[0] for ip in self.out.get("ips") or []]
+
+    def __repr__(self) -> str:
+        what = "killed" if self.killed else f"rc={self.rc}"
+        return f"<CniResult {what} {(self.raw or self.err).strip()[:200]!r}>"
+
+
+class CniExec:
+    """Execs a pynet CNI binary as a runtime does: CNI_* environment, the configuration on stdin,
+    in the caller's (host) namespaces, so the shim hands the call to the daemon's socket and works
+    in-process only when no daemon answers there."""
+
+    def __init__(self, bin_dir: str | os.PathLike, plugin: str = "pynet-bridge"):
+        self.bin_dir = Path(bin_dir)
+        self.binary = self.bin_dir / plugin
+
+    def env(self, command: str, cid: str, netns: str, ifname: str = "eth0", args: str = "") -> dict:
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "CNI_COMMAND": command, "CNI_CONTAINERID": cid,
+               "CNI_NETNS": netns, "CNI_IFNAME": ifname, "CNI_PATH": str(self.bin_dir)}
+        if args:
+            env["CNI_ARGS"] = args
+        return env
+
+    def start(self, command: str, conf: dict, cid: str, netns: str, ifname: str = "eth0",
+              args: str = "") -> subprocess.Popen:
+        p = subprocess.Popen([str(self.binary)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=self.env(command, cid, netns, ifname, args))
+        try:
+            p.stdin.write(json.dumps(conf).encode())
+            p.stdin.close()
+        except BrokenPipeError:  # it exited already
+            pass
+        p.stdin = None  # sent and closed: communicate() only reads
+        return p
+
+    @staticmethod
+    def finish(p: subprocess.Popen, kill_after: float | None = None, timeout: float = 120) -> CniResult:
+        """Waits for the binary (SIGKILLs it after ``kill_after`` seconds if still running)."""
+        killed = False
+        if kill_after is not None:
+            try:
+                p.wait(kill_after)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                killed = True
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, err = p.communicate(timeout=30)
+            err += b"\n(killed: no answer within the time limit)"
+            killed = True
+        return CniResult(p.returncode, out.decode(errors="replace"), err.decode(errors="replace"), killed)
+
+    def call(self, command: str, conf: dict, cid: str, netns: str, ifname: str = "eth0",
+             args: str = "", kill_after: float | None = None) -> CniResult:
+        return self.finish(self.start(command, conf, cid, netns, ifname, args), kill_after)
+
+
+def netns_add(name: str) -> str:
+    sh("ip", "netns", "add", name)
+    return f"/run/netns/{name}"
+
+
+def netns_del(name: str) -> bool:
+    return sh("ip", "netns", "del", name, check=False).returncode == 0
+
+
+# Store records of the daemon itself, not of any object a test makes: the custom-named bridges of
+# dockerd's own networks, learned from dockerd (another run's `docker network create -o
+# com.docker.network.bridge.name=...` adds one at any time).
+DAEMON_STATE_KEYS = ("firewall/foreign-bridges",)
+
+
+def object_keys(keys: Iterable[str]) -> set[str]:
+    """Store keys minus the daemon's own state (``DAEMON_STATE_KEYS``)."""
+    return {k for k in keys if not k.startswith(DAEMON_STATE_KEYS)}
+
+
+def pynet_holdings(state_dir: str | os.PathLike) -> dict:
+    """What a daemon's store holds, read from its state dir as the CLI reads it::
+
+        {"networks": [network records], "endpoints": [endpoint records],
+         "pools": [{"id", "pool", ..., "allocated": [bare addresses], "problems": [...]}],
+         "keys": [every store key]}
+    """
+    import sqlite3
+
+    from pynet.ipam import Ipam
+    from pynet.store.sqlite import SqliteStore
+
+    db = Path(state_dir) / "pynet.db"
+    if not db.exists():
+        return {"networks": [], "endpoints": [], "pools": [], "keys": []}
+    store = SqliteStore.in_state_dir(str(state_dir))
+    try:
+        nets = [r.value for r in store.list("networks/")]
+        eps = [r.value for r in store.list("endpoints/")]
+        ipam = Ipam(store)
+        pools = []
+        for p in ipam.list_pools():
+            pools.append(dict(p, allocated=list(ipam.allocated(p["id"])), problems=ipam.verify(p["id"])))
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as c:
+        keys = [k for (k,) in c.execute("SELECT key FROM kv ORDER BY key")]
+    return {"networks": nets, "endpoints": eps, "pools": pools, "keys": keys}
+
+
+_ALIAS_RE = re.compile(r"\balias (\S+)")
+_COUNTERS_RE = re.compile(r"\s*\[\d+:\d+\]")
+
+
+def link_aliases() -> dict[str, str]:
+    """Host link name -> alias ('' when none), from ``ip -o link``."""
+    out = {}
+    for line in sh("ip", "-o", "link", "show", check=False).stdout.splitlines():
+        parts = line.split(": ", 2)
+        if len(parts) < 2:
+            continue
+        m = _ALIAS_RE.search(line)
+        out[parts[1].split("@", 1)[0].strip()] = m.group(1) if m else ""
+    return out
+
+
+def daemon_links(instance: str) -> dict[str, str]:
+    """Host links a daemon tagged as its own (alias ``pynet:<instance>:<object id>``) -> object id."""
+    tag = f"pynet:{instance}:"
+    return {name: alias[len(tag):] for name, alias in link_aliases().items() if alias.startswith(tag)}
+
+
+def firewall_lines(chain_prefix: str) -> list[str]:
+    """Every iptables/ip6tables line that names ``chain_prefix`` (its chains, the jumps to them and
+    its owner-tagged rules), as ``"<family> <table> <line>"`` without packet counters."""
+    lines = []
+    for fam, save in (("ipv4", "iptables-save"), ("ipv6", "ip6tables-save")):
+        try:
+            text = sh(save, check=False, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            continue
+        table = ""
+        for line in text.splitlines():
+            if line.startswith("*"):
+                table = line[1:].strip()
+            elif chain_prefix in line and not line.startswith("#"):
+                bare = _COUNTERS_RE.sub("", line).strip()
+                lines.append(f"{fam} {table} {bare}")
+    return lines
 
 
 # --------------------------------------------------------------------------- script entry

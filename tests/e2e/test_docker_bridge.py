@@ -213,6 +213,10 @@ def test_container_restart_keeps_working(docker, test_image, pynet_daemon, prefi
 # --------------------------------------------------------------------------- removal leaves nothing
 
 def test_network_rm_leaves_nothing(docker, test_image, pynet_daemon, prefix):
+    # This daemon's own (tagged) links: other pynet instances may run beside it.
+    def links():
+        return set(harness.daemon_links(pynet_daemon.name))
+
     before_links = links()
     net = f"{prefix}-rm"
     info = create_network(docker, pynet_daemon, net, "--subnet", "10.231.9.0/24")

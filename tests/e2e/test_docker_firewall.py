@@ -7,6 +7,12 @@ and clients are small Python programs run inside the container namespaces from t
 (``nsenter -t PID -n``), so no tool is needed in the image.  K is derived from the run prefix.
 
 The dockerd restart runs last and leaves dockerd running with its defaults.
+
+The reachability and isolation tests run under both filter FORWARD policies (fixture
+``forward_policy``: ``iptables``/``ip6tables -P FORWARD`` on the host, the original policies
+put back afterwards, even on failure): DROP as dockerd sets it when it turns ip_forward on,
+ACCEPT as it leaves it where ip_forward was already 1 (issue 9, defect 1).  Tests that do not
+depend on forwarding verdicts (bad input, removal, reconciliation) run once.
 """
 from __future__ import annotations
 
@@ -226,9 +232,33 @@ def start_server(e, where, name, *ports):
     return p
 
 
+def forward_policies() -> dict[str, str]:
+    out = {}
+    for ipt in ("iptables", "ip6tables"):
+        first = harness.sh(ipt, "-S", "FORWARD").stdout.splitlines()[0].split()
+        assert first[:2] == ["-P", "FORWARD"], first
+        out[ipt] = first[2]
+    return out
+
+
+@pytest.fixture(params=["DROP", "ACCEPT"], ids=lambda p: f"policy-{p}")
+def forward_policy(request, env):
+    """The host's filter FORWARD policy (both families) set to DROP or ACCEPT for one test and
+    put back as it was afterwards, even on failure.  pynet never sets a policy itself: its
+    rules must give the same verdicts under either."""
+    old = forward_policies()
+    try:
+        for ipt in old:
+            harness.sh(ipt, "-P", "FORWARD", request.param)
+        yield request.param
+    finally:
+        for ipt, pol in old.items():
+            harness.sh(ipt, "-P", "FORWARD", pol, check=False)
+
+
 # --------------------------------------------------------------------------- published ports
 @pytest.mark.parametrize("variant", ["explicit", "dynamic", "all", "range"])
-def test_published_port_reachable_five_ways(env, variant):
+def test_published_port_reachable_five_ways(env, variant, forward_policy):
     c = env.pub[variant]
     ports = ports_of(env, c)
     by_proto = {}
@@ -260,18 +290,25 @@ def test_published_port_reachable_five_ways(env, variant):
     assert re.search(r"^80/tcp -> \S+:\d+$", text, re.M) and "80/udp" in text
 
 
-def test_unpublished_port_not_reachable(env):
+def test_unpublished_port_not_reachable(env, forward_policy):
     c = env.pub["explicit"]
-    ip = ip_of(env.docker, c, env.n1)
-    assert reach(pid_of(env.docker, env.peer), "tcp", ip, 81, c)  # it listens
-    for where, host in ((f"ns:{env.out}", env.host4), (None, env.host4), (None, "127.0.0.1")):
-        assert not reach(where, "tcp", host, 81, c)
-    # nor routed straight to the container address from outside (no DNAT, FORWARD policy/isolation)
-    assert not reach(f"ns:{env.out}", "tcp", ip, 81, c)
+    ip, ip6 = ip_of(env.docker, c, env.n1), ip_of(env.docker, c, env.n1, v6=True)
+    peer = pid_of(env.docker, env.peer)
+    assert reach(peer, "tcp", ip, 81, c) and reach(peer, "tcp", ip6, 81, c)  # it listens
+    for where, host in ((f"ns:{env.out}", env.host4), (None, env.host4), (None, "127.0.0.1"),
+                        (f"ns:{env.out}", env.host6)):
+        assert not reach(where, "tcp", host, 81, c), host
+    # nor routed straight to the container's addresses from outside (no DNAT): pynet's own
+    # drop, not the FORWARD policy, refuses it -- for IPv4 and IPv6
+    for host in (ip, ip6):
+        assert not reach(f"ns:{env.out}", "tcp", host, 81, c), host
+        assert not reach(f"ns:{env.out}", "udp", host, 81, c), host
+    # while the published container port, routed to the container itself, is accepted (as Docker does)
+    assert reach(f"ns:{env.out}", "tcp", ip, 80, c)
 
 
 # --------------------------------------------------------------------------- outbound
-def test_outbound_masqueraded_to_host_address(env):
+def test_outbound_masqueraded_to_host_address(env, forward_policy):
     got = probe(pid_of(env.docker, env.peer), "tcp", env.out4, 9000)
     assert got == f"pong outside {env.host4}", got
     got = probe(pid_of(env.docker, env.peer), "udp", env.out4, 9000)
@@ -288,7 +325,7 @@ def isolation_pairs(env, docker_c):
     return [(a, ip) for a, ip in pairs if ping(d, a, ip)]
 
 
-def test_isolation_pynet_pynet_and_docker_both_ways(env):
+def test_isolation_pynet_pynet_and_docker_both_ways(env, forward_policy):
     assert ping(env.docker, env.peer, ip_of(env.docker, env.pub["explicit"], env.n1))  # control
     assert ping(env.docker, env.peer, env.out4)  # control: outside reachable
     assert isolation_pairs(env, env.cd) == []
@@ -321,12 +358,13 @@ def test_isolation_from_a_custom_named_docker_bridge(env):
 
 
 # --------------------------------------------------------------------------- ICC / internal / spoofing
-def test_icc_off_and_internal(env):
-    d, pfx = env.docker, env.prefix
+def test_icc_off_and_internal(env, forward_policy):
+    d, pfx = env.docker, f"{env.prefix}-{forward_policy[0].lower()}"  # own names per policy
+    half = 0 if forward_policy == "DROP" else 64
     d.run("network", "create", "-d", env.daemon.name, "--ipam-driver", env.daemon.name,
-          "--subnet", f"10.237.{K}.0/25", "-o", "com.docker.network.bridge.enable_icc=false", f"{pfx}-icc")
+          "--subnet", f"10.237.{K}.{half}/26", "-o", "com.docker.network.bridge.enable_icc=false", f"{pfx}-icc")
     d.run("network", "create", "-d", env.daemon.name, "--ipam-driver", env.daemon.name, "--internal",
-          "--subnet", f"10.237.{K}.128/25", f"{pfx}-int")
+          "--subnet", f"10.237.{K}.{128 + half}/26", f"{pfx}-int")
     for c, n in (("i1", "icc"), ("i2", "icc"), ("t1", "int"), ("t2", "int")):
         d.run("run", "-d", "--name", f"{pfx}-{c}", "--network", f"{pfx}-{n}", env.image, "sleep", "3600")
     assert not ping(d, f"{pfx}-i1", ip_of(d, f"{pfx}-i2", f"{pfx}-icc"))
@@ -422,6 +460,50 @@ def test_reconcile_after_forward_flushed(env):
         for l in foreign:
             if l not in now:
                 harness.sh("iptables", *l.split(), check=False)
+
+
+def test_y_daemon_starts_despite_a_record_the_firewall_refuses(env):
+    """Issue 9, defect 6: one stored record the renderer refuses -- here a second programmed
+    endpoint on the published host ports of a running container, as the Docker path could
+    store -- used to make restore() at daemon start fail, so the daemon could not start.
+    Now it starts, applies everything else and reports the record."""
+    from pynet.store.sqlite import SqliteStore
+
+    d, c = env.docker, env.pub["explicit"]
+    net_id = d.inspect(env.n1, "network")["Id"]
+    ep_id = d.inspect(c, "container")["NetworkSettings"]["Networks"][env.n1]["EndpointID"]
+    ghost_id = "f" * 64  # sorts after the real endpoint: the real one keeps the port
+    store = SqliteStore.in_state_dir(str(env.daemon.state_dir))
+    real = store.get(f"endpoints/{net_id}/{ep_id}").value
+    ghost = dict(real, id=ghost_id, address=f"10.232.{K}.250/24", address_v6="", mac="",
+                 sandbox_key="-", container_id=f"{env.prefix}-ghost", ifname="eth9",
+                 driver_state={})  # a CNI-held record (kept by the reconcile with dockerd)
+    ghost_key = f"endpoints/{net_id}/{ghost_id}"
+    old = os.environ.get("PYNET_FIREWALL_RECHECK")
+    os.environ["PYNET_FIREWALL_RECHECK"] = "2"
+    try:
+        store.put(ghost_key, ghost)
+        env.daemon.stop()
+        env.daemon.start()  # raised: "daemon exited ... during startup" (PortInUse in restore)
+        assert env.daemon.post("Plugin.Activate")[0] == 200
+        assert f"skipped endpoint {ghost_id}" in env.daemon.log_text()
+        diff = cli(env, "firewall", "diff", check=False)
+        assert diff.returncode == 1 and f"# skipped endpoint {ghost_id}" in diff.stdout, diff.stdout
+        assert "already allocated" in diff.stdout
+        # everything else is in place: the real container keeps its published port
+        assert reach(f"ns:{env.out}", "tcp", env.host4, env.H, c)
+        assert reach(None, "tcp", "127.0.0.1", env.H, c)
+        assert f"pynet:{env.cp}:{ghost_id}" not in ipt_save()
+    finally:
+        if old is None:
+            os.environ.pop("PYNET_FIREWALL_RECHECK", None)
+        else:
+            os.environ["PYNET_FIREWALL_RECHECK"] = old
+        store.delete(ghost_key)
+        store.close()
+        if not env.daemon.running:
+            env.daemon.start()
+    wait_in_sync(env)  # the record gone, the problem with it
 
 
 def test_z_reconcile_after_dockerd_restart(env):

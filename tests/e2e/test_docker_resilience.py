@@ -74,14 +74,14 @@ def test_bridge_deleted_while_daemon_stopped(docker, test_image, pynet_daemon, p
 
 # --------------------------------------------------------------------------- bad input
 
-PYNET_LINK_PREFIXES = ("pn-", "pv", "pc")
-
 
 def _kernel_and_store(daemon):
     """pynet's links with their addresses, and the store.  Only pynet's own
     links: Docker's and the kernel's (link-local addresses settling, other
     bridges) are not pynet's business and may change meanwhile."""
-    mine = sorted(l for l in links() if l.startswith(PYNET_LINK_PREFIXES))
+    # This daemon's links only (tagged ``pynet:<instance>:``; a veth's untagged
+    # peer dies with it): another pynet instance on the host may be busy.
+    mine = sorted(harness.daemon_links(daemon.name))
     addrs = {l: sorted(line.split()[3] for line in
                        harness.sh("ip", "-o", "addr", "show", "dev", l, "scope", "global").stdout.splitlines())
              for l in mine}

@@ -1,10 +1,16 @@
 """Real traffic through pynet's rules (root), entirely inside namespaces we create.
 
-Topology: a "host" namespace H with bridges b1 (10.241.1.1/24) and b2
-(10.241.2.1/24), IP forwarding on and FORWARD policy DROP as Docker sets it;
-"containers" c1, c2 on b1 and c3 on b2, each its own namespace behind a veth.
+Topology: a "host" namespace H with bridges b1 (10.241.1.1/24, fd00:241:1::1/64)
+and b2 (10.241.2.1/24, fd00:241:2::1/64), IP forwarding on; "containers" c1, c2 on
+b1 and c3 on b2, each its own namespace behind a veth; "x", a client outside the
+host on a routed link (10.241.9.0/24, fd00:241:9::/64) whose default route is H.
 TCP servers/clients are short python processes with 1 s timeouts (there is
 no ping on this machine).  Uses the host's backend (nf_tables here).
+
+Every test runs under both filter FORWARD policies (``iptables``/``ip6tables -P
+FORWARD``, in H): DROP as dockerd sets it when it turns forwarding on, and ACCEPT
+as it leaves it on a host where forwarding was already on (a router, a Kubernetes
+node).  pynet's promises must hold under both (issue 9, defect 1).
 """
 from __future__ import annotations
 
@@ -22,8 +28,9 @@ pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="n
 
 SERVER = """
 import socket, sys, time
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8); s.settimeout(0.2)
+s = socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # IPv4 and IPv6 on one socket
+s.bind(("::", int(sys.argv[1]))); s.listen(8); s.settimeout(0.2)
 print("ready", flush=True)
 end = time.time() + float(sys.argv[2])
 while time.time() < end:
@@ -31,7 +38,8 @@ while time.time() < end:
         c, a = s.accept()
     except socket.timeout:
         continue
-    c.sendall(("hello from " + sys.argv[3] + " to " + a[0]).encode()); c.close()
+    peer = a[0][7:] if a[0].startswith("::ffff:") else a[0]
+    c.sendall(("hello from " + sys.argv[3] + " to " + peer).encode()); c.close()
 """
 CLIENT = """
 import socket, sys
@@ -50,8 +58,8 @@ def sh(*argv, check=True):
     return p
 
 
-@pytest.fixture
-def topo(prefix):
+@pytest.fixture(params=["DROP", "ACCEPT"], ids=lambda p: f"policy-{p}")
+def topo(prefix, request):
     tag = secrets.token_hex(2)
     H, C = f"{prefix}-fth{tag}", {k: f"{prefix}-ft{k}{tag}" for k in ("c1", "c2", "c3", "x")}
     made = []
@@ -59,27 +67,40 @@ def topo(prefix):
         for ns in [H, *C.values()]:
             sh("ip", "netns", "add", ns)
             made.append(ns)
+            # IPv6 on for the links made below, whatever the host's defaults
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0",
+               "net.ipv6.conf.default.disable_ipv6=0")
             sh("ip", "-n", ns, "link", "set", "lo", "up")
-        sh("ip", "netns", "exec", H, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-        for br, gw in (("b1", "10.241.1.1/24"), ("b2", "10.241.2.1/24")):
+        sh("ip", "netns", "exec", H, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+           "net.ipv6.conf.all.forwarding=1")
+        for br, gw, gw6 in (("b1", "10.241.1.1/24", "fd00:241:1::1/64"),
+                            ("b2", "10.241.2.1/24", "fd00:241:2::1/64")):
             sh("ip", "-n", H, "link", "add", br, "type", "bridge")
             sh("ip", "-n", H, "addr", "add", gw, "dev", br)
+            sh("ip", "-n", H, "addr", "add", gw6, "dev", br, "nodad")
             sh("ip", "-n", H, "link", "set", br, "up")
         for k, br, ip in (("c1", "b1", "10.241.1.2"), ("c2", "b1", "10.241.1.3"), ("c3", "b2", "10.241.2.2")):
             veth = f"v{k}"
+            ip6 = V6[ip]
             sh("ip", "-n", H, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", C[k])
             sh("ip", "-n", H, "link", "set", veth, "master", br, "up")
             sh("ip", "-n", C[k], "addr", "add", f"{ip}/24", "dev", "eth0")
+            sh("ip", "-n", C[k], "addr", "add", f"{ip6}/64", "dev", "eth0", "nodad")
             sh("ip", "-n", C[k], "link", "set", "eth0", "up")
             sh("ip", "-n", C[k], "route", "add", "default", "via", ip.rsplit(".", 1)[0] + ".1")
-        # "x": a client outside the host, on a routed link 10.241.9.0/24
+            sh("ip", "-n", C[k], "-6", "route", "add", "default", "via", ip6.rsplit(":", 1)[0] + ":1")
+        # "x": a client outside the host, on a routed link 10.241.9.0/24, fd00:241:9::/64
         sh("ip", "-n", H, "link", "add", "up0", "type", "veth", "peer", "name", "eth0", "netns", C["x"])
         sh("ip", "-n", H, "addr", "add", "10.241.9.1/24", "dev", "up0")
+        sh("ip", "-n", H, "addr", "add", "fd00:241:9::1/64", "dev", "up0", "nodad")
         sh("ip", "-n", H, "link", "set", "up0", "up")
         sh("ip", "-n", C["x"], "addr", "add", "10.241.9.2/24", "dev", "eth0")
+        sh("ip", "-n", C["x"], "addr", "add", "fd00:241:9::2/64", "dev", "eth0", "nodad")
         sh("ip", "-n", C["x"], "link", "set", "eth0", "up")
         sh("ip", "-n", C["x"], "route", "add", "default", "via", "10.241.9.1")
-        sh("ip", "netns", "exec", H, "iptables", "-P", "FORWARD", "DROP")
+        sh("ip", "-n", C["x"], "-6", "route", "add", "default", "via", "fd00:241:9::1")
+        for ipt in ("iptables", "ip6tables"):
+            sh("ip", "netns", "exec", H, ipt, "-P", "FORWARD", request.param)
         yield H, C
     finally:
         for ns in made:
@@ -99,12 +120,16 @@ def connect(ns, addr, port) -> str | None:
     return p.stdout.strip() if p.returncode == 0 else None
 
 
+V6 = {"10.241.1.2": "fd00:241:1::2", "10.241.1.3": "fd00:241:1::3", "10.241.2.2": "fd00:241:2::2"}
+
+
 def nets(icc=True):
-    return [NetworkSpec("n1", "b1", ["10.241.1.0/24"], [], icc=icc),
-            NetworkSpec("n2", "b2", ["10.241.2.0/24"], [])]
+    return [NetworkSpec("n1", "b1", ["10.241.1.0/24"], ["fd00:241:1::/64"], icc=icc),
+            NetworkSpec("n2", "b2", ["10.241.2.0/24"], ["fd00:241:2::/64"])]
 
 
-EPS = [EndpointSpec("e1", "n1", "10.241.1.2", None, None, [PortMapping("tcp", "", 18088, 80, "")], "vc1")]
+EPS = [EndpointSpec("e1", "n1", "10.241.1.2", "fd00:241:1::2", None,
+                    [PortMapping("tcp", "", 18088, 80, "")], "vc1")]
 
 
 def test_icc_isolation_and_published_port(topo):
@@ -135,6 +160,40 @@ def test_icc_isolation_and_published_port(topo):
 
         fw.remove_all()
         assert connect(C["x"], "10.241.9.1", 18088) is None
+    finally:
+        for p in servers:
+            p.kill()
+            p.wait()
+
+
+def test_routed_outside_reaches_only_published_ports(topo):
+    """Defect 1 (issue 9): "x" routes straight to the container subnets through H.  A
+    container port is reachable from outside its network only if it is published,
+    under either FORWARD policy, for IPv4 and IPv6; replies to the containers' own
+    connections (RELATED,ESTABLISHED) still come back."""
+    H, C = topo
+    fw = Firewall(backend="nft", netns=H)
+    servers = [serve(C["c1"], 80, "c1"), serve(C["c1"], 81, "c1"), serve(C["c2"], 7000, "c2"),
+               serve(C["x"], 9000, "x")]
+    try:
+        fw.apply(nets(), EPS)
+        for fam, (c1, c2, c3, h) in {
+                "ipv4": ("10.241.1.2", "10.241.1.3", "10.241.2.2", "10.241.9.1"),
+                "ipv6": ("fd00:241:1::2", "fd00:241:1::3", "fd00:241:2::2", "fd00:241:9::1")}.items():
+            # the published mapping, through H's address (DNAT) ...
+            assert (connect(C["x"], h, 18088) or "").startswith("hello from c1"), fam
+            # ... and to the published container port itself, routed (as Docker accepts it)
+            assert (connect(C["x"], c1, 80) or "").startswith("hello from c1"), fam
+            # unpublished ports, routed straight to the container addresses: refused
+            assert connect(C["x"], c1, 81) is None, fam
+            assert connect(C["x"], c2, 7000) is None, fam
+            # still there from the own network (ICC) -- the drop is only for traffic from outside
+            assert (connect(C["c1"], c2, 7000) or "").startswith("hello from c2"), fam
+            # outbound from a container and its replies
+            assert (connect(C["c2"], "10.241.9.2" if fam == "ipv4" else "fd00:241:9::2", 9000)
+                    or "").startswith("hello from x"), fam
+            # the other pynet network stays isolated
+            assert connect(C["c3"], c2, 7000) is None, fam
     finally:
         for p in servers:
             p.kill()

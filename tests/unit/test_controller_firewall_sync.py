@@ -22,11 +22,11 @@ class CountingFirewall:
         self.applies = 0
         self.renders = 0
 
-    def render(self, nets, eps):
+    def render(self, nets, eps, problems=None):
         self.renders += 1
         return {"ipv4": repr((nets, eps))}
 
-    def apply(self, nets, eps):
+    def apply(self, nets, eps, problems=None):
         self.applies += 1
 
 

@@ -45,6 +45,18 @@ def normalise(text: str) -> dict[str, dict]:
     return out
 
 
+def without_unpublished_drops(got: dict, bridges, chain="DOCKER") -> dict:
+    """The deliberate difference from Docker 20.10 (Docker 28 has it too): the filter
+    ``<prefix>`` chain ends with ``! -i br -o br -j DROP`` per network, in network order,
+    below every per-port ACCEPT.  Checks that and returns the layout without them."""
+    rules = got["filter"]["rules"]
+    drops = [(chain, f"! -i {br} -o {br} -j DROP") for br in bridges]
+    mine = [r for r in rules if r[0] == chain]
+    assert mine[len(mine) - len(drops):] == drops, mine
+    got["filter"]["rules"] = [r for r in rules if r not in drops]
+    return got
+
+
 def golden_state(bridges):
     """The golden layout's networks, newest first as Docker puts them on top."""
     br2, br1, br0 = bridges
@@ -61,7 +73,7 @@ def golden_state(bridges):
 def test_golden_noproxy_rule_for_rule():
     nets, eps = golden_state(["br-e99dea33cd8f", "br-e21fa4b7a5e2", "docker0"])
     rendered = fw().render(nets, eps)
-    got = normalise(rendered["ipv4"])
+    got = without_unpublished_drops(normalise(rendered["ipv4"]), [n.bridge for n in nets])
     want = normalise(GOLDEN.read_text())
     for table in ("filter", "nat"):
         assert got[table]["chains"] == want[table]["chains"], table
@@ -89,7 +101,8 @@ def test_golden_every_rule_tagged_with_owner():
 def test_golden_userland_proxy_variant():
     """Docker's default (proxy on) layout, from the second capture."""
     nets, eps = golden_state(["br-e727e63fee59", "br-025c3fd52350", "docker0"])
-    got = normalise(fw(userland_proxy=True).render(nets, eps)["ipv4"])
+    got = without_unpublished_drops(normalise(fw(userland_proxy=True).render(nets, eps)["ipv4"]),
+                                    [n.bridge for n in nets])
     want = normalise(PROXY.read_text())
     for table in ("filter", "nat"):
         assert got[table] == want[table], table
@@ -98,7 +111,7 @@ def test_golden_userland_proxy_variant():
 
 def test_golden_docker0_only():
     nets = [NetworkSpec("bridge", "docker0", ["172.17.0.0/16"], [])]
-    got = normalise(fw(userland_proxy=True).render(nets, [])["ipv4"])
+    got = without_unpublished_drops(normalise(fw(userland_proxy=True).render(nets, [])["ipv4"]), ["docker0"])
     want = normalise(BEFORE.read_text())
     assert got == want
 
@@ -196,6 +209,7 @@ def test_ipv6_mirror():
         ("FORWARD", "-o br1 -j DOCKER"), ("FORWARD", "-i br1 ! -o br1 -j ACCEPT"),
         ("FORWARD", "-i br1 -o br1 -j ACCEPT"),
         ("DOCKER", "-d fd00:1::2/128 ! -i br1 -o br1 -p tcp -m tcp --dport 80 -j ACCEPT"),
+        ("DOCKER", "! -i br1 -o br1 -j DROP"),
         ("DOCKER-ISOLATION-STAGE-1", "-i br1 ! -o br1 -j DOCKER-ISOLATION-STAGE-2"),
         ("DOCKER-ISOLATION-STAGE-1", "-j RETURN"),
         ("DOCKER-ISOLATION-STAGE-2", "-o br1 -j DROP"), ("DOCKER-ISOLATION-STAGE-2", "-j RETURN"),
@@ -288,3 +302,34 @@ def test_backend_detection(monkeypatch):
     assert isinstance(detect(), NftBackend)
     monkeypatch.setattr(b, "_run", lambda argv, **kw: P("iptables v1.8.9 (legacy)\n"))
     assert isinstance(detect(), IptcBackend)
+
+
+def test_unpublished_ports_dropped_below_every_accept_both_families():
+    """Defect 1 (issue 9): isolation must not lean on the FORWARD policy.  Each routing
+    network's bridge gets ``! -i br -o br -j DROP`` at the end of the filter DNAT-accept
+    chain, after the ACCEPTs of *all* networks' endpoints (whatever order the endpoints
+    come in); internal networks get none (they have no jump to the chain)."""
+    nets = [NetworkSpec("n1", "br1", ["10.240.1.0/24"], ["fd00:1::/64"]),
+            NetworkSpec("n2", "br2", ["10.240.2.0/24"], [], icc=False),
+            NetworkSpec("n3", "br3", ["10.240.3.0/24"], ["fd00:3::/64"], internal=True)]
+    eps = [EndpointSpec("e2", "n2", "10.240.2.2", None, None, [PortMapping("udp", "", 5300, 53)]),
+           EndpointSpec("e1", "n1", "10.240.1.2", "fd00:1::2", None, [PortMapping("tcp", "", 8080, 80)]),
+           EndpointSpec("e3", "n3", "10.240.3.2", "fd00:3::2", None, [PortMapping("tcp", "", 8081, 80)])]
+    r = fw().render(nets, eps)
+    assert [x for _, x in rules_of(r["ipv4"], "filter", "DOCKER")] == [
+        "-d 10.240.2.2/32 ! -i br2 -o br2 -p udp -m udp --dport 53 -j ACCEPT",
+        "-d 10.240.1.2/32 ! -i br1 -o br1 -p tcp -m tcp --dport 80 -j ACCEPT",
+        "! -i br1 -o br1 -j DROP",
+        "! -i br2 -o br2 -j DROP",
+    ]
+    assert [x for _, x in rules_of(r["ipv6"], "filter", "DOCKER")] == [
+        "-d fd00:1::2/128 ! -i br1 -o br1 -p tcp -m tcp --dport 80 -j ACCEPT",
+        "! -i br1 -o br1 -j DROP",
+    ]
+    # replies are accepted before the jump, so the drop never sees them
+    fwd = [x for _, x in rules_of(r["ipv4"], "filter", "FORWARD")]
+    assert fwd.index("-o br1 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT") < fwd.index("-o br1 -j DOCKER")
+    # the userland-proxy layout gets the same drops
+    proxy = fw(userland_proxy=True).render(nets, eps)["ipv4"]
+    assert [x for _, x in rules_of(proxy, "filter", "DOCKER")][-2:] == [
+        "! -i br1 -o br1 -j DROP", "! -i br2 -o br2 -j DROP"]

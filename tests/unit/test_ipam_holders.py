@@ -439,3 +439,15 @@ def test_pynet_ipam_add_with_invalid_routes_keeps_no_allocation(tmp_path):
     code, res = run_ipam(c2, "ADD", ipam_conf(tmp_path, routes=[{"dst": "x"}]), "refused")
     assert code == 1 and res["code"] == 7
     assert fresh.list("") == []               # not even the pools
+
+
+def test_reconcile_never_releases_an_address_a_holder_record_names():
+    """GC's reconcile lists what is in flight, then reconciles: an ADD that
+    committed its address (with its holder record) in between must keep it."""
+    ipam = Ipam(MemoryStore(), default_pools=[])
+    pid, _, _ = ipam.request_pool("cni-space", "10.31.0.0/29")
+    held = ipam.request_address(pid, holder="endpoint/n1/e1").split("/")[0]
+    leaked = ipam.request_address(pid).split("/")[0]     # anonymous: no record
+    assert ipam.reconcile(pid, set()) == [leaked]
+    with pytest.raises(errors.AddressInUse):
+        ipam.request_address(pid, held)
