@@ -27,10 +27,10 @@ different prefixes coexist on one host.
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 from dataclasses import dataclass, field
 
+from pynet import validate
 from pynet.errors import InvalidAddress, InvalidParameter
 
 COMMENT_PREFIX = "pynet:"
@@ -52,9 +52,6 @@ _OWNER_RE = re.compile(r"[^A-Za-z0-9_.:@/-]")
 ISOLATION_PATTERNS = frozenset({"br-+", "pn-+"})
 IFNAMSIZ = 15
 _TOKEN_RE = re.compile(r"[!#-&(-\[\]-~]+")  # printable ASCII minus space, '"', "'" and '\\'
-# an interface name iptables takes literally: printable, no wildcard '+', no negation '!',
-# nothing the kernel refuses ('/', ':'), not an option ('-' first)
-_IFNAME_RE = re.compile(r"(?!-)[A-Za-z0-9_.@#$%&()*,;<=>?\[\]^`{|}~-]{1,15}")
 CHAIN_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,28}")
 _MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 _PORT_RE = re.compile(r"[1-9][0-9]{0,4}")
@@ -78,29 +75,26 @@ def check_token(tok, owner: str = "") -> str:
 
 def check_ifname_token(name, owner: str = "", patterns: bool = True) -> str:
     """An interface token (``-i``/``-o``/``--physdev-in``): a name iptables matches
-    literally (≤ 15 bytes, no ``+``, no leading ``-``), or one of pynet's own
-    :data:`ISOLATION_PATTERNS` when ``patterns``."""
+    literally (:func:`pynet.validate.ifname`: ≤ 15 bytes, no ``+``, no leading ``-``),
+    or one of pynet's own :data:`ISOLATION_PATTERNS` when ``patterns``."""
     if patterns and name in ISOLATION_PATTERNS:
         return name
-    if not isinstance(name, str) or not _IFNAME_RE.fullmatch(name) or name in (".", ".."):
-        raise InvalidParameter(f"invalid interface name {name!r}: want at most {IFNAMSIZ} printable "
-                               "ASCII characters, no '+', '!', '/', ':', quote, space or leading '-'",
-                               owner=owner)
-    return name
+    try:
+        return validate.ifname(name)
+    except InvalidParameter as e:
+        raise InvalidParameter(str(e), owner=owner) from None
 
 
 def check_address_token(tok, owner: str = "", network: bool = True) -> str:
     """An address (``10.0.0.1``) or, with ``network``, a prefix (``10.0.0.0/24``), in the
     canonical form iptables-save prints, without an IPv6 zone (``%eth0``): Python's
-    ipaddress accepts any text after ``%``."""
+    ipaddress accepts any text after ``%``, :mod:`pynet.validate` does not."""
     check_token(tok, owner)
-    if "%" in tok:
-        raise InvalidAddress(f"address {tok!r} refused: no IPv6 zone allowed", owner=owner)
     try:
-        canon = str(ipaddress.ip_network(tok, strict=True) if network and "/" in tok
-                    else ipaddress.ip_address(tok))
-    except ValueError:
-        raise InvalidAddress(f"invalid address {tok!r} in a firewall rule", owner=owner) from None
+        canon = str(validate.ip_network(tok, strict=True, err=InvalidAddress) if network and "/" in tok
+                    else validate.ip_address(tok, err=InvalidAddress))
+    except InvalidAddress as e:
+        raise InvalidAddress(f"{e} in a firewall rule", owner=owner) from None
     if canon != tok:
         raise InvalidAddress(f"address {tok!r} is not in canonical form ({canon})", owner=owner)
     return tok

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import ipaddress
 
+from pynet import validate
 from pynet.errors import InvalidAddress, InvalidParameter, PortInUse, PynetError
 
 from .model import IPV4, EndpointSpec, NetworkSpec, PortMapping, Ruleset, check_ifname_token
@@ -67,33 +68,13 @@ def own_chains(prefix: str) -> set[str]:
 
 # --- validation -------------------------------------------------------------
 # (the renderer checks its inputs for readable errors; model.Rule checks every token again)
-def _no_zone(s) -> str:
-    if not isinstance(s, str):
-        raise InvalidAddress(f"invalid address {s!r}: not a string")
-    if "%" in s:
-        raise InvalidAddress(f"invalid address {s!r}: no IPv6 zone (%...) allowed")
-    return s
-
-
 def _net(s: str, version: int) -> str:
-    try:
-        n = ipaddress.ip_network(_no_zone(s), strict=False)
-    except ValueError as e:
-        raise InvalidAddress(f"invalid subnet {s!r}: {e}") from None
-    if n.version != version:
-        raise InvalidAddress(f"subnet {s!r} is not IPv{version}")
-    return str(n)
+    return str(validate.ip_network(s, "subnet", version, err=InvalidAddress))
 
 
 def _addr(s: str, version: int | None = None) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    _no_zone(s)
-    try:
-        a = ipaddress.ip_address(s.split("/")[0] if "/" in s else s)
-    except (ValueError, AttributeError) as e:
-        raise InvalidAddress(f"invalid IP address {s!r}: {e}") from None
-    if version and a.version != version:
-        raise InvalidAddress(f"address {s!r} is not IPv{version}")
-    return a
+    """An address, or the address of ``a/len``; no zone (:mod:`pynet.validate`)."""
+    return validate.ip_address(s, "IP address", version, allow_prefix=True, err=InvalidAddress)
 
 
 def _host(a) -> str:
