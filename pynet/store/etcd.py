@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Optional
 from pynet.errors import (Internal, InvalidParameter, LeaseNotFound, StoreCompacted, StoreConflict,
                           StoreUnavailable)
 from pynet.store import DELETE, PUT, Event, Listing, Record
+from pynet.store.keys import check_watch_prefix
 from pynet.store.optimistic import TxnRunner
 
 _UNAVAILABLE_GRPC = {4, 14}  # DeadlineExceeded, Unavailable
@@ -234,6 +235,7 @@ class EtcdStore(TxnRunner):
         self._call("/kv/compaction", {"revision": str(revision), "physical": True})
 
     def watch(self, prefix: str, from_revision: Optional[int] = None) -> "_EtcdWatch":
+        check_watch_prefix(prefix)
         w = _EtcdWatch(self, prefix, from_revision)
         self._watches.add(w)
         return w

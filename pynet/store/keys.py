@@ -62,6 +62,18 @@ def cluster_prefix(*parts) -> str:
     return _join([ROOT, SCHEMA, CLUSTER], parts) + "/"
 
 
+V2_PREFIX = f"{ROOT}/{SCHEMA}/"
+
+
+def check_watch_prefix(prefix: str) -> str:
+    """Watches take v2 prefixes only, on every backend: the SQLite store logs changes of v2 keys
+    only (v1 keys are not watched, and their writers -- today's hot IPAM path -- must not pay
+    for a change log), and a caller should not find that out by receiving nothing."""
+    if not isinstance(prefix, str) or not prefix.startswith(V2_PREFIX):
+        raise InvalidParameter(f"watch prefix must start with {V2_PREFIX!r}: {prefix!r}")
+    return prefix
+
+
 def parse_key(key: str) -> tuple[str, "str | None", list[str]]:
     """``(scope, host or None, parts)`` of a v2 key, or ``InvalidParameter``."""
     items = key.split("/")

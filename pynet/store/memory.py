@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from pynet.errors import LeaseNotFound, StoreCompacted, StoreConflict
 from pynet.store import DELETE, PUT, Event, Listing, Record
+from pynet.store.keys import check_watch_prefix
 from pynet.store.optimistic import TxnRunner
 
 _TOMB = object()
@@ -212,6 +213,7 @@ class MemoryStore(TxnRunner):
 
     # --- v2: watch ---------------------------------------------------------------------------------
     def watch(self, prefix: str, from_revision: Optional[int] = None) -> "_MemWatch":
+        check_watch_prefix(prefix)
         with self._cond:
             start = self._rev + 1 if not from_revision else from_revision
             return _MemWatch(self, prefix, start)

@@ -15,7 +15,6 @@ A backend supplies two things:
 from __future__ import annotations
 
 import copy
-import random
 import threading
 import time
 from typing import Any, Callable, Optional, TypeVar
@@ -134,6 +133,8 @@ class TxnRunner:
                 if committed:
                     return result
                 if attempt < retries:
+                    import random  # only on a conflict: keeps the CNI path's imports lean
+
                     # jittered backoff: writers that collided do not collide again in lockstep
                     time.sleep(random.uniform(0, min(0.002 * (2 ** attempt), 0.05)))
             raise StoreConflict(f"store transaction still conflicting after {retries + 1} attempts")

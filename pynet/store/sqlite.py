@@ -14,8 +14,11 @@ v2 on SQLite (see ``pynet.store``):
   that re-checks every recorded read against the ``version`` (mod revision) and
   ``create_rev`` columns and applies the writes in one new revision -- the same optimistic
   semantics as etcd's compare-Txn, with the lock held only for the compare and the writes.
-* ``watch``: every write also appends to the ``changes`` table (revision, key, value or
-  deletion); a watch polls it (every ``POLL_INTERVAL`` s) from its next revision.  The log keeps
+* ``watch``: every write of a v2 key (``pynet/v2/...``) also appends to the ``changes`` table
+  (revision, key, value or deletion); v1 keys are not logged -- a log row costs a commit about
+  two more WAL pages, which the v1 IPAM path (bench_ipam) must not pay -- and ``watch`` takes
+  v2 prefixes only (on every backend, ``keys.check_watch_prefix``).  A watch polls the log
+  (every ``POLL_INTERVAL`` s) from its next revision.  The log keeps
   the last ``CHANGE_LOG_KEEP`` revisions (trimmed every 1000 writes) or what ``compact(R)``
   leaves; a watch from before that gets ``StoreCompacted``.
 * leases: the ``leases`` table holds an absolute expiry on the wall clock (``time.time()``:
@@ -37,6 +40,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from pynet.errors import LeaseNotFound, StoreCompacted, StoreConflict, StoreUnavailable
 from pynet.store import DELETE, PUT, Event, Listing, Record
+from pynet.store.keys import V2_PREFIX, check_watch_prefix
 from pynet.store.optimistic import TxnRunner
 
 _SCHEMA = """
@@ -54,9 +58,9 @@ CREATE TABLE IF NOT EXISTS changes (
     key     TEXT NOT NULL,
     deleted INTEGER NOT NULL,
     value   BLOB,
-    is_json INTEGER,
-    PRIMARY KEY (rev, key)
-) WITHOUT ROWID;
+    is_json INTEGER
+);
+CREATE INDEX IF NOT EXISTS changes_rev ON changes (rev);
 CREATE TABLE IF NOT EXISTS leases (
     id      INTEGER PRIMARY KEY AUTOINCREMENT,
     ttl     INTEGER NOT NULL,
@@ -70,6 +74,7 @@ _KV_COLUMNS = {"create_rev": "INTEGER NOT NULL DEFAULT 0", "lease": "INTEGER NOT
 _LIVE = "(lease = 0 OR EXISTS (SELECT 1 FROM leases l WHERE l.id = kv.lease AND l.expires > ?))"
 
 POLL_INTERVAL = 0.05
+REAP_INTERVAL = 0.5
 CHANGE_LOG_KEEP = 10000
 
 
@@ -134,13 +139,15 @@ class _SqliteTxn:
             "version = excluded.version, lease = excluded.lease",
             (key, blob, is_json, rev, rev, lease),
         )
-        self._c.execute("INSERT OR REPLACE INTO changes (rev, key, deleted, value, is_json) VALUES (?, ?, 0, ?, ?)",
-                        (rev, key, blob, is_json))
+        if key.startswith(V2_PREFIX):
+            self._c.execute("INSERT INTO changes (rev, key, deleted, value, is_json) VALUES (?, ?, 0, ?, ?)",
+                            (rev, key, blob, is_json))
 
     def _remove(self, key: str, rev: int) -> bool:
         if self._c.execute("DELETE FROM kv WHERE key = ?", (key,)).rowcount == 0:
             return False
-        self._c.execute("INSERT OR REPLACE INTO changes (rev, key, deleted) VALUES (?, ?, 1)", (rev, key))
+        if key.startswith(V2_PREFIX):
+            self._c.execute("INSERT INTO changes (rev, key, deleted) VALUES (?, ?, 1)", (rev, key))
         return True
 
     def _check_lease(self, lease: int) -> None:
@@ -280,8 +287,13 @@ class SqliteStore(_SqliteTxn, TxnRunner):
         self._local.depth = 1
         try:
             t = _SqliteTxn(conn)
-            with _unavailable(self.path):
-                t._reap()
+            now = time.monotonic()
+            if now >= getattr(self._local, "next_reap", 0.0):
+                # reads already hide expired keys; the physical delete (and its events) may lag by
+                # REAP_INTERVAL, which spares every write a query on the leases table
+                self._local.next_reap = now + REAP_INTERVAL
+                with _unavailable(self.path):
+                    t._reap()
             yield t
         except BaseException:
             conn.execute("ROLLBACK")
@@ -391,6 +403,7 @@ class SqliteStore(_SqliteTxn, TxnRunner):
             _compact(t._c, revision)
 
     def watch(self, prefix: str, from_revision: Optional[int] = None) -> "_SqliteWatch":
+        check_watch_prefix(prefix)
         return _SqliteWatch(self, prefix, from_revision or self.revision() + 1)
 
     def grant(self, ttl: int) -> int:
@@ -468,7 +481,7 @@ class _SqliteWatch:
                     raise StoreCompacted(revision=compacted)
                 rows = c.execute(
                     "SELECT rev, key, deleted, value, is_json FROM changes "
-                    "WHERE rev >= ? AND key >= ? AND key < ? ORDER BY rev, key",
+                    "WHERE rev >= ? AND key >= ? AND key < ? ORDER BY rev, rowid",
                     (self._next, self._prefix, _prefix_end(self._prefix))).fetchall()
                 last = t._revision()
             finally:
