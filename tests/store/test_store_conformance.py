@@ -571,3 +571,54 @@ def test_memory_store_leases_follow_its_clock():
     assert store.get("pynet/v2/cluster/x") is not None
     now[0] += 0.2
     assert store.get("pynet/v2/cluster/x") is None
+
+
+def test_lease_keeper_keeps_then_lets_go(store, ns):
+    from pynet.store.lease import LeaseKeeper
+
+    lease = store.grant(1)
+    store.put(ns + "host", {"vtep": "10.0.0.9"}, lease=lease)
+    ttl = store.keepalive(lease)
+    lost = []
+    keeper = LeaseKeeper(store, lease, ttl, on_lost=lost.append).start()
+    try:
+        until = time.monotonic() + 2.5 * ttl
+        while time.monotonic() < until:
+            time.sleep(0.1)
+        assert store.get(ns + "host") is not None and not lost
+    finally:
+        keeper.stop()
+    wait_for(lambda: store.get(ns + "host") is None, "the key vanishes once nobody keeps its lease")
+    # a keeper of a lease that is gone reports it once
+    keeper2 = LeaseKeeper(store, lease, 0.3, on_lost=lost.append).start()
+    wait_for(lambda: lost, "on_lost called for an expired lease")
+    keeper2.stop()
+    assert len(lost) == 1 and isinstance(lost[0], LeaseNotFound)
+
+
+def test_watch_takes_v2_prefixes_only(store):
+    for bad in ("networks/", "", "pynet/v1/"):
+        with pytest.raises(InvalidParameter):
+            store.watch(bad, None)
+
+
+def test_sqlite_opens_a_v1_file_in_place(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "pynet.db")
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript("""
+        CREATE TABLE kv (key TEXT PRIMARY KEY, value BLOB NOT NULL, is_json INTEGER NOT NULL,
+                         version INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('revision', 7);
+        INSERT INTO kv VALUES ('networks/n1', '{"name":"n1"}', 1, 7);
+    """)
+    old.close()
+    store = SqliteStore(path)
+    rec = store.get("networks/n1")
+    assert rec.value == {"name": "n1"} and rec.version == 7
+    assert store.put("networks/n1", {"name": "n1", "x": 1}, version=7) == 8
+    store.txn(lambda t: t.put("pynet/v2/local/h/k", t.get("networks/n1").value))
+    assert store.get("pynet/v2/local/h/k").value == {"name": "n1", "x": 1}
+    store.close()
