@@ -416,7 +416,8 @@ def test_keys_name_schema_and_scope():
 # --- unreachable ----------------------------------------------------------------------------------
 def _all_ops_unavailable(store, key):
     for op in (lambda: store.get(key), lambda: store.put(key, 1), lambda: store.list(key),
-               lambda: store.txn(lambda t: t.put(key, (t.get(key) or 0) and 1)),
+               lambda: store.txn(lambda t: t.get(key)),        # fails at the snapshot read
+               lambda: store.txn(lambda t: t.put(key, 2)),      # fails at the commit
                lambda: store.grant(5)):
         with pytest.raises(StoreUnavailable) as ei:
             op()
