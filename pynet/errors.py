@@ -124,3 +124,26 @@ class Internal(PynetError):
 
 class KernelError(Internal):
     """The kernel refused a netlink or firewall change."""
+
+
+# --- store (pynet.store): unreachable, resync, create-only, leases -----------
+class StoreUnavailable(Transient):
+    """The store did not answer in time: etcd refused or timed out (no member reachable, no quorum),
+    SQLite stayed locked past its busy timeout.  Docker gets a 503 ``Err``, CNI code 11."""
+
+
+class StoreCompacted(Transient):
+    """A watch (or a snapshot read) asked for revisions the store no longer keeps (etcd
+    compaction, SQLite's trimmed change log): list again, then watch from that list's revision + 1."""
+
+    def __init__(self, message: str = "", revision: int = 0, **details):
+        super().__init__(message or f"store compacted at revision {revision}: resync", **details)
+        self.revision = revision
+
+
+class KeyExists(Conflict):
+    """``create()`` of a key that is already there."""
+
+
+class LeaseNotFound(NotFound):
+    """The lease expired or was revoked (or never existed): grant a new one and put its keys again."""

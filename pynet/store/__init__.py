@@ -1,26 +1,85 @@
-"""The Store interface: a small versioned key-value store with transactions.
+"""The Store interface: a versioned key-value store, designed for etcd first and satisfied by SQLite.
 
-Keys are '/'-separated strings (``networks/<id>``, ``ipam/pools/<id>``).  Values
-are JSON-able objects or raw ``bytes`` (bitmap blocks).  Every record has a
-version that changes on each write, so callers can compare-and-swap; a
-``transaction()`` groups reads and writes atomically, which is what the IPAM
-needs to stay correct with several processes (daemon + CNI binaries) at once.
+Keys are '/'-separated strings; v2 keys name their schema version and scope
+(``pynet/v2/local/<host>/...``, ``pynet/v2/cluster/...``: ``pynet.store.keys`` builds and checks
+them).  Values are JSON-able objects or raw ``bytes`` (bitmap blocks).  Every record carries the
+store-wide revision of its last write (``version``, etcd's ``mod_revision``) and of its creation
+(``create_revision``).
 
-The embedded implementation is SQLite (``pynet.store.sqlite``); a cluster
-store (etcd) will implement the same methods, transactions as optimistic
-compare-on-revision retries.
+Two APIs live side by side while the callers migrate:
+
+* v1 (today's callers): ``get/put/delete/list/delete_prefix/update`` and ``transaction()``, a
+  pessimistic lock (SQLite ``BEGIN IMMEDIATE``, the memory store's lock).  etcd has no such lock:
+  ``EtcdStore.transaction()`` raises; ``put(version=...)`` / ``delete(version=...)`` stay
+  compare-and-swap on every backend.
+* v2:
+  - ``txn(fn, retries=N)``: optimistic.  ``fn(txn)`` runs against one snapshot (etcd: every read
+    at the first read's revision; SQLite: one WAL read transaction; memory: MVCC history); every
+    key read is recorded with its ``mod_revision`` (0 = absent), every ``list`` with its prefix.
+    Commit is ONE conditional write: all writes apply, in one new revision, only if no recorded
+    key changed (``mod_revision ==``, or ``create_revision == 0`` for a key read as absent) and
+    no key appeared or changed under a listed prefix (``mod_revision < snapshot + 1`` over the
+    range; deletions there are caught by the per-key compares).  On conflict ``fn`` runs again
+    on a fresh snapshot, at most ``retries`` more times, then ``StoreConflict`` (transient).  An
+    exception from ``fn`` writes nothing.  ``fn`` may therefore run several times: no side
+    effects in it.  No nesting: pass the txn down.  Read-only txns cost no commit.
+  - ``list(prefix)`` returns a ``Listing``: a list of records with ``.revision``, the revision it
+    read at.  ``watch(prefix, from_revision)`` delivers every change with revision >=
+    ``from_revision`` in revision order (``Event``: put/delete, key, value, revision); the only
+    race-free start is "list at R, then watch from R + 1".  When the store no longer has the
+    asked-for history (compaction), the watch raises ``StoreCompacted``: list again, watch again.
+  - leases: ``grant(ttl) -> id``, ``keepalive(id) -> ttl``, ``revoke(id)``; ``put(..., lease=id)``
+    keys vanish with their lease (a delete event is delivered).  ``LeaseNotFound`` once expired.
+  - an unreachable store raises ``StoreUnavailable`` (transient: Docker 503, CNI code 11).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Protocol
+from typing import Any, Callable, Iterator, Optional, Protocol, TypeVar
+
+T = TypeVar("T")
+
+PUT = "put"
+DELETE = "delete"
 
 
 @dataclass(frozen=True)
 class Record:
     key: str
     value: Any
-    version: int
+    version: int  # revision of the last write (etcd mod_revision); PENDING if written in this txn
+    create_revision: int = 0
+    lease: int = 0
+
+
+# ``version`` of a record written earlier in the same v2 txn (read-your-writes, not committed yet)
+PENDING = -1
+
+
+class Listing(list):
+    """The records under a prefix (sorted by key) and the store revision they were read at.
+    A plain list for v1 callers; ``.revision`` for "list at R, then watch from R + 1"."""
+
+    def __init__(self, records=(), revision: int = 0):
+        super().__init__(records)
+        self.revision = revision
+
+
+@dataclass(frozen=True)
+class Event:
+    type: str  # PUT or DELETE
+    key: str
+    value: Any  # None for DELETE
+    revision: int
+
+
+class Watch(Protocol):
+    def get(self, timeout: Optional[float] = None) -> Optional[Event]:
+        """The next event, or None when ``timeout`` passes first.  Raises ``StoreCompacted`` (resync)
+        or ``StoreUnavailable``; after that the watch is closed."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class Txn(Protocol):
@@ -30,18 +89,45 @@ class Txn(Protocol):
     def list(self, prefix: str) -> list[Record]: ...
 
 
+class TxnV2(Protocol):
+    """What ``fn`` gets in ``store.txn(fn)``."""
+    revision: Optional[int]  # the snapshot's revision, fixed by the first read
+
+    def get(self, key: str) -> Optional[Record]: ...
+    def list(self, prefix: str) -> Listing: ...
+    def put(self, key: str, value: Any, lease: int = 0) -> None: ...
+    def delete(self, key: str) -> None: ...
+    def create(self, key: str, value: Any, lease: int = 0) -> None:
+        """Put only if absent: ``KeyExists`` when the snapshot has it; a concurrent creation makes
+        the commit conflict, and the retry then sees the key and raises ``KeyExists``."""
+        ...
+
+
 class Store(Txn, Protocol):
     def transaction(self) -> "Iterator[Txn]":
-        """Context manager: all-or-nothing, serializable against other writers."""
+        """v1: context manager, all-or-nothing, serializable against other writers (not on etcd)."""
         ...
 
     def update(self, key: str, fn: Callable[[Any], Any]) -> Any: ...
+
+    def txn(self, fn: Callable[[TxnV2], T], retries: int = 10) -> T: ...
+    def watch(self, prefix: str, from_revision: Optional[int] = None) -> Watch: ...
+    def grant(self, ttl: int) -> int: ...
+    def keepalive(self, lease: int) -> int: ...
+    def revoke(self, lease: int) -> None: ...
+    def compact(self, revision: int) -> None: ...
+    def revision(self) -> int: ...
 
     def close(self) -> None: ...
 
 
 def open_store(url_or_dir: str) -> "Store":
-    """Open the store named by a state directory (embedded) or a URL."""
+    """Open the store named by a state directory (embedded SQLite) or a URL:
+    ``etcd://host:port[,host:port...]`` (the v3 JSON gateway over plain HTTP)."""
+    if url_or_dir.startswith("etcd://"):
+        from pynet.store.etcd import EtcdStore
+
+        return EtcdStore.from_url(url_or_dir)
     from pynet.store.sqlite import SqliteStore
 
     return SqliteStore.in_state_dir(url_or_dir)
