@@ -448,9 +448,15 @@ def test_rm_and_network_rm_leave_no_rule(env):
 def test_reconcile_after_forward_flushed(env):
     saved = harness.sh("iptables", "-S", "FORWARD").stdout.splitlines()
     foreign = [l for l in saved if l.startswith("-A ") and "pynet:" not in l]
-    harness.sh("iptables", "-F", "FORWARD")
+    # The daemon re-checks every 2 s here: hold it still (SIGSTOP) so that the
+    # CLI sees the flushed chain before the daemon repairs it, then let it go.
+    os.kill(env.daemon.pid, signal.SIGSTOP)
     try:
+        harness.sh("iptables", "-F", "FORWARD")
         assert cli(env, "firewall", "diff", check=False).returncode == 1
+    finally:
+        os.kill(env.daemon.pid, signal.SIGCONT)
+    try:
         os.kill(env.daemon.pid, signal.SIGHUP)
         wait_in_sync(env, timeout=5)
         assert reach(f"ns:{env.out}", "tcp", env.host4, env.H, env.pub["explicit"])
