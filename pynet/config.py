@@ -38,4 +38,25 @@ class Config:
         if env.get("PYNET_CHAIN_PREFIX"):
             kw["chain_prefix"] = env["PYNET_CHAIN_PREFIX"]
         kw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kw)
+        return cls(**_checked(kw))
+
+
+def _checked(kw: dict) -> dict:
+    """Flags and PYNET_* values at the door, with the rules the CNI conflist's
+    ``pynet`` section obeys: the instance name goes into link aliases, socket
+    names and IPAM holders, the chain prefix into every rule, the paths into
+    os calls (relative ones are made absolute, as a person means them)."""
+    from pynet import validate
+
+    out = dict(kw)
+    if "plugin_name" in out:
+        out["plugin_name"] = validate.instance_name(out["plugin_name"], "plugin name")
+    if "chain_prefix" in out:
+        out["chain_prefix"] = validate.chain_prefix(out["chain_prefix"])
+    for key, what in (("state_dir", "state directory"), ("socket_path", "socket path")):
+        if key in out:
+            value = out[key]
+            if isinstance(value, str) and value.isprintable() and not value.startswith("/"):
+                value = os.path.abspath(value)
+            out[key] = validate.abs_path(value, what)
+    return out

@@ -268,3 +268,13 @@ def test_daemon_serves_on_a_0600_unix_socket_only(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     assert not sock.exists(), "socket removed on SIGTERM"
     assert "serving on unix:" in err
+
+
+@pytest.mark.parametrize("flag,value", [
+    ("--plugin-name", "a:b"), ("--plugin-name", "x\ny"), ("--chain-prefix", "P Y"),
+    ("--chain-prefix", "PYNETPYNETPYNET"), ("--state-dir", "/tmp/a\x01b")])
+def test_bad_settings_are_one_readable_line(flag, value, capsys):
+    """Flags reach link aliases, chain names and paths: refused at the door."""
+    assert cli.main(["network", "ls", flag, value]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pynet: error: invalid") and "\n" not in err
