@@ -82,6 +82,27 @@ class Watch(Protocol):
     def close(self) -> None: ...
 
 
+class WatchBase:
+    """What every backend's watch shares: iteration until closed, and use as a
+    context manager.  Subclasses implement ``get``, ``close`` and ``closed``."""
+
+    @property
+    def closed(self) -> bool:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[Event]:
+        while not self.closed:
+            ev = self.get()  # type: ignore[attr-defined]
+            if ev is not None:
+                yield ev
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()  # type: ignore[attr-defined]
+
+
 class Txn(Protocol):
     def get(self, key: str) -> Optional[Record]: ...
     def put(self, key: str, value: Any, version: Optional[int] = None) -> int: ...

@@ -30,11 +30,11 @@ import queue
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from pynet.errors import (Internal, InvalidParameter, LeaseNotFound, StoreCompacted, StoreConflict,
                           StoreUnavailable)
-from pynet.store import DELETE, PUT, Event, Listing, Record
+from pynet.store import DELETE, PUT, Event, Listing, Record, WatchBase
 from pynet.store.keys import check_watch_prefix
 from pynet.store.optimistic import TxnRunner
 
@@ -279,7 +279,7 @@ class _EtcdSnapshot:
         pass
 
 
-class _EtcdWatch:
+class _EtcdWatch(WatchBase):
     """A thread reads the gateway's watch stream into a queue; ``get`` takes from it.
 
     A stream that ends or breaks (a member died) is reopened on the next member from the last
@@ -412,14 +412,6 @@ class _EtcdWatch:
             except OSError:
                 pass
 
-    def __iter__(self) -> Iterator[Event]:
-        while not self._closed.is_set():
-            ev = self.get()
-            if ev is not None:
-                yield ev
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()

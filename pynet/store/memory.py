@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from pynet.errors import LeaseNotFound, StoreCompacted, StoreConflict
-from pynet.store import DELETE, PUT, Event, Listing, Record
+from pynet.store import DELETE, PUT, Event, Listing, Record, WatchBase
 from pynet.store.keys import check_watch_prefix
 from pynet.store.optimistic import TxnRunner
 
@@ -272,7 +272,7 @@ class _MemSnapshot:
         pass
 
 
-class _MemWatch:
+class _MemWatch(WatchBase):
     def __init__(self, store: MemoryStore, prefix: str, from_revision: int):
         self._s = store
         self._prefix = prefix
@@ -304,14 +304,6 @@ class _MemWatch:
     def close(self) -> None:
         self._closed = True
 
-    def __iter__(self):
-        while not self._closed:
-            ev = self.get()
-            if ev is not None:
-                yield ev
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -39,7 +39,7 @@ import time
 from typing import Any, Callable, Iterator, Optional
 
 from pynet.errors import LeaseNotFound, StoreCompacted, StoreConflict, StoreUnavailable
-from pynet.store import DELETE, PUT, Event, Listing, Record
+from pynet.store import DELETE, PUT, Event, Listing, Record, WatchBase
 from pynet.store.keys import V2_PREFIX, check_watch_prefix
 from pynet.store.optimistic import TxnRunner
 
@@ -448,7 +448,7 @@ class _SqliteSnapshot:
             self._t._c.execute("COMMIT")
 
 
-class _SqliteWatch:
+class _SqliteWatch(WatchBase):
     """Polls the ``changes`` table from the caller's thread, on a connection of its own."""
 
     def __init__(self, store: SqliteStore, prefix: str, from_revision: int):
@@ -512,14 +512,6 @@ class _SqliteWatch:
             self._conn.close()
             self._conn = None
 
-    def __iter__(self):
-        while not self._closed:
-            ev = self.get()
-            if ev is not None:
-                yield ev
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+    @property
+    def closed(self) -> bool:
+        return self._closed
