@@ -154,24 +154,14 @@ def build_ipam_controller(settings: dict):
 
 
 def build_controller(settings: dict):
-    """The daemon's implementations, built the daemon's way (``pynet.daemon``),
-    with firewall syncs serialised across processes."""
+    """The daemon's implementations, built the daemon's way (``pynet.daemon``,
+    firewall syncs serialised across processes), after the lean pyroute2 import."""
     _fast_pyroute2()
-    from pynet.cnm.controller import Controller
     from pynet.config import Config
-    from pynet.daemon import build_drivers, build_firewall, open_store
-    from pynet.ipam import Ipam
+    from pynet.daemon import build_controller as build
 
-    config = Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
-                             chain_prefix=settings.get("chain_prefix"))
-    store = open_store(config)
-    ipam = Ipam(store, default_pools=config.default_pools)
-    box = {}
-    fw = SerialFirewall(build_firewall(config, store), os.path.join(config.state_dir, "firewall.lock"),
-                        lambda: (box["c"].networks(), box["c"].endpoints()))
-    c = Controller(store, ipam, build_drivers(config), firewall=fw)
-    box["c"] = c
-    return c
+    return build(Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
+                                 chain_prefix=settings.get("chain_prefix")))
 
 
 # ================================================================== config

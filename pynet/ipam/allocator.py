@@ -65,6 +65,15 @@ def _holders_prefix(pool_id: str, addr: str = "") -> str:
     return f"{_HOLDERS}{key_id(pool_id)}/" + (f"{addr}/" if addr else "")
 
 
+def _uncount(t, pool_id: str, n: int) -> None:
+    """Take ``n`` freed addresses off the pool record's ``used`` count."""
+    if n:
+        key = _pool_key(pool_id)
+        p = t.get(key).value
+        p["used"] -= n
+        t.put(key, p)
+
+
 def _check_holder(holder) -> str:
     if not isinstance(holder, str):
         raise InvalidParameter(f"holder must be a string, got {holder!r}")
@@ -234,10 +243,7 @@ class Ipam:
                 t.delete(k)
             if len(dropped) == len(holds) and bits.clear(g.ordinal(ipaddress.ip_address(addr))):
                 freed.append(addr)
-        if freed:
-            p = t.get(_pool_key(p["id"])).value
-            p["used"] -= len(freed)
-            t.put(_pool_key(p["id"]), p)
+        _uncount(t, p["id"], len(freed))
         return freed
 
     # --- addresses ------------------------------------------------------------------
@@ -463,10 +469,7 @@ class Ipam:
             t.delete(hp + key_id(holder))
             if not t.list(hp) and bits.clear(g.ordinal(ipaddress.ip_address(a))):
                 freed.append(a)
-        if freed:
-            p = t.get(_pool_key(p["id"])).value
-            p["used"] -= len(freed)
-            t.put(_pool_key(p["id"]), p)
+        _uncount(t, p["id"], len(freed))
         return freed
 
     def verify(self, pool_id: str) -> list[str]:
