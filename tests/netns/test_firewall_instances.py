@@ -32,7 +32,10 @@ def ns(prefix):
 
 
 def save(ns):
-    return sh("ip", "netns", "exec", ns, "iptables-nft-save").stdout
+    # without iptables-save's "# Generated/Completed on <time>" lines: two dumps a second
+    # boundary apart must still compare equal when the rules are
+    out = sh("ip", "netns", "exec", ns, "iptables-nft-save").stdout
+    return "".join(l for l in out.splitlines(keepends=True) if not l.startswith("#"))
 
 
 def forward(ns):
