@@ -21,6 +21,7 @@
     pynet sandbox exec ID -- CMD...     run CMD in the sandbox's network namespace
     pynet sandbox connect ID NETWORK    another interface (ethN) on NETWORK
     pynet sandbox rm [-f] ID...         refused while others share its namespace, unless -f
+    pynet doctor [--cluster-store URL]  checks what breaks container networking (exit 1 if any fails)
 
 The CLI reads the daemon's store (SQLite in the state directory) directly.
 Importing this module stays light: Flask and waitress load only for
@@ -159,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pynet.scenario import cli as scenario_cli
     scenario_cli.add_parser(sub)
     _cni_parsers(sub, common)
+    from pynet import doctor
+    doctor.add_parser(sub, common, _Parser)
     return parser
 
 
