@@ -176,6 +176,8 @@ def _cni_parsers(sub, common) -> None:
     p.add_argument("--conf-dir", default="/etc/cni/net.d",
                    help="where the example conflists (*.example) go (default /etc/cni/net.d)")
     p.add_argument("--no-examples", action="store_true", help="do not write example conflists")
+    from pynet.cni import install as cni_install
+    cni_install.add_arguments(p)
     p.set_defaults(func=cmd_cni_install)
     p = csub.add_parser("uninstall", parents=[common], help="remove the plugin binaries")
     p.add_argument("--bin-dir", default="/opt/cni/bin")
@@ -541,9 +543,13 @@ def cmd_sandbox_rm(args, config: Config) -> int:
 # ---------------------------------------------------------------------- cni
 def cmd_cni_install(args, config: Config) -> int:
     from pynet.cni.install import install
+    from pynet.cni.install import install_from_args
 
+    node = install_from_args(args, config)  # the default network, checked before any write
     state_dir = getattr(args, "state_dir", None) or os.environ.get("PYNET_STATE_DIR")
     for path in install(args.bin_dir, None if args.no_examples else args.conf_dir, state_dir=state_dir):
+        print(path)
+    for path in node():
         print(path)
     return 0
 
