@@ -45,13 +45,9 @@ thing inside throwaway namespaces.
 from __future__ import annotations
 
 import dataclasses
-import http.client
 import json
 import os
 import re
-import shutil
-import socket
-import subprocess
 from typing import Callable, Optional
 
 from pynet.config import Config
@@ -80,20 +76,23 @@ class Check:
 
 
 # ------------------------------------------------------------------------ the host (a seam)
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
+def _unix_http(path: str, timeout: float):
+    """An http.client connection over a unix socket (imported here: the CLI's start stays light)."""
+    import http.client
+    import socket
 
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
+    class UnixHTTP(http.client.HTTPConnection):
+        def connect(self):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(self.timeout)
+            try:
+                s.connect(path)
+            except OSError:
+                s.close()
+                raise
+            self.sock = s
+
+    return UnixHTTP("localhost", timeout=timeout)
 
 
 class Host:
@@ -110,10 +109,14 @@ class Host:
         return os.path.exists(path)
 
     def which(self, exe: str) -> Optional[str]:
+        import shutil
+
         return shutil.which(exe, path="/usr/sbin:/usr/bin:/sbin:/bin:" + os.environ.get("PATH", ""))
 
     def run(self, argv: list[str]) -> tuple[int, str]:
         """(exit code, stdout); 127 when the program is missing."""
+        import subprocess
+
         try:
             p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         except FileNotFoundError:
@@ -125,12 +128,14 @@ class Host:
     def http(self, sock: str, method: str, path: str, body: Optional[bytes] = None,
              headers: Optional[dict] = None) -> tuple[int, bytes]:
         """One request over a unix socket; OSError when nobody answers."""
-        conn = _UnixHTTP(sock, TIMEOUT)
+        import http.client
+
+        conn = _unix_http(sock, TIMEOUT)
         try:
             conn.request(method, path, body=body, headers=headers or {})
             r = conn.getresponse()
             return r.status, r.read()
-        except (http.client.HTTPException, socket.timeout) as e:
+        except (http.client.HTTPException, TimeoutError) as e:
             raise OSError(f"{type(e).__name__}: {e}") from None
         finally:
             conn.close()
