@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("daemon", parents=[common], help="run the Docker plugin daemon (foreground)")
+    p.add_argument("--log-format", choices=("text", "json"), default=None,
+                   help="log lines as text (default) or one JSON object each (env PYNET_LOG_FORMAT)")
     p.set_defaults(func=cmd_daemon)
 
     net = sub.add_parser("network", parents=[common], help="networks")
@@ -291,9 +293,11 @@ def _port_line(pm) -> str:
 
 # ----------------------------------------------------------------- commands
 def cmd_daemon(args, config: Config) -> int:
+    from pynet import logfmt
     from pynet.daemon import run_daemon
     from pynet.plugin_api.server import SocketBusy
 
+    logfmt.install(logfmt.choose(getattr(args, "log_format", None)))
     try:
         run_daemon(config)
     except SocketBusy as e:

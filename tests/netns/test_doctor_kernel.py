@@ -44,7 +44,8 @@ def test_doctor_healthy_namespace_then_each_problem_made_on_purpose(prefix, make
     def in_ns(n, s, st):
         return ["ip", "netns", "exec", ns, *harness.default_daemon_argv(n, s, st)]
 
-    daemon = harness.PynetDaemon(name, sock, state, command=in_ns)
+    # its log as JSON lines (issue 14 item 5), checked at the end
+    daemon = harness.PynetDaemon(name, sock, state, command=in_ns, extra_args=["--log-format", "json"])
     nsh = lambda *a: harness.sh("ip", "netns", "exec", ns, *a)  # noqa: E731
     try:
         nsh("sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -73,6 +74,9 @@ def test_doctor_healthy_namespace_then_each_problem_made_on_purpose(prefix, make
         # break it: a crashed daemon (socket left), its rules gone, ip_forward off, leftovers
         daemon.kill()
         assert sock.exists()
+        logged = [json.loads(line) for line in daemon.log_text().splitlines()[1:] if line.strip()]
+        assert any(e["msg"].startswith("pynet daemon starting") for e in logged), logged
+        assert all({"ts", "level", "logger", "msg"} <= e.keys() for e in logged)
         assert harness.sh("ip", "netns", "exec", ns, *harness.pynet_command(), "firewall", "flush",
                           "--chain-prefix", cp, "--state-dir", str(state), check=False).returncode == 0
         nsh("sysctl", "-qw", "net.ipv4.ip_forward=0")
