@@ -305,11 +305,19 @@ class Doctor:
         return self._snapshot
 
     def save(self, family: str) -> str:
+        """The tables of ``family`` as pynet's backend reads them; KernelError when it cannot
+        (the check that needs them fails with the reason instead of judging empty tables)."""
         if family not in self._saves:
+            from pynet.errors import KernelError
+
             name, tools = self.host.pynet_backend()
             rc, out = self.host.run([tools[family]])
-            self._saves[family] = out if rc == 0 else ""
-        return self._saves[family]
+            self._saves[family] = out if rc == 0 else KernelError(
+                f"{tools[family]} failed (exit {rc}): {' '.join(out.split())[:200]}")
+        got = self._saves[family]
+        if isinstance(got, Exception):
+            raise got
+        return got
 
     def run(self) -> list[Check]:
         checks: list[Callable[[], Check]] = [
@@ -399,7 +407,11 @@ class Doctor:
         return Check("iptables_backend", OK, f"pynet and dockerd both use {mine} ({how})")
 
     def check_forward_policy(self) -> Check:
-        saved = parse_save(self.save("ipv4"))
+        try:
+            saved = parse_save(self.save("ipv4"))
+        except Exception as e:  # noqa: BLE001 -- KernelError: no iptables, no permission
+            return Check("forward_policy", FAIL, f"cannot read the tables: {e}",
+                         "run as root; apt-get install iptables")
         policy = saved["chains"].get("filter", {}).get("FORWARD", "ACCEPT")
         if policy != "DROP":
             return Check("forward_policy", OK, f"FORWARD policy {policy}; pynet's isolation is "
@@ -499,7 +511,12 @@ class Doctor:
             elif inst not in names:
                 found.append(f"link {ifname} ({alias}: no daemon of {inst} runs)")
         for family in ("ipv4", "ipv6"):
-            for inst, what in sorted(chain_instances(parse_save(self.save(family))).items()):
+            try:
+                text = self.save(family)
+            except Exception as e:  # noqa: BLE001 -- KernelError
+                found.append(f"{family} tables unreadable ({e})")
+                continue
+            for inst, what in sorted(chain_instances(parse_save(text)).items()):
                 if inst == own_prefix or inst in prefixes:
                     continue
                 found.append(f"{family} rules/chains of {inst} ({len(what)}; no daemon with "

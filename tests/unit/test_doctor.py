@@ -272,3 +272,16 @@ def test_cli_takes_the_daemons_options(monkeypatch, capsys, tmp_path):
                     "cluster": "etcd://127.0.0.1:2379"}
     assert cli.main(["doctor", "--chain-prefix", "bad prefix!"]) == 1
     assert "chain prefix" in capsys.readouterr().err
+
+
+def test_unreadable_tables_fail_instead_of_looking_empty():
+    class NoSave(FakeHost):
+        def run(self, argv):
+            if argv[0].endswith("-save") and argv[1:] != ["-t", "filter"]:
+                return 4, "iptables-nft-save: Permission denied (you must be root)"
+            return super().run(argv)
+
+    checks = run(NoSave())
+    assert checks["forward_policy"].status == doctor.FAIL
+    assert "Permission denied" in checks["forward_policy"].message
+    assert checks["leftovers"].status == doctor.FAIL and "unreadable" in checks["leftovers"].message
