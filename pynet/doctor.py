@@ -177,7 +177,10 @@ class Host:
         if not url.startswith("etcd://"):
             raise ValueError(f"want etcd://HOST:PORT[,HOST:PORT...], not {url!r}")
         store = EtcdStore.from_url(url, timeout=TIMEOUT)
-        store.get("pynet/doctor")
+        try:
+            store.get("pynet/doctor")   # a range read: reaches a member with quorum, writes nothing
+        finally:
+            store.close()
 
     def store_snapshot(self, state_dir: str) -> dict:
         """networks/endpoints of the SQLite store, opened read-only (never created)."""
