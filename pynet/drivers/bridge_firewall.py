@@ -43,8 +43,9 @@ class BridgeFirewall:
     (``firewall_network``/``firewall_endpoint``/``firewall_affects``, see
     :mod:`pynet.cnm.driver`) and this adapter only orders, collects and
     degrades per owner.  The controller hands it its drivers
-    (:meth:`use_drivers`); without them (a firewall built alone) the bridge
-    driver's rules are used for networks of driver ``driver_name``."""
+    (:meth:`use_drivers`); without them (a firewall built alone) the
+    registered drivers contribute from the records.  A driver object without
+    the hooks (before API v2) under ``driver_name`` gets the bridge's rules."""
 
     def __init__(self, firewall: Firewall, driver_name: str = "bridge",
                  isolate_from=FOREIGN_BRIDGES, store=None, drivers=None):
@@ -52,6 +53,7 @@ class BridgeFirewall:
         self.driver_name = driver_name
         self.store = store
         self.drivers = drivers
+        self._registry = None
         self._isolate_base = tuple(isolate_from) if isolate_from is not None else None
         if isolate_from is not None:
             firewall.isolate_from = tuple(isolate_from)
@@ -64,7 +66,18 @@ class BridgeFirewall:
 
     def _driver(self, name: str):
         """The driver contributing the rules of networks of ``name``, or None."""
-        drv = self.drivers.get(name) if self.drivers is not None else None
+        drivers = self.drivers
+        if drivers is None:
+            # a firewall built alone (``pynet firewall show``): the registered
+            # drivers' rules, from the records only -- no kernel interface needed
+            if self._registry is None:
+                from pynet.drivers import build_drivers
+                self._registry = build_drivers(None, None, instance="pynet")
+            drivers = self._registry
+        try:
+            drv = drivers.get(name)
+        except Exception:  # noqa: BLE001 -- a driver that cannot be built has no rules here
+            drv = None
         if drv is not None and hasattr(drv, "firewall_network"):
             return drv
         if name == self.driver_name:
