@@ -169,15 +169,6 @@ def build_controller(settings: dict):
 
 
 # ================================================================== config
-def _bool(conf: dict, key: str, default=None):
-    v = conf.get(key, default)
-    if v is None or isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    raise CniError(spec.INVALID_CONFIG, f"{key} must be true or false, got {v!r}")
-
-
 @dataclass
 class NetConf:
     """An interface plugin's entry: the keys every pynet plugin reads, and
