@@ -26,16 +26,13 @@ def open_store(config: Config):
 
 
 def build_drivers(config: Config) -> dict:
-    """Driver name -> driver, with the real kernel interfaces."""
-    from pynet.drivers.bridge import BridgeDriver
-    from pynet.drivers.macvlan import MacvlanDriver
+    """Driver name -> driver (the registry's, built on first use), with the
+    real kernel interfaces."""
+    from pynet.drivers import build_drivers as build
     from pynet.netlink.pyroute import PyrouteNetlink
     from pynet.sysctl import Sysctl
 
-    nl, sysctl = PyrouteNetlink(), Sysctl()
-    bridge = BridgeDriver(nl, sysctl, instance=config.plugin_name)
-    macvlan = MacvlanDriver(nl, sysctl, instance=config.plugin_name)
-    return {getattr(bridge, "name", "bridge") or "bridge": bridge, macvlan.name: macvlan}
+    return build(PyrouteNetlink(), Sysctl(), firewall=None, instance=config.plugin_name)
 
 
 def build_firewall(config: Config, store=None):

@@ -8,4 +8,13 @@ the CNM core through ``pynet.cnm.attach``.  Kept free of imports: the shim
 loads only what it needs.
 """
 
-PLUGINS = {"pynet-bridge": "bridge", "pynet-macvlan": "macvlan", "pynet-ipam": "ipam"}
+
+
+def __getattr__(name: str):
+    # PLUGINS: binary -> plugin, one ``pynet-<name>`` per registered driver
+    # (pynet.drivers) and pynet-ipam.  Computed on use: the shim imports this
+    # package and must not load the registry.
+    if name == "PLUGINS":
+        from pynet import drivers
+        return {**{drivers.cni_plugin_name(n): n for n in drivers.names()}, "pynet-ipam": "ipam"}
+    raise AttributeError(name)

@@ -18,7 +18,7 @@ import sysconfig
 import tempfile
 
 import pynet
-from pynet.cni import PLUGINS
+import pynet.cni
 
 DEFAULT_BIN_DIR = "/opt/cni/bin"
 DEFAULT_CONF_DIR = "/etc/cni/net.d"
@@ -52,25 +52,20 @@ def _write(path: str, text: str, mode: int) -> None:
 
 
 def example_conflists(state_dir: str | None = None) -> dict[str, dict]:
+    """One example per driver (its ``cni_example``), then pynet-ipam under the
+    reference bridge plugin."""
+    from pynet import drivers
+
     pyn = {"stateDir": state_dir} if state_dir else None
-    bridge = {
-        "cniVersion": "1.1.0", "name": "pynet-cni",
-        "plugins": [{
-            "type": "pynet-bridge", "bridge": "pynet-cni0", "isGateway": True,
-            "isDefaultGateway": True, "ipMasq": True, "hairpinMode": True,
-            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": "10.88.0.0/16"}]]},
-            "capabilities": {"portMappings": True, "ips": True, "mac": True},
-        }],
-    }
-    macvlan = {
-        "cniVersion": "1.1.0", "name": "pynet-macvlan",
-        "plugins": [{
-            "type": "pynet-macvlan", "master": "eth0", "mode": "bridge",
-            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": "10.89.0.0/24",
-                                                         "gateway": "10.89.0.1"}]]},
-            "capabilities": {"ips": True, "mac": True},
-        }],
-    }
+    out = {}
+    for name in drivers.names():
+        ex = drivers.driver_class(name).cni_example()
+        if ex is None:
+            continue
+        plugin = drivers.cni_plugin_name(name)
+        out[f"{10 * (len(out) + 1)}-{plugin}.conflist.example"] = {
+            "cniVersion": "1.1.0", "name": ex["name"],
+            "plugins": [{"type": plugin, **json.loads(json.dumps(ex["plugin"]))}]}
     delegate = {
         "cniVersion": "1.0.0", "name": "pynet-ref",
         "plugins": [
@@ -80,8 +75,7 @@ def example_conflists(state_dir: str | None = None) -> dict[str, dict]:
             {"type": "portmap", "capabilities": {"portMappings": True}},
         ],
     }
-    out = {"10-pynet-bridge.conflist.example": bridge, "20-pynet-macvlan.conflist.example": macvlan,
-           "30-pynet-ipam-with-reference-bridge.conflist.example": delegate}
+    out[f"{10 * (len(out) + 1)}-pynet-ipam-with-reference-bridge.conflist.example"] = delegate
     if pyn:
         for c in out.values():
             for p in c["plugins"]:
@@ -98,7 +92,7 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str | None = DEFAULT_CONF_
     ``*.example``, so a runtime does not load them) into ``conf_dir``."""
     os.makedirs(bin_dir, mode=0o755, exist_ok=True)
     written = []
-    for binary, plugin in PLUGINS.items():
+    for binary, plugin in pynet.cni.PLUGINS.items():
         path = os.path.join(bin_dir, binary)
         _write(path, wrapper_text(plugin, python), 0o755)
         written.append(path)
@@ -113,7 +107,7 @@ def install(bin_dir: str = DEFAULT_BIN_DIR, conf_dir: str | None = DEFAULT_CONF_
 
 def uninstall(bin_dir: str = DEFAULT_BIN_DIR) -> list[str]:
     removed = []
-    for binary in PLUGINS:
+    for binary in pynet.cni.PLUGINS:
         path = os.path.join(bin_dir, binary)
         if os.path.exists(path):
             os.unlink(path)

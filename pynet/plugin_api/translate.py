@@ -189,6 +189,32 @@ def create_network_args(body: dict) -> dict:
     )
 
 
+def allocate_network_args(body: dict) -> dict:
+    """AllocateNetwork body (``{"NetworkID", "Options": {str: str}, "IPv4Data",
+    "IPv6Data"}``, swarm managers only) -> keyword arguments of
+    Controller.allocate_network.  The options are the flat driver options;
+    ``pynet.driver`` picks the pynet driver as in CreateNetwork."""
+    (network_id,) = ids(body, "NetworkID")
+    opts = {}
+    for k, v in get_dict(body, "Options").items():
+        if isinstance(v, (dict, list)):
+            raise errors.InvalidRequest(f"option {k} must be a scalar, not {_json_type(v)}")
+        validate.option_key(k)
+        opts[k] = v if v is None else validate.option_value(v, f"option {k}")
+    driver_option_values(opts)
+    driver = opts.pop(OPT_DRIVER, "") or DEFAULT_DRIVER
+    if not isinstance(driver, str):
+        raise errors.InvalidRequest(f"option {OPT_DRIVER} must be a string")
+    return dict(network_id=network_id, driver=driver, options=opts,
+                ipv4=ip_data_list(body, "IPv4Data"), ipv6=ip_data_list(body, "IPv6Data"))
+
+
+def render_allocate(allocated: dict) -> dict:
+    """AllocateNetwork's answer: ``{"Options": {str: str}}`` (handed back by
+    dockerd in CreateNetwork); ``{}`` options for a local-scope driver."""
+    return {"Options": {str(k): str(v) for k, v in (allocated or {}).items()}}
+
+
 def driver_option_values(opts: dict) -> None:
     """The options that name interfaces or addresses, whatever the driver:
     refused here so that no driver (nor the firewall) ever sees them."""
