@@ -262,14 +262,14 @@ def test_undecodable_configs_are_code_6_or_7(w, stdin, command):
 
 
 def test_shim_answers_undecodable_configs_in_cni_terms(w, tmp_path):
-    from pynet.cni import main as shim
+    from pynet.cni import main as entry
 
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1"),
            "PYNET_CNI_DAEMON": "0", "PYNET_STATE_DIR": str(tmp_path / "s")}
     for stdin in (b"[" * 1000 + b"]" * 1000, b'{"cniVersion": "1.0.0", "name": "n1", "pynet": {"stateDir": 5}}'):
-        out, code = shim.handle("bridge", env, stdin)
+        out, code = entry.handle("bridge", env, stdin)
         assert code == 1 and json.loads(out)["code"] in (6, 7), out
-    out, code = shim.handle("bridge", dict(env, CNI_COMMAND="VERSION"), b"[" * 1000 + b"]" * 1000)
+    out, code = entry.handle("bridge", dict(env, CNI_COMMAND="VERSION"), b"[" * 1000 + b"]" * 1000)
     assert code == 0 and "supportedVersions" in json.loads(out)
 
 
