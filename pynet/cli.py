@@ -197,7 +197,9 @@ def config_from_args(args) -> Config:
 
 # ------------------------------------------------------------------ helpers
 def _store(config: Config):
-    """The daemon's store, opened read/write (SQLite serialises writers)."""
+    """The daemon's store (the composition root's local store), opened
+    read/write (SQLite serialises writers); never creates a state dir."""
+    from pynet import root
     from pynet.store.sqlite import SqliteStore
 
     path = os.path.join(config.state_dir, SqliteStore.FILENAME)
@@ -206,16 +208,16 @@ def _store(config: Config):
             raise CliError(f"state directory {config.state_dir} does not exist "
                            "(is the daemon set up? see --state-dir)")
     try:
-        return SqliteStore.in_state_dir(config.state_dir)
+        return root.open_store(config, create=False)
     except Exception as e:  # sqlite3.Error, PermissionError
         raise CliError(f"cannot open the store in {config.state_dir}: {e}") from None
 
 
 def _reader(config: Config):
     """A Controller for reading: store only, no kernel interfaces."""
-    from pynet.cnm.controller import Controller
+    from pynet import root
 
-    return Controller(_store(config), ipam=None, drivers={})
+    return root.build_reader(config, _store(config))
 
 
 def _print_table(headers: list[str], rows: list[list[Any]], out=None) -> None:
@@ -341,9 +343,9 @@ def cmd_network_inspect(args, config: Config) -> int:
 
 
 def cmd_network_rm(args, config: Config) -> int:
-    from pynet.daemon import build_controller
+    from pynet import root
 
-    c = build_controller(config, store=_store(config))
+    c = root.build_controller(config, store=_store(config))
     failed = 0
     for ref in args.networks:
         try:
@@ -358,9 +360,9 @@ def cmd_network_rm(args, config: Config) -> int:
 
 
 def cmd_ipam_ls(args, config: Config) -> int:
-    from pynet.ipam import Ipam
+    from pynet import root
 
-    pools = Ipam(_store(config), default_pools=config.default_pools).list_pools()
+    pools = root.build_ipam(config, _store(config)).list_pools()
     if args.json:
         _print_json(pools)
     else:
@@ -404,9 +406,9 @@ def cmd_port(args, config: Config) -> int:
 
 
 def _bridge_firewall(config: Config, with_store: bool = True):
-    from pynet.daemon import build_firewall
+    from pynet import root
 
-    return build_firewall(config, _store(config) if with_store else None)
+    return root.build_firewall(config, _store(config) if with_store else None)
 
 
 def _store_state(config: Config):
@@ -449,9 +451,9 @@ def _sandboxes(config: Config, kernel: bool = True):
     from pynet.cnm.sandboxes import SandboxManager
 
     if kernel:
-        from pynet.daemon import build_controller
+        from pynet import root
 
-        c = build_controller(config, store=_store(config))
+        c = root.build_controller(config, store=_store(config))
     else:
         c = _reader(config)
     return SandboxManager(c, instance=config.plugin_name)

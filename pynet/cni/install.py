@@ -7,7 +7,7 @@ site would have added -- the project and its site-packages -- are put on
 
     #!/work/main/.venv/bin/python -S
     import sys; sys.path[:0] = ['/work/main', '/work/main/.venv/lib/python3.11/site-packages']
-    from pynet.cni.shim import main; main('bridge')
+    from pynet.cni.main import main; main('bridge')
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def wrapper_text(plugin: str, python: str | None = None) -> str:
             paths.append(p)
     return (f"#!{python} -S\n"
             f"import sys; sys.path[:0] = {paths!r}\n"
-            f"from pynet.cni.shim import main; main({plugin!r})\n")
+            f"from pynet.cni.main import main; main({plugin!r})\n")
 
 
 def _write(path: str, text: str, mode: int) -> None:

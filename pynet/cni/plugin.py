@@ -1,8 +1,9 @@
 """The CNI verbs -> the CNM core (in-process; the daemon runs the same code).
 
-``run(plugin, env, stdin, ctx=None) -> (stdout, exit code)`` is the whole
-interface: the shim calls it when no daemon serves the request, the daemon's
-``POST /Pynet.CNI`` route calls it with its own controller.
+``VERBS`` (verb -> ``cmd_*(ctx, plugin, conf, args)``) is the interface;
+``pynet.cni.dispatch.run`` picks it for an invocation (in-process or in the
+daemon's ``POST /Pynet.CNI`` route) and answers errors in CNI terms.  The
+``Ctx`` builds its controller through the composition root (``pynet.root``).
 
 Plugins: ``bridge`` (driver ``bridge``), ``macvlan`` (driver ``macvlan``,
 when the core has it) and ``ipam`` (``pynet.cni.ipam_plugin``).
@@ -31,7 +32,6 @@ Nothing here imports Flask, scapy or an etcd client.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from pynet import drivers as registry
-from pynet import errors, jsonsafe, validate
+from pynet import errors, validate
 from pynet.cni import spec
 from pynet.cni.spec import CniError
 from pynet.cnm import networks
@@ -57,37 +57,7 @@ DRIVER_OF = registry.REGISTRY  # plugin ``pynet-<name>`` runs driver <name> (pyn
 DOCKER_SOCKET = "/var/run/docker.sock"
 
 
-# ============================================================ locks and context
-@contextlib.contextmanager
-def file_lock(path: str):
-    """An exclusive flock on ``path``: excludes other processes and, since each
-    call opens its own file description, other threads too."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-class SerialFirewall:
-    """Serialises firewall syncs across processes (the daemon and CNI binaries
-    beside it): under the state dir's lock, the state is read again from the
-    store and applied, so the last sync always applies the newest state."""
-
-    def __init__(self, inner, lock_path: str, state):
-        self.inner = inner
-        self.lock_path = lock_path
-        self.state = state
-
-    def sync(self, networks=None, endpoints=None, force: bool = False) -> None:
-        with file_lock(self.lock_path):
-            self.inner.sync(*self.state(), force=force)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
+# ============================================================ context
 class Ctx:
     """Where one invocation works: the Config, the Controller and the host
     Netlink -- built lazily in-process, or handed in by the daemon."""
@@ -116,8 +86,9 @@ class Ctx:
         return self._netlink
 
     def lock(self, what: str = "cni"):
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        return file_lock(os.path.join(self.state_dir, f"{what}.lock"))
+        from pynet.root import state_lock
+
+        return state_lock(self.state_dir, what)
 
 
 def _fast_pyroute2() -> None:
@@ -143,29 +114,29 @@ def _fast_pyroute2() -> None:
         del sys.modules["pyroute2"]
 
 
-def build_ipam_controller(settings: dict):
-    """What pynet-ipam needs in-process: the store and the IPAM.  No drivers,
-    no firewall -- and so no pyroute2, which is most of a CNI call's start-up."""
-    from pynet.cnm.controller import Controller
+def _config(settings: dict):
+    """The invocation's settings (``pynet.cni.settings``) as the root's Config."""
     from pynet.config import Config
-    from pynet.daemon import open_store
-    from pynet.ipam import Ipam
 
-    config = Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
-                             chain_prefix=settings.get("chain_prefix"))
-    store = open_store(config)
-    return Controller(store, Ipam(store, default_pools=config.default_pools), {}, firewall=None)
+    return Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
+                           chain_prefix=settings.get("chain_prefix"))
+
+
+def build_ipam_controller(settings: dict):
+    """What pynet-ipam needs in-process: the store and the IPAM (the root's
+    IPAM-only wiring: no drivers, no firewall, no pyroute2)."""
+    from pynet import root
+
+    return root.build_ipam_controller(_config(settings))
 
 
 def build_controller(settings: dict):
-    """The daemon's implementations, built the daemon's way (``pynet.daemon``,
-    firewall syncs serialised across processes), after the lean pyroute2 import."""
+    """The daemon's implementations, built by the composition root (firewall
+    syncs serialised across processes), after the lean pyroute2 import."""
     _fast_pyroute2()
-    from pynet.config import Config
-    from pynet.daemon import build_controller as build
+    from pynet import root
 
-    return build(Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
-                                 chain_prefix=settings.get("chain_prefix")))
+    return root.build_controller(_config(settings))
 
 
 # ================================================================== config
@@ -755,7 +726,7 @@ def valid_attachments(conf: dict) -> set:
 
 
 def cmd_gc(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
-    from pynet.cni import ipam_plugin
+    from pynet.cni import ipam_records as ipam_plugin  # not the plugin: ipam_plugin imports this module
     from pynet.cnm import attach
 
     if not spec.at_least(conf["cniVersion"], "1.1.0"):
@@ -794,58 +765,3 @@ def cmd_status(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
 
 
 VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
-
-
-# ==================================================================== run
-def _check_env(env: dict) -> None:
-    """Every value a string of valid Unicode (the daemon's route hands on JSON,
-    and a lone surrogate -- a non-UTF-8 byte of the environment -- fails the
-    first ``.encode()``, deep in the store or netlink): code 4 otherwise."""
-    for k, v in env.items():
-        if not isinstance(v, str):
-            raise CniError(spec.INVALID_ENVIRONMENT, f"{k!a} must be a string")
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            raise CniError(spec.INVALID_ENVIRONMENT, f"{k}={v!a} is not valid UTF-8") from None
-
-
-def run(plugin: str, env: dict, stdin: bytes, controller=None, netlink=None,
-        instance: str = "") -> tuple[str, int]:
-    """One CNI invocation -> (stdout, exit code)."""
-    from pynet.cni.shim import pynet_settings
-
-    version = None
-    try:
-        _check_env(env)
-        command = spec.parse_command(env)
-        if command == "VERSION":
-            return spec.dumps(spec.version_result(stdin)), 0
-        try:
-            conf = spec.parse_conf(stdin)
-            jsonsafe.check(conf)
-        except (RecursionError, jsonsafe.Malformed) as e:
-            why = f"nested deeper than {jsonsafe.MAX_DEPTH} levels" if isinstance(e, RecursionError) else e
-            raise CniError(spec.DECODE_FAILURE, f"cannot decode the network configuration: {why}") from None
-        version = spec.check_version(conf.get("cniVersion"))
-        args = spec.Args(env, command)
-        ctx = Ctx(pynet_settings(conf, env), controller=controller, netlink=netlink, instance=instance)
-        if plugin == "ipam":
-            from pynet.cni import ipam_plugin
-            ctx.ipam_only = True
-            result = ipam_plugin.VERBS[command](ctx, conf, args)
-        elif plugin in DRIVER_OF:
-            result = VERBS[command](ctx, plugin, conf, args)
-        else:
-            raise CniError(spec.INTERNAL, f"unknown pynet plugin {plugin!r}")
-        if result is None:
-            return "", 0
-        return spec.dumps(spec.to_version(result, version)), 0
-    except CniError as e:
-        return spec.dumps(spec.error_result(e.code, e.msg, version, e.details)), 1
-    except errors.PynetError as e:
-        return spec.dumps(spec.error_result(getattr(e, "cni_code", spec.INTERNAL), str(e), version)), 1
-    except Exception as e:  # noqa: BLE001 -- always answer in CNI terms
-        log.exception("CNI %s failed", plugin)
-        return spec.dumps(spec.error_result(spec.INTERNAL, f"internal error: {type(e).__name__}: {e}",
-                                            version)), 1

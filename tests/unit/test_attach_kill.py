@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
 
 from fakes import FakeFirewall  # noqa: E402
 
-from pynet.cni import plugin  # noqa: E402
+from pynet.cni import dispatch  # noqa: E402
 from pynet.cnm import controller as controller_mod  # noqa: E402
 from pynet.cnm.controller import Controller  # noqa: E402
 from pynet.drivers.bridge import BridgeDriver  # noqa: E402
@@ -123,7 +123,7 @@ class Host:
         conf = self.conf()
         if not ports:
             del conf["runtimeConfig"]
-        out, code = plugin.run("bridge", env, json.dumps(conf).encode(), controller=c,
+        out, code = dispatch.run("bridge", env, json.dumps(conf).encode(), controller=c,
                                netlink=nl, instance="t")
         return code, (json.loads(out) if out.strip() else None)
 
@@ -174,7 +174,7 @@ def _cleanup_gc(host, process, cid):
     env = {"CNI_COMMAND": "GC", "CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}
     conf = dict(host.conf(), cniVersion="1.1.0")
     conf["cni.dev/valid-attachments"] = [{"containerID": "warm", "ifname": "eth0"}]
-    out, code = plugin.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=nl, instance="t")
+    out, code = dispatch.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=nl, instance="t")
     assert code == 0, out
 
 
@@ -255,7 +255,7 @@ def test_restore_and_gc_leave_an_add_in_flight_alone(tmp_path, monkeypatch):
     conf = dict(host.conf(), cniVersion="1.1.0")
     conf["cni.dev/valid-attachments"] = [{"containerID": "warm", "ifname": "eth0"}]
     env = {"CNI_COMMAND": "GC", "CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}
-    assert plugin.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=host.process()[1],
+    assert dispatch.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=host.process()[1],
                       instance="t")[1] == 0
     assert host.view() == in_flight
     # the same attachment, its maker gone

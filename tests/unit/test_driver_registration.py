@@ -101,7 +101,7 @@ def test_through_the_docker_front_end(world):
 
 def test_through_the_cni_in_process_path(world):
     import pynet.cni
-    from pynet.cni import plugin as cni
+    from pynet.cni import dispatch as cni
 
     c, nl, kernel, tmp = world
     assert pynet.cni.PLUGINS["pynet-toy"] == "toy"   # the binary `pynet cni install` writes
