@@ -492,7 +492,7 @@ class Doctor:
         return Check("cluster_store", OK, f"{url} answers")
 
     def check_leftovers(self) -> Check:
-        from pynet.drivers.bridge import parse_alias
+        from pynet.drivers.options import parse_alias
 
         names, prefixes = daemon_instances(self.host.processes())
         own_name, own_prefix = self.config.plugin_name, self.config.chain_prefix

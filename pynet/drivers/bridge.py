@@ -41,8 +41,8 @@ from typing import Optional
 from pynet import errors, validate
 from pynet.cnm.driver import CniNetConf, DriverBase, Remember
 from pynet.cnm.model import Endpoint, JoinInfo, Network
-from pynet.drivers.options import (OPT_IFACE_PREFIX, OPT_MTU, address_option, driver_mtu,
-                                   iface_prefix, ifname_option)
+from pynet.drivers.options import (ALIAS_PREFIX, OPT_IFACE_PREFIX, OPT_MTU, address_option, alias_for, driver_mtu,
+                                   iface_prefix, ifname_option, parse_alias)
 from pynet.netlink import IFNAMSIZ, check_mac, random_mac
 
 log = logging.getLogger("pynet.drivers.bridge")
@@ -58,21 +58,8 @@ BRIDGE_OPTION_PREFIXES = ("com.docker.network.bridge.", "pynet.bridge.")
 KNOWN_OPTIONS = {OPT_NAME, OPT_MTU, OPT_ICC, OPT_MASQ, OPT_HOST_BINDING, OPT_SPOOF_CHECK,
                  OPT_IFACE_PREFIX}
 
-ALIAS_PREFIX = "pynet"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-
-
-def alias_for(instance: str, object_id: str) -> str:
-    return f"{ALIAS_PREFIX}:{instance}:{object_id}"
-
-
-def parse_alias(alias: str) -> Optional[tuple[str, str]]:
-    """``pynet:<instance>:<id>`` -> (instance, id); anything else -> None."""
-    parts = (alias or "").split(":", 2)
-    if len(parts) == 3 and parts[0] == ALIAS_PREFIX and parts[1] and parts[2]:
-        return parts[1], parts[2]
-    return None
 
 
 def _short(object_id: str, n: int) -> str:

@@ -60,8 +60,9 @@ import dataclasses
 from pynet import errors, validate
 from pynet.cnm.driver import CniNetConf, DriverBase, Remember
 from pynet.cnm.model import Endpoint, JoinInfo, Network
-from pynet.drivers.bridge import ALIAS_PREFIX, _short, alias_for, mac_from_ipv4, parse_alias
-from pynet.drivers.options import OPT_IFACE_PREFIX, OPT_MTU, driver_mtu, iface_prefix, ifname_option
+from pynet.drivers.bridge import _short, mac_from_ipv4
+from pynet.drivers.options import (ALIAS_PREFIX, OPT_IFACE_PREFIX, OPT_MTU, alias_for, driver_mtu,
+                                  iface_prefix, ifname_option, parse_alias)
 from pynet.netlink import check_mac, check_vlan_id, random_mac
 
 log = logging.getLogger("pynet.drivers.macvlan")
