@@ -327,16 +327,8 @@ class MacvlanDriver(DriverBase):
     def _child(self, ep: Endpoint) -> str:
         return ep.driver_state.get("macvlan") or macvlan_name(ep.id)
 
-    # ---- external connectivity: none (no NAT, no published ports on macvlan)
-    def program_external_connectivity(self, net: Network, ep: Endpoint) -> None:
-        return None
-
-    def revoke_external_connectivity(self, net: Network, ep: Endpoint) -> None:
-        return None
-
-    # ================================================================ leave
-    def leave(self, net: Network, ep: Endpoint) -> None:
-        return None
+    # External connectivity and leave: DriverBase's no-ops (no NAT and no published
+    # ports on macvlan; leaving changes nothing on the host).
 
     # ====================================================== delete endpoint
     def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
