@@ -222,6 +222,7 @@ class SqliteStore(_SqliteTxn, TxnRunner):
     transaction, ``transaction()`` groups several."""
 
     FILENAME = "pynet.db"
+    locking = True  # transaction() is a real write lock (BEGIN IMMEDIATE)
 
     def __init__(self, path: str, busy_timeout: float = 30.0):
         self.path = path
@@ -364,20 +365,21 @@ class SqliteStore(_SqliteTxn, TxnRunner):
         self._local.snapshot = True
         return _SqliteSnapshot(self, conn, rev)
 
-    def _commit(self, compares: list[tuple], ops: list[tuple]) -> bool:
-        with self.transaction() as t:
+    def _commit(self, compares: list[tuple], ops: list[tuple], want=()) -> tuple:
+        # reads only (validating what the record cache answered): a read transaction is atomic enough
+        with (self.transaction() if ops else self._read_txn()) as t:
             c = t._c
             for cmp in compares:
                 if cmp[0] == "mod":
                     row = c.execute("SELECT version FROM kv WHERE key = ?", (cmp[1],)).fetchone()
-                    if (row[0] if row else 0) != cmp[2]:
-                        return False
+                    ok = (row[0] if row else 0) == cmp[2]
                 elif cmp[0] == "absent":
-                    if c.execute("SELECT 1 FROM kv WHERE key = ?", (cmp[1],)).fetchone():
-                        return False
-                elif c.execute("SELECT 1 FROM kv WHERE key >= ? AND key < ? AND version >= ? LIMIT 1",
-                               (cmp[1], _prefix_end(cmp[1]), cmp[2])).fetchone():
-                    return False
+                    ok = c.execute("SELECT 1 FROM kv WHERE key = ?", (cmp[1],)).fetchone() is None
+                else:
+                    ok = c.execute("SELECT 1 FROM kv WHERE key >= ? AND key < ? AND version >= ? LIMIT 1",
+                                   (cmp[1], _prefix_end(cmp[1]), cmp[2])).fetchone() is None
+                if not ok:
+                    return False, t._revision(), {k: _SqliteTxn.get(t, k) for k in want}
             for op in ops:
                 if op[0] == "put":
                     t._check_lease(op[3])
@@ -386,10 +388,32 @@ class SqliteStore(_SqliteTxn, TxnRunner):
                 if op[0] == "put":
                     rev = rev or t._next_revision()
                     t._write(op[1], op[2], rev, op[3])
+                elif op[0] == "delete_prefix":
+                    keys = [k for (k,) in c.execute("SELECT key FROM kv WHERE key >= ? AND key < ?",
+                                                    (op[1], _prefix_end(op[1])))]
+                    if keys:
+                        rev = rev or t._next_revision()
+                        for k in keys:
+                            t._remove(k, rev)
                 elif c.execute("SELECT 1 FROM kv WHERE key = ?", (op[1],)).fetchone():
                     rev = rev or t._next_revision()
                     t._remove(op[1], rev)
-            return True
+            return True, rev or t._revision(), {}
+
+    @contextlib.contextmanager
+    def _read_txn(self) -> Iterator[_SqliteTxn]:
+        conn = self._c
+        if self._local.depth or self._local.snapshot:
+            raise RuntimeError("store.txn() inside store.transaction() or another txn")
+        with _unavailable(self.path):
+            conn.execute("BEGIN")
+            try:
+                yield _SqliteTxn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+    def in_transaction(self) -> bool:
+        return bool(getattr(self._local, "depth", 0))
 
     def revision(self) -> int:
         self._c
