@@ -54,8 +54,15 @@ DEFAULT_RETRIES = 10
 _ABSENT = None  # a cached "no such key"
 
 
+_SCALARS = (bytes, str, int, float, bool, type(None))
+
+
 def _copy(value: Any) -> Any:
-    return value if isinstance(value, (bytes, str, int, float, type(None))) else copy.deepcopy(value)
+    if isinstance(value, _SCALARS):
+        return value
+    if type(value) is dict and all(isinstance(v, _SCALARS) for v in value.values()):
+        return dict(value)  # the common record: a flat dict, copied ~10 times faster
+    return copy.deepcopy(value)
 
 
 class RecordCache:
@@ -136,8 +143,8 @@ class OptimisticTxn:
         """(True, record or None) when this txn wrote or deleted ``key``."""
         if key in self._writes:
             op = self._writes[key]
-            return True, (Record(key, copy.deepcopy(op[2]), PENDING, lease=op[3]) if op[0] == "put" else None)
-        if any(key.startswith(p) for p in self._deleted_prefixes):
+            return True, (Record(key, _copy(op[2]), PENDING, lease=op[3]) if op[0] == "put" else None)
+        if self._deleted_prefixes and any(key.startswith(p) for p in self._deleted_prefixes):
             return True, None
         return False, None
 
@@ -148,7 +155,7 @@ class OptimisticTxn:
             if hit:
                 self._check_open()
                 self.served += 1
-                return Record(key, _copy(rec.value), rec.version, rec.create_revision, rec.lease) if rec else None
+                return rec  # shared with the cache: a cached read's value is read-only
         snap = self._snapshot()
         rec = snap.get(key)
         if cached:
@@ -157,7 +164,8 @@ class OptimisticTxn:
 
     def get(self, key: str, cached: bool = False) -> Optional[Record]:
         """The record of ``key`` (None: absent), recorded for the commit's compare.  ``cached``:
-        may be answered from the store's record cache (see the module docstring)."""
+        may be answered from the store's record cache (see the module docstring); the value is
+        then shared with the cache and must not be mutated (put a copy)."""
         done, rec = self._pending(key)
         if done:
             self._check_open()
@@ -194,7 +202,7 @@ class OptimisticTxn:
 
     def put(self, key: str, value: Any, lease: int = 0) -> None:
         self._check_open()
-        if any(key.startswith(p) for p in self._deleted_prefixes):
+        if self._deleted_prefixes and any(key.startswith(p) for p in self._deleted_prefixes):
             # etcd refuses a Txn whose put lies in one of its delete ranges
             raise RuntimeError(f"store txn: put of {key!r} after deleting a prefix holding it")
         # deep copy now: the caller may mutate its object after put(), as with the v1 API
@@ -256,8 +264,8 @@ class OptimisticTxn:
             key = op[1]
             if key not in self._want and key not in self._cache:
                 continue  # only keys someone reads through the cache are worth keeping
-            if op[0] == "put":
-                self._cache.store(key, Record(key, _copy(op[2]), rev, 0, op[3]), rev)
+            if op[0] == "put":  # op[2] is the txn's private copy: the cache may keep it
+                self._cache.store(key, Record(key, op[2], rev, 0, op[3]), rev)
             else:
                 self._cache.store(key, _ABSENT, rev)
 
