@@ -198,3 +198,26 @@ def test_sigkill_of_an_allocator_hands_nothing_out_twice(open_ipam, cluster, spa
         assert not after & allocated, "an address handed out twice"
         held |= after
     assert held <= set(ipam.allocated(pid))
+
+
+def test_a_stale_cache_never_decides_an_error(open_ipam, space):
+    """An answer the cache gave that ends in an error (no such pool, pool full) is checked
+    against the store before it is believed: the check fails, the cache refreshes, and the
+    allocation succeeds."""
+    a, sa = open_ipam()
+    b, sb = open_ipam()
+    pid = f"{space}/10.75.0.0/30"
+    with pytest.raises(Exception, match="not found"):
+        b.request_address(pid)  # b has now seen the pool absent
+    with pytest.raises(Exception, match="not found"):
+        b.request_address(pid)  # ...and cached it so: the check confirms it
+    assert a.request_pool(space, "10.75.0.0/30")[0] == pid
+    assert _bare(b.request_address(pid, holder="b0")) == "10.75.0.1"  # not PoolNotFound
+    assert _bare(b.request_address(pid, holder="b1")) == "10.75.0.2"
+    with pytest.raises(PoolExhausted):
+        b.request_address(pid)
+    a.release_address(pid, "10.75.0.1", "b0")  # another process frees one
+    assert _bare(b.request_address(pid, holder="b2")) == "10.75.0.1"  # not PoolExhausted
+    with pytest.raises(PoolExhausted):
+        b.request_address(pid)
+    assert a.verify(pid) == [] and a.get_pool(pid)["used"] == 2
