@@ -22,7 +22,7 @@ cached ``mod_revision`` exactly like a fetched one, so the commit's compare vali
 snapshot isolation holds because *every* read, fetched or cached, must still be current when the
 commit applies (the state ``fn`` saw is the state at the commit).  A stale entry only costs a
 conflict: the failure branch brings the current records, the cache is refreshed from them, and
-``fn`` runs again (no backoff sleep before that first retry: it is a refresh, not contention).
+``fn`` runs again at once (no backoff: see ``TxnRunner.txn``).
 Two cases where ``fn`` decides without a commit are validated explicitly, since a stale cache
 would otherwise go unnoticed: a read-only ``fn`` that used the cache, and an ``fn`` that raised
 (``PoolExhausted`` from a stale block, ``PoolNotFound`` from a stale "absent") -- a commit with
@@ -317,7 +317,11 @@ class TxnRunner:
                     t._close()
                 if committed:
                     return result
-                if attempt < retries and not (attempt == 0 and t.served):
+                # A txn that reads through the cache starts its retry from the current records
+                # (the failure branch brought them): no sleep -- contenders for one record then
+                # race again on equal terms and one of them wins each round, whereas a loser
+                # that backs off while the winner goes straight on would starve.
+                if attempt < retries and not t._want:
                     import random  # only on a conflict: keeps the CNI path's imports lean
 
                     # jittered backoff: writers that collided do not collide again in lockstep

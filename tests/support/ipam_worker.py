@@ -5,7 +5,8 @@
 ``<store>``: a SQLite file path or ``etcd://host:port,...``.  Allocates ``count`` addresses
 (holder ``w/<worker>/<i>``), releasing every ``--release-every``-th one again (churn, so cursors
 and frees interleave).  ``--start-at T``: wait until wall-clock time T first, so the processes
-really contend.  Prints one JSON line: ``{"worker", "kept", "released", "round_trips"}``.
+really contend.  Prints one JSON line: ``{"worker", "kept", "released", "round_trips", "elapsed"}``
+(``elapsed``: seconds of the allocation loop, for benchmarks/bench_ipam.py --etcd).
 
 ``--out FILE``: write ``+<addr>`` to FILE after each allocation returned (and ``?<addr>`` /
 ``-<addr>`` around a release), as a CNI binary prints its result only once it has it -- for the
@@ -43,6 +44,7 @@ def main(argv: list[str]) -> int:
 
     note("ready")
     time.sleep(max(0.0, args.start_at - time.time()))
+    t0 = time.perf_counter()
     kept, released = [], []
     for i in range(args.count):
         holder = f"w/{args.worker}/{i}"
@@ -56,7 +58,8 @@ def main(argv: list[str]) -> int:
         else:
             kept.append(a)
     print(json.dumps({"worker": args.worker, "kept": kept, "released": released,
-                      "round_trips": getattr(store, "round_trips", None)}))
+                      "round_trips": getattr(store, "round_trips", None),
+                      "elapsed": time.perf_counter() - t0}))
     store.close()
     return 0
 
