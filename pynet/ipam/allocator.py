@@ -420,7 +420,7 @@ class Ipam:
         opts = parse_options(options)
         wanted = None if address is None or address == "" else parse_address(address)
         gateway = opts.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE
-        key = _pool_key(pool_id)
+        key, cursor_key = _pool_key(pool_id), _cursor_key(pool_id)
 
         def fn(t):
             rec = t.get(key, cached=True)
@@ -436,14 +436,14 @@ class Ipam:
             elif gateway:
                 o = bits.find_free(g.rlo, g.rhi)
             else:
-                hint = t.hint(_cursor_key(pool_id))
+                hint = t.hint(cursor_key)
                 cursor = hint.value.get("cursor", 0) if hint is not None else p.get("cursor", 0)
                 cursor = min(max(int(cursor), g.rlo), g.rhi + 1)
                 o = bits.find_free(cursor, g.rhi)
                 if o is None:
                     o = bits.find_free(g.rlo, cursor - 1)
                 if o is not None:
-                    t.put(_cursor_key(pool_id), {"cursor": o + 1 if o < g.rhi else g.rlo})
+                    t.put(cursor_key, {"cursor": o + 1 if o < g.rhi else g.rlo})
             if o is None:
                 where = f"sub-pool {g.sub_pool} of pool {pool_id}" if g.sub_pool else f"pool {pool_id}"
                 raise PoolExhausted(f"no free address left in {where}")

@@ -151,11 +151,11 @@ class OptimisticTxn:
     def _fetch(self, key: str, cached: bool) -> Optional[Record]:
         if cached:
             self._want[key] = None
-            hit, rec = self._cache.lookup(key)
-            if hit:
+            ent = self._cache._d.get(key)
+            if ent is not None:
                 self._check_open()
                 self.served += 1
-                return rec  # shared with the cache: a cached read's value is read-only
+                return ent[0]  # shared with the cache: a cached read's value is read-only
         snap = self._snapshot()
         rec = snap.get(key)
         if cached:

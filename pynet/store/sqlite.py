@@ -94,6 +94,16 @@ def _prefix_end(prefix: str) -> str:
     return prefix + "\U0010ffff"
 
 
+_IN_QUERIES: dict[int, str] = {}
+
+
+def _in_query(n: int) -> str:
+    q = _IN_QUERIES.get(n)
+    if q is None:
+        q = _IN_QUERIES[n] = f"SELECT key, version FROM kv WHERE key IN ({','.join('?' * n)})"
+    return q
+
+
 def _is_lock_error(e: sqlite3.OperationalError) -> bool:
     msg = str(e).lower()
     return "locked" in msg or "busy" in msg
@@ -375,13 +385,16 @@ class SqliteStore(_SqliteTxn, TxnRunner):
             c = t._c
             keyed = {cmp[1]: (cmp[2] if cmp[0] == "mod" else 0) for cmp in compares if cmp[0] != "range_lt"}
             ok = True
-            if keyed:  # every per-key compare in one query (a missing row is version 0)
-                have = dict.fromkeys(keyed, 0)
-                for i in range(0, len(keyed), 500):  # under SQLite's bound-parameter limit
-                    part = list(keyed)[i:i + 500]
-                    have.update(c.execute(f"SELECT key, version FROM kv WHERE key IN ({','.join('?' * len(part))})",
-                                          part).fetchall())
-                ok = have == keyed
+            if keyed:  # every per-key compare in one query: each row must match, absent keys have none
+                keys = list(keyed)
+                present = 0
+                for i in range(0, len(keys), 500):  # under SQLite's bound-parameter limit
+                    part = keys[i:i + 500]
+                    for k, v in c.execute(_in_query(len(part)), part):
+                        present += 1
+                        if keyed[k] != v:
+                            ok = False
+                ok = ok and present == sum(1 for v in keyed.values() if v)
             for cmp in compares:
                 if not ok:
                     break
