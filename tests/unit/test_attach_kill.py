@@ -135,7 +135,7 @@ class Host:
             if r.key.startswith(("ipam/bits/", "ipam/full/")):
                 continue                       # the bitmap: compared as allocated addresses
             v = r.value
-            if r.key.startswith("ipam/pools/"):
+            if r.key.startswith(("ipam/pools/", "ipam/cursors/")):
                 v = {k: x for k, x in v.items() if k != "cursor"}
             records[r.key] = v
         nl = FakeNetlink(self.kernel)
