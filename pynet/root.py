@@ -42,9 +42,19 @@ def open_store(config: Config, create: bool = True):
     return SqliteStore.in_state_dir(config.state_dir)
 
 
+def open_store_url(url: str):
+    """A store named by a URL, ``etcd://host:port[,host:port...]`` (etcd's v3
+    JSON gateway over plain HTTP).  The root, not ``pynet.store``, picks the
+    backend: the store package knows no backend, so it imports none of them."""
+    from pynet.store.etcd import EtcdStore
+
+    return EtcdStore.from_url(url)
+
+
 def cluster_store(config: Config):
     """The cluster-wide store (records every host shares).  None: pynet is
-    one host today; issue 11 builds the etcd store here from the settings."""
+    one host today; the overlay (issue 11) opens ``open_store_url`` here from
+    the settings' cluster store."""
     return None
 
 

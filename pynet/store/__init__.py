@@ -165,15 +165,3 @@ class Store(Txn, Protocol):
     def revision(self) -> int: ...
 
     def close(self) -> None: ...
-
-
-def open_store(url_or_dir: str) -> "Store":
-    """Open the store named by a state directory (embedded SQLite) or a URL:
-    ``etcd://host:port[,host:port...]`` (the v3 JSON gateway over plain HTTP)."""
-    if url_or_dir.startswith("etcd://"):
-        from pynet.store.etcd import EtcdStore
-
-        return EtcdStore.from_url(url_or_dir)
-    from pynet.store.sqlite import SqliteStore
-
-    return SqliteStore.in_state_dir(url_or_dir)

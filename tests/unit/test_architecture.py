@@ -19,14 +19,8 @@ import grimp
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Edges a cycle may use for now, each with the change that removes it.
-ALLOWED_CYCLE_EDGES = {
-    # pynet.store.open_store picks a backend by URL (function-level imports) while the
-    # backends import the package's Record/Event types: goes when "which backend from the
-    # settings" moves into the composition root (pynet.root), with the etcd store of issue 11
-    ("pynet.store", "pynet.store.etcd"),
-    ("pynet.store", "pynet.store.sqlite"),
-}
+# Edges a cycle may use, each with the change that removes it: none today.
+ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def test_import_contracts_hold():
