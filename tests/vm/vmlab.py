@@ -332,7 +332,27 @@ def parse_junit(path: Path) -> dict:
     return cases
 
 
+# The guest puts fresh tmpfs on /tmp and /run (its own scratch): a checkout or venv there would
+# be hidden, so each such tree gets a read-only share of its own, mounted over at its path.
+SHADOWED = ("/tmp", "/run")
+
+
+def shadowed_trees() -> list[Path]:
+    """The checkout and the venv when they live under a path the guest shadows."""
+    venv = Path(os.environ.get("PYNET_VENV", REPO / ".venv")).resolve()
+    out: list[Path] = []
+    for tree in (REPO.resolve(), venv):
+        if any(str(tree) == s or str(tree).startswith(s + "/") for s in SHADOWED) \
+                and not any(tree == t or t in tree.parents for t in out):
+            out.append(tree)
+    return out
+
+
 def qemu_argv(image: Image, scratch: Path) -> list[str]:
+    shares = []
+    for i, tree in enumerate(shadowed_trees()):
+        shares += ["-virtfs", f"local,path={tree},mount_tag=tree{i},security_model=none,readonly=on,"
+                              "multidevs=remap"]
     return [
         QEMU, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
         "-machine", "q35,accel=tcg", "-cpu", "max", "-smp", str(CPUS), "-m", str(MEMORY_MB),
@@ -342,6 +362,7 @@ def qemu_argv(image: Image, scratch: Path) -> list[str]:
         "-append", "console=ttyS0 quiet loglevel=3 panic=-1 rdinit=/init",
         "-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={scratch},mount_tag=out,security_model=none,multidevs=remap",
+        *shares,
     ]
 
 
@@ -360,7 +381,12 @@ def guest_script(nodeids, pytest_args=(), test_timeout: float = 240) -> str:
             "-o", "junit_logging=all", f"--junitxml={GUEST_OUT}/junit.xml",
             f"--timeout={int(test_timeout)}", "-rA", "--durations=0",
             *pytest_args, *nodeids]
-    lines = ["set -u", f"cd {shlex.quote(str(REPO))}"]
+    lines = ["set -u"]
+    for i, tree in enumerate(shadowed_trees()):
+        q = shlex.quote(str(tree))
+        lines += [f"mkdir -p {q}",
+                  f"mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=512000,cache=loose tree{i} {q}"]
+    lines.append(f"cd {shlex.quote(str(REPO))}")
     lines += [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
     lines.append(f"{shlex.join(argv)} > {GUEST_OUT}/pytest.log 2>&1")
     lines.append(f"echo $? > {GUEST_OUT}/rc")
