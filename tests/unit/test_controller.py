@@ -1,5 +1,5 @@
 """The Controller on a MemoryStore with the fake driver and firewall
-(tests/contract/fakes.py): network and endpoint lifecycle, validation that
+(tests/support/fakes.py): network and endpoint lifecycle, validation that
 leaves nothing behind, host-port resolution, undo on driver failure."""
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ not start.  Now the refused owner is skipped and reported (log, ``BridgeFirewall
 ``pynet firewall diff``) and everything else is applied.
 
 The real Controller, BridgeDriver (fake netlink), BridgeFirewall and Firewall, over a
-stateful fake of the iptables backend (tests/contract/fake_iptables.py).
+stateful fake of the iptables backend (tests/support/fake_iptables.py).
 """
 from __future__ import annotations
 
