@@ -1,11 +1,18 @@
 """IPAM benchmark: persistent allocations per second on SqliteStore, and
 whether the cost of one allocation stays flat as a /16 fills up.
 
-    .venv/bin/python benchmarks/bench_ipam.py [--runs 5] [--dir /path]
+    .venv/bin/python benchmarks/bench_ipam.py [--runs 5] [--dir /path] [--etcd]
 
 Every allocation is one committed SQLite transaction (WAL, synchronous=NORMAL,
 as pynet runs it).  ``--dir`` picks the file system for the database
 (default: a temporary directory).
+
+``--etcd``: also allocations/s on etcd (a one-member and a three-member
+cluster of real ``etcd`` processes on loopback, tests/support/etcd_cluster.py)
+from one pool, by 1 and by 4 processes in parallel
+(tests/support/ipam_worker.py), with the round trips per allocation (1 when
+nothing conflicts; 4 processes on one pool conflict on its bitmap block by
+design, and retry).
 """
 from __future__ import annotations
 
@@ -86,11 +93,51 @@ def fill_slash16(workdir: str) -> dict:
             "refill": statistics.median(refill), "consistent": ok}
 
 
+def etcd_rates(workdir: str, per_process: int = 300) -> None:
+    import json
+    import subprocess
+
+    from pynet.store.etcd import EtcdStore
+    from tests.support.etcd_cluster import EtcdCluster
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    print(f"\netcd: {per_process} allocations per process from one /16, holder records on")
+    print(f"{'cluster':<9} {'processes':>9} {'allocs/s':>10} {'round trips/alloc':>18}")
+    for size in (1, 3):
+        with EtcdCluster(size, workdir, name=f"bench{size}") as c:
+            store = EtcdStore(c.endpoints)
+            ipam = Ipam(store, default_pools=[], host_routes=lambda: [])
+            for n, cidr in ((1, "10.80.0.0/16"), (4, "10.81.0.0/16")):
+                pid, _, _ = ipam.request_pool("bench", cidr)
+                start_at = time.time() + 2.0
+                procs = [subprocess.Popen([sys.executable, "-m", "tests.support.ipam_worker", c.url(), pid,
+                                           f"b{i}", str(per_process), "--start-at", str(start_at)],
+                                          cwd=root, stdout=subprocess.PIPE, text=True) for i in range(n)]
+                res = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
+                total = sum(len(r["kept"]) for r in res)
+                elapsed = max(r["elapsed"] for r in res)
+                # round trips of the workers minus their cold start (the first allocation's reads)
+                rts = sum(r["round_trips"] for r in res)
+                print(f"etcd x{size:<4} {n:>9} {total / elapsed:>10,.0f} {rts / total:>18.2f}")
+                assert len({a for r in res for a in r["kept"]}) == total, "duplicate address"
+                ipam.release_pool(pid)
+            store.close()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--etcd", action="store_true", help="also allocations/s on etcd, 1 and 4 processes")
+    ap.add_argument("--etcd-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.etcd_only:
+        workdir = tempfile.mkdtemp(prefix="bench-ipam-")
+        try:
+            etcd_rates(workdir)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return 0
     workdir = tempfile.mkdtemp(prefix="bench-ipam-", dir=args.dir)
     try:
         print(f"SqliteStore in {workdir}, {args.runs} runs per case, median reported\n")
@@ -116,6 +163,8 @@ def main() -> int:
         print(f"  nearly full, after wrap-around (100 random holes): median "
               f"{f['refill'] * 1e6:.1f} us per allocation")
         print(f"  store consistent afterwards: {f['consistent']}")
+        if args.etcd:
+            etcd_rates(workdir)
         return 0 if all_ok else 1
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

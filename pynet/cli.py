@@ -21,6 +21,7 @@
     pynet sandbox exec ID -- CMD...     run CMD in the sandbox's network namespace
     pynet sandbox connect ID NETWORK    another interface (ethN) on NETWORK
     pynet sandbox rm [-f] ID...         refused while others share its namespace, unless -f
+    pynet doctor [--cluster-store URL]  checks what breaks container networking (exit 1 if any fails)
 
 The CLI reads the daemon's store (SQLite in the state directory) directly.
 Importing this module stays light: Flask and waitress load only for
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     p = sub.add_parser("daemon", parents=[common], help="run the Docker plugin daemon (foreground)")
+    p.add_argument("--log-format", choices=("text", "json"), default=None,
+                   help="log lines as text (default) or one JSON object each (env PYNET_LOG_FORMAT)")
     p.set_defaults(func=cmd_daemon)
 
     net = sub.add_parser("network", parents=[common], help="networks")
@@ -159,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pynet.scenario import cli as scenario_cli
     scenario_cli.add_parser(sub)
     _cni_parsers(sub, common)
+    from pynet import doctor
+    doctor.add_parser(sub, common, _Parser)
     return parser
 
 
@@ -173,6 +178,8 @@ def _cni_parsers(sub, common) -> None:
     p.add_argument("--conf-dir", default="/etc/cni/net.d",
                    help="where the example conflists (*.example) go (default /etc/cni/net.d)")
     p.add_argument("--no-examples", action="store_true", help="do not write example conflists")
+    from pynet.cni import install as cni_install
+    cni_install.add_arguments(p)
     p.set_defaults(func=cmd_cni_install)
     p = csub.add_parser("uninstall", parents=[common], help="remove the plugin binaries")
     p.add_argument("--bin-dir", default="/opt/cni/bin")
@@ -190,7 +197,9 @@ def config_from_args(args) -> Config:
 
 # ------------------------------------------------------------------ helpers
 def _store(config: Config):
-    """The daemon's store, opened read/write (SQLite serialises writers)."""
+    """The daemon's store (the composition root's local store), opened
+    read/write (SQLite serialises writers); never creates a state dir."""
+    from pynet import root
     from pynet.store.sqlite import SqliteStore
 
     path = os.path.join(config.state_dir, SqliteStore.FILENAME)
@@ -199,16 +208,16 @@ def _store(config: Config):
             raise CliError(f"state directory {config.state_dir} does not exist "
                            "(is the daemon set up? see --state-dir)")
     try:
-        return SqliteStore.in_state_dir(config.state_dir)
+        return root.open_store(config, create=False)
     except Exception as e:  # sqlite3.Error, PermissionError
         raise CliError(f"cannot open the store in {config.state_dir}: {e}") from None
 
 
 def _reader(config: Config):
     """A Controller for reading: store only, no kernel interfaces."""
-    from pynet.cnm.controller import Controller
+    from pynet import root
 
-    return Controller(_store(config), ipam=None, drivers={})
+    return root.build_reader(config, _store(config))
 
 
 def _print_table(headers: list[str], rows: list[list[Any]], out=None) -> None:
@@ -286,9 +295,11 @@ def _port_line(pm) -> str:
 
 # ----------------------------------------------------------------- commands
 def cmd_daemon(args, config: Config) -> int:
+    from pynet import logfmt
     from pynet.daemon import run_daemon
     from pynet.plugin_api.server import SocketBusy
 
+    logfmt.install(logfmt.choose(getattr(args, "log_format", None)))
     try:
         run_daemon(config)
     except SocketBusy as e:
@@ -332,9 +343,9 @@ def cmd_network_inspect(args, config: Config) -> int:
 
 
 def cmd_network_rm(args, config: Config) -> int:
-    from pynet.daemon import build_controller
+    from pynet import root
 
-    c = build_controller(config, store=_store(config))
+    c = root.build_controller(config, store=_store(config))
     failed = 0
     for ref in args.networks:
         try:
@@ -349,9 +360,9 @@ def cmd_network_rm(args, config: Config) -> int:
 
 
 def cmd_ipam_ls(args, config: Config) -> int:
-    from pynet.ipam import Ipam
+    from pynet import root
 
-    pools = Ipam(_store(config), default_pools=config.default_pools).list_pools()
+    pools = root.build_ipam(config, _store(config)).list_pools()
     if args.json:
         _print_json(pools)
     else:
@@ -395,9 +406,9 @@ def cmd_port(args, config: Config) -> int:
 
 
 def _bridge_firewall(config: Config, with_store: bool = True):
-    from pynet.daemon import build_firewall
+    from pynet import root
 
-    return build_firewall(config, _store(config) if with_store else None)
+    return root.build_firewall(config, _store(config) if with_store else None)
 
 
 def _store_state(config: Config):
@@ -440,9 +451,9 @@ def _sandboxes(config: Config, kernel: bool = True):
     from pynet.cnm.sandboxes import SandboxManager
 
     if kernel:
-        from pynet.daemon import build_controller
+        from pynet import root
 
-        c = build_controller(config, store=_store(config))
+        c = root.build_controller(config, store=_store(config))
     else:
         c = _reader(config)
     return SandboxManager(c, instance=config.plugin_name)
@@ -538,9 +549,13 @@ def cmd_sandbox_rm(args, config: Config) -> int:
 # ---------------------------------------------------------------------- cni
 def cmd_cni_install(args, config: Config) -> int:
     from pynet.cni.install import install
+    from pynet.cni.install import install_from_args
 
+    node = install_from_args(args, config)  # the default network, checked before any write
     state_dir = getattr(args, "state_dir", None) or os.environ.get("PYNET_STATE_DIR")
     for path in install(args.bin_dir, None if args.no_examples else args.conf_dir, state_dir=state_dir):
+        print(path)
+    for path in node():
         print(path)
     return 0
 

@@ -1,9 +1,10 @@
-"""The plugin daemon: the real implementations are built here, in one place,
-and handed to the Controller; then the kernel is reconciled with the store and
-the Docker front end is served on its unix socket.
+"""The plugin daemon: the implementations are built by the composition root
+(``pynet.root.build_controller``); then the kernel is reconciled with the
+store and the Docker front end is served on its unix socket, with the CNI
+shim's route (``pynet.cni.route``) handed to the app here -- the Docker front
+end knows nothing of CNI.
 
-Flask and waitress are imported only by ``run_daemon``; ``build_controller``
-is also used by CLI commands that change the kernel (``pynet network rm``).
+Flask and waitress are imported only by ``run_daemon``.
 """
 from __future__ import annotations
 
@@ -16,66 +17,6 @@ from pynet.config import Config
 log = logging.getLogger("pynet.daemon")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def open_store(config: Config):
-    from pynet.store.sqlite import SqliteStore
-
-    os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-    return SqliteStore.in_state_dir(config.state_dir)
-
-
-def build_drivers(config: Config) -> dict:
-    """Driver name -> driver, with the real kernel interfaces."""
-    from pynet.drivers.bridge import BridgeDriver
-    from pynet.drivers.macvlan import MacvlanDriver
-    from pynet.netlink.pyroute import PyrouteNetlink
-    from pynet.sysctl import Sysctl
-
-    nl, sysctl = PyrouteNetlink(), Sysctl()
-    bridge = BridgeDriver(nl, sysctl, instance=config.plugin_name)
-    macvlan = MacvlanDriver(nl, sysctl, instance=config.plugin_name)
-    return {getattr(bridge, "name", "bridge") or "bridge": bridge, macvlan.name: macvlan}
-
-
-def build_firewall(config: Config, store=None):
-    """Docker's iptables layout for the bridge networks, under this instance's
-    chain prefix (so a test daemon beside the main one never touches its rules).
-    With the store, every process renders the same foreign bridges (learned
-    from dockerd by the daemon)."""
-    from pynet.drivers.bridge_firewall import BridgeFirewall
-    from pynet.firewall import Firewall
-    from pynet.sysctl import Sysctl
-
-    return BridgeFirewall(Firewall(prefix=config.chain_prefix, sysctl=Sysctl()), store=store)
-
-
-def serial_firewall(firewall, config: Config, controller_box: dict):
-    """``firewall`` behind the state dir's cross-process lock (``firewall.lock``,
-    shared with CNI binaries working in-process and with the CLI): every sync
-    re-reads the store under the lock, so the last sync applies the newest state."""
-    from pynet.cni.plugin import SerialFirewall
-
-    return SerialFirewall(firewall, os.path.join(config.state_dir, "firewall.lock"),
-                          lambda: (controller_box["c"].networks(), controller_box["c"].endpoints()))
-
-
-def build_controller(config: Config, store=None):
-    """Store, IPAM, drivers and firewall, built once and handed in.
-
-    The firewall is wrapped in the cross-process lock here, where it is built,
-    so that no sync -- ``restore()`` at daemon start and the CLI's verbs
-    included -- can run beside a CNI binary's sync (before, the daemon wrapped it
-    only when the Flask app was created, after its start-up syncs)."""
-    from pynet.cnm.controller import Controller
-    from pynet.ipam import Ipam
-
-    store = store if store is not None else open_store(config)
-    ipam = Ipam(store, default_pools=config.default_pools)
-    box: dict = {}
-    fw = serial_firewall(build_firewall(config, store), config, box)
-    box["c"] = c = Controller(store, ipam, build_drivers(config), firewall=fw)
-    return c
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -168,6 +109,8 @@ class FirewallRechecker:
 def run_daemon(config: Config) -> None:
     """Build, reconcile the kernel with the store, serve until SIGTERM."""
     setup_logging(logging.DEBUG if os.environ.get("PYNET_DEBUG") else logging.INFO)
+    from pynet import root
+    from pynet.cni.route import register_cni
     from pynet.plugin_api import create_app, serve
     from pynet.plugin_api.server import prepare_socket_path
 
@@ -176,14 +119,14 @@ def run_daemon(config: Config) -> None:
     prepare_socket_path(config.socket_path)
     log.info("pynet daemon starting: plugin %s, state %s, socket %s",
              config.plugin_name, config.state_dir, config.socket_path)
-    controller = build_controller(config)
+    controller = root.build_controller(config)
     refresh_foreign_bridges(controller)
     controller.restore()
     from pynet.plugin_api.docker_state import reconcile_with_docker
     reconcile_with_docker(controller, config.plugin_name)
     nets = controller.networks()
     log.info("restored %d network(s), %d endpoint(s)", len(nets), len(controller.endpoints()))
-    app = create_app(controller)
+    app = create_app(controller, routes=[register_cni])  # CNI shim -> daemon
     rechecker = FirewallRechecker(controller, recheck_interval()).start()
     try:
         serve(app, config.socket_path)

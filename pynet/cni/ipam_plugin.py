@@ -28,9 +28,7 @@ from pynet import errors
 from pynet.cni import spec
 from pynet.cni.plugin import (GATEWAY_OPTS, LOCAL_DEFAULT, CniError, check_route_gateways, find_network,
                               parse_dns, parse_ranges, parse_routes, requested_addresses)
-
-ALLOC = "cni/ipam/"
-POOLS = "cni/ipam-pools/"
+from pynet.cni.ipam_records import ALLOC, POOLS
 
 
 def _conf(conf: dict) -> dict:
@@ -107,15 +105,6 @@ def _agree(name: str, ranges: dict, have: dict, what: str) -> None:
             raise CniError(spec.INVALID_CONFIG,
                            f"network {name}: IPv{fam} subnet {theirs['subnet'] if theirs else 'none'} of {what} "
                            f"differs from the conflist's {want.subnet if want else 'none'}")
-
-
-def held_addresses(c, name: str) -> set:
-    """Addresses pynet-ipam holds for attachments of network ``name``."""
-    out = set()
-    for rec in c.store.list(f"{ALLOC}{name}/"):
-        for a in (rec.value.get("addresses") or {}).values():
-            out.add(a.split("/")[0])
-    return out
 
 
 def _result(rec: dict, pools: dict, routes: list, dns: dict) -> dict:

@@ -1,8 +1,9 @@
 """The CNI verbs -> the CNM core (in-process; the daemon runs the same code).
 
-``run(plugin, env, stdin, ctx=None) -> (stdout, exit code)`` is the whole
-interface: the shim calls it when no daemon serves the request, the daemon's
-``POST /Pynet.CNI`` route calls it with its own controller.
+``VERBS`` (verb -> ``cmd_*(ctx, plugin, conf, args)``) is the interface;
+``pynet.cni.dispatch.run`` picks it for an invocation (in-process or in the
+daemon's ``POST /Pynet.CNI`` route) and answers errors in CNI terms.  The
+``Ctx`` builds its controller through the composition root (``pynet.root``).
 
 Plugins: ``bridge`` (driver ``bridge``), ``macvlan`` (driver ``macvlan``,
 when the core has it) and ``ipam`` (``pynet.cni.ipam_plugin``).
@@ -31,7 +32,6 @@ Nothing here imports Flask, scapy or an etcd client.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -40,50 +40,24 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from pynet import errors, jsonsafe, validate
+from pynet import drivers as registry
+from pynet import errors, validate
 from pynet.cni import spec
 from pynet.cni.spec import CniError
+from pynet.cnm import networks
+from pynet.cnm.driver import CniNetConf
+from pynet.cnm.networks import Range
 
 log = logging.getLogger("pynet.cni")
 
 LOCAL_DEFAULT = "LocalDefault"
 GATEWAY_OPTS = {"RequestAddressType": "com.docker.network.gateway"}
 LABEL_CONFLIST = "pynet.cni.network"
-DRIVER_OF = {"bridge": "bridge", "macvlan": "macvlan"}
+DRIVER_OF = registry.REGISTRY  # plugin ``pynet-<name>`` runs driver <name> (pynet.drivers)
 DOCKER_SOCKET = "/var/run/docker.sock"
 
 
-# ============================================================ locks and context
-@contextlib.contextmanager
-def file_lock(path: str):
-    """An exclusive flock on ``path``: excludes other processes and, since each
-    call opens its own file description, other threads too."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
-class SerialFirewall:
-    """Serialises firewall syncs across processes (the daemon and CNI binaries
-    beside it): under the state dir's lock, the state is read again from the
-    store and applied, so the last sync always applies the newest state."""
-
-    def __init__(self, inner, lock_path: str, state):
-        self.inner = inner
-        self.lock_path = lock_path
-        self.state = state
-
-    def sync(self, networks=None, endpoints=None, force: bool = False) -> None:
-        with file_lock(self.lock_path):
-            self.inner.sync(*self.state(), force=force)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
+# ============================================================ context
 class Ctx:
     """Where one invocation works: the Config, the Controller and the host
     Netlink -- built lazily in-process, or handed in by the daemon."""
@@ -112,8 +86,9 @@ class Ctx:
         return self._netlink
 
     def lock(self, what: str = "cni"):
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
-        return file_lock(os.path.join(self.state_dir, f"{what}.lock"))
+        from pynet.root import state_lock
+
+        return state_lock(self.state_dir, what)
 
 
 def _fast_pyroute2() -> None:
@@ -139,64 +114,47 @@ def _fast_pyroute2() -> None:
         del sys.modules["pyroute2"]
 
 
-def build_ipam_controller(settings: dict):
-    """What pynet-ipam needs in-process: the store and the IPAM.  No drivers,
-    no firewall -- and so no pyroute2, which is most of a CNI call's start-up."""
-    from pynet.cnm.controller import Controller
+def _config(settings: dict):
+    """The invocation's settings (``pynet.cni.settings``) as the root's Config."""
     from pynet.config import Config
-    from pynet.daemon import open_store
-    from pynet.ipam import Ipam
 
-    config = Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
-                             chain_prefix=settings.get("chain_prefix"))
-    store = open_store(config)
-    return Controller(store, Ipam(store, default_pools=config.default_pools), {}, firewall=None)
+    return Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
+                           chain_prefix=settings.get("chain_prefix"))
+
+
+def build_ipam_controller(settings: dict):
+    """What pynet-ipam needs in-process: the store and the IPAM (the root's
+    IPAM-only wiring: no drivers, no firewall, no pyroute2)."""
+    from pynet import root
+
+    return root.build_ipam_controller(_config(settings))
 
 
 def build_controller(settings: dict):
-    """The daemon's implementations, built the daemon's way (``pynet.daemon``,
-    firewall syncs serialised across processes), after the lean pyroute2 import."""
+    """The daemon's implementations, built by the composition root (firewall
+    syncs serialised across processes), after the lean pyroute2 import."""
     _fast_pyroute2()
-    from pynet.config import Config
-    from pynet.daemon import build_controller as build
+    from pynet import root
 
-    return build(Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
-                                 chain_prefix=settings.get("chain_prefix")))
+    return root.build_controller(_config(settings))
 
 
 # ================================================================== config
-def _bool(conf: dict, key: str, default=None):
-    v = conf.get(key, default)
-    if v is None or isinstance(v, bool):
-        return v
-    if isinstance(v, str) and v.lower() in ("true", "false"):
-        return v.lower() == "true"
-    raise CniError(spec.INVALID_CONFIG, f"{key} must be true or false, got {v!r}")
-
-
-@dataclass
-class Range:
-    subnet: str
-    gateway: str = ""
-
-
 @dataclass
 class NetConf:
+    """An interface plugin's entry: the keys every pynet plugin reads, and
+    what its driver read from the others (``driver_conf``, the driver's
+    ``cni_netconf``)."""
     name: str
     version: str
     driver: str
-    bridge: str = ""
     is_gateway: bool = False
     is_default_gateway: bool = False
-    ip_masq: Optional[bool] = None
     mtu: Optional[int] = None
-    hairpin: bool = False
-    spoof_check: Optional[bool] = None
     ranges: dict = field(default_factory=dict)       # {4: Range, 6: Range}
     routes: list = field(default_factory=list)
     dns: dict = field(default_factory=dict)
-    master: str = ""
-    mode: str = ""
+    driver_conf: CniNetConf = field(default_factory=CniNetConf)
 
 
 @contextlib.contextmanager
@@ -354,38 +312,26 @@ def ipam_section(conf: dict) -> dict:
     return ipam
 
 
-def _opt_ifname(conf: dict, key: str, what: str) -> str:
-    v = conf.get(key)
-    if _absent(v):
-        return ""
-    with config_value():
-        return validate.ifname(v, what)
+def driver_type(plugin: str):
+    """The driver class of an interface plugin (``pynet-<name>``: driver
+    <name>), from the registry: its CNI hooks read a conflist before any
+    store or kernel is touched."""
+    try:
+        return registry.driver_class(plugin)
+    except KeyError:
+        raise CniError(spec.INTERNAL, f"unknown pynet plugin {plugin!r}") from None
 
 
 def parse_netconf(plugin: str, conf: dict) -> NetConf:
     """The interface plugin's network configuration, every field checked by
     type and by value before anything is looked up or created (code 7, or 2
-    for what pynet does not support)."""
-    from pynet.drivers.macvlan import MODES
-
+    for what pynet does not support).  The keys of one driver only are read
+    by the driver (``cni_netconf``)."""
     ipam = ipam_section(conf)
-    nc = NetConf(name=conf["name"], version=conf["cniVersion"], driver=DRIVER_OF[plugin])
-    if plugin == "bridge":
-        nc.bridge = _opt_ifname(conf, "bridge", "bridge name")
-        nc.is_default_gateway = bool(_bool(conf, "isDefaultGateway", False))
-        nc.is_gateway = bool(_bool(conf, "isGateway", False)) or nc.is_default_gateway
-        nc.ip_masq = _bool(conf, "ipMasq", None)
-        nc.hairpin = bool(_bool(conf, "hairpinMode", False))
-        nc.spoof_check = _bool(conf, "macspoofchk", None)
-    else:
-        nc.master = _opt_ifname(conf, "master", "master interface")
-        mode = conf.get("mode")
-        if not _absent(mode):
-            if not isinstance(mode, str) or mode not in MODES:
-                raise CniError(spec.INVALID_CONFIG, f"invalid macvlan mode {validate.shown(mode)}: "
-                                                    f"expected one of {', '.join(MODES)}")
-            nc.mode = mode
-        nc.is_gateway = nc.is_default_gateway = True
+    nc = NetConf(name=conf["name"], version=conf["cniVersion"], driver=plugin)
+    with config_value():
+        nc.driver_conf = driver_type(plugin).cni_netconf(conf)
+    nc.is_gateway, nc.is_default_gateway = nc.driver_conf.is_gateway, nc.driver_conf.is_default_gateway
     if conf.get("mtu") not in (None, 0) or isinstance(conf.get("mtu"), bool):
         with config_value():
             nc.mtu = validate.mtu(conf["mtu"])
@@ -395,50 +341,26 @@ def parse_netconf(plugin: str, conf: dict) -> NetConf:
     return nc
 
 
-def driver_options(nc: NetConf) -> dict:
-    if nc.driver == "bridge":
-        o = {"com.docker.network.bridge.enable_ip_masquerade": "true" if nc.ip_masq else "false"}
-        if nc.bridge:
-            o["com.docker.network.bridge.name"] = nc.bridge
-        if nc.mtu:
-            o["com.docker.network.driver.mtu"] = str(nc.mtu)
-        if nc.spoof_check is not None:
-            o["pynet.bridge.spoof_check"] = "true" if nc.spoof_check else "false"
-        return o
-    o = {}
-    if nc.master:
-        o["parent"] = nc.master
-    if nc.mode:
-        o["macvlan_mode"] = nc.mode
-    if nc.mtu:
-        o["com.docker.network.driver.mtu"] = str(nc.mtu)
-    return o
+def network_request(nc: NetConf) -> networks.NetworkRequest:
+    """The conflist's network, in the core's words."""
+    return networks.NetworkRequest(name=nc.name, driver=nc.driver, ranges=dict(nc.ranges),
+                                   is_gateway=nc.is_gateway, mtu=nc.mtu,
+                                   options=dict(nc.driver_conf.options),
+                                   settings=dict(nc.driver_conf.settings),
+                                   labels={LABEL_CONFLIST: nc.name}, created_by="cni")
 
 
 # ======================================================== network identity
-def network_id_for(name: str) -> str:
-    return hashlib.sha256(f"cni:{name}".encode()).hexdigest()
+# Finding, comparing and creating a network is the core's (pynet.cnm.networks);
+# what stays here is the Docker client that tells a Docker-made network's name.
+network_id_for = networks.network_id_for
 
 
 def find_network(c, name: str, ask_docker: bool = False):
     """The pynet network named ``name``: a CNI-made one, or a Docker-made one
     whose Docker name is ``name`` (Docker never tells a plugin the name, so
     dockerd is asked once and the name recorded)."""
-    for n in c.networks():
-        if n.name == name:
-            return n
-    if not ask_docker:
-        return None
-    unnamed = {n.id: n for n in c.networks() if not n.name and n.created_by == "docker"}
-    if not unnamed:
-        return None
-    for nid in docker_network_ids(name):
-        net = unnamed.get(nid)
-        if net is not None:
-            net.name = name
-            c.store.update(f"networks/{net.id}", lambda v: dict(v or net.to_json(), name=name))
-            return net
-    return None
+    return networks.find_network(c, name, runtime_ids=docker_network_ids if ask_docker else None)
 
 
 def docker_network_ids(name: str, sock: str = DOCKER_SOCKET, timeout: float = 2.0) -> list[str]:
@@ -475,85 +397,19 @@ def docker_network_ids(name: str, sock: str = DOCKER_SOCKET, timeout: float = 2.
     return [n.get("Id") for n in nets if isinstance(n, dict) and n.get("Name") == name]
 
 
-def compare(nc: NetConf, net) -> list[str]:
+def compare(c, nc: NetConf, net) -> list[str]:
     """How an existing network differs from what the conflist asks for."""
-    diffs = []
-    if net.driver != nc.driver:
-        diffs.append(f"driver {net.driver} (conflist: {nc.driver})")
-    have = {4: net.ipv4, 6: net.ipv6}
-    if nc.ranges:
-        for fam in (4, 6):
-            want = nc.ranges.get(fam)
-            theirs = have[fam][0] if have[fam] else None
-            tsub = str(ipaddress.ip_network(theirs.pool, strict=False)) if theirs else None
-            if (want.subnet if want else None) != tsub:
-                diffs.append(f"IPv{fam} subnet {tsub or 'none'} (conflist: {want.subnet if want else 'none'})")
-            elif want and want.gateway and theirs and theirs.gateway.split("/")[0] != want.gateway:
-                diffs.append(f"IPv{fam} gateway {theirs.gateway.split('/')[0] or 'none'} "
-                             f"(conflist: {want.gateway})")
-    st = net.driver_state or {}
-    if nc.driver == "bridge":
-        if nc.bridge and st.get("bridge") and st["bridge"] != nc.bridge:
-            diffs.append(f"bridge {st['bridge']} (conflist: {nc.bridge})")
-        if nc.is_gateway and net.ipv4 and not net.ipv4[0].gateway:
-            diffs.append("no gateway on the bridge (conflist: isGateway)")
-        if nc.ip_masq is not None and bool(st.get("enable_ip_masquerade", True)) != nc.ip_masq:
-            diffs.append(f"ipMasq {str(bool(st.get('enable_ip_masquerade', True))).lower()} "
-                         f"(conflist: {str(nc.ip_masq).lower()})")
-    if nc.driver == "macvlan":
-        if nc.master and st.get("parent") and st["parent"] != nc.master:
-            diffs.append(f"master {st['parent']} (conflist: {nc.master})")
-        if nc.mode and st.get("mode") and st["mode"] != nc.mode:
-            diffs.append(f"mode {st['mode']} (conflist: {nc.mode})")
-    if nc.mtu and (st.get("mtu") or 1500) != nc.mtu:
-        diffs.append(f"mtu {st.get('mtu') or 1500} (conflist: {nc.mtu})")
-    return diffs
+    return networks.compare(c, network_request(nc), net)
 
 
 def ensure_network(ctx: Ctx, nc: NetConf):
     """The network the conflist names: found (settings must agree) or created."""
-    c = ctx.controller
-    net = find_network(c, nc.name)
-    if net is None:
-        with ctx.lock("network"):
-            net = find_network(c, nc.name, ask_docker=True)
-            if net is None:
-                return create_network(c, nc)
-    diffs = compare(nc, net)
-    if diffs:
-        raise CniError(spec.INVALID_CONFIG,
-                       f"network {nc.name} exists ({net.created_by}-made) with other settings: "
-                       + "; ".join(diffs)
-                       + f" -- fix the conflist or remove the network (pynet network rm {nc.name})")
-    return net
+    return networks.ensure_network(ctx.controller, network_request(nc),
+                                   lock=lambda: ctx.lock("network"), runtime_ids=docker_network_ids)
 
 
 def create_network(c, nc: NetConf):
-    from pynet.cnm.model import IPData
-
-    nid = network_id_for(nc.name)
-    ranges = dict(nc.ranges) or {4: None}
-    datas = {4: [], 6: []}
-    with contextlib.ExitStack() as undo:
-        for fam in (4, 6):
-            if fam not in ranges:
-                continue
-            r = ranges[fam]
-            pid, pool, _ = c.request_pool(LOCAL_DEFAULT, r.subnet if r else "", v6=(fam == 6))
-            undo.callback(c.release_pool, pid)
-            gw = ""
-            if nc.is_gateway or (r and r.gateway):
-                gw = c.request_address(pid, r.gateway if r and r.gateway else "", GATEWAY_OPTS)
-            datas[fam].append(IPData(pool=pool, gateway=gw, address_space=LOCAL_DEFAULT, pool_id=pid))
-        if nc.driver != "bridge":
-            # macvlan: the gateway is an outside router, not pynet's address
-            pass
-        net = c.create_network(nid, datas[4], datas[6], driver=nc.driver, name=nc.name,
-                               enable_ipv6=bool(datas[6]), options=driver_options(nc),
-                               labels={LABEL_CONFLIST: nc.name}, created_by="cni")
-        undo.pop_all()
-    log.info("created network %s (%s) from a conflist", nc.name, nid[:12])
-    return net
+    return networks.create_network(c, network_request(nc))
 
 
 # ============================================================ runtime config
@@ -585,10 +441,11 @@ def requested_mac(conf: dict, args: spec.Args) -> str:
         return validate.mac(mac, "requested MAC address")
 
 
-def port_mappings(conf: dict) -> list:
+def port_mappings(conf: dict, driver=None) -> list:
     """``runtimeConfig.portMappings``, every field checked -- a host address
-    also for being one of this host's (the check the firewall makes when it
-    publishes), so a bad one is refused here, before the network exists."""
+    also for being usable by the plugin's ``driver`` (the bridge: one of this
+    host's, the check it makes when it publishes), so a bad one is refused
+    here, before the network exists."""
     from pynet.cnm.model import PortMapping
 
     pms = spec.capability(conf, "portMappings")
@@ -620,9 +477,8 @@ def port_mappings(conf: dict) -> list:
             with config_value():
                 host_ip = str(validate.ip_address(host_ip, "portMappings hostIP"))
             # refused before the network is ensured, so a refused ADD creates nothing;
-            # the bridge driver checks the same again when the mapping is programmed
-            from pynet.drivers import bridge
-            if not bridge.host_address_is_local(host_ip):
+            # the driver checks the same again when the mapping is programmed
+            if driver is not None and not driver.check_published_address(host_ip):
                 raise CniError(spec.INVALID_CONFIG, f"portMappings hostIP {host_ip} is not an address "
                                                     "of this host")
         m = PortMapping(proto=proto, container_port=cp, host_port=hp, host_ip=host_ip)
@@ -742,7 +598,7 @@ def cmd_add(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> dict:
     prev = prev_result(conf)
     addrs = requested_addresses(conf, args)
     mac = requested_mac(conf, args)
-    ports = port_mappings(conf)
+    ports = port_mappings(conf, driver_type(plugin))
     if not os.path.exists(args.netns):
         raise CniError(spec.UNKNOWN_CONTAINER, f"network namespace {args.netns} does not exist")
     c = ctx.controller
@@ -795,8 +651,7 @@ def _link_exists(ctx: Ctx, netns: str, ifname: str) -> bool:
 def _render_add(ctx: Ctx, nc: NetConf, a, args: spec.Args, prev: dict) -> dict:
     ep, net = a.endpoint, a.network
     ifaces = []
-    st = ep.driver_state or {}
-    for name in (st.get("bridge"), st.get("host_veth")):
+    for name in ctx.controller.driver(net.driver).host_interfaces(net, ep):
         if name:
             try:
                 ifaces.append({"name": name, "mac": ctx.netlink.get_link(name).mac})
@@ -840,7 +695,7 @@ def cmd_check(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
     net = find_network(c, nc.name)
     if net is None:
         raise CniError(spec.UNKNOWN_CONTAINER, f"network {nc.name} does not exist")
-    diffs = compare(nc, net)
+    diffs = compare(c, nc, net)
     if diffs:
         raise CniError(spec.INVALID_CONFIG, f"network {nc.name} differs from the conflist: " + "; ".join(diffs))
     mine = [i for i, f in enumerate(prev["interfaces"])
@@ -871,7 +726,7 @@ def valid_attachments(conf: dict) -> set:
 
 
 def cmd_gc(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
-    from pynet.cni import ipam_plugin
+    from pynet.cni import ipam_records as ipam_plugin  # not the plugin: ipam_plugin imports this module
     from pynet.cnm import attach
 
     if not spec.at_least(conf["cniVersion"], "1.1.0"):
@@ -910,58 +765,3 @@ def cmd_status(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
 
 
 VERBS = {"ADD": cmd_add, "DEL": cmd_del, "CHECK": cmd_check, "GC": cmd_gc, "STATUS": cmd_status}
-
-
-# ==================================================================== run
-def _check_env(env: dict) -> None:
-    """Every value a string of valid Unicode (the daemon's route hands on JSON,
-    and a lone surrogate -- a non-UTF-8 byte of the environment -- fails the
-    first ``.encode()``, deep in the store or netlink): code 4 otherwise."""
-    for k, v in env.items():
-        if not isinstance(v, str):
-            raise CniError(spec.INVALID_ENVIRONMENT, f"{k!a} must be a string")
-        try:
-            v.encode("utf-8")
-        except UnicodeEncodeError:
-            raise CniError(spec.INVALID_ENVIRONMENT, f"{k}={v!a} is not valid UTF-8") from None
-
-
-def run(plugin: str, env: dict, stdin: bytes, controller=None, netlink=None,
-        instance: str = "") -> tuple[str, int]:
-    """One CNI invocation -> (stdout, exit code)."""
-    from pynet.cni.shim import pynet_settings
-
-    version = None
-    try:
-        _check_env(env)
-        command = spec.parse_command(env)
-        if command == "VERSION":
-            return spec.dumps(spec.version_result(stdin)), 0
-        try:
-            conf = spec.parse_conf(stdin)
-            jsonsafe.check(conf)
-        except (RecursionError, jsonsafe.Malformed) as e:
-            why = f"nested deeper than {jsonsafe.MAX_DEPTH} levels" if isinstance(e, RecursionError) else e
-            raise CniError(spec.DECODE_FAILURE, f"cannot decode the network configuration: {why}") from None
-        version = spec.check_version(conf.get("cniVersion"))
-        args = spec.Args(env, command)
-        ctx = Ctx(pynet_settings(conf, env), controller=controller, netlink=netlink, instance=instance)
-        if plugin == "ipam":
-            from pynet.cni import ipam_plugin
-            ctx.ipam_only = True
-            result = ipam_plugin.VERBS[command](ctx, conf, args)
-        elif plugin in DRIVER_OF:
-            result = VERBS[command](ctx, plugin, conf, args)
-        else:
-            raise CniError(spec.INTERNAL, f"unknown pynet plugin {plugin!r}")
-        if result is None:
-            return "", 0
-        return spec.dumps(spec.to_version(result, version)), 0
-    except CniError as e:
-        return spec.dumps(spec.error_result(e.code, e.msg, version, e.details)), 1
-    except errors.PynetError as e:
-        return spec.dumps(spec.error_result(getattr(e, "cni_code", spec.INTERNAL), str(e), version)), 1
-    except Exception as e:  # noqa: BLE001 -- always answer in CNI terms
-        log.exception("CNI %s failed", plugin)
-        return spec.dumps(spec.error_result(spec.INTERNAL, f"internal error: {type(e).__name__}: {e}",
-                                            version)), 1

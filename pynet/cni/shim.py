@@ -1,15 +1,16 @@
-"""The entry point every pynet CNI binary runs -- standard library only.
+"""The CNI shim: the client side of the daemon's ``POST /Pynet.CNI`` --
+standard library only, and no import of pynet (a leaf: a test parses its
+imports against ``sys.stdlib_module_names``).
 
-    pynet-bridge / pynet-macvlan / pynet-ipam  ->  main("bridge" | "macvlan" | "ipam")
+Every pynet CNI binary runs ``pynet.cni.main.main(plugin)``, which
 
-1. read the CNI_* environment and stdin;
-2. VERSION is answered here, at once;
-3. otherwise hand the request to the running pynet daemon over its unix
-   socket (``POST /Pynet.CNI``, below) and print its answer;
-4. when no daemon answers -- no socket, nobody listening, or a daemon that
+1. reads the CNI_* environment and stdin; VERSION is answered at once;
+2. otherwise hands the request to the running pynet daemon with
+   ``via_daemon`` (here) and prints its answer;
+3. when no daemon answers -- no socket, nobody listening, or a daemon that
    declines because it serves another state directory or lives in another
-   network / mount namespace -- do the work in this process
-   (``pynet.cni.plugin.run``), so the binaries stay standalone.
+   network / mount namespace (``Declined``) -- does the work in that process
+   (``pynet.cni.dispatch.run``), so the binaries stay standalone.
 
 Shim <-> daemon protocol (HTTP/1.1 over the unix socket, one request per
 connection)::
@@ -20,21 +21,15 @@ connection)::
     200 {"stdout": "<what the plugin prints>", "code": <exit code>}
     421 {"Err": "..."}   the daemon declines (other state dir / namespace): work in-process
 
-Where things are (the conflist's ``pynet`` object wins, then the environment,
-then the defaults shared with the daemon)::
-
-    "pynet": {"stateDir": ..., "socket": ..., "chainPrefix": ..., "instance": ..., "daemon": true}
-    PYNET_STATE_DIR  PYNET_SOCKET  PYNET_CHAIN_PREFIX  PYNET_PLUGIN_NAME  PYNET_CNI_DAEMON=0
-    /var/lib/pynet   /run/docker/plugins/<instance>.sock
+Where the daemon is (``settings["socket"]``, ``["state_dir"]``,
+``["daemon"]``): ``pynet.cni.settings.pynet_settings``.
 """
 from __future__ import annotations
 
 import json
 import os
 import socket
-import sys
 
-DEFAULT_STATE_DIR = "/var/lib/pynet"
 ROUTE = "/Pynet.CNI"
 CONNECT_TIMEOUT = 1.0
 REPLY_TIMEOUT = 300.0
@@ -42,58 +37,6 @@ REPLY_TIMEOUT = 300.0
 
 class Declined(Exception):
     """No daemon will do this request: work in-process."""
-
-
-def pynet_settings(conf: dict, env: dict) -> dict:
-    """State dir, socket, chain prefix, instance and whether to use the daemon,
-    from the conflist's ``pynet`` object (top level or inside ``ipam``), the
-    environment, then the defaults.
-
-    Each value is checked here, at the door (``pynet.validate``), by content
-    and not only by type: the chain prefix names iptables chains and tags
-    every rule, the instance is part of every link alias, the socket's name
-    and the IPAM holders, and the paths reach every os call (a NUL in one
-    raises ValueError there).  A bad conflist value is code 7, a bad
-    PYNET_* variable code 4."""
-    from pynet import errors, validate
-    from pynet.cni import spec
-
-    own = {}
-    if isinstance(conf, dict):
-        ipam = conf.get("ipam") if isinstance(conf.get("ipam"), dict) else {}
-        for src in (ipam.get("pynet"), conf.get("pynet")):
-            if src is not None and not isinstance(src, dict):
-                raise spec.CniError(spec.INVALID_CONFIG, "the pynet section must be an object")
-            if isinstance(src, dict):
-                own.update(src)
-    if not isinstance(own.get("daemon", True), bool):
-        raise spec.CniError(spec.INVALID_CONFIG, "pynet.daemon must be true or false")
-    checks = {"stateDir": (validate.abs_path, "PYNET_STATE_DIR"),
-              "socket": (validate.abs_path, "PYNET_SOCKET"),
-              "chainPrefix": (validate.chain_prefix, "PYNET_CHAIN_PREFIX"),
-              "instance": (validate.instance_name, "PYNET_PLUGIN_NAME")}
-    got = {}
-    for key, (check, var) in checks.items():
-        value, code, what = own.get(key), spec.INVALID_CONFIG, f"pynet.{key}"
-        if value is None or value == "":
-            value, code, what = env.get(var), spec.INVALID_ENVIRONMENT, var
-        if value is None or value == "":
-            continue
-        try:
-            got[key] = check(value, what)
-        except errors.InvalidParameter as e:
-            raise spec.CniError(code, str(e)) from None
-    instance = got.get("instance") or "pynet"
-    daemon = own.get("daemon", True)
-    if str(env.get("PYNET_CNI_DAEMON", "1")).lower() in ("0", "false", "no", "off"):
-        daemon = False
-    return {
-        "state_dir": got.get("stateDir") or DEFAULT_STATE_DIR,
-        "socket": got.get("socket") or f"/run/docker/plugins/{instance}.sock",
-        "chain_prefix": got.get("chainPrefix"),
-        "instance": instance,
-        "daemon": bool(daemon),
-    }
 
 
 def namespace_ids() -> tuple[str, str]:
@@ -195,54 +138,3 @@ def via_daemon(plugin: str, env: dict, stdin: bytes, settings: dict) -> tuple[st
 def cni_env(environ=None) -> dict:
     environ = os.environ if environ is None else environ
     return {k: v for k, v in environ.items() if k.startswith("CNI_") or k.startswith("PYNET_")}
-
-
-def handle(plugin: str, env: dict, stdin: bytes) -> tuple[str, int]:
-    from pynet.cni import spec
-
-    try:
-        command = env.get("CNI_COMMAND", "")
-        if command == "VERSION":
-            return spec.dumps(spec.version_result(stdin)), 0
-        try:
-            conf = json.loads(stdin or b"{}")
-        except (ValueError, RecursionError):
-            conf = {}   # run() answers it in CNI terms (code 6)
-        try:
-            settings = pynet_settings(conf, env)
-        except spec.CniError as e:
-            version = conf.get("cniVersion") if isinstance(conf, dict) else None
-            return spec.dumps(spec.error_result(e.code, e.msg, version if isinstance(version, str) else None)), 1
-        try:
-            return via_daemon(plugin, env, stdin, settings)
-        except Declined:
-            pass
-        except (OSError, ConnectionError) as e:
-            # the daemon died mid-request or answered nonsense: the request may
-            # be half done there, so do not repeat it here -- the runtime retries
-            version = conf.get("cniVersion") if isinstance(conf, dict) else None
-            return spec.dumps(spec.error_result(spec.TRY_AGAIN_LATER, f"pynet daemon: {e}",
-                                                version if isinstance(version, str) else None)), 1
-    except Exception as e:  # noqa: BLE001 -- the shim must always answer in CNI terms
-        return spec.dumps(spec.error_result(spec.INTERNAL, f"pynet shim: {type(e).__name__}: {e}")), 1
-    from pynet.cni.plugin import run
-
-    return run(plugin, env, stdin)
-
-
-def main(plugin: str) -> None:
-    stdin = b""
-    try:
-        if not sys.stdin.isatty():
-            stdin = sys.stdin.buffer.read()
-    except (OSError, ValueError):
-        pass
-    out, code = handle(plugin, cni_env(), stdin)
-    if out:
-        sys.stdout.write(out)
-        sys.stdout.flush()
-    sys.exit(code)
-
-
-if __name__ == "__main__":  # python -m pynet.cni.shim <plugin>
-    main(sys.argv[1] if len(sys.argv) > 1 else "bridge")

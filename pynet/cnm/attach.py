@@ -280,13 +280,11 @@ def check(controller, network: Network, container_id: str, ifname: str, netns_pa
                     problems.append(f"route {d}{' via ' + g if g else ''} is missing in the sandbox")
     finally:
         inner.close()
-    # host side: the driver's view
-    st = ep.driver_state or {}
-    if st.get("host_veth"):
-        if not host.link_exists(st["host_veth"]):
-            problems.append(f"host interface {st['host_veth']} is missing")
-        elif st.get("bridge") and host.get_link(st["host_veth"]).master != st["bridge"]:
-            problems.append(f"host interface {st['host_veth']} is not on bridge {st['bridge']}")
+    # host side: the driver's view (a bridge: the host veth is there, on the bridge)
+    drv = (getattr(c, "drivers", None) or {}).get(network.driver)
+    check_host = getattr(drv, "check_endpoint", None)
+    if check_host is not None:
+        problems += check_host(network, ep, host)
     # IPAM reservations
     pools = (ep.options or {}).get(OPT_POOLS) or {}
     for fam, addr in (("4", ep.address), ("6", ep.address_v6)):
@@ -351,13 +349,14 @@ def gc(controller, network: Network, valid: set[tuple[str, str]], netlink=None,
     # links nobody knows (an interrupted ADD, a lost record)
     if netlink is not None and instance:
         known = {e.id for e in c.endpoints()} | {n.id for n in c.networks()} | in_flight
-        bridge = (network.driver_state or {}).get("bridge")
         tag = f"pynet:{instance}:"
-        for link in netlink.list_links(alias_prefix=tag):
-            oid = link.alias[len(tag):]
-            if link.kind == "veth" and oid not in known and bridge and link.master == bridge:
-                netlink.delete_link(link.name, missing_ok=True)
-                removed["links"].append(link.name)
+        drv = (getattr(c, "drivers", None) or {}).get(network.driver)
+        orphans = getattr(drv, "orphan_links", None)
+        links = [(link, link.alias[len(tag):]) for link in netlink.list_links(alias_prefix=tag)]
+        # which of them the driver's network left (a bridge: veths on its bridge)
+        for link in (orphans(network, links, known) if orphans is not None and links else []):
+            netlink.delete_link(link.name, missing_ok=True)
+            removed["links"].append(link.name)
     # leaked reservations: only pools the CNI path owns
     if network.created_by == "cni":
         eps = c.endpoints(network.id)

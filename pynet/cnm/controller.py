@@ -12,6 +12,7 @@ store last -- so a failure halfway leaves neither kernel objects nor records.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import os
@@ -20,7 +21,7 @@ import time
 from typing import Iterable, Optional
 
 from pynet import errors, validate
-from pynet.cnm.driver import Driver
+from pynet.cnm.driver import GLOBAL, Driver, PeerEvent
 from pynet.cnm.model import Endpoint, IPData, JoinInfo, Network, PortMapping
 
 log = logging.getLogger("pynet.controller")
@@ -78,6 +79,21 @@ ATTACHMENTS = "attachments/"
 
 def _attachment_key(nid: str, eid: str) -> str:
     return f"{ATTACHMENTS}{nid}/{eid}"
+
+
+# A global-scope network's cluster-wide resources (the driver's
+# allocate_network), once per network: {"driver", "options", "ipv4", "ipv6",
+# "allocated": {...}}.  Local drivers allocate nothing and leave no record.
+ALLOCATIONS = "allocations/"
+
+# Where another host's endpoints are announced (the overlay issue writes
+# them): ``peers/<network id>/<host>/<endpoint id>``.  A store watch on this
+# prefix feeds Controller.route_peer_event.
+PEERS = "peers/"
+
+
+def _allocation_key(nid: str) -> str:
+    return ALLOCATIONS + nid
 
 
 _identity: dict = {}
@@ -159,6 +175,10 @@ class Controller:
         self.drivers = drivers
         self.firewall = firewall
         self.port_allocator = port_allocator
+        # drivers contribute their own firewall rules: the firewall asks them
+        use = getattr(firewall, "use_drivers", None) if firewall is not None else None
+        if callable(use):
+            use(drivers)
         # One writer at a time inside this process; the store's transactions
         # serialise writers across processes (CNI binaries beside the daemon).
         self._lock = threading.RLock()
@@ -219,6 +239,23 @@ class Controller:
             raise errors.InvalidOption(
                 f"unknown driver {net.driver!r} (known: {', '.join(sorted(self.drivers))})") from None
 
+    def driver(self, name: str) -> Driver:
+        """The registered driver ``name``: what the front ends ask for a
+        driver's behaviour (its conflist keys, example, scope...)."""
+        try:
+            return self.drivers[name]
+        except KeyError:
+            raise errors.InvalidOption(
+                f"unknown driver {name!r} (known: {', '.join(sorted(self.drivers))})") from None
+
+    def name_network(self, network_id: str, name: str) -> None:
+        """Record the name a runtime knows a network by (dockerd never tells
+        a plugin the name; the CNI path learns it and keeps it)."""
+        with self._lock, self.store.transaction():
+            rec = self.store.get(_net_key(network_id))
+            if rec is not None:
+                self.store.put(_net_key(network_id), dict(rec.value, name=name))
+
     def networks(self) -> list[Network]:
         return [Network.from_json(r.value) for r in self.store.list(NETWORKS)]
 
@@ -276,9 +313,17 @@ class Controller:
             drv = self.driver_for(net)
             others = self.networks()
             self._validate_subnets(net, others)
+            if getattr(drv, "scope", "local") == GLOBAL:
+                # Docker passes AllocateNetwork's options back in CreateNetwork;
+                # a network made without it (CNI, no swarm) is allocated here
+                alloc = self.allocate_network(net.id, driver=net.driver, options=net.options,
+                                              ipv4=net.ipv4, ipv6=net.ipv6)
+                net.options = {**alloc, **net.options}
             drv.validate_network(net, others)
             with contextlib.ExitStack() as undo:
-                drv.create_network(net)
+                state = drv.create_network(net)
+                if state is not None:  # what the driver remembers about the network
+                    net.driver_state = state
                 undo.callback(drv.delete_network, net)
                 with self.store.transaction():  # the record and its holds: one commit
                     self._save_network(net)
@@ -804,6 +849,78 @@ class Controller:
             log.info("removed what killed attachments left: %s", done)
         return done, in_flight
 
+    # ------------------------------------------------ cluster scope (API v2)
+    def allocate_network(self, network_id: str, driver: str = "bridge", options: Optional[dict] = None,
+                         ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = ()) -> dict:
+        """Docker's AllocateNetwork: a global driver's cluster-wide resources,
+        once per network (a second call answers the first allocation).  A
+        local driver allocates nothing: {}.  Returns the options the network
+        is created with."""
+        if not network_id:
+            raise errors.InvalidParameter("network ID is empty")
+        net = Network(id=network_id, driver=driver, options=dict(options or {}),
+                      ipv4=list(ipv4), ipv6=list(ipv6))
+        drv = self.driver_for(net)
+        if getattr(drv, "scope", "local") != GLOBAL:
+            return {}
+        key = _allocation_key(network_id)
+        with self._lock:
+            rec = self.store.get(key)
+            if rec is not None:
+                return dict((rec.value or {}).get("allocated") or {})
+            got = dict(drv.allocate_network(net) or {})
+            try:
+                self.store.put(key, {"driver": driver, "options": net.options,
+                                     "ipv4": [dataclasses.asdict(d) for d in net.ipv4],
+                                     "ipv6": [dataclasses.asdict(d) for d in net.ipv6],
+                                     "allocated": got}, version=0)
+            except BaseException:
+                drv.free_network(net)
+                raise
+            log.info("allocated network %s (%s): %s", network_id[:12], driver, got)
+            return got
+
+    def free_network(self, network_id: str) -> None:
+        """Docker's FreeNetwork: release what allocate_network took (nothing
+        for a local driver; unknown IDs succeed, as Docker expects)."""
+        key = _allocation_key(network_id)
+        with self._lock:
+            rec = self.store.get(key)
+            if rec is None:
+                return
+            v = rec.value or {}
+            net = Network(id=network_id, driver=v.get("driver", ""),
+                          options={**(v.get("allocated") or {}), **(v.get("options") or {})},
+                          ipv4=[IPData(**d) for d in v.get("ipv4") or []],
+                          ipv6=[IPData(**d) for d in v.get("ipv6") or []])
+            drv = self.drivers.get(net.driver)
+            if drv is not None:
+                drv.free_network(net)
+            self.store.delete(key)
+
+    def route_peer_event(self, event) -> bool:
+        """A store watch event under ``peers/<network id>/...`` (another host's
+        endpoint appeared or vanished) -> the ``peer_added``/``peer_removed``
+        hook of the network's driver.  Returns whether a driver got it (not for
+        a key outside ``peers/``, nor a network unknown here)."""
+        key = getattr(event, "key", "") or ""
+        if not key.startswith(PEERS):
+            return False
+        nid = key[len(PEERS):].split("/", 1)[0]
+        rec = self.store.get(_net_key(nid)) if nid else None
+        if rec is None:
+            return False
+        net = Network.from_json(rec.value)
+        drv = self.drivers.get(net.driver)
+        added = getattr(event, "type", "") != "DELETE"
+        hook = getattr(drv, "peer_added" if added else "peer_removed", None)
+        if hook is None:
+            return False
+        hook(net, PeerEvent(network_id=nid, key=key, added=added,
+                            value=getattr(event, "value", None) if added else None,
+                            revision=getattr(event, "revision", 0)))
+        return True
+
     # ----------------------------------------------------------- reconcile
     def restore(self) -> None:
         """Daemon start: make kernel and firewall match the store."""
@@ -818,8 +935,21 @@ class Controller:
             for name, drv in self.drivers.items():
                 mine = [n for n in nets if n.driver == name]
                 ids = {n.id for n in mine}
-                drv.restore(mine, [e for e in eps if e.network_id in ids], keep=in_flight)
+                changed = drv.restore(mine, [e for e in eps if e.network_id in ids], keep=in_flight)
+                self._remember(changed)
             self._sync_firewall()
+
+    def _remember(self, changes) -> None:
+        """Store the record changes a driver handed back (cnm.driver.Remember),
+        in one commit; a record deleted meanwhile stays deleted."""
+        if not changes:
+            return
+        with self.store.transaction():
+            for key, fields in [*((_net_key(n), f) for n, f in changes.networks.items()),
+                                *((_ep_key(n, e), f) for (n, e), f in changes.endpoints.items())]:
+                rec = self.store.get(key)
+                if rec is not None:
+                    self.store.put(key, dict(rec.value, **_jsonable(fields)))
 
     def _record_holds(self, nets: list[Network], eps: list[Endpoint]) -> None:
         """Holds and host port reservations of records a pynet of before
@@ -926,6 +1056,10 @@ class Controller:
             return
         with self._lock:
             self.firewall.sync(self.networks(), self.endpoints(), force=True)
+
+
+def _jsonable(fields: dict) -> dict:
+    return {k: (v.to_json() if hasattr(v, "to_json") else v) for k, v in fields.items()}
 
 
 def _esc(host_ip: str) -> str:

@@ -30,6 +30,7 @@ The firewall reads the first group (icc, masquerade, host binding) from there.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import ipaddress
 import logging
@@ -37,10 +38,11 @@ import re
 import socket
 from typing import Optional
 
-from pynet import errors
+from pynet import errors, validate
+from pynet.cnm.driver import CniNetConf, DriverBase, Remember
 from pynet.cnm.model import Endpoint, JoinInfo, Network
-from pynet.drivers.options import (OPT_IFACE_PREFIX, OPT_MTU, address_option, driver_mtu,
-                                   iface_prefix, ifname_option)
+from pynet.drivers.options import (ALIAS_PREFIX, OPT_IFACE_PREFIX, OPT_MTU, address_option, alias_for, driver_mtu,
+                                   iface_prefix, ifname_option, parse_alias)
 from pynet.netlink import IFNAMSIZ, check_mac, random_mac
 
 log = logging.getLogger("pynet.drivers.bridge")
@@ -56,21 +58,8 @@ BRIDGE_OPTION_PREFIXES = ("com.docker.network.bridge.", "pynet.bridge.")
 KNOWN_OPTIONS = {OPT_NAME, OPT_MTU, OPT_ICC, OPT_MASQ, OPT_HOST_BINDING, OPT_SPOOF_CHECK,
                  OPT_IFACE_PREFIX}
 
-ALIAS_PREFIX = "pynet"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-
-
-def alias_for(instance: str, object_id: str) -> str:
-    return f"{ALIAS_PREFIX}:{instance}:{object_id}"
-
-
-def parse_alias(alias: str) -> Optional[tuple[str, str]]:
-    """``pynet:<instance>:<id>`` -> (instance, id); anything else -> None."""
-    parts = (alias or "").split(":", 2)
-    if len(parts) == 3 and parts[0] == ALIAS_PREFIX and parts[1] and parts[2]:
-        return parts[1], parts[2]
-    return None
 
 
 def _short(object_id: str, n: int) -> str:
@@ -165,8 +154,70 @@ def check_host_address(host_ip: str, what: str, is_local=host_address_is_local) 
     return host_ip
 
 
-class BridgeDriver:
+def _cni_bool(conf: dict, key: str, default=None):
+    v = conf.get(key, default)
+    if v is None or isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.lower() in ("true", "false"):
+        return v.lower() == "true"
+    raise errors.InvalidOption(f"{key} must be true or false, got {v!r}")
+
+
+def _cni_ifname(conf: dict, key: str, what: str) -> str:
+    v = conf.get(key)
+    if v is None or v == "":
+        return ""
+    return validate.ifname(v, what)
+
+
+def _flag(value, default: bool) -> bool:
+    if value is None or value == "":
+        return default
+    if isinstance(value, bool):
+        return value
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+# -- firewall: Docker's bridge layout, from the stored records -----------------
+def firewall_network(net: Network):
+    """The firewall's NetworkSpec of a bridge network (None before its
+    driver_state exists)."""
+    from pynet.firewall import NetworkSpec
+
+    st = net.driver_state
+    if not st.get("bridge"):
+        return None
+    return NetworkSpec(
+        id=net.id, bridge=st["bridge"],
+        subnets_v4=[d.pool for d in net.ipv4], subnets_v6=[d.pool for d in net.ipv6],
+        icc=_flag(st.get("enable_icc"), True), internal=net.internal,
+        masquerade=_flag(st.get("enable_ip_masquerade"), True),
+        host_ipv4=net.options.get(OPT_HOST_IPV4) or None,
+        spoof_check=_flag(st.get("spoof_check"), False))
+
+
+def firewall_endpoint(net: Network, ep: Endpoint):
+    """The firewall's EndpointSpec: published ports (the network's host
+    binding when a mapping names no host address), MAC and host veth."""
+    from pynet.firewall import EndpointSpec, PortMapping as FwPortMapping
+
+    binding = net.driver_state.get("host_binding_ipv4") or ""
+    ports = [FwPortMapping(proto=p.proto, host_ip=p.host_ip or binding,
+                           host_port=p.host_port, container_port=p.container_port)
+             for p in (ep.ports if ep.external else [])]
+    return EndpointSpec(id=ep.id, network_id=ep.network_id, ipv4=ep.ip or None, ipv6=ep.ip6 or None,
+                        mac=ep.mac or None, ports=ports, host_veth=ep.driver_state.get("host_veth"))
+
+
+def firewall_affects(net: Network, ep: Endpoint) -> bool:
+    """Published ports, or the anti-spoofing rules of a spoof_check network;
+    everything else about an endpoint is covered by its network's rules."""
+    return bool(ep.external and ep.ports) or _flag(net.driver_state.get("spoof_check"), False)
+
+
+class BridgeDriver(DriverBase):
     name = "bridge"
+    scope = "local"
 
     def __init__(self, netlink, sysctl, instance: str, is_local=None):
         """``is_local(ip) -> bool``: whether a published port's host address is this
@@ -236,6 +287,7 @@ class BridgeDriver:
             net.driver_state = cfg
             undo.pop_all()
         log.info("network %s: bridge %s%s", net.id[:12], name, "" if created else " (existing)")
+        return cfg
 
     def _setup_bridge(self, net: Network, cfg: dict, tag: bool) -> None:
         """libnetwork's setup_* steps, chosen by conditions, in order.
@@ -390,12 +442,14 @@ class BridgeDriver:
                     self.nl.remove_address(name, self._gateway_cidr(d), missing_ok=True)
 
     # ============================================================== restore
-    def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> None:
+    def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> Remember:
         """Make the kernel match the store: (a) recreate missing bridges with
         their addresses, re-enslave surviving host veths, recreate the pair of
         endpoints not yet joined; (b) remove bridges and veths tagged for THIS
         instance that match nothing stored.  Other instances' links stay, and
-        so do those of ``keep`` (endpoint IDs of attachments in flight)."""
+        so do those of ``keep`` (endpoint IDs of attachments in flight).
+        Returns what changed in the records (a recreated pair's names and MAC)."""
+        remember = Remember()
         nets = {n.id: n for n in networks}
         known = set(nets) | {e.id for e in endpoints} | set(keep)
         # (b) first, so a stale bridge of a deleted network cannot be mistaken
@@ -431,19 +485,113 @@ class BridgeDriver:
                         self.nl.set_up(host)
                 elif not ep.sandbox_key:
                     log.info("restore: recreating veth pair of endpoint %s", ep.id[:12])
-                    ep.driver_state.update(host_veth=host, container_veth=cont, bridge=st["bridge"])
-                    if not ep.mac:
-                        ep.mac = mac_from_ipv4(ep.address) if ep.address else random_mac()
+                    # a new record, handed back: the stored one is not changed here
+                    new = dataclasses.replace(
+                        ep, driver_state=dict(ep.driver_state, host_veth=host, container_veth=cont,
+                                              bridge=st["bridge"]),
+                        mac=ep.mac or (mac_from_ipv4(ep.address) if ep.address else random_mac()))
                     with contextlib.ExitStack() as undo:
-                        self._create_veth(st, ep, undo)
+                        self._create_veth(st, new, undo)
                         undo.pop_all()
+                    if (new.driver_state, new.mac) != (ep.driver_state, ep.mac):
+                        remember.endpoint(ep, driver_state=new.driver_state, mac=new.mac)
                 else:
                     log.info("restore: endpoint %s is joined but its veth is gone", ep.id[:12])
             except errors.PynetError as e:
                 log.error("restore: endpoint %s: %s", ep.id[:12], e)
+        return remember
 
     # ============================================================ oper info
     def oper_info(self, net: Network, ep: Endpoint) -> dict:
         host, cont = self._veths(ep)
         return {"bridge": self._state(net)["bridge"], "host_veth": host, "container_veth": cont,
                 "mac": ep.mac}
+
+    # ============================================================= firewall
+    def firewall_network(self, net: Network):
+        return firewall_network(net)
+
+    def firewall_endpoint(self, net: Network, ep: Endpoint):
+        return firewall_endpoint(net, ep)
+
+    def firewall_affects(self, net: Network, ep: Endpoint) -> bool:
+        return firewall_affects(net, ep)
+
+    @classmethod
+    def check_published_address(cls, host_ip: str) -> bool:
+        """One of this host's addresses (the CNI door's check, before the
+        network exists; program_external_connectivity checks again)."""
+        return host_address_is_local(host_ip)
+
+    # ================================================================= CNI
+    # The conflist keys of a ``pynet-bridge`` entry (the reference bridge
+    # plugin's names): bridge, isGateway, isDefaultGateway, ipMasq, hairpinMode
+    # (accepted: the port mapping DNAT covers hairpin traffic), macspoofchk.
+    @classmethod
+    def cni_netconf(cls, conf: dict) -> CniNetConf:
+        bridge = _cni_ifname(conf, "bridge", "bridge name")
+        is_default_gateway = bool(_cni_bool(conf, "isDefaultGateway", False))
+        is_gateway = bool(_cni_bool(conf, "isGateway", False)) or is_default_gateway
+        ip_masq = _cni_bool(conf, "ipMasq", None)
+        _cni_bool(conf, "hairpinMode", False)
+        spoof_check = _cni_bool(conf, "macspoofchk", None)
+        o = {OPT_MASQ: "true" if ip_masq else "false"}
+        if bridge:
+            o[OPT_NAME] = bridge
+        if spoof_check is not None:
+            o[OPT_SPOOF_CHECK] = "true" if spoof_check else "false"
+        return CniNetConf(options=o, is_gateway=is_gateway, is_default_gateway=is_default_gateway,
+                          settings={"bridge": bridge, "ip_masq": ip_masq, "is_gateway": is_gateway})
+
+    @classmethod
+    def cni_compare(cls, settings: dict, net: Network) -> list[str]:
+        diffs = []
+        st = net.driver_state or {}
+        want = settings.get("bridge")
+        if want and st.get("bridge") and st["bridge"] != want:
+            diffs.append(f"bridge {st['bridge']} (conflist: {want})")
+        if settings.get("is_gateway") and net.ipv4 and not net.ipv4[0].gateway:
+            diffs.append("no gateway on the bridge (conflist: isGateway)")
+        masq = settings.get("ip_masq")
+        if masq is not None and bool(st.get("enable_ip_masquerade", True)) != masq:
+            diffs.append(f"ipMasq {str(bool(st.get('enable_ip_masquerade', True))).lower()} "
+                         f"(conflist: {str(masq).lower()})")
+        return diffs
+
+    @classmethod
+    def cni_example(cls) -> dict:
+        return {"name": "pynet-cni", "plugin": {
+            "bridge": "pynet-cni0", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+            "hairpinMode": True,
+            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": "10.88.0.0/16"}]]},
+            "capabilities": {"portMappings": True, "ips": True, "mac": True}}}
+
+    @classmethod
+    def cni_from_options(cls, options: dict) -> dict:
+        out = {"ipMasq": str(options.get(OPT_MASQ, "true")).lower() == "true"}
+        if options.get(OPT_NAME):
+            out["bridge"] = options[OPT_NAME]
+        return out
+
+    @classmethod
+    def cni_defaults(cls) -> dict:
+        return {"isGateway": True, "isDefaultGateway": True, "ipMasq": True}
+
+    def host_interfaces(self, net: Network, ep: Endpoint) -> list[str]:
+        st = ep.driver_state or {}
+        return [n for n in (st.get("bridge"), st.get("host_veth")) if n]
+
+    def check_endpoint(self, net: Network, ep: Endpoint, host_netlink) -> list[str]:
+        st = ep.driver_state or {}
+        if not st.get("host_veth"):
+            return []
+        if not host_netlink.link_exists(st["host_veth"]):
+            return [f"host interface {st['host_veth']} is missing"]
+        if st.get("bridge") and host_netlink.get_link(st["host_veth"]).master != st["bridge"]:
+            return [f"host interface {st['host_veth']} is not on bridge {st['bridge']}"]
+        return []
+
+    def orphan_links(self, net: Network, links, known: set) -> list:
+        bridge = (net.driver_state or {}).get("bridge")
+        return [link for link, oid in links
+                if link.kind == "veth" and oid not in known and bridge and link.master == bridge]

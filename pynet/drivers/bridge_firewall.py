@@ -1,4 +1,6 @@
-"""The bridge driver's firewall: stored CNM objects -> the firewall's specs.
+"""The drivers' firewall: stored CNM objects -> the firewall's specs (each
+driver contributes its networks' and endpoints' rules; the bridge driver's
+are Docker's bridge layout, the macvlan driver has none).
 
 The controller calls ``sync(networks, endpoints)`` after every change and on
 restore(); the whole desired rule set is derived from the store each time (the
@@ -27,34 +29,63 @@ from __future__ import annotations
 import logging
 
 from pynet.cnm.model import Endpoint, Network
-from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping
+from pynet.firewall import Firewall
 
 log = logging.getLogger("pynet.drivers.bridge_firewall")
 
-HOST_IPV4_OPTION = "com.docker.network.host_ipv4"
 FOREIGN_BRIDGES = ("docker0", "br-+", "pn-+")
 FOREIGN_KEY = "firewall/foreign-bridges"  # dockerd's custom-named bridges, learned by the daemon
 
 
-def _flag(value, default: bool) -> bool:
-    if value is None or value == "":
-        return default
-    if isinstance(value, bool):
-        return value
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 class BridgeFirewall:
+    """The firewall of the drivers' networks.  The name stays from when it knew
+    only bridges; now each driver contributes its own rules
+    (``firewall_network``/``firewall_endpoint``/``firewall_affects``, see
+    :mod:`pynet.cnm.driver`) and this adapter only orders, collects and
+    degrades per owner.  The controller hands it its drivers
+    (:meth:`use_drivers`); without them (a firewall built alone) the
+    registered drivers contribute from the records.  A driver object without
+    the hooks (before API v2) under ``driver_name`` gets the bridge's rules."""
+
     def __init__(self, firewall: Firewall, driver_name: str = "bridge",
-                 isolate_from=FOREIGN_BRIDGES, store=None):
+                 isolate_from=FOREIGN_BRIDGES, store=None, drivers=None):
         self.firewall = firewall
         self.driver_name = driver_name
         self.store = store
+        self.drivers = drivers
+        self._registry = None
         self._isolate_base = tuple(isolate_from) if isolate_from is not None else None
         if isolate_from is not None:
             firewall.isolate_from = tuple(isolate_from)
         self._last_applied = None  # the rendering the kernel got last
         self.problems: dict[str, str] = {}  # owners skipped by the last sync -> why
+
+    def use_drivers(self, drivers) -> None:
+        """The controller's driver registry (name -> driver)."""
+        self.drivers = drivers
+
+    def _driver(self, name: str):
+        """The driver contributing the rules of networks of ``name``, or None."""
+        drivers = self.drivers
+        if drivers is None:
+            # a firewall built alone (``pynet firewall show``): the registered
+            # drivers' rules, from the records only -- no kernel interface needed
+            if self._registry is None:
+                from pynet.drivers import build_drivers
+                self._registry = build_drivers(None, None, instance="pynet")
+            drivers = self._registry
+        try:
+            drv = drivers.get(name)
+        except Exception:  # noqa: BLE001 -- a driver that cannot be built has no rules here
+            drv = None
+        if drv is not None and hasattr(drv, "firewall_network"):
+            return drv
+        if name == self.driver_name:
+            # a firewall built alone, or a driver object of before API v2 under
+            # the bridge's name: the bridge driver's records, its rules
+            from pynet.drivers import bridge
+            return bridge
+        return None
 
     def set_foreign_bridges(self, names) -> None:
         """Also isolate from these bridges (dockerd's custom-named ones).  Kept
@@ -81,50 +112,51 @@ class BridgeFirewall:
             self._use_foreign(rec.value if rec else [])
 
     def affects(self, net: Network, ep: Endpoint) -> bool:
-        """Whether ``ep`` has rules of its own: published ports, or the
-        anti-spoofing rules of a spoof_check network.  Everything else about
-        an endpoint is covered by its network's rules."""
-        if net.driver != self.driver_name:
-            return False
-        return bool(ep.external and ep.ports) or _flag(net.driver_state.get("spoof_check"), False)
+        """Whether ``ep`` has rules of its own (its driver says: published
+        ports, anti-spoofing...).  Everything else about an endpoint is covered
+        by its network's rules."""
+        drv = self._driver(net.driver)
+        affects = getattr(drv, "firewall_affects", None)
+        return bool(affects(net, ep)) if affects is not None else False
 
     def specs(self, networks: list[Network], endpoints: list[Endpoint], problems: dict | None = None):
-        """The firewall's specs of the stored networks and endpoints of this driver.  A
-        record that cannot even be read as a spec is skipped and recorded in
-        ``problems`` (raised without it)."""
-        mine = [n for n in networks if n.driver == self.driver_name and n.driver_state.get("bridge")]
-        mine.sort(key=lambda n: (n.created_at, n.id), reverse=True)
-        net_specs, binding = [], {}
-        for n in mine:
+        """The firewall's specs of the stored networks and endpoints, as their
+        drivers contribute them.  A record that cannot even be read as a spec
+        is skipped and recorded in ``problems`` (raised without it)."""
+        ordered = sorted(networks, key=lambda n: (n.created_at, n.id), reverse=True)
+        net_specs, mine = [], {}
+        for n in ordered:
+            drv = self._driver(n.driver)
+            contribute = getattr(drv, "firewall_network", None)
+            if contribute is None:
+                continue
             try:
-                st = n.driver_state
-                net_specs.append(NetworkSpec(
-                    id=n.id, bridge=st["bridge"],
-                    subnets_v4=[d.pool for d in n.ipv4], subnets_v6=[d.pool for d in n.ipv6],
-                    icc=_flag(st.get("enable_icc"), True), internal=n.internal,
-                    masquerade=_flag(st.get("enable_ip_masquerade"), True),
-                    host_ipv4=n.options.get(HOST_IPV4_OPTION) or None,
-                    spoof_check=_flag(st.get("spoof_check"), False)))
-                binding[n.id] = st.get("host_binding_ipv4") or ""
+                spec = contribute(n)
             except Exception as e:  # noqa: BLE001 -- a damaged record costs its own rules only
                 if problems is None:
                     raise
                 problems[n.id] = f"network {n.id}: unreadable record: {e!r}"
+                continue
+            if spec is not None:
+                net_specs.append(spec)
+                mine[n.id] = (n, drv)
         ep_specs = []
         for e in endpoints:
-            if e.network_id not in binding:
+            if e.network_id not in mine:
+                continue
+            n, drv = mine[e.network_id]
+            contribute = getattr(drv, "firewall_endpoint", None)
+            if contribute is None:
                 continue
             try:
-                ports = [PortMapping(proto=p.proto, host_ip=p.host_ip or binding[e.network_id],
-                                     host_port=p.host_port, container_port=p.container_port)
-                         for p in (e.ports if e.external else [])]
-                ep_specs.append(EndpointSpec(
-                    id=e.id, network_id=e.network_id, ipv4=e.ip or None, ipv6=e.ip6 or None,
-                    mac=e.mac or None, ports=ports, host_veth=e.driver_state.get("host_veth")))
+                spec = contribute(n, e)
             except Exception as err:  # noqa: BLE001
                 if problems is None:
                     raise
                 problems[e.id] = f"endpoint {e.id}: unreadable record: {err!r}"
+                continue
+            if spec is not None:
+                ep_specs.append(spec)
         return net_specs, ep_specs
 
     def _report(self, problems: dict[str, str]) -> None:

@@ -55,10 +55,14 @@ import logging
 import re
 from typing import Optional
 
-from pynet import errors
+import dataclasses
+
+from pynet import errors, validate
+from pynet.cnm.driver import CniNetConf, DriverBase, Remember
 from pynet.cnm.model import Endpoint, JoinInfo, Network
-from pynet.drivers.bridge import ALIAS_PREFIX, _short, alias_for, mac_from_ipv4, parse_alias
-from pynet.drivers.options import OPT_IFACE_PREFIX, OPT_MTU, driver_mtu, iface_prefix, ifname_option
+from pynet.drivers.bridge import _short, mac_from_ipv4
+from pynet.drivers.options import (ALIAS_PREFIX, OPT_IFACE_PREFIX, OPT_MTU, alias_for, driver_mtu,
+                                  iface_prefix, ifname_option, parse_alias)
 from pynet.netlink import check_mac, check_vlan_id, random_mac
 
 log = logging.getLogger("pynet.drivers.macvlan")
@@ -147,8 +151,9 @@ def parse_options(net: Network) -> dict:
     return cfg
 
 
-class MacvlanDriver:
+class MacvlanDriver(DriverBase):
     name = "macvlan"
+    scope = "local"
 
     def __init__(self, netlink, sysctl=None, instance: str = "pynet"):
         if not instance or ":" in instance:
@@ -231,6 +236,7 @@ class MacvlanDriver:
             undo.pop_all()
         log.info("network %s: macvlan %s on %s%s", net.id[:12], cfg["mode"], parent,
                  " (created)" if cfg["created"] else "")
+        return cfg
 
     def _create_parent(self, net: Network, cfg: dict) -> None:
         parent = cfg["parent"]
@@ -321,16 +327,8 @@ class MacvlanDriver:
     def _child(self, ep: Endpoint) -> str:
         return ep.driver_state.get("macvlan") or macvlan_name(ep.id)
 
-    # ---- external connectivity: none (no NAT, no published ports on macvlan)
-    def program_external_connectivity(self, net: Network, ep: Endpoint) -> None:
-        return None
-
-    def revoke_external_connectivity(self, net: Network, ep: Endpoint) -> None:
-        return None
-
-    # ================================================================ leave
-    def leave(self, net: Network, ep: Endpoint) -> None:
-        return None
+    # External connectivity and leave: DriverBase's no-ops (no NAT and no published
+    # ports on macvlan; leaving changes nothing on the host).
 
     # ====================================================== delete endpoint
     def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
@@ -369,7 +367,9 @@ class MacvlanDriver:
                         net.id[:12], parent, owner)
 
     # ============================================================== restore
-    def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> None:
+    def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> Remember:
+        """Returns what changed in the records (a recreated child's name and MAC)."""
+        remember = Remember()
         nets = {n.id: n for n in networks}
         known = set(nets) | {e.id for e in endpoints} | set(keep)  # keep: ADDs in flight
         links = self.nl.list_links(alias_prefix=f"{ALIAS_PREFIX}:{self.instance}:") + \
@@ -400,15 +400,65 @@ class MacvlanDriver:
             try:
                 if not self.nl.link_exists(name):
                     log.info("restore: recreating macvlan of endpoint %s", ep.id[:12])
-                    ep.driver_state.update(macvlan=name, parent=st["parent"])
-                    if not ep.mac:
-                        ep.mac = mac_from_ipv4(ep.address) if ep.address else random_mac()
-                    self._create_child(st, ep)
+                    # a new record, handed back: the stored one is not changed here
+                    new = dataclasses.replace(
+                        ep, driver_state=dict(ep.driver_state, macvlan=name, parent=st["parent"]),
+                        mac=ep.mac or (mac_from_ipv4(ep.address) if ep.address else random_mac()))
+                    self._create_child(st, new)
+                    if (new.driver_state, new.mac) != (ep.driver_state, ep.mac):
+                        remember.endpoint(ep, driver_state=new.driver_state, mac=new.mac)
             except errors.PynetError as e:
                 log.error("restore: endpoint %s: %s", ep.id[:12], e)
+        return remember
 
     # ============================================================ oper info
     def oper_info(self, net: Network, ep: Endpoint) -> dict:
         st = self._state(net)
         return {"parent": st["parent"], "macvlan_mode": st.get("mode"), "macvlan": self._child(ep),
                 "mac": ep.mac}
+
+    # ================================================================= CNI
+    # The conflist keys of a ``pynet-macvlan`` entry (the reference macvlan
+    # plugin's names): master (the parent; empty = an isolated dummy parent),
+    # mode.  The gateway is the outside router's: always named in results,
+    # with a default route via it.
+    @classmethod
+    def cni_netconf(cls, conf: dict) -> CniNetConf:
+        master = conf.get("master")
+        master = "" if master is None or master == "" else validate.ifname(master, "master interface")
+        mode = conf.get("mode")
+        if mode is None or mode == "":
+            mode = ""
+        elif not isinstance(mode, str) or mode not in MODES:
+            raise errors.InvalidOption(f"invalid macvlan mode {validate.shown(mode)}: "
+                                       f"expected one of {', '.join(MODES)}")
+        o = {}
+        if master:
+            o[OPT_PARENT] = master
+        if mode:
+            o[OPT_MODE] = mode
+        return CniNetConf(options=o, is_gateway=True, is_default_gateway=True,
+                          settings={"master": master, "mode": mode})
+
+    @classmethod
+    def cni_compare(cls, settings: dict, net: Network) -> list[str]:
+        diffs = []
+        st = net.driver_state or {}
+        master, mode = settings.get("master"), settings.get("mode")
+        if master and st.get("parent") and st["parent"] != master:
+            diffs.append(f"master {st['parent']} (conflist: {master})")
+        if mode and st.get("mode") and st["mode"] != mode:
+            diffs.append(f"mode {st['mode']} (conflist: {mode})")
+        return diffs
+
+    @classmethod
+    def cni_example(cls) -> dict:
+        return {"name": "pynet-macvlan", "plugin": {
+            "master": "eth0", "mode": "bridge",
+            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": "10.89.0.0/24",
+                                                         "gateway": "10.89.0.1"}]]},
+            "capabilities": {"ips": True, "mac": True}}}
+
+    @classmethod
+    def cni_from_options(cls, options: dict) -> dict:
+        return {"master": options[OPT_PARENT]} if options.get(OPT_PARENT) else {}

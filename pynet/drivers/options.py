@@ -6,6 +6,10 @@ from typing import Optional
 
 from pynet import errors, validate
 
+# Every link a driver creates carries the alias ``pynet:<instance>:<object id>``: the
+# owner of a link is known from the kernel alone (restore, GC, ``pynet doctor``'s leftovers).
+ALIAS_PREFIX = "pynet"
+
 OPT_MTU = "com.docker.network.driver.mtu"
 OPT_IFACE_PREFIX = "com.docker.network.container_iface_prefix"
 
@@ -55,3 +59,15 @@ def address_option(opts: dict, key: str, version: Optional[int] = None) -> str:
         return ""
     return str(validate.ip_address(str(value), f"option {key}", version=version,
                                    err=errors.InvalidOption))
+
+
+def alias_for(instance: str, object_id: str) -> str:
+    return f"{ALIAS_PREFIX}:{instance}:{object_id}"
+
+
+def parse_alias(alias: str) -> Optional[tuple[str, str]]:
+    """``pynet:<instance>:<id>`` -> (instance, id); anything else -> None."""
+    parts = (alias or "").split(":", 2)
+    if len(parts) == 3 and parts[0] == ALIAS_PREFIX and parts[1] and parts[2]:
+        return parts[1], parts[2]
+    return None

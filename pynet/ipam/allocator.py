@@ -5,10 +5,67 @@ instant leaves either the whole change or none of it, and the daemon and the
 CNI binaries can allocate from one pool at the same time.  Inputs are parsed
 before the transaction starts, so garbage never touches the store.
 
+Transactions (Store v2).  Each verb is a function of a v2 txn (``get``,
+``list``, ``put``, ``delete``, ``create``, ``delete_prefix``, ``hint``), run
+in one of three ways -- the function is the same, so the semantics are too:
+
+* ``txn=t`` given: it runs in the caller's ``store.txn(fn)`` (the caller
+  passes its transaction down; nothing nests, one commit for everything).
+* this thread has a v1 ``store.transaction()`` open (today's callers on
+  SQLite and memory: the controller, pynet-ipam's ADD/DEL): it runs inside
+  that transaction through ``_V1Txn``, a small adapter giving the v1
+  transaction the v2 surface, so the allocation commits (or rolls back)
+  with the caller's records exactly as before.
+* otherwise ``store.txn(fn)``: optimistic.  On etcd that is all there is
+  (``retries`` bounds the attempts; conflicts are transient
+  ``StoreConflict``).  On a store with a write lock (SQLite, memory) a
+  second conflict falls back to running the function under the lock
+  (``store.transaction()``): several processes on one SQLite file then
+  queue as they always did instead of starving each other.
+
+No hot key.  Nothing every allocation writes is shared by all allocators
+unless the allocation itself is: the pool record is written when the pool
+is made (and by the rare ``hold_pool``/``release_pool`` flag changes), never
+by an allocation.  An allocation writes its bitmap block (and a summary
+block when a block fills or stops being full), its holder record, and the
+next-fit cursor as a *hint*:
+
+* ``used`` is not stored: ``get_pool``/``list_pools`` count the bits of the
+  pool's leaf blocks (one listing of ``ipam/bits/<pid>/``; a block is 512
+  bytes per 4096 addresses, so a full /16 is 8 KiB).  Per-block counts
+  would be a second key written per allocation; a pool-wide counter is the
+  hot key again.
+* the cursor (``ipam/cursors/<pid>``, ``{"cursor": ordinal}``) keeps
+  Docker's behaviour -- the next free address after the last one handed
+  out, so a just released address is not reused at once; wraps at the end;
+  persistent across restarts and processes -- but is read with
+  ``t.hint()`` (not recorded, so no compare) and written blindly.  Two
+  allocators never conflict on it; any free address is a correct answer,
+  the cursor only says which one is preferred.  The price: a long-lived
+  allocator continues from the cursor it last saw.  It sees a fresh one
+  whenever its commit conflicts (the failure branch returns it) -- which
+  is whenever another process changed the block it allocates from, i.e.
+  whenever someone released or took an address there since -- and every
+  new process (a CNI binary, a restarted daemon) reads it anew.
+* concurrent allocations in different bitmap blocks do not conflict; in
+  the same block they do, and the loser runs again (bounded).
+
+One round trip on etcd.  Reads of the pool record, the bitmap blocks and
+the cursor go through the store's per-process record cache
+(``t.get(key, cached=True)``, ``t.hint``): a warm allocation sends only its
+commit, one etcd Txn whose compares validate every cached read (pool
+record and block ``mod_revision``); when a compare fails, the Txn's failure
+branch returns the current records, the cache refreshes from them and the
+allocation runs again (see ``pynet.store.optimistic``).
+
 Store keys (all under ``ipam/``; ``<pid>`` is the pool ID with ``%`` and ``/``
 percent-escaped):
 
-* ``ipam/pools/<pid>``                 pool record (JSON): CIDRs, options, cursor, used
+* ``ipam/pools/<pid>``                 pool record (JSON): CIDRs, options, flags
+                                       (pools of before v2 also carry a frozen
+                                       ``cursor``/``used``, read only as the
+                                       cursor's fallback)
+* ``ipam/cursors/<pid>``               next-fit cursor hint (``{"cursor": n}``)
 * ``ipam/bits/<pid>/<hex block>``      allocation bitmap blocks (bytes, absent = free)
 * ``ipam/full/<pid>/<level>/<hex>``    summary bitmaps: which blocks are full
 * ``ipam/pool-holders/<pid>/<holder>`` who holds the pool (``{}``)
@@ -34,26 +91,40 @@ import ipaddress
 from typing import Callable, Iterable, Iterator, Optional
 
 from pynet.errors import (AddressInUse, InvalidAddress, InvalidParameter, InvalidSubnet,
-                          PoolExhausted, PoolNotFound, PoolOverlap)
+                          KeyExists, PoolExhausted, PoolNotFound, PoolOverlap, StoreConflict)
 from pynet.ipam.bitmap import Bitmap, iter_set, prefixes
 from pynet.ipam.pools import (GATEWAY_TYPE, REQUEST_ADDRESS_TYPE, Geometry, choose_default_pool,
                               key_id, make_pool_id, parse_address, parse_address_space,
                               parse_network, parse_options, parse_routes, read_host_routes)
 
 LOCAL_DEFAULT = "LocalDefault"
-
-
-def _unescape(k: str) -> str:
-    return k.replace("%2F", "/").replace("%25", "%")
 GLOBAL_DEFAULT = "GlobalDefault"
 
+# etcd: attempts of one verb before StoreConflict.  Allocators on one block conflict by design
+# (next-fit sends them all to the same block); each round (one round trip: the failed commit
+# brings the current block) one of them wins, so with n contenders a verb fails only after
+# losing 200 rounds in a row, (1 - 1/n) ** 200: 2e-25 for 4, 3e-6 for 16.
+DEFAULT_RETRIES = 200
+# SQLite/memory: optimistic attempts before queueing on the store's write lock (the first retry
+# is usually a refresh of a stale cache, not contention)
+LOCKED_AFTER = 1
+
 _POOLS = "ipam/pools/"
+_CURSORS = "ipam/cursors/"
 _POOL_HOLDERS = "ipam/pool-holders/"
 _HOLDERS = "ipam/holders/"
 
 
+def _unescape(k: str) -> str:
+    return k.replace("%2F", "/").replace("%25", "%")
+
+
 def _pool_key(pool_id: str) -> str:
     return _POOLS + key_id(pool_id)
+
+
+def _cursor_key(pool_id: str) -> str:
+    return _CURSORS + key_id(pool_id)
 
 
 def _pool_holders_prefix(pool_id: str) -> str:
@@ -65,19 +136,64 @@ def _holders_prefix(pool_id: str, addr: str = "") -> str:
     return f"{_HOLDERS}{key_id(pool_id)}/" + (f"{addr}/" if addr else "")
 
 
-def _uncount(t, pool_id: str, n: int) -> None:
-    """Take ``n`` freed addresses off the pool record's ``used`` count."""
-    if n:
-        key = _pool_key(pool_id)
-        p = t.get(key).value
-        p["used"] -= n
-        t.put(key, p)
-
-
 def _check_holder(holder) -> str:
     if not isinstance(holder, str):
         raise InvalidParameter(f"holder must be a string, got {holder!r}")
     return holder
+
+
+def _check_pool_id(pool_id) -> str:
+    if not isinstance(pool_id, str):
+        raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+    return pool_id
+
+
+class _V1Txn:
+    """The v2 txn surface over a v1 ``transaction()`` (SQLite, memory, test wrappers).
+
+    Reads are plain reads inside the pessimistic transaction (``cached``/``hint`` make no
+    difference: nothing can change under the lock).  Writes drop the key from the store's
+    record cache: they are not committed yet (the caller's transaction may still roll back,
+    and SQLite would then reuse the revision), so they must not be cached, and the cached
+    value they replace is stale."""
+
+    __slots__ = ("_t", "_cache")
+
+    def __init__(self, t, store):
+        self._t = t
+        self._cache = getattr(store, "_record_cache", None)
+
+    def get(self, key: str, cached: bool = False):
+        return self._t.get(key)
+
+    def hint(self, key: str):
+        return self._t.get(key)
+
+    def list(self, prefix: str):
+        return self._t.list(prefix)
+
+    def put(self, key: str, value, lease: int = 0) -> None:
+        if self._cache is not None:
+            self._cache.drop(key)
+        if lease:
+            self._t.put(key, value, lease=lease)
+        else:
+            self._t.put(key, value)
+
+    def delete(self, key: str) -> None:
+        if self._cache is not None:
+            self._cache.drop(key)
+        self._t.delete(key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        if self._cache is not None:
+            self._cache.drop_prefix(prefix)
+        self._t.delete_prefix(prefix)
+
+    def create(self, key: str, value, lease: int = 0) -> None:
+        if self._t.get(key) is not None:
+            raise KeyExists(f"store key {key!r} exists")
+        self.put(key, value, lease)
 
 
 class Ipam:
@@ -89,22 +205,48 @@ class Ipam:
     request without a subnet raises NoDefaultPool, as Docker 20.10 does.
     ``host_routes``: callable returning CIDR strings that default pools must
     not overlap (default: the kernel's routing tables from /proc).
+    ``retries``: optimistic attempts of one verb on a store without a write
+    lock (etcd) before ``StoreConflict``.
 
     Address spaces: ``address_spaces()`` advertises Docker's two names, but
     any name without '/' works, so a CNI network may keep its own space in
     which the same CIDR can exist again.  Pools never overlap within a space.
+
+    Every verb takes ``txn=``: a v2 txn of the same store to run in (see the
+    module docstring); without it the verb runs its own transaction.
     """
 
     def __init__(self, store, default_pools: Optional[Iterable] = None,
-                 host_routes: Optional[Callable[[], Iterable[str]]] = None):
+                 host_routes: Optional[Callable[[], Iterable[str]]] = None,
+                 retries: int = DEFAULT_RETRIES):
         self.store = store
         if default_pools is None:
             from pynet.config import Config
             default_pools = Config().default_pools
         self.default_pools = [tuple(p) for p in default_pools]
         self.host_routes = host_routes or read_host_routes
+        self.retries = retries
         # a pool ID names its CIDRs, so its geometry never changes
         self._geometry: dict[str, Geometry] = {}
+
+    # --- running a verb ------------------------------------------------------------
+    def _run(self, fn, txn=None):
+        """``fn(t)`` in the caller's txn, the open v1 transaction, or a txn of its own."""
+        if txn is not None:
+            return fn(txn if hasattr(txn, "hint") else _V1Txn(txn, self.store))
+        store = self.store
+        joined = getattr(store, "in_transaction", None)
+        if not hasattr(store, "txn") or (joined is not None and joined()):
+            with store.transaction() as t:
+                return fn(_V1Txn(t, store))
+        if not getattr(store, "locking", False):
+            return store.txn(fn, retries=self.retries)
+        try:
+            return store.txn(fn, retries=LOCKED_AFTER)
+        except StoreConflict:
+            # contention on a local store: queue on its write lock, as v1 always did
+            with store.transaction() as t:
+                return fn(_V1Txn(t, store))
 
     # --- address spaces and pools ----------------------------------------------
     def address_spaces(self) -> dict:
@@ -113,7 +255,7 @@ class Ipam:
 
     def request_pool(self, address_space: str, pool: str = "", sub_pool: str = "",
                      options: Optional[dict] = None, v6: bool = False,
-                     holder: str = "") -> tuple[str, str, dict]:
+                     holder: str = "", txn=None) -> tuple[str, str, dict]:
         """Reserve a pool for ``holder``; returns (pool_id, pool CIDR, data).
 
         With ``pool`` empty a default pool is chosen (``sub_pool`` must then
@@ -126,15 +268,16 @@ class Ipam:
             raise InvalidParameter(f"v6 must be a boolean, got {v6!r}")
         pool = "" if pool is None else pool
         sub_pool = "" if sub_pool is None else sub_pool
-        net = parse_network(pool) if pool else None
+        asked = parse_network(pool) if pool else None
         sub = parse_network(sub_pool, "sub-pool") if sub_pool else None
         if sub is not None:
-            if net is None:
+            if asked is None:
                 raise InvalidParameter("a sub-pool needs an explicit pool")
-            if sub.version != net.version or not sub.subnet_of(net):
-                raise InvalidSubnet(f"sub-pool {sub} does not lie inside pool {net}")
+            if sub.version != asked.version or not sub.subnet_of(asked):
+                raise InvalidSubnet(f"sub-pool {sub} does not lie inside pool {asked}")
 
-        with self.store.transaction() as t:
+        def fn(t):
+            net = asked
             held = [rec.value for rec in t.list(_POOLS + key_id(space) + "%2F")]
             held_nets = [ipaddress.ip_network(p["pool"]) for p in held]
             if net is None:
@@ -152,46 +295,57 @@ class Ipam:
             t.put(_pool_key(pool_id), {
                 "id": pool_id, "address_space": space, "pool": str(net),
                 "sub_pool": str(sub) if sub is not None else "", "v6": net.version == 6,
-                "options": opts, "cursor": 0, "used": 0, "managed": bool(holder),
+                "options": opts, "managed": bool(holder),
             })
+            # made with the pool, so its presence never depends on what was allocated
+            t.put(_cursor_key(pool_id), {"cursor": 0})
             if holder:
                 t.put(_pool_holders_prefix(pool_id) + key_id(holder), {})
-        return pool_id, str(net), {}
+            return pool_id, str(net), {}
 
-    def hold_pool(self, pool_id: str, holder: str) -> None:
+        return self._run(fn, txn)
+
+    def hold_pool(self, pool_id: str, holder: str, txn=None) -> None:
         """Add ``holder`` to an existing pool's holders (a network over a pool
         its runtime requested).  Raises PoolNotFound."""
         if not _check_holder(holder):
             raise InvalidParameter("holder is empty")
-        with self.store.transaction() as t:
+
+        def fn(t):
             p = self._load(pool_id, t)
             t.put(_pool_holders_prefix(pool_id) + key_id(holder), {})
             if not p.get("managed"):
                 p["managed"] = True
                 t.put(_pool_key(pool_id), p)
 
-    def find_pool(self, address_space: str, cidr: str) -> Optional[str]:
+        self._run(fn, txn)
+
+    def find_pool(self, address_space: str, cidr: str, txn=None) -> Optional[str]:
         """The ID of the pool of ``cidr`` in the address space (with or
         without a sub-pool), None if pynet's IPAM has none."""
         try:
             net = ipaddress.ip_network(cidr, strict=False)
         except (TypeError, ValueError):
             return None
-        for rec in self.store.list(_POOLS + key_id(address_space) + "%2F"):
-            if rec.value.get("pool") == str(net):
-                return rec.value["id"]
-        return None
 
-    def release_pool(self, pool_id: str, holder: str = "") -> bool:
+        def fn(t):
+            for rec in t.list(_POOLS + key_id(address_space) + "%2F"):
+                if rec.value.get("pool") == str(net):
+                    return rec.value["id"]
+            return None
+
+        return self._run(fn, txn)
+
+    def release_pool(self, pool_id: str, holder: str = "", txn=None) -> bool:
         """``holder`` lets go of the pool and of every address it holds in
         it; the pool is forgotten (every address with it) when no holder of
         the pool or of one of its addresses is left.  ``holder=""``: forget
         it whoever holds it.  An unknown pool is already released.  Returns
         whether the pool is gone."""
-        if not isinstance(pool_id, str):
-            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        _check_pool_id(pool_id)
         _check_holder(holder)
-        with self.store.transaction() as t:
+
+        def fn(t):
             rec = t.get(_pool_key(pool_id))
             if rec is None:
                 return True
@@ -199,20 +353,22 @@ class Ipam:
                 t.delete(_pool_holders_prefix(pool_id) + key_id(holder))
                 self._drop_holds(t, rec.value, lambda h: h == holder)
                 if self._held(t, pool_id):
-                    p = t.get(_pool_key(pool_id)).value
+                    p = rec.value
                     if p.get("requested", True):
                         p["requested"] = False  # shown by ipam ls, named by PoolOverlap
                         t.put(_pool_key(pool_id), p)
                     return False
             self._forget(t, pool_id)
-        return True
+            return True
+
+        return self._run(fn, txn)
 
     def _forget(self, t, pool_id: str) -> None:
         kid = key_id(pool_id)
         t.delete(_pool_key(pool_id))
+        t.delete(_cursor_key(pool_id))
         for prefix in (*prefixes(kid), _pool_holders_prefix(pool_id), _holders_prefix(pool_id)):
             t.delete_prefix(prefix)
-        self._geometry.pop(pool_id, None)
 
     @staticmethod
     def _held(t, pool_id: str) -> bool:
@@ -234,7 +390,7 @@ class Ipam:
             addr, h = r.key[len(prefix):].split("/", 1)
             by_addr.setdefault(addr, []).append((r.key, _unescape(h)))
         freed = []
-        bits = Bitmap(t, g.layout)
+        bits = Bitmap(t, g.layout, cached=True)
         for addr, holds in by_addr.items():
             dropped = [k for k, h in holds if which(h)]
             if not dropped:
@@ -243,12 +399,11 @@ class Ipam:
                 t.delete(k)
             if len(dropped) == len(holds) and bits.clear(g.ordinal(ipaddress.ip_address(addr))):
                 freed.append(addr)
-        _uncount(t, p["id"], len(freed))
         return freed
 
     # --- addresses ------------------------------------------------------------------
     def request_address(self, pool_id: str, address: str = "",
-                        options: Optional[dict] = None, holder: str = "") -> str:
+                        options: Optional[dict] = None, holder: str = "", txn=None) -> str:
         """Allocate an address for ``holder``; returns it as ``addr/prefixlen``.
 
         * explicit ``address``: anywhere in the pool, even outside the sub-pool
@@ -257,23 +412,23 @@ class Ipam:
           dynamic range (sub-pool, else pool), as Docker's default IPAM does --
           ``.1`` of a fresh pool, the first address of ``--ip-range`` if given.
         * otherwise: the next free address after the last one handed out, so
-          a just released address is not reused at once; wraps at the end.
+          a just released address is not reused at once; wraps at the end
+          (the cursor is a hint: see the module docstring).
         """
-        if not isinstance(pool_id, str):
-            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        _check_pool_id(pool_id)
         _check_holder(holder)
         opts = parse_options(options)
         wanted = None if address is None or address == "" else parse_address(address)
         gateway = opts.get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE
+        key, cursor_key = _pool_key(pool_id), _cursor_key(pool_id)
 
-        key = _pool_key(pool_id)
-        with self.store.transaction() as t:
-            rec = t.get(key)
+        def fn(t):
+            rec = t.get(key, cached=True)
             if rec is None:
                 raise PoolNotFound(f"pool {pool_id} not found")
             p = rec.value
             g = self._geom(p)
-            bits = Bitmap(t, g.layout)
+            bits = Bitmap(t, g.layout, cached=True)
             if wanted is not None:
                 o = self._check_explicit(g, pool_id, wanted, address)
                 if bits.test(o):
@@ -281,55 +436,60 @@ class Ipam:
             elif gateway:
                 o = bits.find_free(g.rlo, g.rhi)
             else:
-                cursor = min(max(p["cursor"], g.rlo), g.rhi + 1)
+                hint = t.hint(cursor_key)
+                cursor = hint.value.get("cursor", 0) if hint is not None else p.get("cursor", 0)
+                cursor = min(max(int(cursor), g.rlo), g.rhi + 1)
                 o = bits.find_free(cursor, g.rhi)
                 if o is None:
                     o = bits.find_free(g.rlo, cursor - 1)
                 if o is not None:
-                    p["cursor"] = o + 1 if o < g.rhi else g.rlo
+                    t.put(cursor_key, {"cursor": o + 1 if o < g.rhi else g.rlo})
             if o is None:
                 where = f"sub-pool {g.sub_pool} of pool {pool_id}" if g.sub_pool else f"pool {pool_id}"
                 raise PoolExhausted(f"no free address left in {where}")
             bits.set(o)
-            p["used"] += 1
-            t.put(key, p)
             if holder:
                 t.put(_holders_prefix(pool_id, g.address(o)) + key_id(holder),
                       {"gateway": True} if gateway else {})
-        return g.cidr(o)
+            return g.cidr(o)
 
-    def hold_address(self, pool_id: str, address: str, holder: str) -> bool:
+        return self._run(fn, txn)
+
+    def hold_address(self, pool_id: str, address: str, holder: str, txn=None) -> bool:
         """Add ``holder`` to the holders of an allocated address (a network
         holding the gateway its runtime requested).  False (nothing written)
         when the pool is unknown or the address not allocated."""
         if not _check_holder(holder):
             raise InvalidParameter("holder is empty")
         addr = parse_address(address)
-        with self.store.transaction() as t:
-            rec = t.get(_pool_key(pool_id))
+
+        def fn(t):
+            rec = t.get(_pool_key(pool_id), cached=True)
             if rec is None:
                 return False
             g = self._geom(rec.value)
             if addr.version != g.pool.version or addr not in g.pool:
                 return False
             o = g.ordinal(addr)
-            if not Bitmap(t, g.layout).test(o):
+            if not Bitmap(t, g.layout, cached=True).test(o):
                 return False
             t.put(_holders_prefix(pool_id, g.address(o)) + key_id(holder), {})
-        return True
+            return True
 
-    def release_address(self, pool_id: str, address: str, holder: str = "") -> None:
+        return self._run(fn, txn)
+
+    def release_address(self, pool_id: str, address: str, holder: str = "", txn=None) -> None:
         """``holder`` lets go of an address (bare or CIDR); it is freed when
         no holder is left (``holder=""``: freed whoever holds it).  The last
         address hold of a pool no holder holds any more forgets the pool.
         An unknown pool or an address not allocated is already released."""
-        if not isinstance(pool_id, str):
-            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        _check_pool_id(pool_id)
         _check_holder(holder)
         addr = parse_address(address)
         key = _pool_key(pool_id)
-        with self.store.transaction() as t:
-            rec = t.get(key)
+
+        def fn(t):
+            rec = t.get(key, cached=True)
             if rec is None:
                 return
             p = rec.value
@@ -344,14 +504,14 @@ class Ipam:
                     return  # someone else still holds it
             else:
                 t.delete_prefix(hp)
-            if not g.lo <= o <= g.hi or not Bitmap(t, g.layout).clear(o):
+            if not g.lo <= o <= g.hi or not Bitmap(t, g.layout, cached=True).clear(o):
                 return
-            p["used"] -= 1
-            t.put(key, p)
             if p.get("managed") and not self._held(t, pool_id):
                 self._forget(t, pool_id)
 
-    def release_holder(self, pool_id: str, holder: str, prefix: bool = False) -> list[str]:
+        self._run(fn, txn)
+
+    def release_holder(self, pool_id: str, holder: str, prefix: bool = False, txn=None) -> list[str]:
         """``holder`` lets go of every address it holds in the pool, whichever
         they are (``prefix=True``: every holder whose name starts with
         ``holder``, e.g. all ``endpoint/<net>/`` of a network).  This is how an
@@ -360,24 +520,25 @@ class Ipam:
         need not be known.  Addresses other holders keep stay allocated; the
         pool is forgotten as by ``release_address``.  An unknown pool holds
         nothing.  Returns the freed addresses."""
-        if not isinstance(pool_id, str):
-            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        _check_pool_id(pool_id)
         if not _check_holder(holder):
             raise InvalidParameter("holder is empty")
         which = (lambda h: h.startswith(holder)) if prefix else (lambda h: h == holder)
-        with self.store.transaction() as t:
-            rec = t.get(_pool_key(pool_id))
+
+        def fn(t):
+            rec = t.get(_pool_key(pool_id), cached=True)
             if rec is None:
                 return []
             freed = self._drop_holds(t, rec.value, which)
-            p = t.get(_pool_key(pool_id)).value
-            if freed and p.get("managed") and not self._held(t, pool_id):
+            if freed and rec.value.get("managed") and not self._held(t, pool_id):
                 self._forget(t, pool_id)
-        return freed
+            return freed
 
-    def holders(self, pool_id: str) -> dict:
+        return self._run(fn, txn)
+
+    def holders(self, pool_id: str, txn=None) -> dict:
         """{"pool": [holders of the pool], "addresses": {bare address: [holders]}}."""
-        with self.store.transaction() as t:
+        def fn(t):
             self._load(pool_id, t)
             prefix = _holders_prefix(pool_id)
             addrs: dict[str, list[str]] = {}
@@ -385,21 +546,26 @@ class Ipam:
                 addr, h = r.key[len(prefix):].split("/", 1)
                 addrs.setdefault(addr, []).append(_unescape(h))
             pool = [_unescape(r.key.rsplit("/", 1)[1]) for r in t.list(_pool_holders_prefix(pool_id))]
-        return {"pool": pool, "addresses": addrs}
+            return {"pool": pool, "addresses": addrs}
+
+        return self._run(fn, txn)
 
     # --- inspection and repair --------------------------------------------------------
-    def list_pools(self) -> list[dict]:
-        return [self._describe(rec.value) for rec in self.store.list(_POOLS)]
+    def list_pools(self, txn=None) -> list[dict]:
+        return self._run(lambda t: [self._describe(t, rec.value) for rec in t.list(_POOLS)], txn)
 
-    def get_pool(self, pool_id: str) -> dict:
-        return self._describe(self._load(pool_id))
+    def get_pool(self, pool_id: str, txn=None) -> dict:
+        return self._run(lambda t: self._describe(t, self._load(pool_id, t)), txn)
 
-    def allocated(self, pool_id: str) -> Iterator[str]:
+    def allocated(self, pool_id: str, txn=None) -> Iterator[str]:
         """Allocated addresses (bare), ascending."""
-        g = self._geom(self._load(pool_id))
-        return (g.address(o) for o in iter_set(self.store, g.layout))
+        def fn(t):
+            g = self._geom(self._load(pool_id, t))
+            return [g.address(o) for o in iter_set(t, g.layout)]
 
-    def reconcile(self, pool_id: str, held: set[str]) -> list[str]:
+        return iter(self._run(fn, txn))
+
+    def reconcile(self, pool_id: str, held: set[str], txn=None) -> list[str]:
         """Release every allocated address of the pool that is not in ``held``
         (what the runtime really uses) and that no holder record names, and
         return the released ones.
@@ -407,46 +573,46 @@ class Ipam:
         The caller must include allocations still in flight in ``held``;
         this cannot tell a leak from an answer on its way.  An unknown pool
         has nothing to reconcile."""
-        if not isinstance(pool_id, str):
-            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        _check_pool_id(pool_id)
         keep = {str(parse_address(a)) for a in held}
         key = _pool_key(pool_id)
-        released = []
-        with self.store.transaction() as t:
+
+        def fn(t):
             rec = t.get(key)
             if rec is None:
                 return []
-            p = rec.value
-            g = self._geom(p)
+            g = self._geom(rec.value)
             bits = Bitmap(t, g.layout)
+            prefix = _holders_prefix(pool_id)
+            # An address someone holds by record is never a leak: an ADD
+            # that committed its first step after the caller listed what
+            # is in flight holds its address this way (orphaned holds are
+            # released by their holder's own clean-up, not here).
+            by_record = {r.key[len(prefix):].split("/", 1)[0] for r in t.list(prefix)}
+            released = []
             for o in list(iter_set(t, g.layout)):
                 a = g.address(o)
-                # An address someone holds by record is never a leak: an ADD
-                # that committed its first step after the caller listed what
-                # is in flight holds its address this way (orphaned holds are
-                # released by their holder's own clean-up, not here).
-                if a not in keep and not t.list(_holders_prefix(pool_id, a)):
+                if a not in keep and a not in by_record:
                     bits.clear(o)
                     released.append(a)
-            if released:
-                p["used"] -= len(released)
-                t.put(key, p)
-        return released
+            return released
 
-    def reconcile_holder(self, pool_id: str, holder: str, held: set[str]) -> list[str]:
+        return self._run(fn, txn)
+
+    def reconcile_holder(self, pool_id: str, holder: str, held: set[str], txn=None) -> list[str]:
         """``holder`` (a runtime) lets go of every address of the pool it
         holds but no longer lists in ``held`` -- except the automatic
         gateways it asked for, which it never lists.  Addresses other holders
         keep (a CNI pod's on a Docker network) and allocations without a
         holder record stay: only what the runtime itself asked for is
         released.  Returns the freed addresses."""
-        if not isinstance(pool_id, str):
-            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
+        _check_pool_id(pool_id)
         if not _check_holder(holder):
             raise InvalidParameter("holder is empty")
         keep = {str(parse_address(a)) for a in held}
         hk = key_id(holder)
-        with self.store.transaction() as t:
+
+        def fn(t):
             rec = t.get(_pool_key(pool_id))
             if rec is None:
                 return []
@@ -460,26 +626,26 @@ class Ipam:
                 return []
             return self._drop_addr_holds(t, rec.value, holder, gone)
 
+        return self._run(fn, txn)
+
     def _drop_addr_holds(self, t, p: dict, holder: str, addrs: set[str]) -> list[str]:
         g = self._geom(p)
-        bits = Bitmap(t, g.layout)
+        bits = Bitmap(t, g.layout, cached=True)
         freed = []
         for a in sorted(addrs, key=lambda x: ipaddress.ip_address(x)):
             hp = _holders_prefix(p["id"], a)
             t.delete(hp + key_id(holder))
             if not t.list(hp) and bits.clear(g.ordinal(ipaddress.ip_address(a))):
                 freed.append(a)
-        _uncount(t, p["id"], len(freed))
         return freed
 
-    def verify(self, pool_id: str) -> list[str]:
+    def verify(self, pool_id: str, txn=None) -> list[str]:
         """Consistency problems of one pool's state (empty list = sound):
-        the used count against the bitmap, and every summary bit against
-        the blocks below it."""
-        problems = []
-        with self.store.transaction() as t:
-            p = self._load(pool_id, t)
-            g = self._geom(p)
+        bits set outside the pool, and every summary bit against the blocks
+        below it."""
+        def fn(t):
+            problems = []
+            g = self._geom(self._load(pool_id, t))
             lay = g.layout
             blocks: dict[int, dict[int, int]] = {0: {}}
             leaf_prefix, full_prefix = prefixes(g.key)
@@ -488,9 +654,6 @@ class Ipam:
             for rec in t.list(full_prefix):
                 level, block = rec.key[len(full_prefix):].split("/")
                 blocks.setdefault(int(level), {})[int(block, 16)] = int.from_bytes(rec.value, "little")
-            popcount = sum(x.bit_count() for x in blocks[0].values())
-            if popcount != p["used"]:
-                problems.append(f"used count {p['used']} but {popcount} addresses marked allocated")
             for k, x in blocks[0].items():
                 if x & ~lay.valid(0, k):
                     problems.append(f"block {k:x} marks reserved or out-of-pool addresses")
@@ -502,13 +665,14 @@ class Ipam:
                         want[hi] = want.get(hi, 0) | 1 << j
                 if want != {k: x for k, x in blocks.get(level, {}).items() if x}:
                     problems.append(f"summary level {level} disagrees with level {level - 1}")
-        return problems
+            return problems
+
+        return self._run(fn, txn)
 
     # --- helpers ------------------------------------------------------------------------
-    def _load(self, pool_id: str, txn=None) -> dict:
-        if not isinstance(pool_id, str):
-            raise InvalidParameter(f"pool id must be a string, got {pool_id!r}")
-        rec = (txn or self.store).get(_pool_key(pool_id))
+    def _load(self, pool_id: str, t) -> dict:
+        _check_pool_id(pool_id)
+        rec = t.get(_pool_key(pool_id))
         if rec is None:
             raise PoolNotFound(f"pool {pool_id} not found")
         return rec.value
@@ -533,12 +697,15 @@ class Ipam:
             raise InvalidAddress(f"address {addr} is the {kind} address of pool {g.pool}")
         return o
 
-    def _describe(self, p: dict) -> dict:
+    def _describe(self, t, p: dict) -> dict:
         g = self._geom(p)
+        # counted, not stored: a stored count would be rewritten by every allocation
+        used = sum(int.from_bytes(r.value, "little").bit_count()
+                   for r in t.list(prefixes(g.key)[0]))
         return {
             "id": p["id"], "address_space": p["address_space"], "pool": p["pool"],
             "sub_pool": p["sub_pool"], "v6": p["v6"], "options": dict(p.get("options") or {}),
             "size": g.size, "dynamic_size": max(0, g.rhi - g.rlo + 1),
-            "used": p["used"], "free": g.size - p["used"],
+            "used": used, "free": g.size - used,
             "requested": p.get("requested", True),
         }

@@ -86,20 +86,23 @@ class Bitmap:
     """The bitmap of one pool seen through one store transaction.
 
     Blocks read or written in this transaction are cached, so the
-    find-then-set of one allocation reads each block once.
+    find-then-set of one allocation reads each block once.  ``cached``: read
+    the blocks with ``txn.get(key, cached=True)`` (a v2 txn may answer from the
+    store's record cache; the commit validates it).
     """
 
-    def __init__(self, txn, layout: Layout):
+    def __init__(self, txn, layout: Layout, cached: bool = False):
         self._t = txn
         self._l = layout
         self._cache: dict[str, int] = {}
+        self._cached = cached
 
     # --- block I/O -----------------------------------------------------------
     def _read(self, level: int, block: int) -> int:
         key = self._l.key(level, block)
         x = self._cache.get(key)
         if x is None:
-            rec = self._t.get(key)
+            rec = self._t.get(key, cached=True) if self._cached else self._t.get(key)
             x = int.from_bytes(rec.value, "little") if rec is not None else 0
             self._cache[key] = x
         return x

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from flask import Flask, Response, request
 
@@ -46,8 +46,10 @@ def _reply(body: Any, status: int = 200) -> Response:
                     content_type=CONTENT_TYPE)
 
 
-def create_app(controller) -> Flask:
-    """The Flask app serving ``controller`` to dockerd."""
+def create_app(controller, routes: Iterable[Callable] = ()) -> Flask:
+    """The Flask app serving ``controller`` to dockerd.  ``routes``: more routes
+    from the caller, each ``register(app, controller)`` -- the daemon hands in
+    the CNI shim's (``pynet.cni.route``), so this package never imports CNI."""
     app = Flask("pynet.plugin_api")
     app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
     c = controller
@@ -173,12 +175,15 @@ def create_app(controller) -> Flask:
     @route("NetworkDriver.AllocateNetwork")
     def allocate_network(body):
         """in: {"NetworkID", "Options", "IPv4Data", "IPv6Data"} (swarm managers only)
-        out: {"Options": {}}  -- a local-scope driver allocates nothing cluster-wide"""
-        return {"Options": {}}
+        out: {"Options": {...}}  -- ``{}`` for a local-scope driver, which allocates
+        nothing cluster-wide; a global driver's allocation (once per network)"""
+        return wire.render_allocate(controller.allocate_network(**wire.allocate_network_args(body)))
 
     @route("NetworkDriver.FreeNetwork")
     def free_network(body):
         """in: {"NetworkID"}  out: {}"""
+        (network_id,) = wire.ids(body, "NetworkID")
+        controller.free_network(network_id)
         return {}
 
     # ------------------------------------------------------------ IpamDriver
@@ -222,8 +227,8 @@ def create_app(controller) -> Flask:
         c.release_address(pool_id, wire.get_str(body, "Address", required=True), holder=DOCKER)
         return {}
 
-    from pynet.plugin_api.cni_route import register_cni  # CNI shim -> daemon
-    register_cni(app, c)
+    for register_routes in routes:
+        register_routes(app, c)
 
     # ---------------------------------------------------------------- errors
     @app.errorhandler(errors.PynetError)

@@ -165,18 +165,7 @@ def create_network_args(body: dict) -> dict:
     """CreateNetwork body -> keyword arguments of Controller.create_network."""
     (network_id,) = ids(body, "NetworkID")
     options = get_dict(body, "Options")
-    generic = get_dict(options, OPT_GENERIC, "Options.")
-    drv_opts = {}
-    for k, v in generic.items():
-        # `-o key=value` arrives as strings; keep scalars as given.
-        if isinstance(v, (dict, list)):
-            raise errors.InvalidRequest(f"option {k} must be a scalar, not {_json_type(v)}")
-        validate.option_key(k)
-        drv_opts[k] = v if v is None else validate.option_value(v, f"option {k}")
-    driver_option_values(drv_opts)
-    driver = drv_opts.pop(OPT_DRIVER, "") or DEFAULT_DRIVER
-    if not isinstance(driver, str):
-        raise errors.InvalidRequest(f"option {OPT_DRIVER} must be a string")
+    driver, drv_opts = driver_and_options(get_dict(options, OPT_GENERIC, "Options."))
     return dict(
         network_id=network_id,
         ipv4=ip_data_list(body, "IPv4Data"),
@@ -187,6 +176,40 @@ def create_network_args(body: dict) -> dict:
         options=drv_opts,
         created_by="docker",
     )
+
+
+def allocate_network_args(body: dict) -> dict:
+    """AllocateNetwork body (``{"NetworkID", "Options": {str: str}, "IPv4Data",
+    "IPv6Data"}``, swarm managers only) -> keyword arguments of
+    Controller.allocate_network.  The options are the flat driver options;
+    ``pynet.driver`` picks the pynet driver as in CreateNetwork."""
+    (network_id,) = ids(body, "NetworkID")
+    driver, opts = driver_and_options(get_dict(body, "Options"))
+    return dict(network_id=network_id, driver=driver, options=opts,
+                ipv4=ip_data_list(body, "IPv4Data"), ipv6=ip_data_list(body, "IPv6Data"))
+
+
+def render_allocate(allocated: dict) -> dict:
+    """AllocateNetwork's answer: ``{"Options": {str: str}}`` (handed back by
+    dockerd in CreateNetwork); ``{}`` options for a local-scope driver."""
+    return {"Options": {str(k): str(v) for k, v in (allocated or {}).items()}}
+
+
+def driver_and_options(raw: dict) -> tuple[str, dict]:
+    """Docker's flat driver options (``-o key=value``: strings; scalars kept as
+    given) -> (the pynet driver named by ``pynet.driver``, the other options),
+    every key and value checked at the door."""
+    opts = {}
+    for k, v in raw.items():
+        if isinstance(v, (dict, list)):
+            raise errors.InvalidRequest(f"option {k} must be a scalar, not {_json_type(v)}")
+        validate.option_key(k)
+        opts[k] = v if v is None else validate.option_value(v, f"option {k}")
+    driver_option_values(opts)
+    driver = opts.pop(OPT_DRIVER, "") or DEFAULT_DRIVER
+    if not isinstance(driver, str):
+        raise errors.InvalidRequest(f"option {OPT_DRIVER} must be a string")
+    return driver, opts
 
 
 def driver_option_values(opts: dict) -> None:

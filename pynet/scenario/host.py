@@ -3,8 +3,8 @@
 * :class:`NodeService` -- the underlay switch namespace and "outside" hosts:
   links, addresses and routes through pynet's Netlink (no pynet instance).
 * :class:`HostService` -- a scenario *host*: its own pynet instance (state
-  directory, store, IPAM, bridge driver, firewall when built by the daemon's
-  factory) created in the host namespace, driven with the Controller's CNM
+  directory, store, IPAM, drivers, firewall, built by the composition root
+  ``pynet.root`` as the daemon's are) created in the host namespace, driven with the Controller's CNM
   verbs exactly as dockerd drives them: create network, create endpoint,
   join, then ``pynet.cnm.sandbox.attach`` (dockerd's part after Join).
   Sandboxes attached by CNI are attached the runtime's way instead: the
@@ -100,9 +100,8 @@ class HostService(NodeService):
 
     def init(self, instance: str, state_dir: str, ip_forward: bool = True,
              firewall="auto", chain_prefix: str = "PYNET", cni_path: str = "", **_kw) -> dict:
+        from pynet import root
         from pynet.config import Config
-        from pynet import daemon
-        from pynet.sysctl import Sysctl
 
         self.instance = instance
         self.state_dir = state_dir
@@ -111,26 +110,13 @@ class HostService(NodeService):
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         cfg = Config(plugin_name=instance, state_dir=state_dir, chain_prefix=chain_prefix,
                      socket_path=os.path.join(state_dir, "plugin.sock"))
-        # The daemon's own factory: store, IPAM, drivers and (once wired)
-        # the firewall -- inside this namespace, so iptables is this host's.
-        store = daemon.open_store(cfg)
-        from pynet.cnm.controller import Controller
-        from pynet.ipam import Ipam
-        fw = daemon.build_firewall(cfg) if firewall is not False else None
-        if firewall is True and fw is None:
-            raise RuntimeError("this pynet build has no firewall to enable")
-        if fw is not None and cni_path:
-            # CNI binaries sync the same rules from other processes: serialise
-            # as they do (state dir lock, state re-read from the store)
-            from pynet.cni.plugin import SerialFirewall
-            box = {}
-            fw = SerialFirewall(fw, os.path.join(state_dir, "firewall.lock"),
-                                lambda: (box["c"].networks(), box["c"].endpoints()))
-        self.controller = Controller(store, Ipam(store, default_pools=cfg.default_pools),
-                                     daemon.build_drivers(cfg), firewall=fw)
-        if fw is not None and cni_path:
-            box["c"] = self.controller
-        Sysctl().set("net/ipv4/ip_forward", 1 if ip_forward else 0)
+        # The composition root's controller, the daemon's: store, IPAM, drivers
+        # and the firewall (serialised with the CNI binaries that sync the same
+        # rules from other processes) -- inside this namespace, so iptables is
+        # this host's.
+        self.controller = root.build_controller(cfg, firewall=firewall is not False)
+        fw = self.controller.firewall
+        root.build_sysctl().set("net/ipv4/ip_forward", 1 if ip_forward else 0)
         return {"firewall": fw is not None, "drivers": sorted(self.controller.drivers),
                 "chain_prefix": chain_prefix}
 

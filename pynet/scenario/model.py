@@ -32,13 +32,15 @@ from typing import Any, Optional
 
 import yaml
 
+from pynet import drivers as registry
 from pynet import errors
 
 DEFAULT_UNDERLAY = "10.99.0.0/24"
 # TEST-NET-1 is reserved by the project's safety rules: never used by a scenario.
 FORBIDDEN_NETS = [ipaddress.ip_network("192.0.2.0/24")]
 SANDBOX_MODES = ("netns", "host", "none", "container")
-CNI_PLUGINS = {"pynet-bridge": "bridge", "pynet-macvlan": "macvlan"}
+# the installed interface plugins: pynet-<driver> per registered driver
+CNI_PLUGINS = {registry.cni_plugin_name(n): n for n in registry.names()}
 CNI_VERSION = "1.0.0"
 # conflist keys the runner sets itself (the host's pynet instance)
 CNI_RESERVED = ("name", "pynet", "prevResult", "runtimeConfig", "args")
@@ -459,12 +461,9 @@ class _Parser:
                 if gateway and gateway != net.gateway:
                     self.fail(f"{cw}.gateway", f"network {cname} has gateway {net.gateway or '(IPAM)'}")
                 subnet, gateway = net.subnet, net.gateway
-                c.setdefault("ipMasq", str(net.options.get(
-                    "com.docker.network.bridge.enable_ip_masquerade", "true")).lower() == "true")
-                if net.options.get("com.docker.network.bridge.name"):
-                    c.setdefault("bridge", net.options["com.docker.network.bridge.name"])
-                if driver == "macvlan" and net.options.get("parent"):
-                    c.setdefault("master", net.options["parent"])
+                # the conflist keys that describe the network: the driver's to say
+                for k, v in registry.driver_class(driver).cni_from_options(net.options).items():
+                    c.setdefault(k, v)
             else:
                 net = NetSpec(name=cname, host=host.name, driver=driver, origin="cni")
                 net.subnet, net.gateway = subnet, gateway
@@ -473,8 +472,7 @@ class _Parser:
                             ipaddress.ip_network(subnet)):
                 self.fail(f"{cw}.gateway", "needs a subnet that contains it")
             entry = {"type": typ}
-            if driver == "bridge":
-                entry.update(isGateway=True, isDefaultGateway=True, ipMasq=True)
+            entry.update(registry.driver_class(driver).cni_defaults())
             entry["capabilities"] = {"portMappings": True, "ips": True, "mac": True}
             entry.update(c)
             if "ipam" not in entry:

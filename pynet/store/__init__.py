@@ -23,6 +23,18 @@ Two APIs live side by side while the callers migrate:
     on a fresh snapshot, at most ``retries`` more times, then ``StoreConflict`` (transient).  An
     exception from ``fn`` writes nothing.  ``fn`` may therefore run several times: no side
     effects in it.  No nesting: pass the txn down.  Read-only txns cost no commit.
+  - the record cache (one per store object, i.e. per process; ``pynet.store.optimistic``):
+    ``t.get(key, cached=True)`` may answer without a round trip; the read is recorded with the
+    cached ``mod_revision`` and validated by the commit like any other, and a failed commit
+    brings the current records back (etcd: the Txn's failure branch) so the retry needs no read.
+    A warm read-modify-write is then ONE round trip on etcd.  Read-only txns and txns whose
+    ``fn`` raised are validated (one compare-only commit) when the cache answered a read.
+    ``t.hint(key)``: read without recording (no compare; a later put is blind) -- for values
+    that only steer a choice the recorded reads make correct (the IPAM's next-fit cursor).
+    ``t.delete_prefix(prefix)``: one blind delete-range at commit.
+  - ``locking``: whether ``transaction()`` is a pessimistic write lock (SQLite, memory);
+    ``in_transaction()``: whether this thread has one open (the IPAM joins it then).
+    ``EtcdStore.round_trips`` counts HTTP requests, so tests count round trips exactly.
   - ``list(prefix)`` returns a ``Listing``: a list of records with ``.revision``, the revision it
     read at.  ``watch(prefix, from_revision)`` delivers every change with revision >=
     ``from_revision`` in revision order (``Event``: put/delete, key, value, revision); the only
@@ -112,12 +124,19 @@ class Txn(Protocol):
 
 class TxnV2(Protocol):
     """What ``fn`` gets in ``store.txn(fn)``."""
-    revision: Optional[int]  # the snapshot's revision, fixed by the first read
+    revision: Optional[int]  # the snapshot's revision, fixed by the first fetched read
 
-    def get(self, key: str) -> Optional[Record]: ...
+    def get(self, key: str, cached: bool = False) -> Optional[Record]:
+        """``cached``: may come from the record cache (validated at commit); its value is shared
+        with the cache: do not mutate it."""
+        ...
+    def hint(self, key: str) -> Optional[Record]:
+        """Read without recording: no compare at commit, may be stale."""
+        ...
     def list(self, prefix: str) -> Listing: ...
     def put(self, key: str, value: Any, lease: int = 0) -> None: ...
     def delete(self, key: str) -> None: ...
+    def delete_prefix(self, prefix: str) -> None: ...
     def create(self, key: str, value: Any, lease: int = 0) -> None:
         """Put only if absent: ``KeyExists`` when the snapshot has it; a concurrent creation makes
         the commit conflict, and the retry then sees the key and raises ``KeyExists``."""
@@ -125,6 +144,12 @@ class TxnV2(Protocol):
 
 
 class Store(Txn, Protocol):
+    locking: bool  # transaction() is a pessimistic write lock (not on etcd)
+
+    def in_transaction(self) -> bool:
+        """This thread has a v1 ``transaction()`` open on this store."""
+        ...
+
     def transaction(self) -> "Iterator[Txn]":
         """v1: context manager, all-or-nothing, serializable against other writers (not on etcd)."""
         ...
@@ -140,15 +165,3 @@ class Store(Txn, Protocol):
     def revision(self) -> int: ...
 
     def close(self) -> None: ...
-
-
-def open_store(url_or_dir: str) -> "Store":
-    """Open the store named by a state directory (embedded SQLite) or a URL:
-    ``etcd://host:port[,host:port...]`` (the v3 JSON gateway over plain HTTP)."""
-    if url_or_dir.startswith("etcd://"):
-        from pynet.store.etcd import EtcdStore
-
-        return EtcdStore.from_url(url_or_dir)
-    from pynet.store.sqlite import SqliteStore
-
-    return SqliteStore.in_state_dir(url_or_dir)

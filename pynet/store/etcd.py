@@ -108,6 +108,8 @@ class EtcdStore(TxnRunner):
         self._client = httpx.Client(timeout=self._timeout)
         self._current = 0
         self._watches: set = set()
+        # HTTP requests sent (every member tried counts): lets a test count round trips exactly
+        self.round_trips = 0
 
     @classmethod
     def from_url(cls, url: str, **kw) -> "EtcdStore":
@@ -122,6 +124,7 @@ class EtcdStore(TxnRunner):
         for i in range(n):
             idx = (self._current + i) % n
             ep = self.endpoints[idx]
+            self.round_trips += 1
             try:
                 r = self._client.post(ep + "/v3" + path, json=body)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:  # never reached a member
@@ -148,8 +151,12 @@ class EtcdStore(TxnRunner):
         data = self._call("/kv/range", body)
         return [_record(kv) for kv in data.get("kvs", ())], int(data["header"]["revision"])
 
-    def _txn(self, compare: list[dict], success: list[dict]) -> tuple[bool, dict]:
-        data = self._call("/kv/txn", {"compare": compare, "success": success})
+    def _txn(self, compare: list[dict], success: list[dict],
+             failure: Optional[list[dict]] = None) -> tuple[bool, dict]:
+        body = {"compare": compare, "success": success}
+        if failure:
+            body["failure"] = failure
+        data = self._call("/kv/txn", body)
         return bool(data.get("succeeded")), data
 
     @staticmethod
@@ -159,6 +166,9 @@ class EtcdStore(TxnRunner):
             if op[3]:
                 req["lease"] = str(op[3])
             return {"request_put": req}
+        if op[0] == "delete_prefix":
+            return {"request_delete_range": {"key": _b64(op[1]) if op[1] else _b64(b"\0"),
+                                             "range_end": _range_end(op[1])}}
         return {"request_delete_range": {"key": _b64(op[1])}}
 
     @staticmethod
@@ -223,9 +233,19 @@ class EtcdStore(TxnRunner):
     def _snapshot(self) -> "_EtcdSnapshot":
         return _EtcdSnapshot(self)
 
-    def _commit(self, compares: list[tuple], ops: list[tuple]) -> bool:
-        ok, _ = self._txn([self._compare(c) for c in compares], [self._op(o) for o in ops])
-        return ok
+    def _commit(self, compares: list[tuple], ops: list[tuple], want=()) -> tuple:
+        """One Txn.  Its failure branch reads ``want`` (the keys the record cache answered or
+        will answer), so a stale cache is refreshed by the very answer that says it was stale."""
+        failure = [{"request_range": {"key": _b64(k)}} for k in want]
+        ok, data = self._txn([self._compare(c) for c in compares], [self._op(o) for o in ops], failure)
+        rev = int(data["header"]["revision"])
+        if ok:
+            return True, rev, {}
+        current: dict = {}
+        for key, resp in zip(want, data.get("responses") or ()):
+            kvs = resp.get("response_range", {}).get("kvs") or ()
+            current[key] = _record(kvs[0]) if kvs else None
+        return False, rev, current
 
     def revision(self) -> int:
         data = self._call("/kv/range", {"key": _b64(b"\0"), "count_only": True})

@@ -28,6 +28,7 @@ _REAP_SLICE = 0.05  # s: how often a waiting watcher looks for expired leases
 
 
 class MemoryStore(TxnRunner):
+    locking = True  # transaction() holds the store's lock
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
         self._hist: dict[str, list[tuple]] = {}  # key -> [(mod, create, value|_TOMB, lease)]
@@ -39,6 +40,7 @@ class MemoryStore(TxnRunner):
         self._leases: dict[int, list] = {}  # id -> [ttl, expires_at]
         self._lease_ids = itertools.count(1)
         self._cond = threading.Condition(threading.RLock())
+        self._depth = threading.local()  # v1 transaction() nesting, per thread
 
     # --- internals (call with the lock held) -----------------------------------------------------
     def _cur(self, key: str) -> Optional[tuple]:
@@ -140,9 +142,13 @@ class MemoryStore(TxnRunner):
                     if k.startswith(prefix) and (c := self._cur(k)) is not None]
             return Listing(recs, self._rev)
 
+    def in_transaction(self) -> bool:
+        return getattr(self._depth, "n", 0) > 0
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator["MemoryStore"]:
         with self._cond:
+            self._depth.n = getattr(self._depth, "n", 0) + 1
             saved = ({k: list(v) for k, v in self._hist.items()}, self._rev, len(self._log),
                      {k: list(v) for k, v in self._leases.items()})
             try:
@@ -151,6 +157,8 @@ class MemoryStore(TxnRunner):
                 self._hist, self._rev, n, self._leases = saved
                 del self._log[n:], self._log_revs[n:]
                 raise
+            finally:
+                self._depth.n -= 1
 
     def update(self, key: str, fn: Callable[[Any], Any]) -> Any:
         with self.transaction():
@@ -164,27 +172,35 @@ class MemoryStore(TxnRunner):
 
     # --- v2: snapshots and commit for TxnRunner ----------------------------------------------------
     def _snapshot(self):
+        if self.in_transaction():  # it would read the v1 transaction's uncommitted writes
+            raise RuntimeError("store.txn() inside store.transaction(): use the transaction")
         with self._cond:
             self._reap()
             return _MemSnapshot(self, self._rev)
 
-    def _commit(self, compares: list[tuple], ops: list[tuple]) -> bool:
+    def _commit(self, compares: list[tuple], ops: list[tuple], want=()) -> tuple:
         with self._cond:
             self._reap()
             for cmp in compares:
                 if cmp[0] == "mod":
                     cur = self._cur(cmp[1])
-                    if (cur[0] if cur else 0) != cmp[2]:
-                        return False
+                    ok = (cur[0] if cur else 0) == cmp[2]
                 elif cmp[0] == "absent":
-                    if self._cur(cmp[1]) is not None:
-                        return False
+                    ok = self._cur(cmp[1]) is None
                 else:  # range_lt
-                    for k in self._hist:
-                        if k.startswith(cmp[1]) and (c := self._cur(k)) and c[0] >= cmp[2]:
-                            return False
-            self._apply(ops)
-            return True
+                    ok = not any(k.startswith(cmp[1]) and (c := self._cur(k)) and c[0] >= cmp[2]
+                                 for k in self._hist)
+                if not ok:
+                    current = {k: (self._record(k, c) if (c := self._cur(k)) else None) for k in want}
+                    return False, self._rev, current
+            expanded = []
+            for op in ops:
+                if op[0] == "delete_prefix":
+                    expanded += [("delete", k) for k in sorted(self._hist)
+                                 if k.startswith(op[1]) and self._cur(k) is not None]
+                else:
+                    expanded.append(op)
+            return True, self._apply(expanded), {}
 
     def revision(self) -> int:
         with self._cond:

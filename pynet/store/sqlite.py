@@ -73,6 +73,7 @@ _KV_COLUMNS = {"create_rev": "INTEGER NOT NULL DEFAULT 0", "lease": "INTEGER NOT
 # a row is visible unless its lease has expired (it is deleted for good by the next reap)
 _LIVE = "(lease = 0 OR EXISTS (SELECT 1 FROM leases l WHERE l.id = kv.lease AND l.expires > ?))"
 
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 POLL_INTERVAL = 0.05
 REAP_INTERVAL = 0.5
 CHANGE_LOG_KEEP = 10000
@@ -91,6 +92,16 @@ def _decode(blob: bytes, is_json: int) -> Any:
 def _prefix_end(prefix: str) -> str:
     # every key starting with prefix sorts in [prefix, prefix + U+10FFFF)
     return prefix + "\U0010ffff"
+
+
+_IN_QUERIES: dict[int, str] = {}
+
+
+def _in_query(n: int) -> str:
+    q = _IN_QUERIES.get(n)
+    if q is None:
+        q = _IN_QUERIES[n] = f"SELECT key, version FROM kv WHERE key IN ({','.join('?' * n)})"
+    return q
 
 
 def _is_lock_error(e: sqlite3.OperationalError) -> bool:
@@ -113,8 +124,11 @@ class _SqliteTxn:
         self._c = conn
 
     def _next_revision(self) -> int:
-        self._c.execute("UPDATE meta SET v = v + 1 WHERE k = 'revision'")
-        rev = self._c.execute("SELECT v FROM meta WHERE k = 'revision'").fetchone()[0]
+        if _RETURNING:  # one statement instead of two on every write
+            rev = self._c.execute("UPDATE meta SET v = v + 1 WHERE k = 'revision' RETURNING v").fetchone()[0]
+        else:
+            self._c.execute("UPDATE meta SET v = v + 1 WHERE k = 'revision'")
+            rev = self._c.execute("SELECT v FROM meta WHERE k = 'revision'").fetchone()[0]
         if rev % 1000 == 0 and rev > CHANGE_LOG_KEEP:  # keep the change log bounded
             _compact(self._c, rev - CHANGE_LOG_KEEP)
         return rev
@@ -222,6 +236,7 @@ class SqliteStore(_SqliteTxn, TxnRunner):
     transaction, ``transaction()`` groups several."""
 
     FILENAME = "pynet.db"
+    locking = True  # transaction() is a real write lock (BEGIN IMMEDIATE)
 
     def __init__(self, path: str, busy_timeout: float = 30.0):
         self.path = path
@@ -364,20 +379,30 @@ class SqliteStore(_SqliteTxn, TxnRunner):
         self._local.snapshot = True
         return _SqliteSnapshot(self, conn, rev)
 
-    def _commit(self, compares: list[tuple], ops: list[tuple]) -> bool:
-        with self.transaction() as t:
+    def _commit(self, compares: list[tuple], ops: list[tuple], want=()) -> tuple:
+        # reads only (validating what the record cache answered): a read transaction is atomic enough
+        with (self.transaction() if ops else self._read_txn()) as t:
             c = t._c
+            keyed = {cmp[1]: (cmp[2] if cmp[0] == "mod" else 0) for cmp in compares if cmp[0] != "range_lt"}
+            ok = True
+            if keyed:  # every per-key compare in one query: each row must match, absent keys have none
+                keys = list(keyed)
+                present = 0
+                for i in range(0, len(keys), 500):  # under SQLite's bound-parameter limit
+                    part = keys[i:i + 500]
+                    for k, v in c.execute(_in_query(len(part)), part):
+                        present += 1
+                        if keyed[k] != v:
+                            ok = False
+                ok = ok and present == sum(1 for v in keyed.values() if v)
             for cmp in compares:
-                if cmp[0] == "mod":
-                    row = c.execute("SELECT version FROM kv WHERE key = ?", (cmp[1],)).fetchone()
-                    if (row[0] if row else 0) != cmp[2]:
-                        return False
-                elif cmp[0] == "absent":
-                    if c.execute("SELECT 1 FROM kv WHERE key = ?", (cmp[1],)).fetchone():
-                        return False
-                elif c.execute("SELECT 1 FROM kv WHERE key >= ? AND key < ? AND version >= ? LIMIT 1",
-                               (cmp[1], _prefix_end(cmp[1]), cmp[2])).fetchone():
-                    return False
+                if not ok:
+                    break
+                if cmp[0] == "range_lt":
+                    ok = c.execute("SELECT 1 FROM kv WHERE key >= ? AND key < ? AND version >= ? LIMIT 1",
+                                   (cmp[1], _prefix_end(cmp[1]), cmp[2])).fetchone() is None
+            if not ok:
+                return False, t._revision(), {k: _SqliteTxn.get(t, k) for k in want}
             for op in ops:
                 if op[0] == "put":
                     t._check_lease(op[3])
@@ -386,10 +411,32 @@ class SqliteStore(_SqliteTxn, TxnRunner):
                 if op[0] == "put":
                     rev = rev or t._next_revision()
                     t._write(op[1], op[2], rev, op[3])
+                elif op[0] == "delete_prefix":
+                    keys = [k for (k,) in c.execute("SELECT key FROM kv WHERE key >= ? AND key < ?",
+                                                    (op[1], _prefix_end(op[1])))]
+                    if keys:
+                        rev = rev or t._next_revision()
+                        for k in keys:
+                            t._remove(k, rev)
                 elif c.execute("SELECT 1 FROM kv WHERE key = ?", (op[1],)).fetchone():
                     rev = rev or t._next_revision()
                     t._remove(op[1], rev)
-            return True
+            return True, rev or t._revision(), {}
+
+    @contextlib.contextmanager
+    def _read_txn(self) -> Iterator[_SqliteTxn]:
+        conn = self._c
+        if self._local.depth or self._local.snapshot:
+            raise RuntimeError("store.txn() inside store.transaction() or another txn")
+        with _unavailable(self.path):
+            conn.execute("BEGIN")
+            try:
+                yield _SqliteTxn(conn)
+            finally:
+                conn.execute("COMMIT")
+
+    def in_transaction(self) -> bool:
+        return bool(getattr(self._local, "depth", 0))
 
     def revision(self) -> int:
         self._c

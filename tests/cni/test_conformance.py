@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -585,48 +584,6 @@ def test_add_imports_neither_flask_nor_scapy_nor_etcd(cni):
     for bad in ("flask", "werkzeug", "scapy", "etcd3", "etcd", "waitress", "grpc"):
         assert not any(m == bad or m.startswith(bad + ".") for m in mods), bad
     cni.delete(conf, "imp1", ns)
-
-
-def test_timing_smoke_vs_reference_chain(cni):
-    """20 ADD+DEL pairs: pynet-bridge (in-process, then with the daemon) vs the
-    reference bridge + host-local + portmap chain.  Printed; loose bounds."""
-    ns = cni.container()
-    pm = [{"HostPort": 18450, "ContainerPort": 80, "Protocol": "tcp", "HostIP": ""}]
-    ref = {"cniVersion": "1.0.0", "name": f"{cni.prefix}-ref", "type": "bridge", "bridge": f"{cni.prefix}-rf",
-           "isGateway": True, "ipMasq": True, "hairpinMode": True,
-           "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.250.8.0/24"}]],
-                    "routes": [{"dst": "0.0.0.0/0"}], "dataDir": os.path.join(cni.state_dir, "hl")}}
-    n = 20
-
-    def ref_pair(i):
-        r = cni.add(ref, f"r{i}", ns, plugin="bridge").out
-        p = {"cniVersion": "1.0.0", "name": ref["name"], "type": "portmap", "snat": True,
-             "capabilities": {"portMappings": True}, "runtimeConfig": {"portMappings": pm}, "prevResult": r}
-        cni.add(p, f"r{i}", ns, plugin="portmap")
-        cni.delete(p, f"r{i}", ns, plugin="portmap")
-        cni.delete(dict(ref, prevResult=r), f"r{i}", ns, plugin="bridge")
-
-    conf = cni.conf(runtimeConfig={"portMappings": pm})
-
-    def pynet_pair(i):
-        cni.add(conf, f"p{i}", ns)
-        cni.delete(conf, f"p{i}", ns)
-
-    def timed(fn):
-        fn(99)
-        t = time.perf_counter()
-        for i in range(n):
-            fn(i)
-        return (time.perf_counter() - t) / n * 1000
-
-    t_ref = timed(ref_pair)
-    t_alone = timed(pynet_pair)
-    cni.start_daemon()
-    t_daemon = timed(pynet_pair)
-    print(f"\nADD+DEL ms: reference chain {t_ref:.0f}, pynet standalone {t_alone:.0f} "
-          f"({t_alone / t_ref:.2f}x), pynet with daemon {t_daemon:.0f} ({t_daemon / t_ref:.2f}x)")
-    assert t_alone <= 3.5 * t_ref
-    assert t_daemon <= 1.5 * t_ref
 
 
 # ------------------------------------------------------------------ macvlan

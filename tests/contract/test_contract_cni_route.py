@@ -1,4 +1,4 @@
-"""``POST /Pynet.CNI`` (pynet.plugin_api.cni_route) with envelopes the shim
+"""``POST /Pynet.CNI`` (pynet.cni.route, handed to the Docker app by the daemon) with envelopes the shim
 never sends: a 4xx ``{"Err"}`` or a CNI error answer (code 4/6/7), never a
 500, nothing changed; and a finished verb's answer survives its log line."""
 from __future__ import annotations
@@ -14,6 +14,7 @@ from tests.support.fakes import FakeDriver, FakeFirewall
 @pytest.fixture
 def cni(tmp_path):
     from pynet.cni.shim import namespace_ids
+    from pynet.cni.route import register_cni
     from pynet.cnm.controller import Controller
     from pynet.plugin_api.app import create_app
     from pynet.store.memory import MemoryStore
@@ -24,7 +25,7 @@ def cni(tmp_path):
     store.path = str(state / "pynet.db")   # the route serves the store's state dir
     c = Controller(store, make_ipam(store), {"bridge": FakeDriver()}, firewall=FakeFirewall(),
                    port_allocator=None)
-    app = create_app(c)
+    app = create_app(c, routes=[register_cni])
     app.testing = False
     client = app.test_client()
     net, mnt = namespace_ids()
@@ -80,11 +81,11 @@ def test_envelope_of_the_wrong_types_is_a_400(cni, field, value):
                                        ("CNI_COMMAND", 1), ("CNI_CONTAINERID", "c\udfff"),
                                        ("CNI_IFNAME", "e\ud800")])
 def test_bad_env_values_answer_code_4(cni, monkeypatch, var, value):
-    import pynet.cni.plugin as plugin
+    import pynet.cni.dispatch as dispatch
 
     calls = []
-    real = plugin.run
-    monkeypatch.setattr(plugin, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = dispatch.run
+    monkeypatch.setattr(dispatch, "run", lambda *a, **k: calls.append(a) or real(*a, **k))
     before = snapshot(cni.store)
     env = cni.envelope()["env"]
     env[var] = value
@@ -107,11 +108,11 @@ def test_stdin_with_a_surrogate_no_byte_maps_to_is_refused(cni, stdin):
 def test_finished_add_is_answered_even_if_logging_fails(cni, monkeypatch):
     """The ADD is done (the interface exists): a failing log line must not make
     the answer a 500, which the shim reports as code 11 (try again)."""
-    import pynet.cni.plugin as plugin
-    import pynet.plugin_api.cni_route as route
+    import pynet.cni.dispatch as dispatch
+    import pynet.cni.route as route
 
     result = json.dumps({"cniVersion": "1.0.0", "ips": [{"address": "10.1.0.2/24"}]}) + "\n"
-    monkeypatch.setattr(plugin, "run", lambda *a, **k: (result, 0))
+    monkeypatch.setattr(dispatch, "run", lambda *a, **k: (result, 0))
 
     class Broken:
         def info(self, *a, **k):

@@ -1,4 +1,4 @@
-"""The CNI entry (``pynet.cni.plugin.run``, what the shim and the daemon's
+"""The CNI entry (``pynet.cni.dispatch.run``, what the shim and the daemon's
 route call) under one mutated invocation, over the fake kernel.
 
 A case builds a fresh world (MemoryStore, real IPAM, bridge and macvlan
@@ -56,7 +56,7 @@ class World:
         return path
 
     def run(self, plugin: str, env: dict, stdin: bytes) -> tuple[str, int]:
-        from pynet.cni import plugin as cni
+        from pynet.cni import dispatch as cni
         return cni.run(plugin, env, stdin, controller=self.c, netlink=self.nl, instance="t")
 
     def snapshot(self):

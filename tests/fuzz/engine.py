@@ -54,7 +54,7 @@ def store_state(store) -> list:
     out = []
     for r in store.list(""):
         v = r.value
-        if r.key.startswith("ipam/pools/") and isinstance(v, dict):
+        if r.key.startswith(("ipam/pools/", "ipam/cursors/")) and isinstance(v, dict):
             v = {k: x for k, x in v.items() if k != "cursor"}
         out.append((r.key, v))
     return out

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.fakes import FakeFirewall
 
-from pynet.cni import plugin  # noqa: E402
+from pynet.cni import dispatch  # noqa: E402
 from pynet.cnm import controller as controller_mod  # noqa: E402
 from pynet.cnm.controller import Controller  # noqa: E402
 from pynet.drivers.bridge import BridgeDriver  # noqa: E402
@@ -120,7 +120,7 @@ class Host:
         conf = self.conf()
         if not ports:
             del conf["runtimeConfig"]
-        out, code = plugin.run("bridge", env, json.dumps(conf).encode(), controller=c,
+        out, code = dispatch.run("bridge", env, json.dumps(conf).encode(), controller=c,
                                netlink=nl, instance="t")
         return code, (json.loads(out) if out.strip() else None)
 
@@ -132,7 +132,7 @@ class Host:
             if r.key.startswith(("ipam/bits/", "ipam/full/")):
                 continue                       # the bitmap: compared as allocated addresses
             v = r.value
-            if r.key.startswith("ipam/pools/"):
+            if r.key.startswith(("ipam/pools/", "ipam/cursors/")):
                 v = {k: x for k, x in v.items() if k != "cursor"}
             records[r.key] = v
         nl = FakeNetlink(self.kernel)
@@ -171,7 +171,7 @@ def _cleanup_gc(host, process, cid):
     env = {"CNI_COMMAND": "GC", "CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}
     conf = dict(host.conf(), cniVersion="1.1.0")
     conf["cni.dev/valid-attachments"] = [{"containerID": "warm", "ifname": "eth0"}]
-    out, code = plugin.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=nl, instance="t")
+    out, code = dispatch.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=nl, instance="t")
     assert code == 0, out
 
 
@@ -252,7 +252,7 @@ def test_restore_and_gc_leave_an_add_in_flight_alone(tmp_path, monkeypatch):
     conf = dict(host.conf(), cniVersion="1.1.0")
     conf["cni.dev/valid-attachments"] = [{"containerID": "warm", "ifname": "eth0"}]
     env = {"CNI_COMMAND": "GC", "CNI_CONTAINERID": "", "CNI_IFNAME": "", "CNI_NETNS": ""}
-    assert plugin.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=host.process()[1],
+    assert dispatch.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=host.process()[1],
                       instance="t")[1] == 0
     assert host.view() == in_flight
     # the same attachment, its maker gone

@@ -147,14 +147,14 @@ def test_port(state, capsys):
 def test_network_rm_goes_through_the_controller(state, capsys, monkeypatch):
     driver = FakeDriver()
     driver.restore([], [])
-    import pynet.daemon
+    import pynet.root
 
     def fake_build(config, store=None):
         from pynet.ipam import Ipam
 
         assert config.state_dir == str(state)
         return Controller(store, Ipam(store, host_routes=lambda: []), {"bridge": driver})
-    monkeypatch.setattr(pynet.daemon, "build_controller", fake_build)
+    monkeypatch.setattr(pynet.root, "build_controller", fake_build)
     rc, out, err = run(capsys, "--state-dir", str(state), "network", "rm", "n1")
     assert rc == 1 and "active endpoints" in err
     rc, out, err = run(capsys, "--state-dir", str(state), "network", "rm", N2[:10])

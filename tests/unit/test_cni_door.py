@@ -16,7 +16,8 @@ import os
 import pytest
 
 from pynet.cni import plugin as cni  # noqa: E402
-from pynet.cni import shim, spec  # noqa: E402
+from pynet.cni import spec  # noqa: E402
+from pynet.cni.settings import pynet_settings  # noqa: E402
 from tests.fuzz.cni_target import World, base_conf
 
 PLUGINS = ["bridge", "macvlan", "ipam"]
@@ -255,7 +256,7 @@ def test_pynet_section_values_checked_by_content(key, value):
     """chainPrefix and instance were only type-checked: they name chains,
     link aliases, the socket and IPAM holders."""
     with pytest.raises(spec.CniError) as e:
-        shim.pynet_settings({"pynet": {key: value}}, {})
+        pynet_settings({"pynet": {key: value}}, {})
     assert e.value.code == spec.INVALID_CONFIG and f"pynet.{key}" in e.value.msg
     assert "\n" not in e.value.msg
 
@@ -264,7 +265,7 @@ def test_pynet_section_values_checked_by_content(key, value):
                                         ("PYNET_STATE_DIR", "rel"), ("PYNET_SOCKET", "/x\0")])
 def test_pynet_environment_checked_code_4(var, value):
     with pytest.raises(spec.CniError) as e:
-        shim.pynet_settings({}, {var: value})
+        pynet_settings({}, {var: value})
     assert e.value.code == spec.INVALID_ENVIRONMENT and var in e.value.msg
 
 
@@ -279,11 +280,11 @@ def test_pynet_section_refused_through_run(tmp_path):
 
 
 def test_good_pynet_section_passes():
-    s = shim.pynet_settings({"pynet": {"chainPrefix": "PT1A2B3C_-", "instance": "pt1a2b.x-y_z",
+    s = pynet_settings({"pynet": {"chainPrefix": "PT1A2B3C_-", "instance": "pt1a2b.x-y_z",
                                        "stateDir": "/var/lib/p n", "socket": "/run/p.sock"}}, {})
     assert (s["chain_prefix"], s["instance"], s["state_dir"], s["socket"]) == \
         ("PT1A2B3C_-", "pt1a2b.x-y_z", "/var/lib/p n", "/run/p.sock")
-    assert shim.pynet_settings({}, {})["chain_prefix"] is None
+    assert pynet_settings({}, {})["chain_prefix"] is None
 
 
 # ------------------------------------------------------------------ environment
@@ -347,5 +348,5 @@ def test_reported_findings_stay_refused(tmp_path, plugin, case):
 @pytest.mark.parametrize("key, value", [("chainPrefix", 5), ("instance", ["x"])])
 def test_pynet_section_types_stay_refused(key, value):
     with pytest.raises(spec.CniError) as e:
-        shim.pynet_settings({"pynet": {key: value}}, {})
+        pynet_settings({"pynet": {key: value}}, {})
     assert e.value.code == spec.INVALID_CONFIG

@@ -10,7 +10,7 @@ import pytest
 from tests.support.fakes import FakeFirewall
 
 from pynet import errors  # noqa: E402
-from pynet.cni import plugin  # noqa: E402
+from pynet.cni import dispatch  # noqa: E402
 from pynet.cnm import attach  # noqa: E402
 from pynet.cnm.controller import Controller  # noqa: E402
 from pynet.drivers.bridge import BridgeDriver  # noqa: E402
@@ -46,7 +46,7 @@ class World:
 
     def run(self, command, conf, cid="c1", netns="", ifname="eth0", plugin_name="bridge"):
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": netns}
-        out, code = plugin.run(plugin_name, env, json.dumps(conf).encode(), controller=self.c,
+        out, code = dispatch.run(plugin_name, env, json.dumps(conf).encode(), controller=self.c,
                                netlink=self.nl, instance="t")
         return code, (json.loads(out) if out.strip() else None)
 
@@ -230,7 +230,7 @@ def test_well_formed_prev_result_is_merged(w):
 def test_bad_env_values_are_code_4(w, env_over):
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1"),
            **env_over}
-    out, code = plugin.run("bridge", env, json.dumps(w.conf()).encode(), controller=w.c, netlink=w.nl,
+    out, code = dispatch.run("bridge", env, json.dumps(w.conf()).encode(), controller=w.c, netlink=w.nl,
                            instance="t")
     assert code == 1 and json.loads(out)["code"] == 4, out
     assert list(w.store.list("")) == []
@@ -249,7 +249,7 @@ def test_bad_env_values_are_code_4(w, env_over):
 @pytest.mark.parametrize("command", ["ADD", "DEL", "CHECK", "VERSION"])
 def test_undecodable_configs_are_code_6_or_7(w, stdin, command):
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1")}
-    out, code = plugin.run("bridge", env, stdin, controller=w.c, netlink=w.nl, instance="t")
+    out, code = dispatch.run("bridge", env, stdin, controller=w.c, netlink=w.nl, instance="t")
     if command == "VERSION":
         assert code == 0 and "supportedVersions" in json.loads(out)
     else:
@@ -258,14 +258,14 @@ def test_undecodable_configs_are_code_6_or_7(w, stdin, command):
 
 
 def test_shim_answers_undecodable_configs_in_cni_terms(w, tmp_path):
-    from pynet.cni import shim
+    from pynet.cni import main as entry
 
     env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c1", "CNI_IFNAME": "eth0", "CNI_NETNS": w.netns("ns1"),
            "PYNET_CNI_DAEMON": "0", "PYNET_STATE_DIR": str(tmp_path / "s")}
     for stdin in (b"[" * 1000 + b"]" * 1000, b'{"cniVersion": "1.0.0", "name": "n1", "pynet": {"stateDir": 5}}'):
-        out, code = shim.handle("bridge", env, stdin)
+        out, code = entry.handle("bridge", env, stdin)
         assert code == 1 and json.loads(out)["code"] in (6, 7), out
-    out, code = shim.handle("bridge", dict(env, CNI_COMMAND="VERSION"), b"[" * 1000 + b"]" * 1000)
+    out, code = entry.handle("bridge", dict(env, CNI_COMMAND="VERSION"), b"[" * 1000 + b"]" * 1000)
     assert code == 0 and "supportedVersions" in json.loads(out)
 
 

@@ -1,4 +1,4 @@
-"""pynet.cni.spec and pynet.cni.shim: versions, result conversion, errors,
+"""pynet.cni.spec, pynet.cni.settings and the entry (pynet.cni.main + shim): versions, result conversion, errors,
 environment checks, and the shim <-> daemon protocol over a real unix socket."""
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import threading
 
 import pytest
 
-from pynet.cni import shim, spec
+from pynet.cni import main as entry
+from pynet.cni import spec
+from pynet.cni.settings import pynet_settings
 from pynet.cni.spec import CniError
 
 RESULT = {"interfaces": [{"name": "br0", "mac": "aa:bb:cc:dd:ee:ff"},
@@ -77,11 +79,11 @@ def test_capabilities_case_insensitive():
 
 
 def test_settings_precedence():
-    s = shim.pynet_settings({"pynet": {"stateDir": "/a"}}, {"PYNET_STATE_DIR": "/b", "PYNET_SOCKET": "/s"})
+    s = pynet_settings({"pynet": {"stateDir": "/a"}}, {"PYNET_STATE_DIR": "/b", "PYNET_SOCKET": "/s"})
     assert s["state_dir"] == "/a" and s["socket"] == "/s" and s["daemon"]
-    s = shim.pynet_settings({"ipam": {"pynet": {"socket": "/i"}}}, {"PYNET_CNI_DAEMON": "0"})
+    s = pynet_settings({"ipam": {"pynet": {"socket": "/i"}}}, {"PYNET_CNI_DAEMON": "0"})
     assert s["socket"] == "/i" and s["state_dir"] == "/var/lib/pynet" and not s["daemon"]
-    assert shim.pynet_settings({}, {})["socket"] == "/run/docker/plugins/pynet.sock"
+    assert pynet_settings({}, {})["socket"] == "/run/docker/plugins/pynet.sock"
 
 
 # -- the shim <-> daemon protocol ---------------------------------------------------
@@ -128,7 +130,7 @@ def _env(sock, state="/tmp/st"):
 def test_shim_hands_the_request_to_the_daemon(tmp_path):
     d = FakeDaemon(str(tmp_path / "d.sock"), answer={"stdout": "{\"ok\": 1}\n", "code": 0})
     try:
-        out, code = shim.handle("bridge", _env(d.path), json.dumps(CONF).encode())
+        out, code = entry.handle("bridge", _env(d.path), json.dumps(CONF).encode())
     finally:
         d.close()
     assert (out, code) == ("{\"ok\": 1}\n", 0)
@@ -140,36 +142,36 @@ def test_shim_hands_the_request_to_the_daemon(tmp_path):
 
 
 def test_shim_falls_back_in_process_when_declined_or_absent(tmp_path, monkeypatch):
-    import pynet.cni.plugin as plugin
+    import pynet.cni.dispatch as dispatch
     calls = []
-    monkeypatch.setattr(plugin, "run", lambda p, env, stdin: calls.append(p) or ("local", 0))
+    monkeypatch.setattr(dispatch, "run", lambda p, env, stdin: calls.append(p) or ("local", 0))
     d = FakeDaemon(str(tmp_path / "d.sock"), status=421, answer={"Err": "not mine"})
     try:
-        assert shim.handle("bridge", _env(d.path), json.dumps(CONF).encode()) == ("local", 0)
+        assert entry.handle("bridge", _env(d.path), json.dumps(CONF).encode()) == ("local", 0)
     finally:
         d.close()
-    assert shim.handle("ipam", _env(str(tmp_path / "none.sock")), json.dumps(CONF).encode()) == ("local", 0)
+    assert entry.handle("ipam", _env(str(tmp_path / "none.sock")), json.dumps(CONF).encode()) == ("local", 0)
     # a socket file nobody listens on
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(tmp_path / "dead.sock"))
     dead.close()
-    assert shim.handle("bridge", _env(str(tmp_path / "dead.sock")), json.dumps(CONF).encode()) == ("local", 0)
+    assert entry.handle("bridge", _env(str(tmp_path / "dead.sock")), json.dumps(CONF).encode()) == ("local", 0)
     assert calls == ["bridge", "ipam", "bridge"]
 
 
 def test_shim_does_not_repeat_a_request_the_daemon_failed(tmp_path, monkeypatch):
-    import pynet.cni.plugin as plugin
-    monkeypatch.setattr(plugin, "run", lambda *a: pytest.fail("must not run in-process"))
+    import pynet.cni.dispatch as dispatch
+    monkeypatch.setattr(dispatch, "run", lambda *a: pytest.fail("must not run in-process"))
     d = FakeDaemon(str(tmp_path / "d.sock"), status=500, answer={"Err": "boom"})
     try:
-        out, code = shim.handle("bridge", _env(d.path), json.dumps(CONF).encode())
+        out, code = entry.handle("bridge", _env(d.path), json.dumps(CONF).encode())
     finally:
         d.close()
     assert code == 1 and json.loads(out)["code"] == 11
 
 
 def test_version_needs_nothing(tmp_path):
-    out, code = shim.handle("bridge", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "0.3.1"}')
+    out, code = entry.handle("bridge", {"CNI_COMMAND": "VERSION"}, b'{"cniVersion": "0.3.1"}')
     assert code == 0 and json.loads(out)["cniVersion"] == "0.3.1"
 
 

@@ -9,6 +9,7 @@ import os
 from tests.support.fakes import FakeDriver
 
 import pynet.daemon as daemon  # noqa: E402
+import pynet.root as root  # noqa: E402
 from pynet.config import Config  # noqa: E402
 
 
@@ -36,8 +37,9 @@ class LockProbeFirewall:
 def test_startup_syncs_run_under_the_cross_process_firewall_lock(tmp_path, monkeypatch):
     config = Config(state_dir=str(tmp_path / "state"), socket_path=str(tmp_path / "p.sock"))
     fw = LockProbeFirewall(os.path.join(config.state_dir, "firewall.lock"))
-    monkeypatch.setattr(daemon, "build_drivers", lambda config: {"bridge": FakeDriver()})
-    monkeypatch.setattr(daemon, "build_firewall", lambda config, store=None: fw)
+    # the composition root builds the rest (store, IPAM, the serialising firewall)
+    monkeypatch.setattr(root, "build_drivers", lambda config, netlink, sysctl, firewall: {"bridge": FakeDriver()})
+    monkeypatch.setattr(root, "build_firewall", lambda config, store=None, sysctl=None: fw)
     monkeypatch.setattr(daemon, "refresh_foreign_bridges", lambda c: None)
     import pynet.plugin_api as plugin_api
     import pynet.plugin_api.docker_state as docker_state

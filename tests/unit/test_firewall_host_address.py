@@ -7,7 +7,7 @@ accepts) counted as unspecified and skipped it too.  Now BridgeDriver.
 program_external_connectivity refuses such a mapping before it is stored, so nothing
 changes: no endpoint record, no rule.
 
-CNI path: pynet.cni.plugin.run in-process, the real Controller/BridgeDriver/BridgeFirewall/
+CNI path: pynet.cni.dispatch.run in-process, the real Controller/BridgeDriver/BridgeFirewall/
 Firewall over the fake netlink and a stateful fake iptables backend; every ADD is its own
 "process" (a new Controller and BridgeFirewall over the same store and tables).  The Docker
 path is in tests/contract/test_contract_host_address.py.
@@ -22,7 +22,7 @@ import pytest
 from tests.support.fake_iptables import FakeTables
 
 from pynet import errors  # noqa: E402
-from pynet.cni import plugin  # noqa: E402
+from pynet.cni import dispatch  # noqa: E402
 from pynet.cnm.controller import Controller  # noqa: E402
 from pynet.cnm.model import Endpoint, Network  # noqa: E402
 from pynet.drivers import bridge  # noqa: E402
@@ -80,7 +80,7 @@ class Host:
         env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_IFNAME": "eth0",
                "CNI_NETNS": self.netns(cid)}
         c, nl = self.process()
-        out, code = plugin.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=nl,
+        out, code = dispatch.run("bridge", env, json.dumps(conf).encode(), controller=c, netlink=nl,
                                instance="t")
         return code, json.loads(out) if out.strip() else None, c
 

@@ -1,4 +1,4 @@
-"""Property test of the CNI entry (bounded, in CI): ``pynet.cni.plugin.run``
+"""Property test of the CNI entry (bounded, in CI): ``pynet.cni.dispatch.run``
 over the fake kernel with ONE mutation of the config or the environment --
 never code 999, one-line messages, store and fake kernel unchanged after an
 error.  tests/fuzz/cni_target.py has the case; ``python -m tests.fuzz.run``

@@ -383,3 +383,67 @@ def test_state_is_shared_between_instances(store):
     assert b.request_address(pid) == "10.41.0.2/24"
     with pytest.raises(PoolOverlap):
         b.request_pool(LOCAL, "10.41.0.0/24")
+
+
+# --- Store v2: no hot key, txn passed down, v1 transactions joined ------------------------
+def _pool_record(store, pid):
+    return store.get("ipam/pools/" + pid.replace("%", "%25").replace("/", "%2F"))
+
+
+def test_allocations_never_rewrite_the_pool_record(store, ipam):
+    pid, _, _ = ipam.request_pool(LOCAL, "10.40.0.0/24")
+    before = _pool_record(store, pid)
+    got = [ipam.request_address(pid, holder=f"h{i}") for i in range(5)]
+    ipam.request_address(pid, options=GW)
+    ipam.release_address(pid, got[1], "h1")
+    assert _pool_record(store, pid) == before  # same value, same version: no hot key
+    info = ipam.get_pool(pid)
+    assert (info["used"], info["free"]) == (5, 254 - 5)  # counted from the bitmap
+    # the cursor is still Docker's: next after the last handed out, released one not reused
+    assert ipam.request_address(pid) == "10.40.0.7/24"
+
+
+def test_a_pool_of_before_v2_continues_from_its_stored_cursor(store):
+    """Pools written by the v1 IPAM carry cursor/used in the record and no cursor key."""
+    key = "ipam/pools/LocalDefault%2F10.41.0.0%2F24"
+    store.put(key, {"id": "LocalDefault/10.41.0.0/24", "address_space": LOCAL, "pool": "10.41.0.0/24",
+                    "sub_pool": "", "v6": False, "options": {}, "cursor": 9, "used": 0, "managed": False})
+    ipam = Ipam(store, host_routes=lambda: [])
+    pid = "LocalDefault/10.41.0.0/24"
+    assert ipam.request_address(pid) == "10.41.0.9/24"
+    assert ipam.request_address(pid) == "10.41.0.10/24"  # from the cursor key now
+    assert ipam.get_pool(pid)["used"] == 2
+
+
+def test_a_caller_passes_its_txn_down(store, ipam):
+    pid, _, _ = ipam.request_pool(LOCAL, "10.42.0.0/24")
+
+    def attach(t):  # one commit for the caller's record and the allocation
+        a = ipam.request_address(pid, holder="ep1", txn=t)
+        t.put("endpoints/ep1", {"address": a})
+        return a
+
+    a = store.txn(attach)
+    assert store.get("endpoints/ep1").value == {"address": a} and a in {f"{x}/24" for x in ipam.allocated(pid)}
+
+    def refused(t):
+        ipam.request_address(pid, holder="ep2", txn=t)
+        raise ValueError("the caller's own check fails: nothing is written")
+
+    with pytest.raises(ValueError):
+        store.txn(refused)
+    assert list(ipam.allocated(pid)) == [a.split("/")[0]] and ipam.holders(pid)["addresses"] == {
+        a.split("/")[0]: ["ep1"]}
+
+
+def test_inside_a_v1_transaction_the_allocation_rolls_back_with_it(store, ipam):
+    pid, _, _ = ipam.request_pool(LOCAL, "10.43.0.0/24")
+    assert ipam.request_address(pid) == "10.43.0.1/24"  # warm: pool, block, cursor cached
+    with pytest.raises(ZeroDivisionError):
+        with store.transaction():
+            assert ipam.request_address(pid, holder="x") == "10.43.0.2/24"
+            1 / 0
+    assert list(ipam.allocated(pid)) == ["10.43.0.1"] and ipam.holders(pid)["addresses"] == {}
+    # the rolled-back writes never reached the record cache: the next answer is from the store
+    assert ipam.request_address(pid) == "10.43.0.2/24"
+    assert ipam.verify(pid) == []

@@ -5,7 +5,7 @@ free what a CNI pod holds on a Docker-made network (issue 9, defects 2 and
 pynet-ipam ADD is one transaction, validated first (7).
 
 Docker's side is dockerd's real request bodies through the Flask app; the CNI
-side is plugin.run() as the binaries call it; the kernel is the fake."""
+side is dispatch.run() as the binaries call it; the kernel is the fake."""
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +17,7 @@ import pytest
 from tests.support.fakes import FakeFirewall
 
 from pynet import errors  # noqa: E402
-from pynet.cni import plugin  # noqa: E402
+from pynet.cni import dispatch  # noqa: E402
 from pynet.cnm.controller import Controller  # noqa: E402
 from pynet.cnm.model import PortMapping  # noqa: E402
 from pynet.drivers.bridge import BridgeDriver  # noqa: E402
@@ -107,7 +107,7 @@ class World:
 
     def cni(self, command, conf, cid, netns="", ifname="eth0", plugin_name="bridge"):
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": ifname, "CNI_NETNS": netns}
-        out, code = plugin.run(plugin_name, env, json.dumps(conf).encode(), controller=self.c,
+        out, code = dispatch.run(plugin_name, env, json.dumps(conf).encode(), controller=self.c,
                                netlink=self.nl, instance="t")
         return code, (json.loads(out) if out.strip() else None)
 
@@ -389,7 +389,7 @@ def ipam_conf(tmp_path, **ipam):
 
 def run_ipam(c, command, conf, cid):
     env = {"CNI_COMMAND": command, "CNI_CONTAINERID": cid, "CNI_IFNAME": "eth0", "CNI_NETNS": "/x"}
-    out, code = plugin.run("ipam", env, json.dumps(conf).encode(), controller=c)
+    out, code = dispatch.run("ipam", env, json.dumps(conf).encode(), controller=c)
     return code, (json.loads(out) if out.strip() else None)
 
 

@@ -10,9 +10,13 @@
                                kernel work would land in the wrong place); the shim
                                then works in-process
 
-The request runs ``pynet.cni.plugin.run`` with the daemon's own Controller,
+The request runs ``pynet.cni.dispatch.run`` with the daemon's own Controller,
 so CNI and Docker share one store, one IPAM and one firewall layout, and the
 binary skips every import but the shim's.
+
+Loaded only by the daemon (``pynet.daemon`` hands ``register_cni`` to the
+Docker app): Flask never reaches the CNI ADD path, and ``pynet.plugin_api``
+never imports CNI.
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from flask import Response, request
 
 from pynet import jsonsafe
 
-log = logging.getLogger("pynet.plugin_api.cni")
+log = logging.getLogger("pynet.plugin_api.cni")  # the name the daemon's log always had
 
 ROUTE = "/Pynet.CNI"
 
@@ -52,14 +56,15 @@ def _printable(v) -> str:
 def register_cni(app, controller) -> None:
     """Add the CNI route to the daemon's Flask app; firewall syncs of the
     daemon are serialised with those of CNI binaries working in-process."""
-    from pynet.cni.plugin import SerialFirewall
     from pynet.cni.shim import namespace_ids
+    from pynet.firewall.serial import SerialFirewall
 
     store_path = getattr(controller.store, "path", "") or ""
     state_dir = os.path.dirname(os.path.abspath(store_path)) if store_path else ""
     own_ns = namespace_ids()
     bridge = (getattr(controller, "drivers", None) or {}).get("bridge")
     instance = getattr(bridge, "instance", "") or ""
+    # the root's controllers come serialised; one built by hand (tests) is wrapped here
     if state_dir and controller.firewall is not None and not isinstance(controller.firewall, SerialFirewall):
         controller.firewall = SerialFirewall(controller.firewall, os.path.join(state_dir, "firewall.lock"),
                                              lambda: (controller.networks(), controller.endpoints()))
@@ -81,7 +86,7 @@ def register_cni(app, controller) -> None:
             return _reply({"Err": f"this daemon serves state dir {state_dir!r}"}, 421)
         if (body.get("netns"), body.get("mntns")) != own_ns:
             return _reply({"Err": "caller is in another network or mount namespace"}, 421)
-        from pynet.cni.plugin import run
+        from pynet.cni.dispatch import run
 
         try:
             raw_stdin = stdin.encode("utf-8", "surrogateescape")

@@ -1,0 +1,29 @@
+"""The firewall behind the state directory's cross-process lock.
+
+The daemon, CNI binaries working in-process, the CLI and the scenario workers
+all sync one rule set from their own processes; ``SerialFirewall`` makes each
+sync re-read the state from the store under one flock (``firewall.lock`` in
+the state dir), so the last sync always applies the newest state.  Built by
+the composition root (``pynet.root``); the lock is ``pynet.locks.file_lock``.
+"""
+from __future__ import annotations
+
+from pynet.locks import file_lock
+
+
+class SerialFirewall:
+    """Serialises firewall syncs across processes (the daemon and CNI binaries
+    beside it): under the state dir's lock, the state is read again from the
+    store and applied, so the last sync always applies the newest state."""
+
+    def __init__(self, inner, lock_path: str, state):
+        self.inner = inner
+        self.lock_path = lock_path
+        self.state = state
+
+    def sync(self, networks=None, endpoints=None, force: bool = False) -> None:
+        with file_lock(self.lock_path):
+            self.inner.sync(*self.state(), force=force)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)

@@ -1,0 +1,158 @@
+"""The composition root: every implementation pynet runs on is built here,
+from the settings (``pynet.config.Config``), and nowhere else.
+
+    open_store(config)              the local store (SQLite in the state dir)
+    cluster_store(config)           the cluster-wide store: None until issue 11 fills the slot
+    build_netlink() / build_sysctl()   the host's kernel interfaces
+    build_firewall(config, store)   Docker's iptables layout under the instance's chain prefix
+    serial_firewall(fw, config, c)  ... behind the state dir's cross-process lock
+    build_drivers(config, netlink, sysctl, firewall)   driver name -> driver
+    build_ipam(config, store)       the bitmap IPAM with the configured default pools
+    build_controller(config)        all of it: the daemon, the CLI's kernel verbs, the
+                                    CNI plugins in-process, the scenario workers
+    build_ipam_controller(config)   store + IPAM only: pynet-ipam in-process
+    build_reader(config, store)     store only: the CLI's read-only commands
+    state_lock(state_dir, what)     a cross-process lock of the state dir
+
+Where it sits: below every front end (the daemon, the CLI, the CNI plugins
+and the scenario workers all call it; it imports none of them) and above the
+drivers, the core and the side-effect interfaces, which it wires together.
+Everything is imported inside the function that needs it, so the IPAM-only
+path never loads pyroute2, the firewall or a driver, and nothing here loads
+Flask.  Functions are looked up on this module at call time, so a test
+replaces one part (``monkeypatch.setattr(root, "build_drivers", ...)``) and
+keeps the rest of the wiring.
+"""
+from __future__ import annotations
+
+import os
+
+from pynet.config import Config
+
+
+# ------------------------------------------------------------------ stores
+def open_store(config: Config, create: bool = True):
+    """The local store: records of this host (SQLite in the state dir).
+    ``create=False``: the state dir must exist already (the CLI's commands
+    must not set one up by a typo)."""
+    from pynet.store.sqlite import SqliteStore
+
+    if create:
+        os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
+    return SqliteStore.in_state_dir(config.state_dir)
+
+
+def open_store_url(url: str):
+    """A store named by a URL, ``etcd://host:port[,host:port...]`` (etcd's v3
+    JSON gateway over plain HTTP).  The root, not ``pynet.store``, picks the
+    backend: the store package knows no backend, so it imports none of them."""
+    from pynet.store.etcd import EtcdStore
+
+    return EtcdStore.from_url(url)
+
+
+def cluster_store(config: Config):
+    """The cluster-wide store (records every host shares).  None: pynet is
+    one host today; the overlay (issue 11) opens ``open_store_url`` here from
+    the settings' cluster store."""
+    return None
+
+
+# ------------------------------------------------------- kernel interfaces
+def build_netlink():
+    from pynet.netlink.pyroute import PyrouteNetlink
+
+    return PyrouteNetlink()
+
+
+def build_sysctl():
+    from pynet.sysctl import Sysctl
+
+    return Sysctl()
+
+
+# ---------------------------------------------------------------- firewall
+def build_firewall(config: Config, store=None, sysctl=None):
+    """Docker's iptables layout for the bridge networks, under this instance's
+    chain prefix (so a test daemon beside the main one never touches its rules).
+    With the store, every process renders the same foreign bridges (learned
+    from dockerd by the daemon)."""
+    from pynet.drivers.bridge_firewall import BridgeFirewall
+    from pynet.firewall import Firewall
+
+    sysctl = sysctl if sysctl is not None else build_sysctl()
+    return BridgeFirewall(Firewall(prefix=config.chain_prefix, sysctl=sysctl), store=store)
+
+
+def firewall_lock_path(state_dir: str) -> str:
+    return os.path.join(state_dir, "firewall.lock")
+
+
+def serial_firewall(firewall, config: Config, controller_box: dict):
+    """``firewall`` behind the state dir's cross-process lock (``firewall.lock``,
+    shared with CNI binaries working in-process and with the CLI): every sync
+    re-reads the store under the lock, so the last sync applies the newest state.
+    ``controller_box["c"]`` is the controller, filled in once it is built."""
+    from pynet.firewall.serial import SerialFirewall
+
+    return SerialFirewall(firewall, firewall_lock_path(config.state_dir),
+                          lambda: (controller_box["c"].networks(), controller_box["c"].endpoints()))
+
+
+# ----------------------------------------------------------------- drivers
+def build_drivers(config: Config, netlink, sysctl, firewall) -> dict:
+    """Driver name -> driver: the registry's table (``pynet.drivers.REGISTRY``,
+    one line per driver), each built on first use on the given kernel
+    interfaces, so a CNI ADD imports only its own driver's module."""
+    from pynet.drivers import build_drivers as build
+
+    return build(netlink, sysctl, firewall=firewall, instance=config.plugin_name)
+
+
+# -------------------------------------------------------------- core parts
+def build_ipam(config: Config, store):
+    from pynet.ipam import Ipam
+
+    return Ipam(store, default_pools=config.default_pools)
+
+
+def build_controller(config: Config, store=None, *, firewall: bool = True):
+    """Store, IPAM, drivers and firewall, built once and handed in.
+
+    The firewall is wrapped in the cross-process lock here, where it is built,
+    so that no sync -- ``restore()`` at daemon start and the CLI's verbs
+    included -- can run beside a CNI binary's sync.  ``firewall=False``: no
+    firewall at all (a scenario host that asks for none)."""
+    from pynet.cnm.controller import Controller
+
+    store = store if store is not None else open_store(config)
+    netlink, sysctl = build_netlink(), build_sysctl()
+    box: dict = {}
+    fw = serial_firewall(build_firewall(config, store, sysctl), config, box) if firewall else None
+    box["c"] = c = Controller(store, build_ipam(config, store), build_drivers(config, netlink, sysctl, fw),
+                              firewall=fw)
+    return c
+
+
+def build_ipam_controller(config: Config, store=None):
+    """What pynet-ipam needs in-process: the store and the IPAM.  No drivers,
+    no firewall -- and so no pyroute2, which is most of a CNI call's start-up."""
+    from pynet.cnm.controller import Controller
+
+    store = store if store is not None else open_store(config)
+    return Controller(store, build_ipam(config, store), {}, firewall=None)
+
+
+def build_reader(config: Config, store=None):
+    """A Controller for reading: store only, no IPAM and no kernel interfaces."""
+    from pynet.cnm.controller import Controller
+
+    return Controller(store if store is not None else open_store(config, create=False), ipam=None, drivers={})
+
+
+# ------------------------------------------------------------------- locks
+def state_lock(state_dir: str, what: str):
+    """``<state_dir>/<what>.lock``: the CNI verbs' ``cni`` and ``network`` locks."""
+    from pynet.locks import state_lock as lock
+
+    return lock(state_dir, what)
