@@ -32,10 +32,10 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "e2e"), str(ROOT / "tests" / "runtimes"), str(ROOT)]
+sys.path[:0] = [str(ROOT)]
 
-import harness  # noqa: E402
-import runtime_harness as rh  # noqa: E402
+from tests.support import harness  # noqa: E402
+from tests.support import runtime_harness as rh  # noqa: E402
 
 GOALS = {"pynet+daemon": 1.0, "pynet": 3.0}
 

@@ -36,10 +36,9 @@ import time
 import urllib.parse
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 sys.path.insert(0, ROOT)
 
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
 CREATE_GOAL = 0.6   # pynet / built-in, network create + rm
 RUN_GOAL = 1.0      # pynet / built-in, docker run -d

@@ -20,9 +20,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests", "e2e")]
+sys.path[:0] = [ROOT]
 
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
 from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping  # noqa: E402
 

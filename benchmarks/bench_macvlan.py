@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT))
 
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 
 GOAL = 1.0
 

@@ -43,11 +43,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(0, ROOT)
 
-import harness  # noqa: E402
+from tests.support import harness  # noqa: E402
 import bench_ipam  # noqa: E402
 
 RATE_GOAL = 5000.0

@@ -6,7 +6,7 @@ for an interface name's suffix). The run holds the prefix's lock (``harness.RunL
 ends, which is how the crash cleanup at session start tells a dead run's leftovers from a live
 run's resources. Own links/netns with the prefix are removed again at session end.
 
-The e2e harness module is importable everywhere as ``harness`` (tests/e2e is put on sys.path).
+The e2e harness is ``tests.support.harness`` (``from tests.support import harness``).
 
 ``kernel_lab`` marker: the test needs a kernel feature this machine's kernel lacks and Debian's has
 (802.1q, dummy links, ...). Such tests are deselected here and run inside the kernel lab VM instead
@@ -15,16 +15,10 @@ The e2e harness module is importable everywhere as ``harness`` (tests/e2e is put
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 
-_E2E = str(Path(__file__).resolve().parent / "e2e")
-if _E2E not in sys.path:
-    sys.path.insert(0, _E2E)
-
-import harness  # noqa: E402
+from tests.support import harness
 
 
 def pytest_configure(config):

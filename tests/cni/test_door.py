@@ -12,7 +12,7 @@ import copy
 
 import pytest
 
-from test_injection import _observe
+from tests.cni.test_injection import _observe
 
 CASES = [
     ("ranges true", {"ipam": {"type": "pynet-ipam", "ranges": True}}),

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from conftest import make_ipam, snapshot
-from fakes import FakeDriver, FakeFirewall
+from tests.support.contract import make_ipam, snapshot
+from tests.support.fakes import FakeDriver, FakeFirewall
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import snapshot
-from test_contract_errors import EP, NET, create_net, endpoint_body, good_net
+from tests.support.contract import snapshot
+from tests.contract.test_contract_errors import EP, NET, create_net, endpoint_body, good_net
 
 BAD_SPACES = ["LocalDefault\n", "LocalDefault\t", "LocalDefault\0", "::%lo", "fe80::1%eth0",
               "LocalDefault%eth0\nCOMMIT", "Local Default", "-x", "a" * 65]

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from conftest import snapshot
+from tests.support.contract import snapshot
 
 NET = "1" * 64
 NET2 = "2" * 64

@@ -13,8 +13,8 @@ import re
 
 import pytest
 
-from conftest import Plugin, make_ipam, snapshot
-from fake_iptables import FakeTables
+from tests.support.contract import Plugin, make_ipam, snapshot
+from tests.support.fake_iptables import FakeTables
 
 from pynet.cnm.controller import Controller
 from pynet.drivers import bridge

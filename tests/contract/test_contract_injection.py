@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import snapshot
-from test_contract_errors import EP, NET, create_net, endpoint_body, good_net
+from tests.support.contract import snapshot
+from tests.contract.test_contract_errors import EP, NET, create_net, endpoint_body, good_net
 
 ZONE = "::%lo\nCOMMIT\n*filter\n-I INPUT 1 -j ACCEPT"
 ZONE6 = "fd00:1::5%lo\nCOMMIT\n*filter\n-I INPUT 1 -j ACCEPT"
@@ -206,7 +206,7 @@ def test_ordinary_values_still_pass(plugin, controller):
 def test_bridge_driver_refuses_wildcard_and_zone_options_too():
     """Second line: a network created without the Docker door (CLI, CNI, a
     stored record) is parsed by the driver with the same validators."""
-    from test_contract_ports_and_bridge import _bridge_stack
+    from tests.contract.test_contract_ports_and_bridge import _bridge_stack
     from pynet import errors
     from pynet.cnm.model import IPData
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Plugin, make_ipam, snapshot
-from fakes import FakeDriver, FakeFirewall
+from tests.support.contract import Plugin, make_ipam, snapshot
+from tests.support.fakes import FakeDriver, FakeFirewall
 
 NET = "1" * 64
 DEEP = b"[" * 1000 + b"]" * 1000

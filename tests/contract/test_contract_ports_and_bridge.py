@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import Plugin, load_jsonl, make_ipam, snapshot
-from test_contract_replay import Replayer, rounds
+from tests.support.contract import Plugin, load_jsonl, make_ipam, snapshot
+from tests.contract.test_contract_replay import Replayer, rounds
 
 from pynet.cnm.controller import Controller, ephemeral_port_range
 

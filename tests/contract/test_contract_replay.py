@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import pytest
 
-from conftest import load_jsonl, snapshot
+from tests.support.contract import load_jsonl, snapshot
 
 CAPTURE = "docker-remote-requests.jsonl"
 

@@ -5,22 +5,19 @@ the case; ``python -m tests.fuzz.run`` runs many more."""
 from __future__ import annotations
 
 import os
-import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-
-from conftest import REFERENCE  # noqa: E402
+from tests.support.contract import REFERENCE
 
 import pytest  # noqa: E402
 
 if not (REFERENCE / "docker-remote-requests.jsonl").exists():
     pytest.skip("reference capture not available", allow_module_level=True)
 
-from tests.fuzz.docker_target import DockerTarget  # noqa: E402
-from tests.fuzz.engine import DataChooser  # noqa: E402
+from tests.fuzz.docker_target import DockerTarget
+from tests.fuzz.engine import DataChooser
 
 TARGET = DockerTarget()
 

@@ -1,5 +1,5 @@
 """e2e fixtures: ``docker``, ``test_image``, ``pynet_daemon`` / ``pynet_daemon_factory`` /
-``pynet_daemon_module``. The machinery lives in ``harness.py`` (see its docstring).
+``pynet_daemon_module``. The machinery lives in ``tests/support/harness.py`` (see its docstring).
 
     def test_x(docker, test_image, pynet_daemon, prefix):
         net = f"{prefix}-n1"
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import harness
+from tests.support import harness
 
 _HERE = Path(__file__).resolve().parent
 _DAEMON_FIXTURES = {"pynet_daemon", "pynet_daemon_factory", "pynet_daemon_module"}

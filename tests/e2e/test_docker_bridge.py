@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-import harness
+from tests.support import harness
 
 PAIRINGS = {
     "pynet+default-ipam": ("pynet", None),

@@ -16,8 +16,8 @@ import subprocess
 
 import pytest
 
-import harness
-from test_docker_bridge import addr_on, create_network, pynet_cli, run_container
+from tests.support import harness
+from tests.e2e.test_docker_bridge import addr_on, create_network, pynet_cli, run_container
 
 
 @pytest.fixture(scope="module")

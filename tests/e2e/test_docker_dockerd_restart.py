@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-import harness
-from test_docker_bridge import addr_on, create_network, ping, pynet_cli, run_container
+from tests.support import harness
+from tests.e2e.test_docker_bridge import addr_on, create_network, ping, pynet_cli, run_container
 
 
 def restart_dockerd(*args: str) -> None:

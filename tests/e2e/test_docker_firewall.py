@@ -26,7 +26,7 @@ import time
 
 import pytest
 
-import harness
+from tests.support import harness
 
 PY = sys.executable
 K = None  # per-run third octet, set by the fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import harness
+from tests.support import harness
 
 _seq = itertools.count()
 
@@ -236,11 +236,6 @@ def test_host_cannot_reach_its_children_over_the_parent(docker, test_image, pyne
 
 
 def _icmp():
-    """tests/netns/conftest.py's raw-socket ICMP echo (no ping binary on the host)."""
-    import importlib.util
-    from pathlib import Path
-    spec = importlib.util.spec_from_file_location(
-        "_netns_conftest", Path(__file__).resolve().parents[1] / "netns" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.icmp_ping
+    """The netns layer's raw-socket ICMP echo (no ping binary on the host)."""
+    from tests.support.icmp import icmp_ping
+    return icmp_ping

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-import harness
-from test_docker_bridge import (addr_on, create_network, links, ping, pynet_cli, run_container,
+from tests.support import harness
+from tests.e2e.test_docker_bridge import (addr_on, create_network, links, ping, pynet_cli, run_container,
                                 store_keys, start_tcp_server, tcp_get)
 
 

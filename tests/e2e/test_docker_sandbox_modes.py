@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-import harness
+from tests.support import harness
 
 
 def mk(docker, daemon, name, subnet, *args):

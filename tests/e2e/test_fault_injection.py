@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import harness
+from tests.support import harness
 
 N_OPS = max(1, int(os.environ.get("PYNET_FAULT_OPS", "200")))
 SLOTS = [f"10.247.{i}.0/27" for i in range(4)]

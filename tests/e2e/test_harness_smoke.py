@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-import harness
+from tests.support import harness
 
 
 def test_prefix_shape_and_lock(prefix):

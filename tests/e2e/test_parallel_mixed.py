@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-import harness
+from tests.support import harness
 
 N_PODS = 100
 CHURNERS = 2          # threads running and removing containers

@@ -30,8 +30,8 @@ import subprocess
 
 import pytest
 
-import harness
-from test_docker_bridge import create_network, pynet_cli, store_keys
+from tests.support import harness
+from tests.e2e.test_docker_bridge import create_network, pynet_cli, store_keys
 
 ZONE = "::%lo\nCOMMIT\n*filter\n-I INPUT 1 -j ACCEPT"   # the reproduction
 ZONE_V6_ADDR = "fd00:238::5%lo\nCOMMIT\n*filter\n-I INPUT 1 -j ACCEPT"

@@ -20,15 +20,10 @@ import copy
 import json
 import os
 import shutil
-import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "contract"))
-
-from fakes import FakeFirewall  # noqa: E402
-
-from tests.fuzz.engine import Chooser, Failure, _dumps_deep, mutate, store_state  # noqa: E402
+from tests.fuzz.engine import Chooser, Failure, _dumps_deep, mutate, store_state
+from tests.support.fakes import FakeFirewall
 
 COMMANDS = ["ADD", "ADD", "ADD", "DEL", "CHECK", "GC", "STATUS", "VERSION"]
 

@@ -13,19 +13,13 @@ request is mutated (``engine.mutate``) and sent.  Properties:
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 from typing import Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "contract"))
-
-from conftest import ACCEPT, CONTENT_TYPE, Plugin, make_ipam  # noqa: E402
-from fakes import FakeDriver, FakeFirewall  # noqa: E402
-from test_contract_replay import Replayer, _prime, rounds  # noqa: E402
-
-from tests.fuzz.engine import Chooser, Failure, Finding, mutate, store_state  # noqa: E402
+from tests.contract.test_contract_replay import Replayer, _prime, rounds
+from tests.fuzz.engine import Chooser, Failure, Finding, mutate, store_state
+from tests.support.contract import ACCEPT, CONTENT_TYPE, Plugin, make_ipam
+from tests.support.fakes import FakeDriver, FakeFirewall
 
 
 HEX64 = re.compile(r"[0-9a-f]{64}")

@@ -12,14 +12,11 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import os
 import random
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
-
-from tests.fuzz.engine import RandomChooser  # noqa: E402
+from tests.fuzz.engine import RandomChooser
 
 
 def targets() -> dict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 
-from test_bridge import container, drv, make_net  # noqa: F401  (fixtures)
+from tests.netns.test_bridge import container, drv, make_net  # noqa: F401  (fixtures)
 
 
 def _hairpin(netns_path: str, ifname: str) -> str:

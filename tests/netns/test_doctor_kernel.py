@@ -11,7 +11,7 @@ import json
 import os
 import secrets
 
-import harness
+from tests.support import harness
 import pytest
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")

@@ -289,13 +289,12 @@ def netns(prefix):
 
 def run_in_netns(name: str, scenario: str):
     code = textwrap.dedent(f"""
-        import sys
-        sys.path[:0] = [{str(ROOT)!r}, {str(HERE)!r}]
-        import test_firewall_kernel as m
+        import tests.netns.test_firewall_kernel as m
         m.SCENARIOS[{scenario!r}](m.Ctx("legacy", None))
     """)
+    # cwd: ``python -c`` puts it first on the child's sys.path, so ``tests.netns`` imports
     p = subprocess.run(["ip", "netns", "exec", name, sys.executable, "-c", code],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
     if p.returncode != 0:
         pytest.fail(f"legacy scenario {scenario} failed in {name}:\n{p.stderr[-4000:]}", pytrace=False)
 

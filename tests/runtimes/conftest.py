@@ -14,17 +14,14 @@ pynet's firewall chains and the state dirs.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-_HERE = Path(__file__).resolve().parent
-if str(_HERE) not in sys.path:
-    sys.path.insert(0, str(_HERE))
+from tests.support import harness
+from tests.support import runtime_harness as rh
 
-import harness  # noqa: E402
-import runtime_harness as rh  # noqa: E402
+_HERE = Path(__file__).resolve().parent
 
 
 def pytest_configure(config):

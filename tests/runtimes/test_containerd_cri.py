@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from pathlib import Path
 
-import runtime_harness as rh
+from tests.support import runtime_harness as rh
 
 
 def _pod(cri, sid):

@@ -17,8 +17,8 @@ import ipaddress
 import json
 import os
 
-import harness
-import runtime_harness as rh
+from tests.support import harness
+from tests.support import runtime_harness as rh
 
 
 def test_cni_install_on_fresh_dirs_makes_containerd_run_a_pod(prefix, rt_workdir, images_tar, tmp_path):

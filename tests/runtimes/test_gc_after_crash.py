@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import runtime_harness as rh
+from tests.support import runtime_harness as rh
 
 
 def _wait_gone(path_or_link, check, timeout=10.0):

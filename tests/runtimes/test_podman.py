@@ -10,8 +10,8 @@ import ipaddress
 
 import pytest
 
-import harness
-import runtime_harness as rh
+from tests.support import harness
+from tests.support import runtime_harness as rh
 
 SUBNET_BASE = "10.246"
 

@@ -10,7 +10,7 @@ import pytest
 
 from pynet.scenario import cniexec
 from pynet.scenario.model import ScenarioError, load, parse
-from .conftest import NEEDS_ROOT, SCENARIOS, netns_names, run_cli
+from tests.support.scenario import NEEDS_ROOT, SCENARIOS, netns_names, run_cli
 
 POD = {"hosts": {"h1": {"cni": {"podnet": {"subnet": "10.22.0.0/24"}},
                         "sandboxes": {"p1": {"cni": ["podnet"]},

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from .conftest import REPO
+from tests.support.scenario import REPO
 
 
 @pytest.mark.parametrize("module", [

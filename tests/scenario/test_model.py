@@ -5,7 +5,7 @@ import os
 import pytest
 
 from pynet.scenario.model import ScenarioError, load, parse
-from .conftest import SCENARIOS
+from tests.support.scenario import SCENARIOS
 
 BASE = {"hosts": {"h1": {"networks": {"front": {"subnet": "10.10.1.0/24"}},
                          "sandboxes": {"a": {"networks": ["front"]},
@@ -96,7 +96,7 @@ def test_load_reports_file_and_place(tmp_path):
 
 
 def test_check_command(tmp_path):
-    from .conftest import run_cli
+    from tests.support.scenario import run_cli
     r = run_cli("check", *sorted(glob.glob(str(SCENARIOS / "*.yaml"))))
     assert r.returncode == 0, r.stderr
     bad = tmp_path / "bad.yaml"

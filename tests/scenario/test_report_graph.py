@@ -7,7 +7,7 @@ import pytest
 from pynet.scenario import graph, report
 from pynet.scenario.model import load
 from pynet.scenario.runner import Result, _ipv4, _vxlan_vni
-from .conftest import SCENARIOS, run_cli
+from tests.support.scenario import SCENARIOS, run_cli
 
 FRAME = bytes.fromhex("ffffffffffff0242ac110002080045000054000040004001"
                       "0000" "0a0a0102" "0a0a0103") + b"\x08\x00" + b"\x00" * 62

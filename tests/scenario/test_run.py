@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from pynet.scenario import report
-from .conftest import NEEDS_ROOT, REPO, SCENARIOS, netns_names, run_cli
+from tests.support.scenario import NEEDS_ROOT, REPO, SCENARIOS, netns_names, run_cli
 
 pytestmark = [NEEDS_ROOT, pytest.mark.netns]
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from pynet.scenario.safety import Guard, SafetyError
-from .conftest import NEEDS_ROOT, REPO, SCENARIOS
+from tests.support.scenario import NEEDS_ROOT, REPO, SCENARIOS
 
 
 def test_guard_unit():

@@ -16,13 +16,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
-
-from fakes import FakeFirewall  # noqa: E402
+from tests.support.fakes import FakeFirewall
 
 from pynet.cni import dispatch  # noqa: E402
 from pynet.cnm import controller as controller_mod  # noqa: E402

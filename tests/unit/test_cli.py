@@ -14,9 +14,7 @@ import uuid
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
-
-from fakes import FakeDriver  # noqa: E402
+from tests.support.fakes import FakeDriver
 
 from pynet import cli  # noqa: E402
 from pynet.cnm.controller import Controller  # noqa: E402

@@ -12,16 +12,13 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 
 import pytest
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from pynet.cni import plugin as cni  # noqa: E402
 from pynet.cni import spec  # noqa: E402
 from pynet.cni.settings import pynet_settings  # noqa: E402
-from tests.fuzz.cni_target import World, base_conf  # noqa: E402
+from tests.fuzz.cni_target import World, base_conf
 
 PLUGINS = ["bridge", "macvlan", "ipam"]
 VERBS = ["ADD", "DEL", "CHECK", "GC"]

@@ -12,7 +12,7 @@ import pytest
 from pynet.cni import plugin, spec
 from pynet.cni.spec import CniError
 
-from test_cni_plugin import World  # noqa: F401 -- the fake-kernel world of the CNI unit tests
+from tests.unit.test_cni_plugin import World  # noqa: F401 -- the fake-kernel world of the CNI unit tests
 
 ZONE = "::%lo\nCOMMIT\n*filter\n-I INPUT 1 -j ACCEPT"
 

@@ -4,14 +4,10 @@ recording firewall -- the verbs' order, undo, idempotent DEL, GC, sharing."""
 from __future__ import annotations
 
 import json
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
-
-from fakes import FakeFirewall  # noqa: E402
+from tests.support.fakes import FakeFirewall
 
 from pynet import errors  # noqa: E402
 from pynet.cni import dispatch  # noqa: E402

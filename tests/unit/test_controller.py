@@ -1,16 +1,12 @@
 """The Controller on a MemoryStore with the fake driver and firewall
-(tests/contract/fakes.py): network and endpoint lifecycle, validation that
+(tests/support/fakes.py): network and endpoint lifecycle, validation that
 leaves nothing behind, host-port resolution, undo on driver failure."""
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
-
-from fakes import FakeDriver, FakeFirewall  # noqa: E402
+from tests.support.fakes import FakeDriver, FakeFirewall
 
 from pynet import errors  # noqa: E402
 from pynet.cnm.controller import Controller, ephemeral_port_range  # noqa: E402

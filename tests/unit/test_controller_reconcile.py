@@ -1,14 +1,10 @@
 """reconcile_runtime: what a runtime no longer holds is forgotten, and only that."""
 from __future__ import annotations
 
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
-
-from fakes import FakeDriver, FakeFirewall  # noqa: E402
+from tests.support.fakes import FakeDriver, FakeFirewall
 
 from pynet.cnm.controller import Controller  # noqa: E402
 from pynet.cnm.model import IPData  # noqa: E402

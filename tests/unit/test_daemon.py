@@ -5,11 +5,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
-
-from fakes import FakeDriver  # noqa: E402
+from tests.support.fakes import FakeDriver
 
 import pynet.daemon as daemon  # noqa: E402
 import pynet.root as root  # noqa: E402

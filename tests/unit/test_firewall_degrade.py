@@ -7,21 +7,17 @@ not start.  Now the refused owner is skipped and reported (log, ``BridgeFirewall
 ``pynet firewall diff``) and everything else is applied.
 
 The real Controller, BridgeDriver (fake netlink), BridgeFirewall and Firewall, over a
-stateful fake of the iptables backend (tests/contract/fake_iptables.py).
+stateful fake of the iptables backend (tests/support/fake_iptables.py).
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 from types import SimpleNamespace
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
-
-from fake_iptables import FakeTables  # noqa: E402
+from tests.support.fake_iptables import FakeTables
 
 from pynet import cli  # noqa: E402
 from pynet.cnm.controller import Controller, _ep_key, _net_key  # noqa: E402

@@ -15,15 +15,11 @@ path is in tests/contract/test_contract_host_address.py.
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "contract"))
-
-from fake_iptables import FakeTables  # noqa: E402
+from tests.support.fake_iptables import FakeTables
 
 from pynet import errors  # noqa: E402
 from pynet.cni import dispatch  # noqa: E402

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
-
-from tests.fuzz.cni_target import CniTarget  # noqa: E402
-from tests.fuzz.engine import DataChooser  # noqa: E402
+from tests.fuzz.cni_target import CniTarget
+from tests.fuzz.engine import DataChooser
 
 TARGET = CniTarget()
 

@@ -81,7 +81,6 @@ def _drain_worker(db: str, pool_id: str) -> list[str]:
 # prints its result.  Whatever it wrote must be allocated in the store.
 _CHILD = r"""
 import os, sys
-sys.path.insert(0, sys.argv[4])
 from pynet.ipam import Ipam
 from pynet.store.sqlite import SqliteStore
 db, pool_id, out = sys.argv[1:4]
@@ -109,7 +108,8 @@ def test_sigkill_mid_allocation_leaves_store_consistent(tmp_path, cidr):
     held_before: set[str] = set()  # what earlier (killed) children hold
     for round_ in range(5):
         out = tmp_path / f"answers-{round_}"
-        child = subprocess.Popen([sys.executable, "-c", _CHILD, db, pid, str(out), ROOT])
+        # cwd: ``python -c`` puts it first on the child's sys.path, so the checkout's pynet imports
+        child = subprocess.Popen([sys.executable, "-c", _CHILD, db, pid, str(out)], cwd=ROOT)
         deadline = time.monotonic() + 30
         while not (out.exists() and out.read_bytes().startswith(b"ready\n")):
             assert child.poll() is None, "child died before starting"

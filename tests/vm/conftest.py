@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import vmlab as lab  # noqa: E402
+from tests.vm import vmlab as lab
 
 IN_VM = os.environ.get("PYNET_IN_VM") == "1"
 

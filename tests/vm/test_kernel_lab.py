@@ -5,7 +5,7 @@ runs them all in one boot, and each test here passes only if its node id passed 
 """
 import pytest
 
-from vmlab import HOST_TEST_TIMEOUT, guest_nodeids
+from tests.vm.vmlab import HOST_TEST_TIMEOUT, guest_nodeids
 
 pytestmark = [pytest.mark.timeout(HOST_TEST_TIMEOUT)]
 

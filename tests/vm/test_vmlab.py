@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-import vmlab
+from tests.vm import vmlab
 
 
 @pytest.fixture

@@ -11,21 +11,13 @@ does no module autoloading, see vmlab.py), loaded again afterwards from the init
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
-_spec = importlib.util.spec_from_file_location(
-    "pynet_netns_fixtures", Path(__file__).resolve().parents[2] / "netns" / "conftest.py")
-_netns = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_netns)
-make_netns = _netns.make_netns
-host_ns = _netns.host_ns
-ping = _netns.ping
-icmp_ping = _netns.icmp_ping
+# the fixtures themselves, re-exported here (tests/vm/guest is not below tests/netns)
+from tests.netns.conftest import host_ns, make_netns, ping  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -40,7 +40,7 @@ import uuid
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import harness
+from tests.support import harness
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 TEST_IMAGE = "pynet-rt:latest"  # busybox-static, CMD sh (containers)

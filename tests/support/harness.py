@@ -1,7 +1,7 @@
 """The e2e harness: dockerd, the test image, pynet daemon processes, and cleanup by name prefix.
 
 Plain Python (no pytest imports), used by ``tests/conftest.py`` and ``tests/e2e/conftest.py``;
-importable as ``harness`` from any test (the root conftest puts ``tests/e2e`` on ``sys.path``).
+imported as ``from tests.support import harness`` (tests, benchmarks).
 
 Naming: every resource a test run creates is named ``<prefix>-...`` where the prefix is
 ``pt`` + 4 hex digits (``RunLock``). The run holds an flock on ``<LOCK_DIR>/<prefix>.lock`` for
@@ -9,7 +9,7 @@ its whole life, so a later run can tell leftovers of a crashed run (lock free) f
 a run still going on beside it (lock held) and removes only the former (``cleanup_stale_*``).
 
 Run as a script for a stub Docker plugin (used to remove networks whose plugin is gone, and by
-the smoke test):  python harness.py stub-plugin SOCKET
+the smoke test):  python tests/support/harness.py stub-plugin SOCKET
 """
 from __future__ import annotations
 

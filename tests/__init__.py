@@ -1,0 +1,1 @@
+"""pynet's tests: a package (as is every test directory), so pytest imports each test module and conftest by its full name (``tests.unit.test_x``, ``tests.e2e.conftest``) and any set of test directories runs in one call; see tests/README.md."""
