@@ -45,7 +45,10 @@ def timed(*argv):
     return time.perf_counter() - t
 
 
-def bench_docker(prefix, runs, port_counts):
+def bench_docker(prefix, runs, port_counts, progress=None):
+    """{ports: {"pynet"|"peer": ([run -d seconds], [rm -f seconds])}}, printed as it goes;
+    ``progress()`` after every run+rm (benchmarks/run)."""
+    out = {}
     d = harness.Docker()
     daemon = harness.PynetDaemon(f"{prefix}-bench", harness.PLUGIN_DIR / f"{prefix}-bench.sock",
                                  f"/tmp/{prefix}-bench-state")
@@ -68,8 +71,12 @@ def bench_docker(prefix, runs, port_counts):
                     if r:
                         res[side][0].append(t_run)
                         res[side][1].append(t_rm)
+                    if progress is not None:
+                        progress()
             line(f"docker run -d, {n} ports", res["pynet"][0], res["peer"][0])
             line(f"docker rm -f, {n} ports", res["pynet"][1], res["peer"][1])
+            out[n] = res
+        return out
     finally:
         harness.cleanup_docker(d, [prefix + "-"])
         daemon.stop()
