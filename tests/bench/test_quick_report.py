@@ -19,7 +19,8 @@ from benchmarks import runner
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.root, pytest.mark.e2e]
+# the run takes about a minute on a quiet machine, several under load: more than the default 240 s
+pytestmark = [pytest.mark.root, pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
