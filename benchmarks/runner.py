@@ -176,6 +176,7 @@ class Run:
         self.errors: list[dict] = []
         self.skipped: dict = {}
         self.truncated: dict = {}  # curve -> N it reached when --curve-budget ran out
+        self.load_by_section: dict = {}  # section -> os.getloadavg() when it ended
         # a /16 of the run's own in a range the tests leave alone (10.201-215)
         self.net16 = f"10.{201 + int(prefix[2:], 16) % 15}"
         self.node = None  # the pynet daemon of the CNI curves (one node)
@@ -481,7 +482,10 @@ class Run:
             f"curve.{name}.at_max", [t for x, t in samples["pynet"] if x >= last - max(1, last // 10) + 1],
             [t for x, t in samples["peer"] if x >= last - max(1, last // 10) + 1], "s", pl, ql))
 
-    def run_sections(self, sections: list[str]) -> None:
+    def run_sections(self, sections: list[str], after_section=None) -> None:
+        """Runs the sections in turn; after each, its load average is kept and ``after_section()``
+        writes the report so far. Ctrl-C stops the run at the section it is in (cleaned up like a
+        failure) and the report says so."""
         try:
             for s in sections:
                 if s == "cri":
@@ -489,10 +493,17 @@ class Run:
                 t0 = time.monotonic()
                 try:
                     getattr(self, "section_" + s.replace("-", "_"))()
+                except KeyboardInterrupt:
+                    self.errors.append({"section": s, "error": "interrupted (Ctrl-C): later sections not run"})
+                    break
                 except Exception as e:  # noqa: BLE001
                     traceback.print_exc()
                     self.errors.append({"section": s, "error": f"{type(e).__name__}: {str(e)[:500]}"})
+                finally:
+                    self.load_by_section[s] = os.getloadavg()
                 print(f"[bench] {s}: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+                if after_section is not None:
+                    after_section()
         finally:
             self.stop_node()
 
@@ -554,13 +565,16 @@ def fmt_side(s: dict, unit: str) -> str:
 
 def render_md(rep: dict) -> str:
     m, ld = rep["machine"], rep["load"]
-    out = [f"# pynet benchmark report, {rep['date']}{' (--quick)' if rep['options']['quick'] else ''}", "",
+    out = [f"# pynet benchmark report, {rep['date']}{' (--quick)' if rep['options']['quick'] else ''}"
+           f"{' (partial: the run is still going or was stopped)' if rep.get('partial') else ''}", "",
            f"Rerun: `{rep['rerun']}` (as root, after `./scripts/test` has set up the machine).", "",
            "| machine | |", "|---|---|"]
     for k in ("cores", "kernel", "dockerd", "containerd", "iptables", "etcd", "cni_plugins", "python",
               "matplotlib", "pynet_commit"):
         out.append(f"| {k} | {m[k]} |")
     out += [f"| loadavg (1/5/15 min) at start | {' / '.join(f'{x:.2f}' for x in ld['start'])} |",
+            *[f"| loadavg when section {s} ended | {' / '.join(f'{x:.2f}' for x in v)} |"
+              for s, v in ld.get("sections", {}).items()],
             f"| loadavg at end | {' / '.join(f'{x:.2f}' for x in ld['end'])} |",
             f"| duration | {rep['duration_s']:.0f} s |", "",
             rep["note"], "",
@@ -596,7 +610,7 @@ def render_md(rep: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(rep: dict, run: Run | None, out: Path) -> None:
+def write_report(rep: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, c in rep["curves"].items():
         plot(c, out / c["png"])
@@ -660,7 +674,7 @@ def main(argv=None) -> int:
     if args.compare:
         return compare(*args.compare)
     if args.render:
-        write_report(load(args.render), None, Path(args.render))
+        write_report(load(args.render), Path(args.render))
         return 0
     if os.geteuid() != 0:
         print("benchmarks/run needs root (namespaces, links, dockerd, iptables)", file=sys.stderr)
@@ -682,32 +696,37 @@ def main(argv=None) -> int:
         f" --curve-budget {args.curve_budget:g}"
     load_start = os.getloadavg()
     t0 = time.monotonic()
+    skipped = {cid: why for cid, (sec, *_rest) in EXPECTED.items() for s, why in args.skip.items()
+               if sec == s and s in sections}
+
+    def report(run: Run, partial: bool) -> dict:
+        return {
+            "date": now.strftime("%Y-%m-%d %H:%M UTC"), "partial": partial,
+            "options": {"quick": args.quick, "rounds": args.rounds, "scale": args.scale_dict,
+                        "sections": sections, "curve_budget": args.curve_budget},
+            "rerun": rerun, "prefix": run.prefix, "machine": machine(),
+            "load": {"start": load_start, "end": os.getloadavg(), "sections": run.load_by_section},
+            "duration_s": time.monotonic() - t0,
+            "note": ("Shared machine: other sessions' test suites ran beside this run (see the load averages; "
+                     "this machine has 2 cores), so absolute times are inflated and noisy; the ratios are the "
+                     "figures to read, and the rerun command above reproduces the run on a quiet machine."),
+            "expected": sorted(c for c, (sec, *_r) in EXPECTED.items() if sec in sections),
+            "comparisons": run.comparisons, "curves": run.curves, "errors": run.errors, "skipped": skipped,
+            "not_measured": NOT_MEASURED,
+        }
+
     lock, work = bench_cni.open_work("run")
-    run = None
     try:
         bin_dir = bench_cni.cni_bin_dir(work)
         run = Run(args, lock.prefix, work, bin_dir)
         print(f"[bench] prefix {lock.prefix}, sections {','.join(sections)}, rounds {args.rounds}, "
               f"scale {args.scale_dict}", file=sys.stderr, flush=True)
-        run.run_sections(sections)
+        # the report so far after every section: a long run stopped half-way still leaves one
+        run.run_sections(sections, after_section=lambda: write_report(report(run, True), out))
     finally:
         bench_cni.close_work(lock, work)
-    skipped = {cid: why for cid, (sec, *_rest) in EXPECTED.items() for s, why in args.skip.items()
-               if sec == s and s in sections}
-    rep = {
-        "date": now.strftime("%Y-%m-%d %H:%M UTC"), "options": {"quick": args.quick, "rounds": args.rounds,
-                                                               "scale": args.scale_dict, "sections": sections},
-        "rerun": rerun, "prefix": run.prefix, "machine": machine(),
-        "load": {"start": load_start, "end": os.getloadavg()},
-        "duration_s": time.monotonic() - t0,
-        "note": ("Shared machine: other sessions' test suites ran beside this run (see the load averages; "
-                 "this machine has 2 cores), so absolute times are inflated and noisy; the ratios are the "
-                 "figures to read, and the rerun command above reproduces the run on a quiet machine."),
-        "expected": sorted(c for c, (sec, *_r) in EXPECTED.items() if sec in sections),
-        "comparisons": run.comparisons, "curves": run.curves, "errors": run.errors, "skipped": skipped,
-        "not_measured": NOT_MEASURED,
-    }
-    write_report(rep, run, out)
+    rep = report(run, False)
+    write_report(rep, out)
     print(f"[bench] report: {out / 'report.md'}", file=sys.stderr)
     for c in rep["comparisons"]:
         goal = "" if c["goal"] is None else f"  goal {c['goal_op']} {c['goal']:g}: {'met' if c['met'] else 'MISSED'}"
