@@ -303,53 +303,52 @@ class Run:
         attached.append((side, conf, cid, ns, res))
         return took
 
+    def grow(self, name: str, n: int, add_one) -> dict:
+        """``add_one(i, side)`` -> seconds, for i = 0..n-1 and both sides in turns (the order
+        alternating), until --curve-budget runs out: {side: [(i, seconds)]}."""
+        samples = {"pynet": [], "peer": []}
+        t_end = time.monotonic() + self.args.curve_budget
+        with self.bar(name, 2 * n) as bar:
+            for i in range(n):
+                if time.monotonic() > t_end:
+                    self.truncated[name] = i
+                    break
+                for side in (("pynet", "peer") if i % 2 == 0 else ("peer", "pynet")):
+                    samples[side].append((i, add_one(i, side)))
+                    bar.update()
+        return samples
+
     def section_networks(self):
         self.start_node("n")
-        n = self.scale["networks"]
-        samples = {"pynet": [], "peer": []}
         attached, chains = [], []
+
+        def add_network(i: int, side: str) -> float:
+            base = i * 16 + (0 if side == "pynet" else 16384)  # /28s: pynet <net16>.0.0/18, reference .64.0/18
+            subnet = f"{self.net16}.{base // 256}.{base % 256}/28"
+            gw = f"{self.net16}.{base // 256}.{base % 256 + 1}"
+            c, conf = (self.pynet_side(f"n{i}", subnet, gw) if side == "pynet"
+                       else self.reference_side(f"n{i}", subnet))
+            chains.append(c)
+            return self._attach(side, conf, f"{self.prefix}-net{i}", f"{self.prefix}-n{side[1]}{i}", attached)
+
         try:
-            t_end = time.monotonic() + self.args.curve_budget
-            with self.bar("networks", 2 * n) as bar:
-                for i in range(n):
-                    if time.monotonic() > t_end:
-                        self.truncated["networks"] = i
-                        break  # /28s: pynet in <net16>.0.0/18, reference in <net16>.64.0/18
-                    for side in (("pynet", "peer") if i % 2 == 0 else ("peer", "pynet")):
-                        base = i * 16 + (0 if side == "pynet" else 16384)
-                        subnet = f"{self.net16}.{base // 256}.{base % 256}/28"
-                        gw = f"{self.net16}.{base // 256}.{base % 256 + 1}"
-                        c, conf = (self.pynet_side(f"n{i}", subnet, gw) if side == "pynet"
-                                   else self.reference_side(f"n{i}", subnet))
-                        chains.append(c)
-                        took = self._attach(side, conf, f"{self.prefix}-net{i}", f"{self.prefix}-n{side[1]}{i}",
-                                            attached)
-                        samples[side].append((i, took))
-                        bar.update()
+            samples = self.grow("networks", self.scale["networks"], add_network)
         finally:
             self.release(attached, chains)
         self.curve("networks", samples)
 
     def section_endpoints(self):
         self.start_node("e")
-        n = self.scale["endpoints"]
-        samples = {"pynet": [], "peer": []}
         attached = []
         pyn, pconf = self.pynet_side("ep", f"{self.net16}.128.0/22", f"{self.net16}.128.1")
         ref, rconf = self.reference_side("ep", f"{self.net16}.132.0/22")
+
+        def add_endpoint(i: int, side: str) -> float:
+            return self._attach(side, pconf if side == "pynet" else rconf, f"{self.prefix}-ep{i}",
+                                f"{self.prefix}-e{side[1]}{i}", attached)
+
         try:
-            t_end = time.monotonic() + self.args.curve_budget
-            with self.bar("endpoints", 2 * n) as bar:
-                for i in range(n):
-                    if time.monotonic() > t_end:
-                        self.truncated["endpoints"] = i
-                        break
-                    for side in (("pynet", "peer") if i % 2 == 0 else ("peer", "pynet")):
-                        conf = pconf if side == "pynet" else rconf
-                        took = self._attach(side, conf, f"{self.prefix}-ep{i}", f"{self.prefix}-e{side[1]}{i}",
-                                            attached)
-                        samples[side].append((i, took))
-                        bar.update()
+            samples = self.grow("endpoints", self.scale["endpoints"], add_endpoint)
         finally:
             self.release(attached, [pyn, ref])
         self.curve("endpoints", samples)
