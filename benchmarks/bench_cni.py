@@ -84,7 +84,9 @@ def make_sides(prefix: str, work: Path, bin_dir: Path, with_daemon: bool) -> dic
     return sides
 
 
-def bench_direct(prefix: str, sides: dict, bin_dir: Path, rounds: int, warmup: int = 2) -> dict:
+def bench_direct(prefix: str, sides: dict, bin_dir: Path, rounds: int, warmup: int = 2,
+                 progress=None) -> dict:
+    """{side: [seconds of ADD+DEL]}; ``progress()`` is called after every ADD+DEL (benchmarks/run)."""
     results = {s: [] for s in sides}
     order = list(sides)
     errors = {}
@@ -114,13 +116,15 @@ def bench_direct(prefix: str, sides: dict, bin_dir: Path, rounds: int, warmup: i
                     pass
             finally:
                 harness.sh("ip", "netns", "del", ns, check=False)
+                if progress is not None:
+                    progress()
     for side, e in errors.items():
         print(f"direct       {side:<13} FAILED: {e[:300]}")
     return results
 
 
 def bench_cri(prefix: str, work: Path, sides: dict, bin_dir: Path, images: Path, rounds: int,
-              warmup: int = 1) -> tuple[dict, list]:
+              warmup: int = 1, progress=None) -> tuple[dict, list]:
     ctds = {}
     results = {s: [] for s in sides}
     errors = {}
@@ -156,6 +160,8 @@ def bench_cri(prefix: str, work: Path, sides: dict, bin_dir: Path, images: Path,
                                 cri.remove_pod_sandbox(s.id, timeout=30)
                             except Exception:  # noqa: BLE001
                                 pass
+                        if progress is not None:
+                            progress()
     finally:
         for ctd in ctds.values():
             try:
@@ -168,6 +174,32 @@ def bench_cri(prefix: str, work: Path, sides: dict, bin_dir: Path, images: Path,
     return results, list(errors)
 
 
+def open_work(tag: str) -> tuple["harness.RunLock", Path]:
+    """The run's prefix (its lock held) and a work dir under the runtimes' base, after removing
+    what dead runs left behind (benchmarks/run opens its run the same way)."""
+    lock = harness.RunLock.acquire_new()
+    harness.cleanup_stale_host(current=lock.prefix)
+    rh.cleanup_stale_runtimes(current=lock.prefix)  # before our own directory exists
+    rh.RUNTIME_BASE.mkdir(parents=True, exist_ok=True)
+    return lock, Path(rh.tempfile.mkdtemp(prefix=f"{lock.prefix}-{tag}.", dir=rh.RUNTIME_BASE))
+
+
+def cni_bin_dir(work: Path) -> Path:
+    """A plugin dir with the reference plugins and pynet's binaries."""
+    bin_dir = rh.CniBinDir(work / "bin", reference=True).path
+    rh.install_pynet_cni(bin_dir)
+    return bin_dir
+
+
+def close_work(lock: "harness.RunLock", work: Path) -> None:
+    """Removes every netns and link of the run's prefix, the work dir, and releases the prefix."""
+    harness.cleanup_netns([lock.prefix])
+    harness.cleanup_links([lock.prefix])
+    rh.unmount_under(work)
+    subprocess.run(["rm", "-rf", str(work)])
+    lock.release()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=9, help="timed direct-exec rounds per side")
@@ -178,17 +210,12 @@ def main(argv=None) -> int:
     if os.geteuid() != 0:
         print("bench_cni needs root", file=sys.stderr)
         return 2
-    lock = harness.RunLock.acquire_new()
+    lock, work = open_work("bench")
     prefix = lock.prefix
-    harness.cleanup_stale_host(current=prefix)
-    rh.cleanup_stale_runtimes(current=prefix)  # before our own directory exists
-    rh.RUNTIME_BASE.mkdir(parents=True, exist_ok=True)
-    work = Path(rh.tempfile.mkdtemp(prefix=f"{prefix}-bench.", dir=rh.RUNTIME_BASE))
     sides = {}
     lines = []
     try:
-        bin_dir = rh.CniBinDir(work / "bin", reference=True).path
-        rh.install_pynet_cni(bin_dir)
+        bin_dir = cni_bin_dir(work)
         sides = make_sides(prefix, work, bin_dir, not args.no_daemon)
         print(f"[bench_cni] prefix {prefix}, sides: {', '.join(sides)}", flush=True)
         direct = bench_direct(prefix, sides, bin_dir, args.rounds)
@@ -205,11 +232,7 @@ def main(argv=None) -> int:
     finally:
         for chain, _ in sides.values():
             chain.cleanup()
-        harness.cleanup_netns([prefix])
-        harness.cleanup_links([prefix])
-        rh.unmount_under(work)
-        subprocess.run(["rm", "-rf", str(work)])
-        lock.release()
+        close_work(lock, work)
     print("\n== bench_cni summary ==")
     print("\n".join(lines))
     return 0

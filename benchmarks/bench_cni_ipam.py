@@ -66,30 +66,47 @@ def fill_and_release(bin_dir: Path, conf: dict, prefix: str, tag: str, count: in
                 dels.append(exec_ipam(bin_dir, conf, "DEL", cid, netns))
             except RuntimeError:
                 pass
-    first = statistics.median(adds[:100])
-    last = statistics.median(adds[-100:])
+    return summarize(adds, dels)
+
+
+def summarize(adds: list[float], dels: list[float], k: int = 100) -> dict:
+    """Medians of the first and last ``k`` ADDs and DELs, last/first (flatness), ADDs per second."""
+    first = statistics.median(adds[:k])
+    last = statistics.median(adds[-k:])
     return {"add_first100": first, "add_last100": last, "flat": last / first,
-            "del_first100": statistics.median(dels[:100]), "del_last100": statistics.median(dels[-100:]),
+            "del_first100": statistics.median(dels[:k]), "del_last100": statistics.median(dels[-k:]),
             "rate": len(adds) / sum(adds), "n": len(adds)}
 
 
-def host_local_conf(name: str, data_dir: Path) -> dict:
+def host_local_conf(name: str, data_dir: Path, subnet: str = SUBNET) -> dict:
     return {"cniVersion": "1.0.0", "name": name, "type": "bridge",
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": SUBNET}]], "dataDir": str(data_dir)}}
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": str(data_dir)}}
 
 
-def pynet_conf(name: str, state_dir: Path, socket: Path | None) -> dict:
+def pynet_conf(name: str, state_dir: Path, socket: Path | None, subnet: str = SUBNET) -> dict:
     pyn = {"stateDir": str(state_dir), "daemon": socket is not None, "instance": name}
     if socket is not None:
         pyn["socket"] = str(socket)
     return {"cniVersion": "1.0.0", "name": name, "type": "bridge",
-            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": SUBNET}]], "pynet": pyn}}
+            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": subnet}]], "pynet": pyn}}
+
+
+def rate_runs(daemon: harness.PynetDaemon, state_dir: Path, prefix: str, runs: int, calls: int) -> list[dict]:
+    """``runs`` measurements of daemon_rates and allocator_rate, each on a fresh daemon state
+    (so every run starts with an empty pool)."""
+    out = []
+    for i in range(runs):
+        daemon.stop()
+        subprocess.run(["rm", "-rf", str(state_dir)])
+        daemon.start(remove_stale_socket=True)
+        out.append(daemon_rates(daemon, state_dir, f"{prefix}-rt{i}", calls))
+    for i, r in enumerate(out):
+        r["allocator"] = allocator_rate(state_dir.parent / f"alloc-{i}", calls)
+    return out
 
 
 def daemon_rates(daemon: harness.PynetDaemon, state_dir: Path, name: str, calls: int) -> dict:
     """Calls per second into a running daemon: Docker's IpamDriver.RequestAddress and the CNI route."""
-    from pynet.cni.shim import namespace_ids
-
     out = {}
     st, body = daemon.post("IpamDriver.RequestPool", {"AddressSpace": "LocalDefault", "Pool": "10.246.0.0/17",
                                                       "Options": {}, "V6": False})
@@ -103,20 +120,27 @@ def daemon_rates(daemon: harness.PynetDaemon, state_dir: Path, name: str, calls:
             raise RuntimeError(f"RequestAddress: {st} {body}")
     out["docker_request_address"] = calls / (time.perf_counter() - t0)
 
-    net, mnt = namespace_ids()
     conf = pynet_conf(name + "r", state_dir, daemon.socket)
     conf["ipam"]["ranges"] = [[{"subnet": "10.246.128.0/17"}]]
-    stdin = json.dumps(conf)
     t0 = time.perf_counter()
     for i in range(calls):
-        env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": f"rate{i:06d}", "CNI_NETNS": "/proc/self/ns/net",
-               "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
-        st, body = daemon.post("Pynet.CNI", {"plugin": "ipam", "env": env, "stdin": stdin,
-                                             "stateDir": str(state_dir), "netns": net, "mntns": mnt})
-        if st != 200 or body.get("code") != 0:
-            raise RuntimeError(f"Pynet.CNI ipam ADD: {st} {body}")
+        cni_route_add(daemon, conf, f"rate{i:06d}")
     out["cni_route_add"] = calls / (time.perf_counter() - t0)
     return out
+
+
+def cni_route_add(daemon: harness.PynetDaemon, conf: dict, cid: str) -> None:
+    """One pynet-ipam ADD through the daemon's ``POST /Pynet.CNI`` (what the shim forwards), without
+    a process per call."""
+    from pynet.cni.shim import namespace_ids
+
+    net, mnt = namespace_ids()
+    env = {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": cid, "CNI_NETNS": "/proc/self/ns/net",
+           "CNI_IFNAME": "eth0", "CNI_PATH": "/nonexistent"}
+    st, body = daemon.post("Pynet.CNI", {"plugin": "ipam", "env": env, "stdin": json.dumps(conf),
+                                         "stateDir": conf["ipam"]["pynet"]["stateDir"], "netns": net, "mntns": mnt})
+    if st != 200 or body.get("code") != 0:
+        raise RuntimeError(f"Pynet.CNI ipam ADD: {st} {body}")
 
 
 def allocator_rate(state_dir: Path, calls: int) -> float:
@@ -196,16 +220,7 @@ def main(argv=None) -> int:
                 f"flatness last/first pynet {r['flat']:.2f} (goal <= 1.2: {'ok' if r['flat'] <= 1.2 else 'ABOVE GOAL'}) "
                 f"host-local {hl['flat']:.2f}  n={r['n']}")
         if daemons and hl:
-            d = daemons[0]
-            runs = []
-            for i in range(args.runs):
-                # a fresh daemon state per run, so every run starts with an empty pool
-                d.stop()
-                subprocess.run(["rm", "-rf", str(work / "pynet-daemon-state")])
-                d.start(remove_stale_socket=True)
-                runs.append(daemon_rates(d, work / "pynet-daemon-state", f"{prefix}-rt{i}", args.rate_calls))
-            for i, r in enumerate(runs):
-                r["allocator"] = allocator_rate(work / f"alloc-{i}", args.rate_calls)
+            runs = rate_runs(daemons[0], work / "pynet-daemon-state", prefix, args.runs, args.rate_calls)
             for key, label in (("docker_request_address", "IpamDriver.RequestAddress"),
                                ("cni_route_add", "Pynet.CNI ipam ADD"),
                                ("allocator", "allocator (Ipam+SqliteStore)")):

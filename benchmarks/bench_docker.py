@@ -169,6 +169,97 @@ def line(label: str, pynet: list[float], peer: list[float], goal: float | None) 
             f"max {max(peer) * 1e3:.1f})  ratio {ratio:5.2f}  n={len(pynet)}{verdict}")
 
 
+def kinds_for(plugin: str) -> list[tuple[str, str, str | None]]:
+    """(label, driver, ipam driver or None for Docker's default) of the three kinds of network."""
+    return [("pynet/pynet-ipam", plugin, plugin), ("pynet/docker-ipam", plugin, None),
+            ("builtin-bridge", "bridge", None)]
+
+
+def prepare(prefix: str, via, kinds) -> tuple[dict, dict]:
+    """Subnets per kind for the create+rm samples, and one network per kind (made now, for the
+    whole run) for the run/rm samples: ({label: subnet}, {label: network name})."""
+    # subnets: 10.<a>.<case>.0/24, <a> from the run prefix (few tests use 10.128-191)
+    a = 128 + int(prefix[2:], 16) % 64
+    subnet = {k[0]: f"10.{a}.{i}.0/24" for i, k in enumerate(kinds)}
+    run_net = {}
+    for i, (label, drv, ipam) in enumerate(kinds):
+        n = f"{prefix}-run-{label.replace('/', '-')}"
+        via.net_create(n, drv, ipam, f"10.{a}.{10 + i}.0/24")
+        run_net[label] = n
+    return subnet, run_net
+
+
+def measure(prefix: str, kinds, vias, runs: int, subnet: dict, run_net: dict, on_round=None) -> dict:
+    """results[via][op][kind] -> seconds per measured round, after one warm-up round; the kinds
+    take turns in every round and the order rotates; ``on_round(r)`` after every measured round."""
+    docker = harness.Docker()
+    res: dict = {v.name: {op: {k[0]: [] for k in kinds}
+                          for op in ("create", "netrm", "create+rm", "run", "rm -f", "run+rm")}
+                 for v in vias}
+    seq = [0]
+
+    def one_round(keep: bool, r: int) -> None:
+        order = kinds[r % 3:] + kinds[:r % 3]
+        for v in vias:
+            for label, drv, ipam in order:
+                seq[0] += 1
+                net = f"{prefix}-n{seq[0]}"
+
+                def sample_net():
+                    t_c = timed(v.net_create, net, drv, ipam, subnet[label])
+                    t_r = timed(v.net_rm, net)
+                    return t_c, t_r
+
+                def clean_net():
+                    docker.run("network", "rm", net, check=False)
+
+                t_c, t_r = with_retry(sample_net, clean_net)
+                ctr = f"{prefix}-c{seq[0]}"
+
+                def sample_run():
+                    t_run = timed(v.run, ctr, run_net[label])
+                    t_rm = timed(v.rm, ctr)
+                    return t_run, t_rm
+
+                def clean_run():
+                    docker.run("rm", "-f", ctr, check=False)
+
+                t_run, t_rm = with_retry(sample_run, clean_run)
+                if keep:
+                    d = res[v.name]
+                    d["create"][label].append(t_c)
+                    d["netrm"][label].append(t_r)
+                    d["create+rm"][label].append(t_c + t_r)
+                    d["run"][label].append(t_run)
+                    d["rm -f"][label].append(t_rm)
+                    d["run+rm"][label].append(t_run + t_rm)
+
+    one_round(False, 0)
+    for r in range(runs):
+        one_round(True, r)
+        if on_round is not None:
+            on_round(r)
+    return res
+
+
+def start_daemon(prefix: str, state: str) -> harness.PynetDaemon:
+    """The harness's PynetDaemon as plugin ``<prefix>-bench`` (own socket, state, chain prefix)."""
+    plugin = f"{prefix}-bench"
+    return harness.PynetDaemon(plugin, harness.PLUGIN_DIR / f"{plugin}.sock", os.path.join(state, "state"),
+                               log_dir=os.path.join(state, "log")).start()
+
+
+def teardown(daemon, prefix: str) -> None:
+    docker = harness.Docker()
+    if daemon is not None:
+        try:
+            harness.teardown_daemon(daemon, docker, [prefix + "-"])
+        except Exception as e:  # noqa: BLE001
+            print(f"teardown: {e}", file=sys.stderr)
+    else:
+        harness.cleanup_docker(docker, [prefix + "-"])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=10, help="measured rounds (after 1 warm-up)")
@@ -186,79 +277,17 @@ def main() -> int:
     try:
         harness.ensure_dockerd()
         image = harness.ensure_test_image()
-        plugin = f"{prefix}-bench"
-        daemon = harness.PynetDaemon(plugin, harness.PLUGIN_DIR / f"{plugin}.sock",
-                                     os.path.join(state, "state"),
-                                     log_dir=os.path.join(state, "log")).start()
-        # subnets: 10.<a>.<case>.0/24, <a> from the run prefix (few tests use 10.128-191)
-        a = 128 + int(prefix[2:], 16) % 64
-        kinds = [  # (label, driver, ipam driver or None for Docker's default)
-            ("pynet/pynet-ipam", plugin, plugin),
-            ("pynet/docker-ipam", plugin, None),
-            ("builtin-bridge", "bridge", None),
-        ]
-        subnet = {k[0]: f"10.{a}.{i}.0/24" for i, k in enumerate(kinds)}
-        run_subnet = {k[0]: f"10.{a}.{10 + i}.0/24" for i, k in enumerate(kinds)}
+        daemon = start_daemon(prefix, state)
+        kinds = kinds_for(daemon.name)
         vias = [Cli(image), Api(image)] if args.via == "both" else \
             [Cli(image) if args.via == "cli" else Api(image)]
 
-        print(f"plugin {plugin} (pid {daemon.pid}), dockerd "
+        print(f"plugin {daemon.name} (pid {daemon.pid}), dockerd "
               f"{docker.run('version', '--format', '{{.Server.Version}}').stdout.strip()}, "
               f"{args.runs} rounds + 1 warm-up, kinds interleaved, order rotating\n", flush=True)
-
-        # networks for the run/rm measurement, one per kind, for the whole run
-        run_net = {}
-        for label, drv, ipam in kinds:
-            n = f"{prefix}-run-{label.replace('/', '-')}"
-            vias[0].net_create(n, drv, ipam, run_subnet[label])
-            run_net[label] = n
-
-        # results[via][op][kind] -> list of seconds
-        res: dict = {v.name: {op: {k[0]: [] for k in kinds}
-                              for op in ("create", "netrm", "create+rm", "run", "rm -f", "run+rm")}
-                     for v in vias}
-        seq = [0]
-
-        def one_round(keep: bool, r: int) -> None:
-            order = kinds[r % 3:] + kinds[:r % 3]
-            for v in vias:
-                for label, drv, ipam in order:
-                    seq[0] += 1
-                    net = f"{prefix}-n{seq[0]}"
-
-                    def sample_net():
-                        t_c = timed(v.net_create, net, drv, ipam, subnet[label])
-                        t_r = timed(v.net_rm, net)
-                        return t_c, t_r
-
-                    def clean_net():
-                        docker.run("network", "rm", net, check=False)
-
-                    t_c, t_r = with_retry(sample_net, clean_net)
-                    ctr = f"{prefix}-c{seq[0]}"
-
-                    def sample_run():
-                        t_run = timed(v.run, ctr, run_net[label])
-                        t_rm = timed(v.rm, ctr)
-                        return t_run, t_rm
-
-                    def clean_run():
-                        docker.run("rm", "-f", ctr, check=False)
-
-                    t_run, t_rm = with_retry(sample_run, clean_run)
-                    if keep:
-                        d = res[v.name]
-                        d["create"][label].append(t_c)
-                        d["netrm"][label].append(t_r)
-                        d["create+rm"][label].append(t_c + t_r)
-                        d["run"][label].append(t_run)
-                        d["rm -f"][label].append(t_rm)
-                        d["run+rm"][label].append(t_run + t_rm)
-
-        one_round(False, 0)
-        for r in range(args.runs):
-            one_round(True, r)
-            print(f"  round {r + 1}/{args.runs} done", flush=True)
+        subnet, run_net = prepare(prefix, vias[0], kinds)
+        res = measure(prefix, kinds, vias, args.runs, subnet, run_net,
+                      on_round=lambda r: print(f"  round {r + 1}/{args.runs} done", flush=True))
 
         goals = {"create+rm": CREATE_GOAL, "run": RUN_GOAL}
         for v in vias:
@@ -272,13 +301,7 @@ def main() -> int:
         print("\n(shared machine: other engineers' tests run beside this; numbers are noisy)")
         return 0
     finally:
-        if daemon is not None:
-            try:
-                harness.teardown_daemon(daemon, docker, [prefix + "-"])
-            except Exception as e:  # noqa: BLE001
-                print(f"teardown: {e}", file=sys.stderr)
-        else:
-            harness.cleanup_docker(docker, [prefix + "-"])
+        teardown(daemon, prefix)
         shutil.rmtree(state, ignore_errors=True)
         lock.release()
 

@@ -45,7 +45,12 @@ def timed(*argv):
     return time.perf_counter() - t
 
 
-def bench_docker(prefix, runs, port_counts):
+def bench_docker(prefix, runs, port_counts, progress=None,
+                 subnets=("10.239.250.0/24", "10.239.251.0/24"), base=40000):
+    """{ports: {"pynet"|"peer": ([run -d seconds], [rm -f seconds])}}, printed as it goes;
+    ``progress()`` after every run+rm. benchmarks/run passes subnets and host ports of its own
+    (``base`` .. ``base`` + 200 + the largest count), so it can run beside this script."""
+    out = {}
     d = harness.Docker()
     daemon = harness.PynetDaemon(f"{prefix}-bench", harness.PLUGIN_DIR / f"{prefix}-bench.sock",
                                  f"/tmp/{prefix}-bench-state")
@@ -53,9 +58,8 @@ def bench_docker(prefix, runs, port_counts):
     try:
         pn, bn = f"{prefix}-pn", f"{prefix}-bn"
         d.run("network", "create", "-d", daemon.name, "--ipam-driver", daemon.name,
-              "--subnet", "10.239.250.0/24", pn)
-        d.run("network", "create", "--subnet", "10.239.251.0/24", bn)
-        base = 40000
+              "--subnet", subnets[0], pn)
+        d.run("network", "create", "--subnet", subnets[1], bn)
         for n in port_counts:
             res = {"pynet": ([], []), "peer": ([], [])}
             for r in range(runs + 1):  # first round: warm-up
@@ -68,8 +72,12 @@ def bench_docker(prefix, runs, port_counts):
                     if r:
                         res[side][0].append(t_run)
                         res[side][1].append(t_rm)
+                    if progress is not None:
+                        progress()
             line(f"docker run -d, {n} ports", res["pynet"][0], res["peer"][0])
             line(f"docker rm -f, {n} ports", res["pynet"][1], res["peer"][1])
+            out[n] = res
+        return out
     finally:
         harness.cleanup_docker(d, [prefix + "-"])
         daemon.stop()
