@@ -46,10 +46,10 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests" / "e2e"), str(ROOT / "tests" / "runtimes"), str(ROOT)]
+sys.path[:0] = [str(ROOT)]
 
-import harness  # noqa: E402
-import runtime_harness as rh  # noqa: E402
+from tests.support import harness  # noqa: E402
+from tests.support import runtime_harness as rh  # noqa: E402
 
 from benchmarks import bench_cni, bench_cni_ipam, bench_docker, bench_firewall  # noqa: E402
 
