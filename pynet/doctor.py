@@ -33,7 +33,7 @@ The checks, and why each one matters to pynet:
 * ``store``: the SQLite store in the state dir opens read-only and reads.
 * ``cluster_store``: the etcd cluster store (``--cluster-store``/``PYNET_CLUSTER_STORE``)
   answers a read.
-* ``leftovers``: links (alias ``pynet:<instance>:<id>``, :mod:`pynet.drivers.bridge`) and
+* ``leftovers``: links (alias ``pynet:<instance>:<id>``, :mod:`pynet.drivers.options`) and
   iptables chains/rules (tag ``pynet:<chain prefix>:<owner>``, chain ``<prefix>-USER``...,
   :mod:`pynet.firewall.model`) of an instance with no running daemon -- or of this instance
   but for objects its store no longer knows.
@@ -423,7 +423,10 @@ class Doctor:
         own = [line for line in saved["rules"].get(("filter", "FORWARD"), [])
                if f"pynet:{prefix}:" in line]
         snap = self.snapshot() or {"networks": []}
-        bridges = [n for n in snap["networks"] if n.driver == "bridge"]
+        from pynet import drivers as registry
+
+        # the networks whose forwarded traffic pynet's own FORWARD rules accept (bridge ones)
+        bridges = [n for n in snap["networks"] if registry.contributes_firewall(n.driver)]
         if own:
             return Check("forward_policy", OK, f"FORWARD policy DROP; {len(own)} rule(s) of {prefix} "
                          "in FORWARD accept its networks' traffic")

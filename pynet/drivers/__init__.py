@@ -46,6 +46,18 @@ def driver_class(name: str):
     return getattr(importlib.import_module(module), cls)
 
 
+def contributes_firewall(name: str) -> bool:
+    """Whether networks of driver ``name`` get forwarding rules of their own
+    (the driver overrides ``firewall_network``); False for an unknown name."""
+    from pynet.cnm.driver import DriverBase
+
+    try:
+        cls = driver_class(name)
+    except (KeyError, ImportError, AttributeError):
+        return False
+    return getattr(cls, "firewall_network", None) not in (None, DriverBase.firewall_network)
+
+
 class Drivers(Mapping):
     """Driver name -> driver, each built on first use with the side-effect
     interfaces given here.  A plain Mapping to the controller."""
