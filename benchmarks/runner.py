@@ -297,10 +297,13 @@ class Run:
 
     def _attach(self, side, conf, cid, ns, attached, rc=None) -> float:
         netns = self.netns(ns)
+        # recorded before the ADD: one that fails or times out halfway (portmap at 1,000 ports under
+        # load) has written rules already, and only its DEL removes them (chains named by a hash)
+        attached.append((side, conf, cid, ns, None))
         t0 = time.perf_counter()
         res = rh.run_chain(self.bin_dir, conf, "ADD", cid, netns, runtime_config=rc)
         took = time.perf_counter() - t0
-        attached.append((side, conf, cid, ns, res))
+        attached[-1] = (side, conf, cid, ns, res)
         return took
 
     def grow(self, name: str, n: int, add_one) -> dict:
