@@ -25,6 +25,7 @@ import pytest
 from pynet.errors import PoolExhausted
 from pynet.ipam import Ipam
 from pynet.store.etcd import EtcdStore
+from tests.support.ipam_worker import read_answers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 WAIT = 60.0  # s: upper bound of any wait for a worker
@@ -176,16 +177,7 @@ def test_sigkill_of_an_allocator_hands_nothing_out_twice(open_ipam, cluster, spa
             time.sleep(0.01)
         os.kill(child.pid, signal.SIGKILL)
         child.communicate(timeout=WAIT)
-        mine, in_doubt = set(), set()
-        for line in out.read_text().splitlines()[1:]:
-            kind, addr = line[0], line[1:]
-            if kind == "+":
-                mine.add(addr)
-            elif kind == "?":
-                in_doubt.add(addr)
-            elif kind == "-":
-                mine.discard(addr)
-                in_doubt.discard(addr)
+        mine, in_doubt = read_answers(out.read_text())
         mine -= in_doubt
         allocated = set(ipam.allocated(pid))
         assert mine <= allocated, "an address the allocator was told is not marked allocated"

@@ -24,6 +24,22 @@ from pynet.ipam import Ipam
 from tests.support.store_worker import open_for_test
 
 
+def read_answers(text: str) -> tuple[set, set]:
+    """An allocation log (header line, then ``+addr`` / ``?addr`` / ``-addr``) -> (addresses
+    the process was told it holds, addresses in doubt: a release was started but not seen done)."""
+    held, in_doubt = set(), set()
+    for line in text.splitlines()[1:]:
+        kind, addr = line[0], line[1:]
+        if kind == "+":
+            held.add(addr)
+        elif kind == "?":
+            in_doubt.add(addr)
+        elif kind == "-":
+            held.discard(addr)
+            in_doubt.discard(addr)
+    return held, in_doubt
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("store")

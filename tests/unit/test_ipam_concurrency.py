@@ -13,6 +13,7 @@ import pytest
 from pynet.errors import PoolExhausted
 from pynet.ipam import Ipam
 from pynet.store.sqlite import SqliteStore
+from tests.support.ipam_worker import read_answers
 
 LOCAL = "LocalDefault"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -119,16 +120,7 @@ def test_sigkill_mid_allocation_leaves_store_consistent(tmp_path, cidr):
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
 
-        held, in_doubt = set(), set()
-        for line in out.read_text().splitlines()[1:]:
-            kind, addr = line[0], line[1:]
-            if kind == "+":
-                held.add(addr)
-            elif kind == "?":
-                in_doubt.add(addr)
-            elif kind == "-":
-                held.discard(addr)
-                in_doubt.discard(addr)
+        held, in_doubt = read_answers(out.read_text())
         held = (held - in_doubt) | held_before
         allocated = set(ipam.allocated(pid))
         assert held, "the child should have allocated something"
