@@ -62,6 +62,9 @@ def _global_flags(defaults: bool) -> argparse.ArgumentParser:
     g.add_argument("--state-dir", help="state directory (env PYNET_STATE_DIR; default /var/lib/pynet)")
     g.add_argument("--plugin-name", help="plugin name (env PYNET_PLUGIN_NAME; default pynet)")
     g.add_argument("--chain-prefix", help="iptables chain prefix (env PYNET_CHAIN_PREFIX; default PYNET)")
+    g.add_argument("--firewall-backend",
+                   help="firewall backend (env PYNET_FIREWALL_BACKEND; default iptables, "
+                        "which coexists with the host's dockerd)")
     g.add_argument("--socket", dest="socket_path",
                    help="plugin socket (env PYNET_SOCKET; default /run/docker/plugins/<name>.sock)")
     g.add_argument("--json", action="store_true", default=False if defaults else argparse.SUPPRESS,
@@ -192,7 +195,8 @@ def config_from_args(args) -> Config:
     return Config.from_env(state_dir=getattr(args, "state_dir", None),
                            plugin_name=getattr(args, "plugin_name", None),
                            socket_path=getattr(args, "socket_path", None),
-                           chain_prefix=getattr(args, "chain_prefix", None))
+                           chain_prefix=getattr(args, "chain_prefix", None),
+                           firewall_backend=getattr(args, "firewall_backend", None))
 
 
 # ------------------------------------------------------------------ helpers

@@ -13,6 +13,9 @@ class Config:
     state_dir: str = "/var/lib/pynet"
     socket_path: str = ""  # default derived from plugin_name
     chain_prefix: str = "PYNET"
+    # the firewall backend: "iptables" (Docker's layout, coexists with the host's dockerd)
+    # or "nftables" (pynet's own nft tables; see pynet.firewall.nft)
+    firewall_backend: str = "iptables"
     # Default pools for RequestPool without a subnet: (base, prefix length of each pool).
     # Docker's own defaults, so users meet the subnets they know.
     default_pools: list = field(default_factory=lambda: [
@@ -37,6 +40,8 @@ class Config:
             kw["socket_path"] = env["PYNET_SOCKET"]
         if env.get("PYNET_CHAIN_PREFIX"):
             kw["chain_prefix"] = env["PYNET_CHAIN_PREFIX"]
+        if env.get("PYNET_FIREWALL_BACKEND"):
+            kw["firewall_backend"] = env["PYNET_FIREWALL_BACKEND"]
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**_checked(kw))
 
@@ -53,6 +58,8 @@ def _checked(kw: dict) -> dict:
         out["plugin_name"] = validate.instance_name(out["plugin_name"], "plugin name")
     if "chain_prefix" in out:
         out["chain_prefix"] = validate.chain_prefix(out["chain_prefix"])
+    if "firewall_backend" in out:
+        out["firewall_backend"] = firewall_backend(out["firewall_backend"])
     for key, what in (("state_dir", "state directory"), ("socket_path", "socket path")):
         if key in out:
             value = out[key]
@@ -60,3 +67,15 @@ def _checked(kw: dict) -> dict:
                 value = os.path.abspath(value)
             out[key] = validate.abs_path(value, what)
     return out
+
+
+FIREWALL_BACKENDS = ("iptables", "nftables")
+
+
+def firewall_backend(value, what: str = "firewall backend") -> str:
+    """``iptables`` or ``nftables``; anything else one readable line."""
+    from pynet.errors import InvalidParameter
+
+    if value not in FIREWALL_BACKENDS:
+        raise InvalidParameter(f"invalid {what} {value!r}: want one of {', '.join(FIREWALL_BACKENDS)}")
+    return value

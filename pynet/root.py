@@ -78,10 +78,16 @@ def build_firewall(config: Config, store=None, sysctl=None):
     With the store, every process renders the same foreign bridges (learned
     from dockerd by the daemon)."""
     from pynet.drivers.bridge_firewall import BridgeFirewall
-    from pynet.firewall import Firewall
 
     sysctl = sysctl if sysctl is not None else build_sysctl()
-    return BridgeFirewall(Firewall(prefix=config.chain_prefix, sysctl=sysctl), store=store)
+    if config.firewall_backend == "nftables":
+        # pynet's own nft tables (they open iptables' FORWARD where dockerd's rules are)
+        from pynet.firewall.nft import NftFirewall
+        fw = NftFirewall(prefix=config.chain_prefix, sysctl=sysctl)
+    else:
+        from pynet.firewall import Firewall
+        fw = Firewall(prefix=config.chain_prefix, sysctl=sysctl)
+    return BridgeFirewall(fw, store=store)
 
 
 def firewall_lock_path(state_dir: str) -> str:

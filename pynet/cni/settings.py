@@ -42,7 +42,8 @@ def pynet_settings(conf: dict, env: dict) -> dict:
     checks = {"stateDir": (validate.abs_path, "PYNET_STATE_DIR"),
               "socket": (validate.abs_path, "PYNET_SOCKET"),
               "chainPrefix": (validate.chain_prefix, "PYNET_CHAIN_PREFIX"),
-              "instance": (validate.instance_name, "PYNET_PLUGIN_NAME")}
+              "instance": (validate.instance_name, "PYNET_PLUGIN_NAME"),
+              "firewallBackend": (_firewall_backend, "PYNET_FIREWALL_BACKEND")}
     got = {}
     for key, (check, var) in checks.items():
         value, code, what = own.get(key), spec.INVALID_CONFIG, f"pynet.{key}"
@@ -63,5 +64,12 @@ def pynet_settings(conf: dict, env: dict) -> dict:
         "socket": got.get("socket") or f"/run/docker/plugins/{instance}.sock",
         "chain_prefix": got.get("chainPrefix"),
         "instance": instance,
+        "firewall_backend": got.get("firewallBackend"),
         "daemon": bool(daemon),
     }
+
+
+def _firewall_backend(value, what):
+    from pynet.config import firewall_backend
+
+    return firewall_backend(value, what)

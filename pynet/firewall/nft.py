@@ -204,15 +204,24 @@ class NftTable:
     def add(self, set_name: str, element: str, owner: str) -> None:
         self.elements.setdefault(set_name, {}).setdefault(element, owner)
 
+    @property
+    def empty(self) -> bool:
+        """No network of this family: no table at all (as the iptables layout renders
+        nothing then)."""
+        return not self.elements.get("same")
+
     def skeleton(self) -> str:
         """The table without elements (declarations and chains)."""
         return self._text(with_elements=False)
 
     def to_nft(self) -> str:
-        """The whole table as ``nft -f`` input and as ``nft list table`` prints it."""
-        return self._text(with_elements=True)
+        """The whole table as ``nft -f`` input and as ``nft list table`` prints it
+        ('' when :attr:`empty`)."""
+        return "" if self.empty else self._text(with_elements=True)
 
     def _text(self, with_elements: bool) -> str:
+        if self.empty:
+            return ""
         out = [f"table {self.nft_family} {self.name} {{"]
         blocks = []
         for kind, name, body in _sets(self.family):
@@ -334,13 +343,19 @@ _ELEMENTS_RE = re.compile(r"^\s*elements = \{(.*?)\}\s*$", re.S | re.M)
 
 def parse_listing(text: str) -> tuple[str, dict[str, set[str]]]:
     """``nft list table`` output -> (skeleton text, set name -> elements)."""
-    skeleton, els, current = [], {}, None
+    skeleton, els, current, in_user = [], {}, None, False
     lines = iter(text.splitlines())
     for line in lines:
         m = re.match(r"\s*(set|map) (\S+) \{$", line)
         if m:
             current = m.group(2)
         s = line.strip()
+        if in_user:  # the administrator's rules: kept, never compared
+            if s == "}":
+                in_user = False
+                skeleton.append(line)
+            continue
+        in_user = s == "chain user {"
         if s.startswith("elements = {"):
             body = s[len("elements = {"):]
             while not body.rstrip().endswith("}"):
@@ -350,6 +365,13 @@ def parse_listing(text: str) -> tuple[str, dict[str, set[str]]]:
             continue
         skeleton.append(line)
     return "\n".join(skeleton).strip() + "\n", els
+
+
+def user_rules(text: str) -> list[str]:
+    """The rules in the ``user`` chain of a listing (the administrator's, kept across
+    a table replace like the iptables layout keeps ``<prefix>-USER``)."""
+    m = re.search(r"^\tchain user \{\n(.*?)^\t\}", text, re.S | re.M)
+    return [ln.strip() for ln in m.group(1).splitlines() if ln.strip()] if m else []
 
 
 def _split_elements(body: str) -> list[str]:
@@ -465,11 +487,17 @@ class NftFirewall:
             raise KernelError(f"nft list table {t.nft_family} {t.name}: {' '.join(p.stderr.split())}")
         return p.stdout
 
-    @staticmethod
-    def _replace_text(t: NftTable) -> str:
+    def _replace_text(self, t: NftTable) -> str:
         # add (so that delete never fails), delete, declare: one transaction
-        return (f"table {t.nft_family} {t.name}\ndelete table {t.nft_family} {t.name}\n"
-                + t.to_nft())
+        text = self._listing(t)
+        if t.empty:
+            return f"delete table {t.nft_family} {t.name}\n" if text is not None else ""
+        keep = user_rules(text) if text else []
+        body = t.to_nft()
+        if keep:
+            body = body.replace("\tchain user {\n", "\tchain user {\n" + "".join(
+                f"\t\t{r}\n" for r in keep), 1)
+        return f"table {t.nft_family} {t.name}\ndelete table {t.nft_family} {t.name}\n" + body
 
     @staticmethod
     def _delta(old: NftTable, new: NftTable) -> list[str]:
@@ -484,6 +512,8 @@ class NftFirewall:
     def _in_sync(self, t: NftTable) -> bool:
         text = self._listing(t)
         if text is None:
+            return t.empty
+        if t.empty:
             return False
         skel, els = parse_listing(text)
         want_skel, _ = parse_listing(t.skeleton())
@@ -510,7 +540,7 @@ class NftFirewall:
         for fam in self.families:
             t = tables[fam]
             old = prev.get(fam) if (prev and changed is not None) else None
-            if old is not None and old.skeleton() == t.skeleton():
+            if old is not None and not old.empty and not t.empty and old.skeleton() == t.skeleton():
                 batch += self._delta(old, t)
                 paths.add("delta")
             elif not self._in_sync(t):
@@ -521,8 +551,9 @@ class NftFirewall:
             except KernelError:
                 # the kernel is not what this object applied last (flushed, table gone): replace
                 full = [tables[f] for f in self.families]
-        if full:
-            self._run_batch("".join(self._replace_text(t) for t in full))
+        text = "".join(self._replace_text(t) for t in full)
+        if text:
+            self._run_batch(text)
             paths.add("replace")
         self.last_path = "replace" if "replace" in paths else ("delta" if paths else "in-sync")
         self._applied = dict(tables)
@@ -557,7 +588,7 @@ class NftFirewall:
         for fam, t in tables.items():
             text = self._listing(t)
             have = _normal(text) if text is not None else []
-            want = _normal(t.to_nft())
+            want = _normal(t.to_nft()) if not t.empty else []
             if have != want:
                 out.append("".join(difflib.unified_diff(
                     [x + "\n" for x in have], [x + "\n" for x in want],

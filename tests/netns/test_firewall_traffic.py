@@ -5,7 +5,8 @@ and b2 (10.241.2.1/24, fd00:241:2::1/64), IP forwarding on; "containers" c1, c2 
 b1 and c3 on b2, each its own namespace behind a veth; "x", a client outside the
 host on a routed link (10.241.9.0/24, fd00:241:9::/64) whose default route is H.
 TCP servers/clients are short python processes with 1 s timeouts (there is
-no ping on this machine).  Uses the host's backend (nf_tables here).
+no ping on this machine).  Runs on every firewall backend (``fw_backend``, tests/netns/conftest.py):
+iptables-nft, legacy iptables and pynet's native nftables tables.
 
 Every test runs under both filter FORWARD policies (``iptables``/``ip6tables -P
 FORWARD``, in H): DROP as dockerd sets it when it turns forwarding on, and ACCEPT
@@ -22,7 +23,7 @@ import time
 
 import pytest
 
-from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping
+from pynet.firewall import EndpointSpec, NetworkSpec, PortMapping
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -59,7 +60,7 @@ def sh(*argv, check=True):
 
 
 @pytest.fixture(params=["DROP", "ACCEPT"], ids=lambda p: f"policy-{p}")
-def topo(prefix, request):
+def topo(prefix, request, fw_backend):
     tag = secrets.token_hex(2)
     H, C = f"{prefix}-fth{tag}", {k: f"{prefix}-ft{k}{tag}" for k in ("c1", "c2", "c3", "x")}
     made = []
@@ -99,9 +100,10 @@ def topo(prefix, request):
         sh("ip", "-n", C["x"], "link", "set", "eth0", "up")
         sh("ip", "-n", C["x"], "route", "add", "default", "via", "10.241.9.1")
         sh("ip", "-n", C["x"], "-6", "route", "add", "default", "via", "fd00:241:9::1")
-        for ipt in ("iptables", "ip6tables"):
+        for ipt in (fw_backend.iptables, fw_backend.ip6tables):
             sh("ip", "netns", "exec", H, ipt, "-P", "FORWARD", request.param)
-        yield H, C
+        yield H, C, fw_backend.make
+        fw_backend.check()  # `pynet firewall diff` empty after the test, on every backend
     finally:
         for ns in made:
             sh("ip", "netns", "del", ns, check=False)
@@ -133,8 +135,8 @@ EPS = [EndpointSpec("e1", "n1", "10.241.1.2", "fd00:241:1::2", None,
 
 
 def test_icc_isolation_and_published_port(topo):
-    H, C = topo
-    fw = Firewall(backend="nft", netns=H)
+    H, C, make_firewall = topo
+    fw = make_firewall(H)
     servers = [serve(C["c1"], 80, "c1"), serve(C["c2"], 7000, "c2"), serve(C["c3"], 7000, "c3")]
     try:
         # no rules yet: FORWARD policy DROP stops even same-bridge traffic (br_netfilter)
@@ -171,8 +173,8 @@ def test_routed_outside_reaches_only_published_ports(topo):
     container port is reachable from outside its network only if it is published,
     under either FORWARD policy, for IPv4 and IPv6; replies to the containers' own
     connections (RELATED,ESTABLISHED) still come back."""
-    H, C = topo
-    fw = Firewall(backend="nft", netns=H)
+    H, C, make_firewall = topo
+    fw = make_firewall(H)
     servers = [serve(C["c1"], 80, "c1"), serve(C["c1"], 81, "c1"), serve(C["c2"], 7000, "c2"),
                serve(C["x"], 9000, "x")]
     try:
