@@ -1,0 +1,188 @@
+"""The nftables backend against the real kernel, in a throwaway namespace (``nft
+flush ruleset`` there never touches the root namespace's dockerd rules): two
+instances' tables coexist, a change is an element delta and nothing else, a
+reconcile after a flush restores everything (the per-change path falls back to
+a table replace when the kernel is not what it applied last), the
+administrator's rules in ``user`` survive, and iptables' FORWARD is opened
+exactly where it would drop what pynet's table accepts (or refused, in one line)."""
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+
+import pytest
+
+from pynet.errors import KernelError
+from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping
+from pynet.firewall.nft import NftFirewall
+
+pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
+
+
+def sh(*argv, check=True):
+    p = subprocess.run(argv, capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{' '.join(argv)}: {p.stderr.strip()}")
+    return p
+
+
+@pytest.fixture
+def ns(prefix):
+    name = f"{prefix}-nk{secrets.token_hex(3)}"
+    sh("ip", "netns", "add", name)
+    try:
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+def nft(ns, *args):
+    return sh("ip", "netns", "exec", ns, "nft", *args).stdout
+
+
+def ipt_save(ns):
+    return sh("ip", "netns", "exec", ns, "iptables-nft-save").stdout
+
+
+def state(tag, third, n_ports=1):
+    nets = [NetworkSpec(f"n{tag}", f"br{tag}", [f"10.23{third}.1.0/24"], [f"fd00:23{third}::/64"])]
+    eps = [EndpointSpec(f"e{tag}", f"n{tag}", f"10.23{third}.1.2", f"fd00:23{third}::2", "02:42:0a:00:00:02",
+                        [PortMapping("tcp", "", 18000 + third * 100 + i, 80 + i) for i in range(n_ports)])]
+    return nets, eps
+
+
+def test_two_instances_coexist(ns):
+    a, b = NftFirewall("PNA", netns=ns), NftFirewall("PNB", netns=ns)
+    sa, sb = state("a", 1), state("b", 2)
+    a.apply(*sa)
+    b.apply(*sb)
+    assert a.diff(*sa) == "" and b.diff(*sb) == ""
+    tables = nft(ns, "list", "tables")
+    assert {"table ip PNA", "table ip6 PNA", "table ip PNB", "table ip6 PNB"} <= set(tables.splitlines())
+    # an instance with nothing desired removes nothing of the other's
+    c = NftFirewall("PNC", netns=ns)
+    c.apply([], [])
+    c.remove_all()
+    a.remove_all()
+    assert "PNA" not in nft(ns, "list", "tables")
+    assert b.diff(*sb) == ""
+    b.remove_all()
+    assert nft(ns, "list", "tables").strip() == ""
+
+
+def test_change_is_an_element_delta(ns):
+    fw = NftFirewall("PNX", netns=ns)
+    nets, eps = state("x", 3, n_ports=3)
+    fw.apply(nets, eps)
+    assert fw.last_path == "replace"
+    fw.apply(nets, eps)
+    assert fw.last_path == "in-sync"  # a full reconcile in sync: read, nothing written
+    handles = nft(ns, "-a", "list", "chain", "ip", "PNX", "forward")
+    more = [EndpointSpec("ey", "nx", "10.233.1.3", None, None, [PortMapping("udp", "", 18999, 53)])]
+    fw.apply(nets, eps + more, changed={"ey"})
+    assert fw.last_path == "delta"
+    assert fw.diff(nets, eps + more) == ""
+    assert "udp . 18999 : 10.233.1.3 . 53" in nft(ns, "list", "map", "ip", "PNX", "dnat_any")
+    # the rules were not touched (same handles): only elements changed
+    assert nft(ns, "-a", "list", "chain", "ip", "PNX", "forward") == handles
+    fw.apply(nets, eps, changed={"ey"})
+    assert fw.last_path == "delta" and fw.diff(nets, eps) == ""
+    # a network going: its elements go, in one delta
+    n2, e2 = state("y", 4)
+    fw.apply(nets + n2, eps + e2, changed={"ny", "ey"})
+    assert fw.last_path == "delta" and fw.diff(nets + n2, eps + e2) == ""
+    fw.apply(nets, eps, changed={"ny", "ey"})
+    assert fw.last_path == "delta" and fw.diff(nets, eps) == "" and '"bry"' not in nft(ns, "list", "ruleset")
+    fw.remove_all()
+
+
+def test_reconcile_after_flush_ruleset(ns):
+    fw = NftFirewall("PNX", netns=ns)
+    nets, eps = state("x", 3)
+    fw.apply(nets, eps)
+    nft(ns, "flush", "ruleset")
+    assert fw.diff(nets, eps) != ""
+    more = [EndpointSpec("ey", "nx", "10.233.1.3", None, None, [PortMapping("udp", "", 18999, 53)])]
+    # a per-change apply on a flushed kernel: the delta is refused, the table replaced
+    fw.apply(nets, eps + more, changed={"ey"})
+    assert fw.last_path == "replace" and fw.diff(nets, eps + more) == ""
+    # a flushed chain is what the periodic full reconcile notices
+    nft(ns, "flush", "chain", "ip", "PNX", "isolation")
+    assert "isolation" in fw.diff(nets, eps + more)
+    fw.apply(nets, eps + more)
+    assert fw.diff(nets, eps + more) == ""
+    # an element deleted behind pynet's back
+    nft(ns, "delete", "element", "ip", "PNX", "nets", '{ "brx" }')
+    assert 'element nets "brx"' in fw.diff(nets, eps + more)
+    fw.apply(nets, eps + more)
+    assert fw.diff(nets, eps + more) == ""
+    fw.remove_all()
+
+
+def test_administrators_rules_in_user_survive(ns):
+    fw = NftFirewall("PNX", netns=ns)
+    nets, eps = state("x", 3)
+    fw.apply(nets, eps)
+    nft(ns, "add", "rule", "ip", "PNX", "user", "iifname", "brx", "tcp", "dport", "22", "drop")
+    assert fw.diff(nets, eps) == ""  # not pynet's to compare
+    nft(ns, "delete", "element", "ip", "PNX", "nets", '{ "brx" }')
+    fw.apply(nets, eps)  # a replace
+    assert fw.last_path == "replace"
+    assert 'iifname "brx" tcp dport 22 drop' in nft(ns, "list", "chain", "ip", "PNX", "user")
+    fw.remove_all()
+
+
+def test_iptables_forward_opened_only_where_it_drops(ns):
+    nets, eps = state("x", 3)
+    fw = NftFirewall("PNX", netns=ns)
+    fw.apply(nets, eps)
+    assert "pynet:PNX:" not in ipt_save(ns)  # nothing in iptables: nothing opened there
+    # dockerd's policy: FORWARD DROP -> pynet's bridges opened, tagged
+    for ipt in ("iptables", "ip6tables"):
+        sh("ip", "netns", "exec", ns, ipt, "-P", "FORWARD", "DROP")
+    assert fw.diff(nets, eps) != ""
+    fw.apply(nets, eps)
+    text = ipt_save(ns)
+    assert '-A FORWARD -i brx -m comment --comment "pynet:PNX:nx" -j ACCEPT' in text
+    assert '-A FORWARD -o brx -m comment --comment "pynet:PNX:nx" -j ACCEPT' in text
+    assert fw.diff(nets, eps) == ""
+    # iptables -F: the next full reconcile opens again
+    sh("ip", "netns", "exec", ns, "iptables", "-F", "FORWARD")
+    assert fw.diff(nets, eps) != ""
+    fw.apply(nets, eps)
+    assert fw.diff(nets, eps) == ""
+    # a network more: opened with it
+    n2, e2 = state("y", 4)
+    fw.apply(nets + n2, eps + e2, changed={"ny", "ey"})
+    assert "-i bry" in ipt_save(ns) and fw.diff(nets + n2, eps + e2) == ""
+    # refuse instead: one readable line
+    strict = NftFirewall("PNX", netns=ns, iptables_forward="refuse")
+    with pytest.raises(KernelError) as e:
+        strict.apply(nets, eps)
+    assert "\n" not in str(e.value) and "--iptables=false" in str(e.value)
+    fw.remove_all()
+    assert "pynet:PNX:" not in ipt_save(ns) and "PNX" not in nft(ns, "list", "tables")
+
+
+def test_switching_from_the_iptables_backend_cleans_up(ns):
+    """The same prefix on the iptables backend before: its tagged rules and chains go
+    when the nftables backend takes over (FORWARD policy ACCEPT: nothing to open)."""
+    nets, eps = state("x", 3)
+    Firewall("PNX", backend="nft", netns=ns).apply(nets, eps)
+    assert "pynet:PNX:" in ipt_save(ns)
+    fw = NftFirewall("PNX", netns=ns)
+    fw.apply(nets, eps)
+    assert "pynet:PNX:" not in ipt_save(ns) and ":PNX" not in ipt_save(ns)
+    assert fw.diff(nets, eps) == ""
+    fw.remove_all()
+
+
+def test_refused_owner_costs_its_own_elements(ns):
+    fw = NftFirewall("PNX", netns=ns)
+    nets, eps = state("x", 3)
+    dup = [EndpointSpec("ez", "nx", "10.233.1.9", None, None, [PortMapping("tcp", "", 18300, 80)])]  # port of ex
+    problems: dict = {}
+    fw.apply(nets, eps + dup, problems=problems)
+    assert set(problems) == {"ez"}
+    assert fw.diff(nets, eps) == ""
