@@ -447,6 +447,17 @@ def cmd_firewall_diff(args, config: Config) -> int:
 
 def cmd_firewall_flush(args, config: Config) -> int:
     _bridge_firewall(config, with_store=False).remove_all()
+    import shutil
+
+    if config.firewall_backend != "nftables" and shutil.which("nft"):
+        # whichever backend the instance ran on: its nft tables too (the nftables
+        # backend's remove_all takes the iptables rules of the prefix with it)
+        from pynet.firewall.nft import NftFirewall
+        try:
+            nft = NftFirewall(config.chain_prefix, iptables=False)
+        except errors.InvalidParameter:
+            return 0  # a prefix nft cannot name a table after never had one
+        nft.remove_all()
     return 0
 
 

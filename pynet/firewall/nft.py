@@ -403,7 +403,9 @@ class NftFirewall:
         """``iptables``: the Firewall (iptables backend) that opens iptables' FORWARD
         where needed; None builds one on first need, False never opens."""
         if not isinstance(prefix, str) or not _TABLE_RE.fullmatch(prefix):
-            raise ValueError(f"invalid nft table name (chain prefix) {prefix!r}")
+            raise InvalidParameter(f"invalid chain prefix {prefix!r} for the nftables backend: it names "
+                                   "pynet's nft tables, which must start with a letter (then letters, "
+                                   "digits, '_' or '-', at most 28)")
         if userland_proxy:
             raise ValueError("the nftables backend implements hairpin mode only (userland_proxy off)")
         if iptables_forward not in IPTABLES_FORWARD:

@@ -146,6 +146,12 @@ def env(request, docker, test_image, prefix):
     K = int(prefix[2:], 16) % 250 + 2
     old = os.environ.get("PYNET_FIREWALL_RECHECK")
     os.environ["PYNET_FIREWALL_RECHECK"] = "2"
+    # the firewall backend of the module's daemon and CLI (tests/e2e/test_docker_nft.py
+    # runs these tests again on the nftables backend); kept for the daemon's teardown too
+    backend = getattr(request.module, "FIREWALL_BACKEND", None)
+    if backend:
+        os.environ["PYNET_FIREWALL_BACKEND"] = backend
+        request.addfinalizer(lambda: os.environ.pop("PYNET_FIREWALL_BACKEND", None))
     try:
         daemon = request.getfixturevalue("pynet_daemon_module")
     finally:

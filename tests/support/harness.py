@@ -236,6 +236,11 @@ def cleanup_stale_firewall(current: str | None = None) -> list[str]:
         except (OSError, subprocess.SubprocessError):
             continue
         found |= set(re.findall(r"pynet:(PT[0-9A-F]{4}[0-9A-F]*):", text))
+    try:  # the nftables backend's tables (named after the chain prefix)
+        text = sh("nft", "list", "tables", check=False, timeout=30).stdout
+        found |= set(re.findall(r"^table ip6? (PT[0-9A-F]{4}[0-9A-F]*)$", text, re.M))
+    except (OSError, subprocess.SubprocessError):
+        pass
     removed = []
     for cp in sorted(found):
         if stale_prefixes([cp[:6].lower() + "-x"], current) and flush_firewall(cp) is None:
