@@ -96,6 +96,7 @@ class HostService(NodeService):
         self.cni_atts: list = []               # cniexec.Attachment, in ADD order
         self.cni_path = ""
         self.chain_prefix = ""
+        self.firewall_backend = "iptables"
         self.torn_down = False
 
     def init(self, instance: str, state_dir: str, ip_forward: bool = True,
@@ -108,8 +109,14 @@ class HostService(NodeService):
         self.chain_prefix = chain_prefix
         self.cni_path = cni_path
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        # the firewall backend: the runner's PYNET_FIREWALL_BACKEND (the scenario library
+        # runs on each backend, tests/scenario/test_firewall_backends.py)
+        from pynet.config import firewall_backend
+        backend = os.environ.get("PYNET_FIREWALL_BACKEND")
+        self.firewall_backend = firewall_backend(backend, "PYNET_FIREWALL_BACKEND") if backend else "iptables"
         cfg = Config(plugin_name=instance, state_dir=state_dir, chain_prefix=chain_prefix,
-                     socket_path=os.path.join(state_dir, "plugin.sock"))
+                     socket_path=os.path.join(state_dir, "plugin.sock"),
+                     firewall_backend=self.firewall_backend)
         # The composition root's controller, the daemon's: store, IPAM, drivers
         # and the firewall (serialised with the CNI binaries that sync the same
         # rules from other processes) -- inside this namespace, so iptables is
@@ -204,7 +211,8 @@ class HostService(NodeService):
             raise RuntimeError("no CNI bin dir: the runner installs the plugins first")
         plugin = dict(cni["plugin"])
         plugin["pynet"] = {"stateDir": self.state_dir, "chainPrefix": self.chain_prefix,
-                           "instance": self.instance, "daemon": False}
+                           "instance": self.instance, "daemon": False,
+                           "firewallBackend": self.firewall_backend}
         conflist = {"cniVersion": cni["cniVersion"], "name": network, "plugins": [plugin]}
         rc: dict = {}
         if address:
