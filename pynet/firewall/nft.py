@@ -85,7 +85,7 @@ from dataclasses import dataclass, field
 from pynet.errors import InvalidParameter, KernelError, PynetError
 
 from .model import FAMILIES, IPV4, IPV6, EndpointSpec, NetworkSpec, Ruleset
-from .render import expand_ports, route_localnet_sysctls, screen
+from .render import _overlap, expand_ports, route_localnet_sysctls, screen
 
 NFT_FAMILY = {IPV4: "ip", IPV6: "ip6"}
 _TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,27}")
@@ -431,6 +431,10 @@ class NftFirewall:
         """``(tables, networks rendered)``: refused owners skipped and recorded in
         ``problems`` (as :meth:`pynet.firewall.Firewall.screened`)."""
         nets, eps, iso = screen(list(networks), list(endpoints), self.isolate_from, problems)
+        return self._screen_render(nets, eps, iso, problems)
+
+    def _screen_render(self, nets, eps, iso, problems: dict):
+        """Render; an owner refused on the way is dropped and recorded, the rest rendered."""
         for _ in range(len(nets) + len(eps) + 1):
             try:
                 return self._render(nets, eps, iso), nets
@@ -524,13 +528,83 @@ class NftFirewall:
     def apply(self, networks, endpoints, problems: dict | None = None, *, changed=None) -> None:
         """Make the kernel match the desired state.  ``changed``: None for a full
         reconcile (read back, replace if different); else the owner ids whose rules
-        changed: only the element difference is sent (one transaction, nothing read)."""
+        changed: only the element difference is sent (one transaction, nothing read),
+        and only the changed owners are screened and rendered."""
+        if changed is not None and self._applied is not None \
+                and self._apply_change(list(networks), list(endpoints), problems, set(changed)):
+            return
         if problems is None:
             tables = self.desired(networks, endpoints)
             nets = list(networks)
         else:
             tables, nets = self.screened(networks, endpoints, problems)
         self.apply_desired(tables, nets, changed=changed)
+
+    def _apply_change(self, networks, endpoints, problems, changed: set) -> bool:
+        """The per-change path: the changed owners (and the endpoints of changed networks)
+        screened and rendered alone, their elements swapped in the last applied tables,
+        the difference sent.  False: not possible here (a foreign pattern refused, the
+        base changed, the kernel refused the delta): the caller does a full apply."""
+        changed = changed | {e.id for e in endpoints if e.network_id in changed}
+        sub_eps = [e for e in endpoints if e.id in changed]
+        need = changed | {e.network_id for e in sub_eps}
+        probs: dict = {}
+        nets, eps, iso = screen([n for n in networks if n.id in need], sub_eps, self.isolate_from, probs)
+        if iso != self.isolate_from:
+            return False
+        # each changed endpoint's host ports against every other endpoint's (the others
+        # were screened when they changed): one index, linear in the ports
+        taken: dict = {}
+        for o in endpoints:
+            if o.id not in changed:
+                for pm in o.ports:
+                    taken.setdefault((pm.proto, pm.host_port), []).append((pm.host_ip, o.id))
+        for ep in list(eps):
+            for pm in ep.ports:
+                other = next((owner for hip, owner in taken.get((pm.proto, pm.host_port), ())
+                              if _overlap(hip, pm.host_ip)), None)
+                if other is not None:
+                    probs[ep.id] = (f"endpoint {ep.id}: Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/"
+                                    f"{pm.proto} failed: port is already allocated (endpoint {other})")
+                    eps.remove(ep)
+                    break
+        if problems is None and probs:
+            owner, why = sorted(probs.items())[0]
+            raise InvalidParameter(why, owner=owner)
+        sub, _ = self._screen_render(nets, eps, iso, probs)
+        if problems is not None:
+            problems.update(probs)
+        prev, tables = self._applied, {}
+        for fam in self.families:
+            old = prev.get(fam)
+            if old is None:
+                return False
+            t = NftTable(fam, old.name, old.foreign)
+            for name, els in old.elements.items():
+                t.elements[name] = {e: o for e, o in els.items() if o not in changed}
+            for name, els in sub[fam].elements.items():
+                for e, o in els.items():
+                    if o in changed:
+                        t.add(name, e, o)
+            if t.empty != old.empty:
+                return False  # the first network of the family came, or the last went: full path
+            tables[fam] = t
+        batch = [ln for fam in self.families for ln in self._delta(prev[fam], tables[fam])]
+        self._applied = None
+        if batch:
+            try:
+                self._run_batch("\n".join(batch) + "\n")
+            except KernelError:
+                return False  # not what this object applied last (flushed...): a full apply
+        self._applied = tables
+        self.last_path = "delta" if batch else "in-sync"
+        bridges = self._bridges(n for n in networks if n.id not in probs)
+        if need & {n.id for n in networks} or self._opened != bridges:
+            self._open_iptables([n for n in networks if n.id not in probs])
+        if IPV4 in self.families:
+            for path, value in self.sysctls([n for n in nets if n.id in changed]):
+                self._set_sysctl(path, value)
+        return True
 
     def apply_desired(self, tables: dict[str, NftTable], networks, *, changed=None) -> None:
         net_ids = {n.id for n in networks}
@@ -562,7 +636,9 @@ class NftFirewall:
         if changed is None or net_ids & set(changed) or self._opened != self._bridges(networks):
             self._open_iptables(networks)
         if IPV4 in self.families:
-            for path, value in self.sysctls(networks):
+            # a change sets its own networks' sysctls only (the full apply sets them all)
+            mine = networks if changed is None else [n for n in networks if n.id in changed]
+            for path, value in self.sysctls(mine):
                 self._set_sysctl(path, value)
 
     def remove_all(self) -> None:
