@@ -84,6 +84,7 @@ from dataclasses import dataclass, field
 
 from pynet.errors import InvalidParameter, KernelError, PynetError
 
+from .firewall import Firewall
 from .model import FAMILIES, IPV4, IPV6, EndpointSpec, NetworkSpec, Ruleset
 from .render import _overlap, expand_ports, route_localnet_sysctls, screen
 
@@ -427,26 +428,9 @@ class NftFirewall:
         return {fam: render_table(self.prefix, networks, endpoints, fam, foreign)
                 for fam in self.families}
 
-    def screened(self, networks, endpoints, problems: dict):
-        """``(tables, networks rendered)``: refused owners skipped and recorded in
-        ``problems`` (as :meth:`pynet.firewall.Firewall.screened`)."""
-        nets, eps, iso = screen(list(networks), list(endpoints), self.isolate_from, problems)
-        return self._screen_render(nets, eps, iso, problems)
-
-    def _screen_render(self, nets, eps, iso, problems: dict):
-        """Render; an owner refused on the way is dropped and recorded, the rest rendered."""
-        for _ in range(len(nets) + len(eps) + 1):
-            try:
-                return self._render(nets, eps, iso), nets
-            except PynetError as e:
-                owner = e.details.get("owner")
-                if owner is None or not any(o.id == owner for o in nets + eps):
-                    raise
-                problems[owner] = str(e)
-                nets = [n for n in nets if n.id != owner]
-                ids = {n.id for n in nets}
-                eps = [x for x in eps if x.id != owner and x.network_id in ids]
-        raise AssertionError("unreachable: every round removes an owner")
+    # ``(tables, networks rendered)``, refused owners skipped and recorded in ``problems``:
+    # the iptables Firewall's loop over render.screen and self._render, shared
+    screened = Firewall.screened
 
     def desired(self, networks, endpoints, problems: dict | None = None) -> dict[str, NftTable]:
         """The table per family; ``problems`` None: refused input raises."""
@@ -571,7 +555,7 @@ class NftFirewall:
         if problems is None and probs:
             owner, why = sorted(probs.items())[0]
             raise InvalidParameter(why, owner=owner)
-        sub, _ = self._screen_render(nets, eps, iso, probs)
+        sub, _ = self.screened(nets, eps, probs)
         if problems is not None:
             problems.update(probs)
         prev, tables = self._applied, {}
@@ -761,24 +745,10 @@ def _open_rules(prefix: str, networks, family: str) -> Ruleset:
     return rs
 
 
-def _make_opener_class():
-    from .firewall import Firewall
+class _ForwardOpener(Firewall):
+    """The iptables backend rendering only the FORWARD openings of the nftables
+    backend's bridges (same tag, so it also removes what the iptables backend of
+    the same prefix left when the backend was switched)."""
 
-    class ForwardOpener(Firewall):
-        """The iptables backend rendering only the FORWARD openings of the nftables
-        backend's bridges (same tag, so it also removes what the iptables backend of
-        the same prefix left when the backend was switched)."""
-
-        def _render(self, networks, endpoints, isolate_from):
-            return {fam: _open_rules(self.prefix, networks, fam) for fam in self.families}
-
-    return ForwardOpener
-
-
-def _ForwardOpener(prefix, **kw):
-    return _make_opener_class()(prefix=prefix, **kw)
-
-
-def nft_available() -> bool:
-    return any(os.access(os.path.join(d, "nft"), os.X_OK)
-               for d in os.environ.get("PATH", "/usr/sbin:/sbin").split(":") + ["/usr/sbin"])
+    def _render(self, networks, endpoints, isolate_from):
+        return {fam: _open_rules(self.prefix, networks, fam) for fam in self.families}

@@ -452,19 +452,27 @@ def test_rm_and_network_rm_leave_no_rule(env):
 
 # --------------------------------------------------------------------------- reconciliation
 def test_reconcile_after_forward_flushed(env):
+    flushed_then_repaired(env, ["iptables", "-F", "FORWARD"])
+
+
+def flushed_then_repaired(env, *flushes, timeout=5):
+    """Run the ``flushes`` (argv lists) with the daemon held still, see the diff, let the
+    daemon repair: the published port and the isolation work again; dockerd's FORWARD
+    rules are put back whatever happens."""
     saved = harness.sh("iptables", "-S", "FORWARD").stdout.splitlines()
     foreign = [l for l in saved if l.startswith("-A ") and "pynet:" not in l]
     # The daemon re-checks every 2 s here: hold it still (SIGSTOP) so that the
     # CLI sees the flushed chain before the daemon repairs it, then let it go.
     os.kill(env.daemon.pid, signal.SIGSTOP)
     try:
-        harness.sh("iptables", "-F", "FORWARD")
+        for argv in flushes:
+            harness.sh(*argv)
         assert cli(env, "firewall", "diff", check=False).returncode == 1
     finally:
         os.kill(env.daemon.pid, signal.SIGCONT)
     try:
         os.kill(env.daemon.pid, signal.SIGHUP)
-        wait_in_sync(env, timeout=5)
+        wait_in_sync(env, timeout=timeout)
         assert reach(f"ns:{env.out}", "tcp", env.host4, env.H, env.pub["explicit"])
         assert isolation_pairs(env, env.cd) == []
     finally:  # give dockerd (and other instances) their rules back

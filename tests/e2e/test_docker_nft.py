@@ -13,11 +13,8 @@ active here, this also shows pynet opening iptables' FORWARD for its bridges.
 """
 from __future__ import annotations
 
-import os
-import signal
-
 from tests.e2e.test_docker_firewall import (  # noqa: F401 (fixtures and tests, collected here)
-    K, cli, env, forward_policy, harness, reach, isolation_pairs, wait_in_sync,
+    cli, env, forward_policy, harness,
     test_published_port_reachable_five_ways, test_unpublished_port_not_reachable,
     test_outbound_masqueraded_to_host_address, test_isolation_pynet_pynet_and_docker_both_ways,
     test_isolation_after_docker_creates_a_network, test_isolation_from_a_custom_named_docker_bridge,
@@ -68,22 +65,5 @@ def test_reconcile_after_own_table_flushed(env):
     """``nft flush table`` of pynet's own table (never ``flush ruleset`` here: the root
     namespace holds dockerd's rules) and ``iptables -F FORWARD``: the next re-check
     restores both."""
-    saved = harness.sh("iptables", "-S", "FORWARD").stdout.splitlines()
-    foreign = [ln for ln in saved if ln.startswith("-A ") and "pynet:" not in ln]
-    os.kill(env.daemon.pid, signal.SIGSTOP)
-    try:
-        harness.sh("nft", "flush", "table", "ip", env.cp)
-        harness.sh("iptables", "-F", "FORWARD")
-        assert cli(env, "firewall", "diff", check=False).returncode == 1
-    finally:
-        os.kill(env.daemon.pid, signal.SIGCONT)
-    try:
-        os.kill(env.daemon.pid, signal.SIGHUP)
-        wait_in_sync(env, timeout=10)
-        assert reach(f"ns:{env.out}", "tcp", env.host4, env.H, env.pub["explicit"])
-        assert isolation_pairs(env, env.cd) == []
-    finally:  # give dockerd (and other instances) their rules back
-        now = set(harness.sh("iptables", "-S", "FORWARD").stdout.splitlines())
-        for ln in foreign:
-            if ln not in now:
-                harness.sh("iptables", *ln.split(), check=False)
+    base.flushed_then_repaired(env, ["nft", "flush", "table", "ip", env.cp], ["iptables", "-F", "FORWARD"],
+                               timeout=10)

@@ -8,33 +8,20 @@ exactly where it would drop what pynet's table accepts (or refused, in one line)
 from __future__ import annotations
 
 import os
-import secrets
-import subprocess
 
 import pytest
 
 from pynet.errors import KernelError
 from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping
 from pynet.firewall.nft import NftFirewall
+from tests.netns.test_firewall_traffic import sh
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
 
-def sh(*argv, check=True):
-    p = subprocess.run(argv, capture_output=True, text=True)
-    if check and p.returncode != 0:
-        raise AssertionError(f"{' '.join(argv)}: {p.stderr.strip()}")
-    return p
-
-
 @pytest.fixture
-def ns(prefix):
-    name = f"{prefix}-nk{secrets.token_hex(3)}"
-    sh("ip", "netns", "add", name)
-    try:
-        yield name
-    finally:
-        sh("ip", "netns", "del", name, check=False)
+def ns(make_netns):
+    return os.path.basename(make_netns("nk"))
 
 
 def nft(ns, *args):
