@@ -420,6 +420,9 @@ class NftFirewall:
         self._sysctl = sysctl
         self._iptables = iptables
         self._applied: dict[str, NftTable] | None = None  # what the kernel got last, per family
+        self._owned: dict[str, list] = {}  # owner -> its (family, set, element) in _applied
+        self._ports: dict = {}  # (proto, host port) -> owner -> host addresses (see _index_ports)
+        self._port_keys: dict = {}  # owner -> its keys in _ports
         self._opened: frozenset | None = None  # the bridges opened in iptables' FORWARD last
         self.last_path = None  # "delta" | "replace" | "in-sync": how the last apply went (tests, benchmarks)
 
@@ -523,12 +526,15 @@ class NftFirewall:
         else:
             tables, nets = self.screened(networks, endpoints, problems)
         self.apply_desired(tables, nets, changed=changed)
+        self._index_ports([e for e in endpoints if not problems or e.id not in problems])
 
     def _apply_change(self, networks, endpoints, problems, changed: set) -> bool:
         """The per-change path: the changed owners (and the endpoints of changed networks)
-        screened and rendered alone, their elements swapped in the last applied tables,
-        the difference sent.  False: not possible here (a foreign pattern refused, the
-        base changed, the kernel refused the delta): the caller does a full apply."""
+        screened and rendered alone, checked against the others' host ports through the
+        index kept since the last full apply, their elements swapped in the last applied
+        tables in place (nothing copied, nothing read), the difference sent.  False: not
+        possible here (a foreign pattern refused, a family's table appearing or going,
+        the kernel refused the delta): the caller does a full apply."""
         changed = changed | {e.id for e in endpoints if e.network_id in changed}
         sub_eps = [e for e in endpoints if e.id in changed]
         need = changed | {e.network_id for e in sub_eps}
@@ -536,17 +542,10 @@ class NftFirewall:
         nets, eps, iso = screen([n for n in networks if n.id in need], sub_eps, self.isolate_from, probs)
         if iso != self.isolate_from:
             return False
-        # each changed endpoint's host ports against every other endpoint's (the others
-        # were screened when they changed): one index, linear in the ports
-        taken: dict = {}
-        for o in endpoints:
-            if o.id not in changed:
-                for pm in o.ports:
-                    taken.setdefault((pm.proto, pm.host_port), []).append((pm.host_ip, o.id))
         for ep in list(eps):
             for pm in ep.ports:
-                other = next((owner for hip, owner in taken.get((pm.proto, pm.host_port), ())
-                              if _overlap(hip, pm.host_ip)), None)
+                other = next((owner for owner, hips in self._ports.get((pm.proto, pm.host_port), {}).items()
+                              if owner not in changed and any(_overlap(h, pm.host_ip) for h in hips)), None)
                 if other is not None:
                     probs[ep.id] = (f"endpoint {ep.id}: Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/"
                                     f"{pm.proto} failed: port is already allocated (endpoint {other})")
@@ -558,37 +557,68 @@ class NftFirewall:
         sub, _ = self.screened(nets, eps, probs)
         if problems is not None:
             problems.update(probs)
-        prev, tables = self._applied, {}
+        old = {(fam, name, el) for o in changed for fam, name, el in self._owned.get(o, ())}
+        new = {(fam, name, el): o for fam, t in sub.items() for name, els in t.elements.items()
+               for el, o in els.items() if o in changed}
+        dels, adds = old - set(new), {k: o for k, o in new.items() if k not in old}
         for fam in self.families:
-            old = prev.get(fam)
-            if old is None:
-                return False
-            t = NftTable(fam, old.name, old.foreign)
-            for name, els in old.elements.items():
-                t.elements[name] = {e: o for e, o in els.items() if o not in changed}
-            for name, els in sub[fam].elements.items():
-                for e, o in els.items():
-                    if o in changed:
-                        t.add(name, e, o)
-            if t.empty != old.empty:
+            t = self._applied[fam]
+            same = len(t.elements.get("same", {})) - sum(1 for f, n, _ in dels if f == fam and n == "same") \
+                + sum(1 for f, n, _ in adds if f == fam and n == "same")
+            if (same == 0) != t.empty:
                 return False  # the first network of the family came, or the last went: full path
-            tables[fam] = t
-        batch = [ln for fam in self.families for ln in self._delta(prev[fam], tables[fam])]
-        self._applied = None
+        batch = []
+        for verb, keys in (("delete", sorted(dels)), ("add", sorted(adds))):
+            groups: dict = {}
+            for fam, name, el in keys:
+                groups.setdefault((fam, name), []).append(el)
+            for (fam, name), els in groups.items():
+                batch += self._applied[fam].element_batch({name: els}, verb)
         if batch:
             try:
                 self._run_batch("\n".join(batch) + "\n")
             except KernelError:
                 return False  # not what this object applied last (flushed...): a full apply
-        self._applied = tables
+        for fam, name, el in dels:
+            self._applied[fam].elements.get(name, {}).pop(el, None)
+        for (fam, name, el), o in adds.items():
+            self._applied[fam].add(name, el, o)
+        for o in changed:
+            self._owned.pop(o, None)
+        for (fam, name, el), o in new.items():
+            self._owned.setdefault(o, []).append((fam, name, el))
+        self._index_ports(eps, drop=changed)
         self.last_path = "delta" if batch else "in-sync"
         bridges = self._bridges(n for n in networks if n.id not in probs)
-        if need & {n.id for n in networks} or self._opened != bridges:
+        if changed & {n.id for n in networks} or self._opened != bridges:  # networks, not endpoints
             self._open_iptables([n for n in networks if n.id not in probs])
         if IPV4 in self.families:
             for path, value in self.sysctls([n for n in nets if n.id in changed]):
                 self._set_sysctl(path, value)
         return True
+
+    def _index_ports(self, endpoints, drop=None) -> None:
+        """The host ports by (proto, port) -> owner -> host addresses: what a change's
+        ports are checked against.  ``drop``: owners to forget first (None: all)."""
+        if drop is None:
+            self._ports, self._port_keys = {}, {}
+        for o in drop or ():
+            for key in self._port_keys.pop(o, ()):
+                self._ports.get(key, {}).pop(o, None)
+                if not self._ports.get(key, True):
+                    del self._ports[key]
+        for ep in endpoints:
+            for pm in ep.ports:
+                key = (pm.proto, pm.host_port)
+                self._ports.setdefault(key, {}).setdefault(ep.id, []).append(pm.host_ip)
+                self._port_keys.setdefault(ep.id, []).append(key)
+
+    def _index_owners(self, tables) -> None:
+        self._owned = {}
+        for fam, t in tables.items():
+            for name, els in t.elements.items():
+                for el, o in els.items():
+                    self._owned.setdefault(o, []).append((fam, name, el))
 
     def apply_desired(self, tables: dict[str, NftTable], networks, *, changed=None) -> None:
         net_ids = {n.id for n in networks}
@@ -617,6 +647,7 @@ class NftFirewall:
             paths.add("replace")
         self.last_path = "replace" if "replace" in paths else ("delta" if paths else "in-sync")
         self._applied = dict(tables)
+        self._index_owners(tables)
         if changed is None or net_ids & set(changed) or self._opened != self._bridges(networks):
             self._open_iptables(networks)
         if IPV4 in self.families:

@@ -109,7 +109,7 @@ def topo(prefix, request, fw_backend):
             sh("ip", "netns", "del", ns, check=False)
 
 
-def serve(ns, port, name, seconds=8):
+def serve(ns, port, name, seconds=30):  # killed at the end; long enough on a busy machine
     p = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, "-c", SERVER, str(port), str(seconds), name],
                          stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
