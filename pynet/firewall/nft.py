@@ -49,11 +49,13 @@ Applying: one ``nft -f -`` transaction per change.  A full apply (``changed``
 None: start-up, the periodic re-check) reads the table back (``nft list
 table``), compares it with the desired one and, when they differ, replaces
 the whole table in one transaction (add, delete, declare again: atomic, no
-moment without rules).  A change (``changed`` = owner ids) with the last
-applied state known to this object is the element difference only (``delete
-element``/``add element``), without reading anything; if the kernel refuses
-it (someone flushed the ruleset, the table is gone) the table is replaced as
-in a full apply.  nft transactions are all-or-nothing, so there is no
+moment without rules).  A change (``changed`` = owner ids) in a process that
+applied before screens and renders only the changed owners, checks their host
+ports against an index of everyone else's, and sends the element difference
+(``delete element``/``add element``) without reading anything; if the kernel
+refuses it (someone flushed the ruleset, another process removed the same
+element first) it is a full apply instead.  A process's first apply (a CNI
+binary's) is a full one.  nft transactions are all-or-nothing, so there is no
 rollback to do: a refused batch changed nothing.
 
 ``nft -f`` was chosen over libnftables' JSON API (Debian's python3-nftables):
