@@ -49,7 +49,8 @@ def _done(plugin: str, env: dict, stdin: str, seconds: float, code: int, error, 
         from pynet import logfmt
 
         ids = {"plugin": plugin, "container_id": env.get("CNI_CONTAINERID"), "network": _network_name(stdin),
-               "ifname": env.get("CNI_IFNAME")} if isinstance(env, dict) else {}
+               "ifname": env.get("CNI_IFNAME"), "netns": _basename(env.get("CNI_NETNS"))} \
+            if isinstance(env, dict) else {}
         if result:
             outcome = result                    # the route refused the request
         elif code == 0:
@@ -68,6 +69,12 @@ def _done(plugin: str, env: dict, stdin: str, seconds: float, code: int, error, 
                                  error=error, result=result)
         except Exception:  # noqa: BLE001
             log.debug("observer failed", exc_info=True)
+
+
+def _basename(path) -> str:
+    """The namespace's name (``cni-1a2b...`` of ``/var/run/netns/cni-1a2b...``), the pod's ID a
+    runtime prints."""
+    return path.rstrip("/").rsplit("/", 1)[-1] if isinstance(path, str) else ""
 
 
 def _network_name(stdin: str) -> str:
