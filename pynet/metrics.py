@@ -152,7 +152,7 @@ class Metrics:
         self.store_errors = Counter("pynet_store_errors", "Typed store errors (unavailable, conflict, "
                                     "compacted) that reached an edge", ["edge", "error"], registry=r)
         for cls in STORE_ERRORS:
-            for edge in ("docker", "cni", "recheck"):
+            for edge in ("docker", "cni", "recheck", "metrics"):
                 self.store_errors.labels(edge, cls.__name__)
         r.register(IpamCollector(self))
 
