@@ -311,7 +311,8 @@ def _done(method: str, seconds: float, body, answer, err, observer) -> None:
         if "sandbox_id" in ids:  # the netns file is named by the sandbox's short ID
             ids["sandbox_id"] = str(ids["sandbox_id"]).rstrip("/").rsplit("/", 1)[-1]
         level = logging.DEBUG if method in _QUIET and err is None else logging.INFO
-        if err is not None and (getattr(err, "http_status", None) or getattr(err, "code", None) or 500) >= 500:
+        status = getattr(err, "http_status", None) or getattr(err, "code", None)
+        if err is not None and not (isinstance(status, int) and status < 500):
             level = logging.ERROR  # ours to fix (a 4xx is the caller's), as the error handlers answer
         logfmt.event(log, level, method, ids, err, seconds)
     except Exception:  # noqa: BLE001

@@ -37,6 +37,7 @@ DOCKER = os.environ.get("PYNET_DOCKER", "/usr/bin/docker")
 DOCKER_SH = REPO / "scripts" / "lib" / "docker.sh"
 TEST_IMAGE = os.environ.get("PYNET_TEST_IMAGE", "pynet-test:latest")
 PLUGIN_DIR = Path("/run/docker/plugins")
+METRICS_DIR = Path("/run/pynet")  # pynet.metrics.SOCKET_DIR
 PREFIX_RE = re.compile(r"^pt[0-9a-f]{4}$")
 STALE_NAME_RE = re.compile(r"^(pt[0-9a-f]{4})-")
 DOCKER_ACCEPT = "application/vnd.docker.plugins.v1.2+json"
@@ -218,7 +219,10 @@ def cleanup_stale_host(current: str | None = None) -> list[str]:
     links = list_links()
     gone = sorted(stale_prefixes(links, current))
     removed += cleanup_links(gone)
-    for sock in PLUGIN_DIR.glob("pt*-*.sock") if PLUGIN_DIR.is_dir() else []:
+    # the plugin sockets of dead test daemons, and their metrics sockets (/run/pynet/<name>-metrics.sock)
+    socks = [*(PLUGIN_DIR.glob("pt*-*.sock") if PLUGIN_DIR.is_dir() else []),
+             *(METRICS_DIR.glob("pt*-*-metrics.sock") if METRICS_DIR.is_dir() else [])]
+    for sock in socks:
         if sock.name.split("-", 1)[0] in stale_prefixes([sock.name], current) and not socket_answers(sock):
             sock.unlink(missing_ok=True)
             removed.append(str(sock))
