@@ -8,7 +8,8 @@
     pynet_ipam_pool_used{address_space, pool, sub_pool}   ... held now (read at scrape time)
     pynet_firewall_syncs_total{trigger, result}        syncs of the desired rule set (most change nothing)
     pynet_firewall_sync_duration_seconds{trigger}
-    pynet_firewall_applies_total{result}               rule sets written to the kernel
+    pynet_firewall_applies_total{result}               rule sets applied to the kernel (read, compared,
+                                                       the difference written)
     pynet_firewall_apply_duration_seconds
     pynet_store_errors_total{edge, error}              typed store errors that reached an edge
     process_*, python_gc_*, python_info                prometheus-client's own collectors
@@ -144,10 +145,10 @@ class Metrics:
         self.fw_sync_seconds = Histogram("pynet_firewall_sync_duration_seconds",
                                          "Duration of a firewall sync (render, compare, apply when changed)",
                                          ["trigger"], buckets=BUCKETS, registry=r)
-        self.fw_applies = Counter("pynet_firewall_applies", "Rule sets written to the kernel", ["result"],
-                                  registry=r)
+        self.fw_applies = Counter("pynet_firewall_applies", "Rule sets applied to the kernel (its tables "
+                                  "read and compared, the difference written)", ["result"], registry=r)
         self.fw_apply_seconds = Histogram("pynet_firewall_apply_duration_seconds",
-                                          "Duration of writing a rule set to the kernel", buckets=BUCKETS,
+                                          "Duration of applying a rule set to the kernel", buckets=BUCKETS,
                                           registry=r)
         self.store_errors = Counter("pynet_store_errors", "Typed store errors (unavailable, conflict, "
                                     "compacted) that reached an edge", ["edge", "error"], registry=r)
@@ -324,9 +325,11 @@ class Server:
                 self.stop()
                 raise errors.InvalidParameter(f"--metrics-listen {_addr(host, port)}: "
                                               f"{e.strerror or e}") from None
-            where = "" if ipaddress.ip_address(host).is_loopback else \
-                " -- not loopback: anyone who reaches this address reads them"
-            log.info("metrics on http://%s/metrics%s", _addr(host, port), where)
+            if ipaddress.ip_address(host).is_loopback:
+                log.info("metrics on http://%s/metrics", _addr(host, port))
+            else:
+                log.warning("metrics on http://%s/metrics -- not loopback: anyone who reaches this "
+                            "address reads the node's subnets and pool use", _addr(host, port))
         for s in self.servers:
             threading.Thread(target=s.run, name="metrics", daemon=True).start()
         return self

@@ -328,3 +328,16 @@ def test_event_text_stays_one_printable_line():
     out = buf.getvalue()
     assert out.count("\n") == 1 and out.isascii(), out
     assert "-> ValueError: two lines (1.2 ms)" in out
+
+
+def test_the_cni_paths_never_load_prometheus(tmp_path):
+    """What a CNI binary runs in-process (entry, dispatch, the plugins, the root's IPAM build)
+    leaves prometheus-client and pynet.metrics unloaded: the ADD path stays lean (the import
+    contract cni-no-metrics says it of the code; this says it of a real interpreter)."""
+    probe = (f"import pynet.cni.main, pynet.cni.dispatch, pynet.cni.plugin, pynet.cni.ipam_plugin\n"
+             f"from pynet import root\nfrom pynet.config import Config\n"
+             f"root.build_ipam_controller(Config(state_dir={str(tmp_path)!r}))\n"
+             "import sys; print(sorted(m for m in sys.modules if m.startswith(('prometheus_client', 'pynet.metrics'))))")
+    r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "[]"
