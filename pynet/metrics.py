@@ -190,10 +190,12 @@ class Metrics:
         if not result:
             if code == 0:
                 result = "ok"
-            elif error is not None and not type(error).__name__ == "CniError":
+            elif cni_code(error) is not None:       # CNI's own error: named by its code
+                result = CNI_CODES.get(cni_code(error), "Error")
+            elif error is not None:                 # a typed error of the core
                 result = error_class(error)
             else:
-                result = CNI_CODES.get(_cni_code(error, code), "Error")
+                result = "Error"
         self.cni_requests.labels(plugin, command, result).inc()
         self.cni_seconds.labels(plugin, command).observe(seconds)
         if error is not None:
@@ -211,9 +213,12 @@ class Metrics:
         return ObservedFirewall(firewall, self)
 
 
-def _cni_code(error, code: int) -> int:
+def cni_code(error) -> Optional[int]:
+    """The CNI code an error of the CNI front end carries (``CniError.code``); None for others."""
+    if error is None or isinstance(error, errors.PynetError):
+        return None
     c = getattr(error, "code", None)
-    return c if isinstance(c, int) else code
+    return c if isinstance(c, int) and not isinstance(c, bool) else None
 
 
 class ObservedFirewall:

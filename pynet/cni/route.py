@@ -55,10 +55,10 @@ def _done(plugin: str, env: dict, stdin: str, seconds: float, code: int, error, 
             outcome = result                    # the route refused the request
         elif code == 0:
             outcome = "ok"
-        elif error is not None and type(error).__name__ != "CniError":
+        elif error is not None and not isinstance(getattr(error, "code", None), int):
             outcome = type(error).__name__      # a typed error of the core
         else:
-            outcome = f"code {code}"            # CNI's own: the code says it
+            outcome = f"code {getattr(error, 'code', code)}"   # CNI's own: the code says it
         logfmt.event(log, logging.INFO, f"CNI {logfmt.printable(command or '-', 16)}", ids, error, seconds,
                      result=outcome)
     except Exception:  # noqa: BLE001
