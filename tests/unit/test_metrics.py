@@ -341,3 +341,23 @@ def test_the_cni_paths_never_load_prometheus(tmp_path):
     r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "[]"
+
+
+def test_a_busy_metrics_socket_is_one_line_and_builds_nothing(tmp_path):
+    """Another daemon serving the metrics socket: refused before the store or the kernel is touched."""
+    import socket
+
+    busy = str(tmp_path / "m.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(busy)
+    listener.listen(1)
+    try:
+        p = subprocess.run([sys.executable, "-m", "pynet", "daemon", "--state-dir", str(tmp_path / "state"),
+                            "--socket", str(tmp_path / "p.sock"), "--metrics-socket", busy],
+                           cwd=REPO, capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=str(REPO)))
+    finally:
+        listener.close()
+    assert p.returncode == 1
+    assert p.stderr.splitlines()[-1] == f"pynet: error: another process is serving on {busy}", p.stderr
+    assert "Traceback" not in p.stderr and not (tmp_path / "state").exists()
