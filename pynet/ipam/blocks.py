@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
 from pynet.errors import (Conflict, InUse, InvalidParameter, InvalidSubnet, PoolExhausted,
-                          PoolNotFound)
+                          PoolNotFound, StoreConflict)
 from pynet.ipam.bitmap import Bitmap, Layout
 from pynet.ipam.pools import Geometry, parse_address, parse_network
 from pynet.store import Record
@@ -192,6 +192,7 @@ class BlockIpam:
             raise InvalidParameter(f"retries must be a non-negative integer: {retries!r}")
         self.retries = retries
         self._pools: dict[tuple[str, int], _Pool] = {}
+        self._latest: dict[str, _Pool] = {}  # pool -> the geometry of its record last seen
         # pool -> {block index: believed full}; only steers the search, the store decides
         self._own: dict[str, dict[int, bool]] = {}
 
@@ -291,6 +292,7 @@ class BlockIpam:
                         tuple(sorted(int(ipaddress.ip_address(a)) - base for a in v["reserved"])),
                         v.get("gateway", ""))
             self._pools[(pool, rec.version)] = got
+        self._latest[pool] = got
         return got
 
     def _load(self, t, pool: str, cached: bool = True) -> _Pool:
@@ -338,6 +340,7 @@ class BlockIpam:
 
         done = self.store.txn(fn, retries=self.retries)
         self._own.pop(pool, None)
+        self._latest.pop(pool, None)
         return done
 
     # --- allocation ------------------------------------------------------------------------------------
@@ -348,26 +351,31 @@ class BlockIpam:
         pool, handle = component(pool), component(handle)
         hkey = self._handle_key(pool, handle)
         for _ in range(_LISTINGS):
-            _presume_absent(self.store, hkey)
-            got, full = self.store.txn(lambda t: self._from_own(t, pool, hkey, handle), retries=self.retries)
-            own = self._own.setdefault(pool, {})
-            for i, gone in full.items():
-                if gone:
-                    own.pop(i, None)
-                elif i in own:
-                    own[i] = True
+            own = self._own.get(pool)
+            # no own block with room known to this process (a fresh one, or all full): straight to
+            # the listing -- a txn that tries nothing would still cost a commit validating the
+            # presumed-absent handle, and the claim or borrow below checks the handle anyway
+            if own and not all(own.values()):
+                _presume_absent(self.store, hkey)
+                got, full = self.store.txn(lambda t: self._from_own(t, pool, hkey), retries=self.retries)
+                for i, gone in full.items():
+                    if gone:
+                        own.pop(i, None)
+                    elif i in own:
+                        own[i] = True
+                if got is not None:
+                    return got
+            got = self._from_listing(pool, hkey)
             if got is not None:
                 return got
-            got = self._from_listing(pool, hkey, handle)
-            if got is not None:
-                return got
-        raise PoolExhausted(f"cluster pool {pool}: no address after {_LISTINGS} searches (heavy contention)")
+        raise StoreConflict(f"cluster pool {pool}: every free address seen was taken by others "
+                            f"{_LISTINGS} times in a row")
 
     def _existing(self, t, hkey: str) -> Optional[str]:
         rec = t.get(hkey, cached=True)
         return None if rec is None else rec.value["cidr"]
 
-    def _take(self, t, p: _Pool, index: int, value: dict, handle: str, hkey: str) -> Optional[str]:
+    def _take(self, t, p: _Pool, index: int, value: dict, hkey: str) -> Optional[str]:
         """Set the lowest free bit of block ``index`` (record value ``value``) and write the block
         and the handle; None when the block is full."""
         bits = _BlockBits(_bits(value))
@@ -381,7 +389,7 @@ class BlockIpam:
         t.put(hkey, {"cidr": cidr, "block": p.block_name(index), "host": self.host})
         return cidr
 
-    def _from_own(self, t, pool: str, hkey: str, handle: str):
+    def _from_own(self, t, pool: str, hkey: str):
         """(address or None, {block: gone?}) -- the handle's address, or one from an own block
         this process does not believe full.  No side effects: ``fn`` may run several times."""
         p = self._load(t, pool)
@@ -400,18 +408,23 @@ class BlockIpam:
             if rec is None or rec.value.get("host") != self.host:
                 full[i] = True  # released, or claimed again by another host: no longer ours
                 continue
-            got = self._take(t, p, i, rec.value, handle, hkey)
+            got = self._take(t, p, i, rec.value, hkey)
             if got is not None:
                 return got, full
             full[i] = False
         return None, full
 
-    def _from_listing(self, pool: str, hkey: str, handle: str) -> Optional[str]:
+    def _from_listing(self, pool: str, hkey: str) -> Optional[str]:
         """List the pool's blocks (a plain read: only steers the choice; each write below is
         checked by its own compares), learn this host's blocks from it, then claim a free block,
-        else borrow.  None: an own block has room again (the caller tries it first)."""
-        blocks = self.store.list(self._blocks_prefix(pool))
-        p = self.store.txn(lambda t: self._load(t, pool), retries=self.retries)
+        else borrow.  None: an own block has room (the caller tries it first) or what the
+        listing offered was taken meanwhile (the caller lists again)."""
+        p = self._latest.get(pool)
+        if p is None:  # the pool's record and its blocks in one snapshot
+            p, blocks = self.store.txn(lambda t: (self._load(t, pool, cached=True),
+                                                  t.list(self._blocks_prefix(pool))), retries=self.retries)
+        else:  # the geometry is known: every txn below compares the pool record anyway
+            blocks = self.store.list(self._blocks_prefix(pool))
         claimed: set[int] = set()
         own: dict[int, bool] = {}
         others: list[tuple[int, int]] = []  # (free count, index)
@@ -438,40 +451,49 @@ class BlockIpam:
             key = self._block_key(p, i)
             _presume_absent(self.store, key)
             _presume_absent(self.store, hkey)
-            got = self.store.txn(lambda t: self._claim(t, pool, i, key, hkey, handle), retries=self.retries)
+            got = self.store.txn(lambda t: self._claim(t, p, i, key, hkey), retries=self.retries)
             if got is not None:
                 self._own[pool][i] = False
                 return got
-        # borrow: other hosts' blocks with room, the emptiest first
-        for _, i in sorted(others, reverse=True):
+        # borrow: other hosts' blocks with room, the fullest first -- the emptiest is likely the
+        # one its owner allocates from now, and every address taken there costs it a conflict
+        for _, i in sorted(others):
             key = self._block_key(p, i)
             _presume_absent(self.store, hkey)
-            got = self.store.txn(lambda t: self._borrow(t, pool, i, key, hkey, handle), retries=self.retries)
+            got = self.store.txn(lambda t: self._borrow(t, p, i, key, hkey), retries=self.retries)
             if got is not None:
                 return got
         if others or any(not f for f in own.values()):
             return None  # what the listing said had room was taken meanwhile: look again
+        seen = self.lookup(pool, hkey[len(self._handles_prefix(pool)):])
+        if seen is not None:
+            return seen  # a retry of an allocation that committed: its address, full pool or not
         raise PoolExhausted(f"no free address left in cluster pool {pool} ({p.net})")
 
-    def _claim(self, t, pool: str, index: int, key: str, hkey: str, handle: str) -> Optional[str]:
-        p = self._load(t, pool)
+    def _same_pool(self, t, p: _Pool) -> bool:
+        """The pool record is still the one ``p`` was made from (compared at commit)."""
+        return self._load(t, p.name) is p
+
+    def _claim(self, t, p: _Pool, index: int, key: str, hkey: str) -> Optional[str]:
+        if not self._same_pool(t, p):
+            return None  # deleted and made again meanwhile: list again
         seen = self._existing(t, hkey)
         if seen is not None:
             return seen
         if t.get(key, cached=True) is not None:
             return None  # another host claimed it first
-        return self._take(t, p, index, {"host": self.host, "bits": format(p.reserved_mask(index), "x")},
-                          handle, hkey)
+        return self._take(t, p, index, {"host": self.host, "bits": format(p.reserved_mask(index), "x")}, hkey)
 
-    def _borrow(self, t, pool: str, index: int, key: str, hkey: str, handle: str) -> Optional[str]:
-        p = self._load(t, pool)
+    def _borrow(self, t, p: _Pool, index: int, key: str, hkey: str) -> Optional[str]:
+        if not self._same_pool(t, p):
+            return None
         seen = self._existing(t, hkey)
         if seen is not None:
             return seen
         rec = t.get(key, cached=True)
         if rec is None:
             return None  # released meanwhile: the next listing offers it as a free block
-        return self._take(t, p, index, rec.value, handle, hkey)
+        return self._take(t, p, index, rec.value, hkey)
 
     # --- release and lookup -------------------------------------------------------------------------
     def release(self, pool: str, handle: str) -> bool:
