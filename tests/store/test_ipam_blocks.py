@@ -377,3 +377,46 @@ def test_sigkill_mid_allocation_leaves_the_store_consistent(etcd, prefix, tmp_pa
         assert ipam.verify("p") == []
     allocated = list(ipam.allocated("p"))
     assert len(allocated) == len(set(allocated))
+
+
+def test_a_fresh_process_of_a_host_reuses_its_blocks(etcd, prefix):
+    """A CNI binary (a new process, an empty cache) allocates in the blocks its host holds."""
+    cluster, open_store = etcd
+    a = BlockIpam(open_store(), "host-a", prefix=prefix)
+    a.create_pool("p", "10.104.0.0/24")
+    assert a.allocate("p", "a0") == "10.104.0.2/24"  # a: block .0/26 (.0 and .1 reserved)
+    assert BlockIpam(open_store(), "host-b", prefix=prefix).allocate("p", "b0") == "10.104.0.64/24"
+    store = open_store()
+    fresh = BlockIpam(store, "host-a", prefix=prefix)
+    assert fresh.allocate("p", "a1") == "10.104.0.3/24"
+    # the pool and its blocks in one snapshot (2 requests), the block (1), the commit (1)
+    assert store.round_trips == 4
+    assert [(x["cidr"], x["host"]) for x in a.blocks("p")] == [("10.104.0.0/26", "host-a"),
+                                                               ("10.104.0.64/26", "host-b")]
+
+
+def test_threads_of_one_daemon_share_its_blocks(etcd, prefix):
+    import threading
+
+    cluster, open_store = etcd
+    ipam = BlockIpam(open_store(), "host-a", prefix=prefix)
+    ipam.create_pool("p", "10.105.0.0/24", block_prefixlen=28)
+    got: dict[str, str] = {}
+    errors = []
+
+    def run(n):
+        try:
+            for i in range(25):
+                got[f"t{n}-{i}"] = ipam.allocate("p", f"t{n}-{i}")
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(WAIT)
+    assert not errors and len(got) == 100
+    assert len(set(got.values())) == 100, "an address was handed out twice"
+    assert {x["host"] for x in ipam.blocks("p")} == {"host-a"}
+    assert ipam.verify("p") == []
