@@ -57,8 +57,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
 
-from pynet.errors import (Conflict, InUse, InvalidParameter, InvalidSubnet, PoolExhausted,
-                          PoolNotFound, StoreConflict)
+from pynet.errors import (AddressInUse, Conflict, InUse, InvalidAddress, InvalidParameter,
+                          InvalidSubnet, PoolExhausted, PoolNotFound, StoreConflict)
 from pynet.ipam.bitmap import Bitmap, Layout
 from pynet.ipam.pools import Geometry, parse_address, parse_network
 from pynet.store import Record
@@ -107,7 +107,7 @@ class _Pool:
 
     def block_name(self, index: int) -> str:
         """The key component of a block: its CIDR with '-' for '/' (a key component has no '/')."""
-        return f"{self.block_net(index).network_address}-{self.block_prefixlen}"
+        return f"{self.address(index, 0)}-{self.block_prefixlen}"
 
     def block_index(self, name: str) -> int:
         addr, _, plen = name.rpartition("-")
@@ -261,7 +261,8 @@ class BlockIpam:
                 t.put(key, settings)
                 return settings
             have = rec.value
-            diff = [f"{k} {have.get(k)!r} (asked {settings[k]!r})" for k in settings if have.get(k) != settings[k]]
+            diff = [f"{k} {have.get(k)!r} (asked {settings[k]!r})"
+                    for k in settings if have.get(k) != settings[k]]
             if diff:
                 raise PoolMismatch(f"cluster pool {pool} exists with other settings: " + ", ".join(diff))
             return have
@@ -344,12 +345,18 @@ class BlockIpam:
         return done
 
     # --- allocation ------------------------------------------------------------------------------------
-    def allocate(self, pool: str, handle: str) -> str:
+    def allocate(self, pool: str, handle: str, address: Optional[str] = None) -> str:
         """An address of the pool for ``handle`` (``addr/prefixlen``); the same one again when the
         handle already holds one.  Own blocks first, then a newly claimed block, then another
-        host's block; ``PoolExhausted`` when the pool has no free address."""
+        host's block; ``PoolExhausted`` when the pool has no free address.
+
+        ``address``: that address (``docker run --ip``), wherever its block is: in a block no
+        host holds yet, this host claims the block.  ``AddressInUse`` when another handle holds
+        it or this handle holds another one; ``InvalidAddress`` outside the pool or reserved."""
         pool, handle = component(pool), component(handle)
         hkey = self._handle_key(pool, handle)
+        if address is not None:
+            return self._allocate_explicit(pool, handle, hkey, parse_address(address), address)
         for _ in range(_LISTINGS):
             own = self._own.get(pool)
             # no own block with room known to this process (a fresh one, or all full): straight to
@@ -370,6 +377,43 @@ class BlockIpam:
                 return got
         raise StoreConflict(f"cluster pool {pool}: every free address seen was taken by others "
                             f"{_LISTINGS} times in a row")
+
+    def _allocate_explicit(self, pool: str, handle: str, hkey: str, addr, raw: str) -> str:
+        def fn(t):
+            p = self._load(t, pool)
+            if addr.version != p.net.version or addr not in p.net:
+                raise InvalidAddress(f"address {raw} is outside cluster pool {pool} ({p.net})")
+            if "/" in raw and raw.split("/", 1)[1].strip() != str(p.net.prefixlen):
+                raise InvalidAddress(f"address {raw} does not have the prefix length of {p.net}")
+            index, o = p.locate(addr)
+            want = p.cidr(index, o)
+            seen = self._existing(t, hkey)
+            if seen is not None:
+                if seen != want:
+                    raise AddressInUse(f"handle {handle} already holds {seen} in cluster pool {pool}")
+                return seen
+            if p.reserved_mask(index) >> o & 1:
+                raise InvalidAddress(f"address {addr} is reserved in cluster pool {pool} "
+                                     "(network, broadcast or gateway)")
+            key = self._block_key(p, index)
+            rec = t.get(key, cached=True)
+            value = rec.value if rec is not None else {"host": self.host,
+                                                       "bits": format(p.reserved_mask(index), "x")}
+            x = _bits(value)
+            if x >> o & 1:
+                raise AddressInUse(f"address {addr} is already allocated in cluster pool {pool}")
+            t.put(key, {**value, "bits": format(x | 1 << o, "x")})
+            t.put(hkey, {"cidr": want, "block": p.block_name(index), "host": self.host})
+            return want, index, rec is None
+
+        _presume_absent(self.store, hkey)
+        got = self.store.txn(fn, retries=self.retries)
+        if isinstance(got, str):
+            return got
+        cidr, index, claimed = got
+        if claimed:
+            self._own.setdefault(pool, {})[index] = False
+        return cidr
 
     def _existing(self, t, hkey: str) -> Optional[str]:
         rec = t.get(hkey, cached=True)

@@ -420,3 +420,31 @@ def test_threads_of_one_daemon_share_its_blocks(etcd, prefix):
     assert len(set(got.values())) == 100, "an address was handed out twice"
     assert {x["host"] for x in ipam.blocks("p")} == {"host-a"}
     assert ipam.verify("p") == []
+
+
+def test_an_explicit_address_anywhere_in_the_pool(local, prefix):
+    from pynet.errors import AddressInUse, InvalidAddress
+
+    a = BlockIpam(local, "host-a", prefix=prefix)
+    b = BlockIpam(local, "host-b", prefix=prefix)
+    a.create_pool("x", "10.106.0.0/24")
+    assert a.allocate("x", "c0") == "10.106.0.2/24"  # a holds .0/26
+    # in a block nobody holds: b claims it
+    assert b.allocate("x", "static", "10.106.0.200") == "10.106.0.200/24"
+    assert b.allocate("x", "static", "10.106.0.200/24") == "10.106.0.200/24"  # a retry
+    assert {x["cidr"]: x["host"] for x in a.blocks("x")}["10.106.0.192/26"] == "host-b"
+    # b's own block now (only the pool's network address is reserved, not each block's)
+    assert _bare(b.allocate("x", "b-next")) == "10.106.0.192"
+    # in another host's block: taken there (as a borrow would)
+    assert a.allocate("x", "static2", "10.106.0.201") == "10.106.0.201/24"
+    with pytest.raises(AddressInUse):
+        a.allocate("x", "other", "10.106.0.200")
+    with pytest.raises(AddressInUse):
+        b.allocate("x", "static", "10.106.0.202")  # the handle holds .200
+    for bad in ("10.106.0.0", "10.106.0.1", "10.106.0.255", "10.107.0.5", "10.106.0.5/16", "fd00::1",
+                "nonsense"):
+        with pytest.raises(InvalidAddress):
+            a.allocate("x", "bad", bad)
+    assert a.lookup("x", "bad") is None
+    assert a.release("x", "static") and _bare(a.allocate("x", "again", "10.106.0.200")) == "10.106.0.200"
+    assert a.verify("x") == []

@@ -1,4 +1,5 @@
-"""One host allocating from a cluster block pool (tests/store/test_ipam_blocks.py, benchmarks/bench_blocks.py).
+"""One host allocating from a cluster block pool (tests/store/test_ipam_blocks.py and
+benchmarks/bench_blocks.py).
 
     python -m tests.support.block_worker <store> <prefix> <pool> <host> <count> [options]
 
@@ -43,27 +44,29 @@ def read_log(text: str) -> tuple[dict, set]:
     return held, in_doubt
 
 
-def main(argv: list[str]) -> int:
+def _answer_log(path: str):
+    """``note(line)``: one line appended to ``path`` (nothing without a path), unbuffered so a
+    SIGKILL loses no line that was written."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT) if path else None
+    return (lambda line: None) if fd is None else (lambda line: os.write(fd, line.encode() + b"\n"))
+
+
+def _args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser()
-    ap.add_argument("store")
-    ap.add_argument("prefix")
-    ap.add_argument("pool")
-    ap.add_argument("host")
-    ap.add_argument("count", type=int)
-    ap.add_argument("--release-every", type=int, default=0)
-    ap.add_argument("--start-at", type=float, default=0.0)
-    ap.add_argument("--out", default="")
-    ap.add_argument("--pause-after", type=int, default=0,
-                    help="after this many allocations note 'paused' and wait for --go FILE to exist")
-    ap.add_argument("--go", default="")
-    args = ap.parse_args(argv)
+    for name in ("store", "prefix", "pool", "host"):
+        ap.add_argument(name)
+    ap.add_argument("count", type=int, help="0: until the pool is exhausted")
+    for flag, kind, default in (("--release-every", int, 0), ("--start-at", float, 0.0), ("--out", str, ""),
+                                ("--pause-after", int, 0), ("--go", str, "")):
+        ap.add_argument(flag, type=kind, default=default)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = _args(argv)
     store = open_for_test(args.store)
     ipam = BlockIpam(store, args.host, prefix=args.prefix)
-    fd = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT) if args.out else None
-
-    def note(line: str) -> None:
-        if fd is not None:
-            os.write(fd, line.encode() + b"\n")
+    note = _answer_log(args.out)
 
     note("ready")
     time.sleep(max(0.0, args.start_at - time.time()))
