@@ -53,6 +53,7 @@ would need a cursor per block, a second key rewritten by every allocation.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Optional
@@ -96,6 +97,12 @@ class _Pool:
     @property
     def block_size(self) -> int:
         return 1 << (self.net.max_prefixlen - self.block_prefixlen)
+
+    @functools.cached_property
+    def layout(self) -> Layout:
+        """One block as ``Bitmap`` sees it: a single leaf of ``block_size`` bits (its key name is
+        never used: ``_BlockBits`` serves the leaf from the block record)."""
+        return Layout("block", 0, self.block_size - 1, self.block_size)
 
     @property
     def block_count(self) -> int:
@@ -423,7 +430,7 @@ class BlockIpam:
         """Set the lowest free bit of block ``index`` (record value ``value``) and write the block
         and the handle; None when the block is full."""
         bits = _BlockBits(_bits(value))
-        bm = Bitmap(bits, Layout("block", 0, p.block_size - 1, p.block_size))
+        bm = Bitmap(bits, p.layout)
         o = bm.find_free(0, p.block_size - 1)
         if o is None:
             return None
@@ -558,7 +565,7 @@ class BlockIpam:
             rec = t.get(key, cached=True)
             if rec is not None and not p.reserved_mask(index) >> o & 1:
                 bits = _BlockBits(_bits(rec.value))
-                if Bitmap(bits, Layout("block", 0, p.block_size - 1, p.block_size)).clear(o):
+                if Bitmap(bits, p.layout).clear(o):
                     t.put(key, {**rec.value, "bits": format(bits.x, "x")})
             return rec.value.get("host") if rec is not None else None, index
 
