@@ -448,3 +448,33 @@ def test_an_explicit_address_anywhere_in_the_pool(local, prefix):
     assert a.lookup("x", "bad") is None
     assert a.release("x", "static") and _bare(a.allocate("x", "again", "10.106.0.200")) == "10.106.0.200"
     assert a.verify("x") == []
+
+
+def test_an_etcd_member_killed_under_three_hosts(disposable_etcd, prefix, tmp_path):
+    """One member of three SIGKILLed while three hosts allocate and release: what failed on the
+    way is transient, its retry with the same handle is safe, and nothing is handed out twice."""
+    cluster = disposable_etcd(3)
+    store = EtcdStore(cluster.endpoints, timeout=5.0)
+    try:
+        ipam = BlockIpam(store, "checker", prefix=prefix)
+        ipam.create_pool("p", "10.107.0.0/20")
+        logs = [tmp_path / f"h{i}.log" for i in range(3)]
+        procs = [_worker(cluster, prefix, "p", f"h{i}", 200, "--release-every", "4", "--retry-transient",
+                         "200", "--out", str(logs[i])) for i in range(3)]
+        try:
+            for log in logs:  # every host well under way: member 0 (the first each asks) has its connections
+                _wait_lines(log, lambda text: text.count("\n") >= 30, procs, "a worker made no progress")
+            cluster.kill(0)
+            results = [_result(p) for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.communicate()
+        kept = {h: a for r in results for h, a in r["kept"].items()}
+        assert len(kept) == 3 * 150  # 200 each, every 4th released again
+        assert len(set(kept.values())) == len(kept), "an address was handed out twice"
+        assert {h: _bare(v["cidr"]) for h, v in ipam.handles("p").items()} == kept
+        assert ipam.verify("p") == []
+    finally:
+        store.close()

@@ -13,6 +13,8 @@ until wall-clock time T first, so the hosts really contend.  Prints one JSON lin
 release), as a CNI binary prints its result only once it has it -- for the SIGKILL test.
 ``--pause-after N --go FILE``: after N allocations write ``paused`` there and wait for FILE, so a
 test can let every host claim its first block before the race for the rest begins.
+``--retry-transient N``: retry an allocation or release that failed with a transient error (an
+etcd member killed under it) up to N times with the same handle, and count them (``transient``).
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import os
 import sys
 import time
 
-from pynet.errors import Exhausted
+from pynet.errors import Exhausted, Transient
 from pynet.ipam.blocks import BlockIpam
 from tests.support.store_worker import open_for_test
 
@@ -57,7 +59,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
         ap.add_argument(name)
     ap.add_argument("count", type=int, help="0: until the pool is exhausted")
     for flag, kind, default in (("--release-every", int, 0), ("--start-at", float, 0.0), ("--out", str, ""),
-                                ("--pause-after", int, 0), ("--go", str, "")):
+                                ("--pause-after", int, 0), ("--go", str, ""),
+                                ("--retry-transient", int, 0)):
         ap.add_argument(flag, type=kind, default=default)
     return ap.parse_args(argv)
 
@@ -67,6 +70,21 @@ def main(argv: list[str]) -> int:
     store = open_for_test(args.store)
     ipam = BlockIpam(store, args.host, prefix=args.prefix)
     note = _answer_log(args.out)
+
+    transient = 0
+
+    def retrying(call):
+        """``call()``, again on a transient error (``--retry-transient`` times at most), as a
+        runtime retries an ADD or DEL: safe because the handle names the allocation."""
+        nonlocal transient
+        for attempt in range(args.retry_transient + 1):
+            try:
+                return call()
+            except Transient:
+                if attempt == args.retry_transient:
+                    raise
+                transient += 1
+                time.sleep(0.05)
 
     note("ready")
     time.sleep(max(0.0, args.start_at - time.time()))
@@ -84,21 +102,22 @@ def main(argv: list[str]) -> int:
                 time.sleep(0.01)
         handle = f"{args.host}-{i}"
         try:
-            a = ipam.allocate(args.pool, handle).split("/")[0]
+            a = retrying(lambda: ipam.allocate(args.pool, handle)).split("/")[0]
         except Exhausted as e:
             exhausted, error = True, type(e).__name__
             break
         note(f"+{handle} {a}")
         if args.release_every and i % args.release_every == args.release_every - 1:
             note(f"?{handle} {a}")
-            ipam.release(args.pool, handle)
+            retrying(lambda: ipam.release(args.pool, handle))
             note(f"-{handle} {a}")
             released.append(a)
         else:
             kept[handle] = a
         i += 1
     print(json.dumps({"host": args.host, "kept": kept, "released": released, "exhausted": exhausted,
-                      "error": error, "round_trips": getattr(store, "round_trips", None),
+                      "error": error, "transient": transient,
+                      "round_trips": getattr(store, "round_trips", None),
                       "elapsed": time.perf_counter() - t0}))
     store.close()
     return 0
