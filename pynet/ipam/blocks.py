@@ -47,6 +47,13 @@ Empty blocks are NOT given back when their last address is released: the affine 
 the cluster, or a clean-up by the control loop); a block with any allocation -- borrowed ones
 included -- is never released.
 
+Verbs (``BlockIpam(store, host, prefix=None)``): ``create_pool`` (create-only; joining with equal
+settings is fine, other settings are ``PoolMismatch``), ``allocate(pool, handle, address=None)``,
+``release(pool, handle)``, ``lookup``, ``handles``, ``blocks``, ``get_pool``, ``verify`` (the
+invariants above, read in one snapshot), ``release_empty_blocks``, ``delete_pool`` (``InUse``
+while any handle holds an address).  Every name is checked at the door (``pynet.store.keys``:
+``InvalidParameter``, Docker 400, CNI code 7) before anything is read or written.
+
 Addresses are taken lowest-first within a block (as Calico does): next-fit like the local IPAM's
 would need a cursor per block, a second key rewritten by every allocation.
 """
