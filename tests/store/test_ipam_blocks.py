@@ -478,3 +478,23 @@ def test_an_etcd_member_killed_under_three_hosts(disposable_etcd, prefix, tmp_pa
         assert ipam.verify("p") == []
     finally:
         store.close()
+
+
+def test_four_host_processes_on_one_sqlite_file(tmp_path, prefix):
+    """The same verbs on the embedded store: four processes (each its own connection and cache)."""
+    path = str(tmp_path / "pynet.db")
+    store = SqliteStore(path)
+    try:
+        ipam = BlockIpam(store, "test", prefix=prefix)
+        ipam.create_pool("p", "10.108.0.0/24", block_prefixlen=28)
+        start = str(time.time() + 2.0)
+        procs = [subprocess.Popen([sys.executable, "-m", "tests.support.block_worker", path, prefix, "p",
+                                   f"h{i}", "0", "--start-at", start], cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in range(4)]
+        results = [_result(p) for p in procs]
+        addrs = [a for r in results for a in r["kept"].values()]
+        assert len(addrs) == len(set(addrs)) == 256 - 3
+        assert all(r["error"] == "PoolExhausted" for r in results)
+        assert ipam.verify("p") == [] and ipam.get_pool("p")["free"] == 0
+    finally:
+        store.close()
