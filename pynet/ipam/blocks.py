@@ -54,8 +54,9 @@ invariants above, read in one snapshot), ``release_empty_blocks``, ``delete_pool
 while any handle holds an address).  Every name is checked at the door (``pynet.store.keys``:
 ``InvalidParameter``, Docker 400, CNI code 7) before anything is read or written.
 
-Addresses are taken lowest-first within a block (as Calico does): next-fit like the local IPAM's
-would need a cursor per block, a second key rewritten by every allocation.
+Addresses are taken lowest-first within a block (as Calico does), so a released address may be
+handed out again at once; Docker's next-fit (the local IPAM's cursor) could live in the block
+record if that ever matters -- a cursor key of its own would be a second write per allocation.
 """
 from __future__ import annotations
 
