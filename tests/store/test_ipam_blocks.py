@@ -265,6 +265,21 @@ def _wait_lines(path, pred, procs, what):
         time.sleep(0.01)
 
 
+def _results_after(procs, logs, ready, then) -> list[dict]:
+    """Wait until every worker's log satisfies ``ready``, call ``then()``, return the workers'
+    results; a worker still running when this fails is killed."""
+    try:
+        for log in logs:
+            _wait_lines(log, ready, procs, "a worker made no progress")
+        then()
+        return [_result(p) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+
+
 def test_four_hosts_in_parallel_own_blocks_no_duplicate_borrow_last(etcd, prefix, tmp_path):
     cluster, open_store = etcd
     store = open_store()
@@ -274,17 +289,8 @@ def test_four_hosts_in_parallel_own_blocks_no_duplicate_borrow_last(etcd, prefix
     logs = [tmp_path / f"h{i}.log" for i in range(4)]
     procs = [_worker(cluster, prefix, "p", f"h{i}", 0, "--pause-after", "1", "--go", str(go),
                      "--out", str(logs[i])) for i in range(4)]
-    try:
-        # every host has its first address (hence a block of its own) before the race begins
-        for log in logs:
-            _wait_lines(log, lambda text: "paused" in text, procs, "a worker never paused")
-        go.write_text("")
-        results = [_result(p) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.communicate()
+    # every host has its first address (hence a block of its own) before the race begins
+    results = _results_after(procs, logs, lambda text: "paused" in text, lambda: go.write_text(""))
     addrs = [a for r in results for a in r["kept"].values()]
     assert len(addrs) == 512 - 3, "every address once: the pool is used up"
     assert len(set(addrs)) == len(addrs), "an address was handed out twice"
@@ -461,16 +467,8 @@ def test_an_etcd_member_killed_under_three_hosts(disposable_etcd, prefix, tmp_pa
         logs = [tmp_path / f"h{i}.log" for i in range(3)]
         procs = [_worker(cluster, prefix, "p", f"h{i}", 200, "--release-every", "4", "--retry-transient",
                          "200", "--out", str(logs[i])) for i in range(3)]
-        try:
-            for log in logs:  # every host well under way: member 0 (the first each asks) has its connections
-                _wait_lines(log, lambda text: text.count("\n") >= 30, procs, "a worker made no progress")
-            cluster.kill(0)
-            results = [_result(p) for p in procs]
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.communicate()
+        # every host well under way: member 0 (the first each asks) has their connections
+        results = _results_after(procs, logs, lambda text: text.count("\n") >= 30, lambda: cluster.kill(0))
         kept = {h: a for r in results for h, a in r["kept"].items()}
         assert len(kept) == 3 * 150  # 200 each, every 4th released again
         assert len(set(kept.values())) == len(kept), "an address was handed out twice"

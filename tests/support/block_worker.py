@@ -115,11 +115,11 @@ def main(argv: list[str]) -> int:
         else:
             kept[handle] = a
         i += 1
-    print(json.dumps({"host": args.host, "kept": kept, "released": released, "exhausted": exhausted,
-                      "error": error, "transient": transient,
-                      "round_trips": getattr(store, "round_trips", None),
-                      "elapsed": time.perf_counter() - t0}))
+    elapsed = time.perf_counter() - t0
     store.close()
+    summary = dict(host=args.host, kept=kept, released=released, exhausted=exhausted, error=error,
+                   transient=transient, round_trips=getattr(store, "round_trips", None), elapsed=elapsed)
+    print(json.dumps(summary))
     return 0
 
 
