@@ -2,7 +2,7 @@
 
 deploy/plugin/build makes the plugin (a debootstrap rootfs with pynet and its locked
 dependencies; cached by input hashes, so only the first run on a machine pays the cold build),
-and the module's fixture creates it as ``<prefix>-mp:latest`` with this run's own chain prefix
+and the module's fixture creates it as ``<prefix>-mp:<prefix>`` with this run's own chain prefix
 and its own state directory, then enables it.  Through it: the bridge acceptance (two containers
 reach each other by name, a published port reaches a container from an "outside" namespace the
 test makes, removal leaves no link, rule, network or store record), ``docker plugin disable -f``
@@ -43,12 +43,12 @@ def _k(prefix: str) -> int:
 
 
 class Plugin:
-    """One managed plugin ``<name>:latest`` and what the test needs to drive and clean it."""
+    """One managed plugin ``<name>:<tag>`` and what the test needs to drive and clean it."""
 
-    def __init__(self, docker: harness.Docker, name: str):
+    def __init__(self, docker: harness.Docker, name: str, tag: str):
         self.docker = docker
         self.name = name                   # the instance name pynet tags its links with
-        self.ref = f"{name}:latest"        # what Docker calls it: -d / --ipam-driver
+        self.ref = f"{name}:{tag}"         # what Docker calls it: -d / --ipam-driver
         self.chain_prefix = harness.chain_prefix_for(name)
         self.state_dir = STATE_ROOT / name
         self.settings = [f"PYNET_PLUGIN_NAME={name}", f"PYNET_CHAIN_PREFIX={self.chain_prefix}",
@@ -116,14 +116,14 @@ def teardown_plugin(p: Plugin) -> list[str]:
 
 def remove_stale_plugins(docker: harness.Docker, current: str) -> list[str]:
     """Plugins ``ptXXXX-mp`` of runs that are gone (a crashed run cannot remove its own)."""
-    names = [n.split(":", 1)[0] for n in
-             docker.run("plugin", "ls", "--format", "{{.Name}}").stdout.split()]
-    gone = harness.stale_prefixes(names, current)
+    refs = docker.run("plugin", "ls", "--format", "{{.Name}}").stdout.split()
+    gone = harness.stale_prefixes(refs, current)
     removed = []
-    for n in names:
-        if n.split("-", 1)[0] in gone and n.endswith(SUFFIX):
-            teardown_plugin(Plugin(docker, n))
-            removed.append(n)
+    for ref in refs:
+        name, _, tag = ref.partition(":")
+        if name.split("-", 1)[0] in gone and name.endswith(SUFFIX):
+            teardown_plugin(Plugin(docker, name, tag or "latest"))
+            removed.append(ref)
     return removed
 
 
@@ -151,7 +151,8 @@ def plugin_dir() -> Path:
 @pytest.fixture(scope="module")
 def plugin(docker, plugin_dir, prefix, request):
     harness.ensure_test_image()
-    p = Plugin(docker, f"{prefix}{SUFFIX}")
+    # a tag of the run's own, not latest: Docker names the networks' driver by the whole reference
+    p = Plugin(docker, f"{prefix}{SUFFIX}", tag=prefix)
     try:
         p.install(plugin_dir)
         yield p
