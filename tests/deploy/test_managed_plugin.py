@@ -149,8 +149,13 @@ def plugin_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def plugin(docker, plugin_dir, prefix, request):
-    harness.ensure_test_image()
+def image(docker) -> str:
+    """The busybox test image the suite builds (scripts/lib/docker.sh)."""
+    return harness.ensure_test_image()
+
+
+@pytest.fixture(scope="module")
+def plugin(docker, plugin_dir, image, prefix, request):
     # a tag of the run's own, not latest: Docker names the networks' driver by the whole reference
     p = Plugin(docker, f"{prefix}{SUFFIX}", tag=prefix)
     try:
@@ -245,7 +250,7 @@ def test_plugin_is_created_and_enabled_as_declared(plugin):
 
 # --------------------------------------------------------------------------- bridge acceptance
 
-def test_bridge_acceptance_through_the_plugin(clean, outside, prefix):
+def test_bridge_acceptance_through_the_plugin(clean, image, outside, prefix):
     p, d, k = clean, clean.docker, _k(prefix)
     before_links = harness.daemon_links(p.name)
     net = f"{p.name}-n1"
@@ -253,8 +258,8 @@ def test_bridge_acceptance_through_the_plugin(clean, outside, prefix):
     assert info["Driver"] == p.ref and info["IPAM"]["Driver"] == p.ref
     a, b = f"{p.name}-a", f"{p.name}-b"
     port = 29000 + 8 * k
-    run_container(d, "pynet-test:latest", a, net)
-    run_container(d, "pynet-test:latest", b, net, "-p", f"{port}:8080")
+    run_container(d, image, a, net)
+    run_container(d, image, b, net, "-p", f"{port}:8080")
     # two containers reach each other, by address and by name (Docker's embedded DNS)
     ping(d, a, addr_on(d, b, net)["IPAddress"])
     ping(d, a, b)
@@ -278,14 +283,14 @@ def test_bridge_acceptance_through_the_plugin(clean, outside, prefix):
 
 # --------------------------------------------------------------------------- disable / enable
 
-def test_disable_and_enable_keep_running_containers_connected(clean, outside, prefix):
+def test_disable_and_enable_keep_running_containers_connected(clean, image, outside, prefix):
     p, d, k = clean, clean.docker, _k(prefix)
     net = f"{p.name}-n2"
     network(p, net, f"10.226.{k}.0/24")
     a, b = f"{p.name}-a", f"{p.name}-b"
     port = 29000 + 8 * k + 1
-    run_container(d, "pynet-test:latest", a, net)
-    run_container(d, "pynet-test:latest", b, net, "-p", f"{port}:8080")
+    run_container(d, image, a, net)
+    run_container(d, image, b, net, "-p", f"{port}:8080")
     start_tcp_server(d, b)
     ip_b = addr_on(d, b, net)["IPAddress"]
     assert fetch_from_outside(outside, port) == f"pong-{b}"
@@ -302,7 +307,7 @@ def test_disable_and_enable_keep_running_containers_connected(clean, outside, pr
     assert fetch_from_outside(outside, port) == f"pong-{b}"
     # and it serves again: a new container joins and reaches the old ones
     c = f"{p.name}-c"
-    run_container(d, "pynet-test:latest", c, net)
+    run_container(d, image, c, net)
     ping(d, c, a)
     assert tcp_get(d, c, b) == f"pong-{b}"
 
@@ -321,13 +326,13 @@ def new_build(plugin_dir: Path, into: Path) -> Path:
     return into
 
 
-def test_upgrade_keeps_the_store(clean, plugin_dir, prefix, tmp_path):
+def test_upgrade_keeps_the_store(clean, image, plugin_dir, prefix, tmp_path):
     p, d, k = clean, clean.docker, _k(prefix)
     net = f"{p.name}-n3"
     info = network(p, net, f"10.227.{k}.0/24")
     a, b = f"{p.name}-a", f"{p.name}-b"
-    run_container(d, "pynet-test:latest", a, net)
-    run_container(d, "pynet-test:latest", b, net, "--ip", f"10.227.{k}.77")
+    run_container(d, image, a, net)
+    run_container(d, image, b, net, "--ip", f"10.227.{k}.77")
     before = held(p)
     assert info["Id"] in before["networks"] and len(before["endpoints"]) == 2
     old_id = p.inspect()["Id"]
@@ -342,11 +347,37 @@ def test_upgrade_keeps_the_store(clean, plugin_dir, prefix, tmp_path):
     ping(d, a, b)
     # the new plugin knows the old network: joins, address allocation and removal work
     c = f"{p.name}-c"
-    run_container(d, "pynet-test:latest", c, net, "--ip", f"10.227.{k}.78")
+    run_container(d, image, c, net, "--ip", f"10.227.{k}.78")
     ping(d, c, b)
     with pytest.raises(harness.CommandError, match="(?i)address.*(in use|already)|allocated"):
-        run_container(d, "pynet-test:latest", f"{p.name}-dup", net, "--ip", f"10.227.{k}.77")
+        run_container(d, image, f"{p.name}-dup", net, "--ip", f"10.227.{k}.77")
     d.run("rm", "-f", a, b, c, f"{p.name}-dup", check=False)
     d.run("network", "rm", net)
     assert held(p) == {"networks": [], "endpoints": [], "pools": []}
     assert harness.daemon_links(p.name) == {}
+
+
+# --------------------------------------------------------------------------- a crashed run's plugin
+
+def test_a_crashed_runs_plugin_is_removed_by_the_next_run(docker, image, plugin_dir):
+    """What the module fixture does at start: a plugin (enabled, with a network and a container)
+    whose run is gone goes with everything it made.  The "crashed run" is a prefix taken and
+    released at once, so no live run owns it."""
+    lock = harness.RunLock.acquire_new()
+    dead = lock.prefix
+    lock.release()
+    p = Plugin(docker, f"{dead}{SUFFIX}", tag=dead)
+    try:
+        p.install(plugin_dir)
+        k = _k(dead)
+        network(p, f"{p.name}-n4", f"10.227.{k}.0/24")
+        run_container(docker, image, f"{p.name}-a", f"{p.name}-n4")
+        assert harness.daemon_links(p.name)
+        assert p.ref in remove_stale_plugins(docker, current="pt0000")
+        assert not p.exists()
+        assert objects_named(docker, p.name) == []
+        assert harness.daemon_links(p.name) == {}
+        assert harness.firewall_lines(p.chain_prefix) == []
+        assert not p.state_dir.exists()
+    finally:
+        teardown_plugin(p)
