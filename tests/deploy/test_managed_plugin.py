@@ -17,6 +17,7 @@ prefix's lock free) is removed at the start.  Subnets 10.225-10.227.K.0/24 and t
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -58,7 +59,14 @@ class Plugin:
         return self.docker.run("plugin", *args, check=check, timeout=timeout)
 
     def exists(self) -> bool:
-        return self.run("inspect", self.ref, check=False).returncode == 0
+        """True/False from dockerd; raises when dockerd does not answer (another run restarting
+        the shared dockerd must not make a teardown believe the plugin is gone)."""
+        r = self.run("inspect", self.ref, check=False)
+        if r.returncode == 0:
+            return True
+        if re.search(r"not found|no such plugin", (r.stderr + r.stdout).lower()):
+            return False
+        raise harness.CommandError(r.returncode, r.args, r.stdout, r.stderr)
 
     def inspect(self) -> dict:
         return json.loads(self.run("inspect", self.ref).stdout)[0]
@@ -87,6 +95,15 @@ class Plugin:
         return "\n".join(mine[-lines:])
 
 
+def wait_for_dockerd(seconds: int = 90) -> None:
+    """Another run may be restarting the shared dockerd: wait for it (never start one here)."""
+    for _ in range(seconds // 3):
+        if harness.dockerd_up():
+            return
+        time.sleep(3)
+    raise RuntimeError(f"dockerd did not answer for {seconds} s")
+
+
 def objects_named(docker: harness.Docker, prefix: str) -> list[str]:
     return [n for n in docker.container_names() + docker.network_names() if n.startswith(prefix)]
 
@@ -95,6 +112,7 @@ def teardown_plugin(p: Plugin) -> list[str]:
     """Containers and networks of the plugin (through it, so it releases what it holds), the
     plugin, then whatever a dead plugin could not remove: its rules, its links, its state."""
     errors = []
+    wait_for_dockerd()
     if p.exists():
         if not p.inspect().get("Enabled"):
             p.state_dir.mkdir(parents=True, exist_ok=True)
@@ -124,6 +142,10 @@ def remove_stale_plugins(docker: harness.Docker, current: str) -> list[str]:
         if name.split("-", 1)[0] in gone and name.endswith(SUFFIX):
             teardown_plugin(Plugin(docker, name, tag or "latest"))
             removed.append(ref)
+    dirs = [d.name for d in STATE_ROOT.iterdir()] if STATE_ROOT.is_dir() else []
+    for name in dirs:  # a state dir whose plugin went, but not the dir
+        if name.split("-", 1)[0] in harness.stale_prefixes([name], current):
+            shutil.rmtree(STATE_ROOT / name, ignore_errors=True)
     return removed
 
 
