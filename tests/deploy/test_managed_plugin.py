@@ -239,6 +239,24 @@ def fetch_from_outside(outside, port: int, attempts: int = 5) -> str:
     return last
 
 
+def docker_verbs_served(plugin: Plugin) -> dict:
+    """{(method, result): count} from the plugin's metrics socket, which config.json puts on the
+    state mount so the host reaches it (the plugin's /run is its own)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = harness.UnixHTTPConnection(plugin.state_dir / "metrics.sock", timeout=30)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        body = resp.read().decode()
+    finally:
+        conn.close()
+    assert resp.status == 200, body
+    return {(s.labels["method"], s.labels["result"]): s.value
+            for fam in text_string_to_metric_families(body) for s in fam.samples
+            if s.name == "pynet_docker_requests_total"}
+
+
 def network(plugin: Plugin, name: str, subnet: str) -> dict:
     plugin.docker.run("network", "create", "-d", plugin.ref, "--ipam-driver", plugin.ref,
                       "--subnet", subnet, name)
@@ -278,6 +296,7 @@ def test_bridge_acceptance_through_the_plugin(clean, image, outside, prefix):
     net = f"{p.name}-n1"
     info = network(p, net, f"10.225.{k}.0/24")
     assert info["Driver"] == p.ref and info["IPAM"]["Driver"] == p.ref
+    assert docker_verbs_served(p)[("NetworkDriver.CreateNetwork", "ok")] == 1
     a, b = f"{p.name}-a", f"{p.name}-b"
     port = 29000 + 8 * k
     run_container(d, image, a, net)
