@@ -94,6 +94,8 @@ _pynet_install_locked() {
     lockf="$PYNET_ROOT/requirements/${extras:-base}.lock"
     local pip=("$py" -m pip install -q --disable-pip-version-check)
     [[ -f "$lockf" ]] || pynet_die "no lock $lockf for extra '${extras:-base}' (scripts/lock writes it)"
+    # python-iptables is an sdist with a C wrapper: a bare Debian 12 has no compiler or Python.h
+    if pynet_is_root; then pynet_apt_install gcc libc6-dev python3-dev; fi
     pynet_log "pip install --require-hashes -r ${lockf#"$PYNET_ROOT"/} into $PYNET_VENV"
     "${pip[@]}" --require-hashes -r "$PYNET_ROOT/requirements/build-system.lock" -r "$lockf" >&2 \
         || pynet_die "pip install --require-hashes -r $lockf failed"
