@@ -82,6 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("daemon", parents=[common], help="run the Docker plugin daemon (foreground)")
     p.add_argument("--log-format", choices=("text", "json"), default=None,
                    help="log lines as text (default) or one JSON object each (env PYNET_LOG_FORMAT)")
+    p.add_argument("--metrics-socket", metavar="PATH", default=None,
+                   help="Prometheus metrics on this unix socket, mode 0600 (env PYNET_METRICS_SOCKET; "
+                        "default /run/pynet/<plugin name>-metrics.sock)")
+    p.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
+                   help="also serve the metrics over HTTP on this TCP address, e.g. 127.0.0.1:9377 "
+                        "(env PYNET_METRICS_LISTEN; default: none)")
     p.set_defaults(func=cmd_daemon)
 
     net = sub.add_parser("network", parents=[common], help="networks")
@@ -304,11 +310,29 @@ def cmd_daemon(args, config: Config) -> int:
     from pynet.plugin_api.server import SocketBusy
 
     logfmt.install(logfmt.choose(getattr(args, "log_format", None)))
+    metrics_socket, metrics_listen = _metrics_settings(args)
     try:
-        run_daemon(config)
+        run_daemon(config, metrics_socket=metrics_socket, metrics_listen=metrics_listen)
     except SocketBusy as e:
         raise CliError(str(e)) from None
     return 0
+
+
+def _metrics_settings(args) -> tuple[str, Optional[tuple[str, int]]]:
+    """--metrics-socket / --metrics-listen (or their PYNET_* variables), checked before the
+    daemon starts: a bad value is one line and nothing is touched."""
+    from pynet import metrics, validate
+
+    sock = getattr(args, "metrics_socket", None) or os.environ.get(metrics.SOCKET_ENV) or ""
+    if sock:
+        sock = validate.abs_path(os.path.abspath(sock) if sock.isprintable() else sock, "metrics socket")
+        if len(sock.encode("utf-8", "surrogateescape")) > 107:  # sun_path is 108 bytes with its NUL
+            raise errors.InvalidParameter(f"invalid metrics socket {sock!r}: longer than a unix socket "
+                                          "path may be (107 bytes)")
+    flag = getattr(args, "metrics_listen", None)
+    listen = metrics.parse_listen(flag or os.environ.get(metrics.LISTEN_ENV) or None,
+                                  "--metrics-listen" if flag else metrics.LISTEN_ENV)
+    return sock, listen
 
 
 def cmd_network_ls(args, config: Config) -> int:

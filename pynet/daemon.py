@@ -2,9 +2,11 @@
 (``pynet.root.build_controller``); then the kernel is reconciled with the
 store and the Docker front end is served on its unix socket, with the CNI
 shim's route (``pynet.cni.route``) handed to the app here -- the Docker front
-end knows nothing of CNI.
+end knows nothing of CNI.  The daemon's Prometheus metrics (``pynet.metrics``)
+are built here and handed to both front ends as their observer, and served on
+a socket of their own.
 
-Flask and waitress are imported only by ``run_daemon``.
+Flask, waitress and prometheus-client are imported only by ``run_daemon``.
 """
 from __future__ import annotations
 
@@ -64,10 +66,11 @@ class FirewallRechecker:
     re-check is cheap.  Runs under the controller's lock, like every other change.
     """
 
-    def __init__(self, controller, interval: float):
+    def __init__(self, controller, interval: float, metrics=None):
         import threading
 
         self.controller = controller
+        self.metrics = metrics
         self.interval = interval
         self.wake = threading.Event()
         self.stopping = threading.Event()
@@ -104,32 +107,56 @@ class FirewallRechecker:
                     log.info("firewall re-checked (SIGHUP)")
             except Exception as e:  # noqa: BLE001 -- keep serving; next round retries
                 log.error("firewall re-check failed: %s", e)
+                if self.metrics is not None:
+                    self.metrics.store_error("recheck", e)
 
 
-def run_daemon(config: Config) -> None:
-    """Build, reconcile the kernel with the store, serve until SIGTERM."""
+def run_daemon(config: Config, metrics_socket: str = "", metrics_listen=None) -> None:
+    """Build, reconcile the kernel with the store, serve until SIGTERM.
+    Metrics (``pynet.metrics``) on ``metrics_socket`` (default
+    ``/run/pynet/<plugin>-metrics.sock``) and, when given, ``metrics_listen``
+    (host, port) -- both checked by the CLI before this runs."""
     setup_logging(logging.DEBUG if os.environ.get("PYNET_DEBUG") else logging.INFO)
+    from pynet import metrics as pm
+    from pynet.plugin_api.server import prepare_socket_path
+
+    metrics_socket = metrics_socket or pm.default_socket(config.plugin_name)
+    # Refuse early when another daemon serves this socket (or its metrics
+    # socket): it must not be reconciled under a running daemon's feet.
+    prepare_socket_path(config.socket_path)
+    prepare_socket_path(metrics_socket)
+    log.info("pynet daemon starting: plugin %s, state %s, socket %s",
+             config.plugin_name, config.state_dir, config.socket_path)
+    metrics = pm.Metrics()
+    # bound before anything is built: a busy --metrics-listen fails before the kernel is touched
+    endpoint = pm.Server(metrics, metrics_socket, metrics_listen).start()
+    try:
+        _build_and_serve(config, metrics)
+    finally:
+        endpoint.stop()
+    log.info("pynet daemon stopped")
+
+
+def _build_and_serve(config: Config, metrics) -> None:
+    """The controller (its firewall observed), reconciled; the plugin app served until SIGTERM."""
+    from functools import partial
+
     from pynet import root
     from pynet.cni.route import register_cni
     from pynet.plugin_api import create_app, serve
-    from pynet.plugin_api.server import prepare_socket_path
 
-    # Refuse early when another daemon serves this socket: it must not be
-    # reconciled under a running daemon's feet.
-    prepare_socket_path(config.socket_path)
-    log.info("pynet daemon starting: plugin %s, state %s, socket %s",
-             config.plugin_name, config.state_dir, config.socket_path)
-    controller = root.build_controller(config)
+    controller = root.build_controller(config, observe_firewall=metrics.observe_firewall)
+    metrics.controller = controller
     refresh_foreign_bridges(controller)
     controller.restore()
     from pynet.plugin_api.docker_state import reconcile_with_docker
     reconcile_with_docker(controller, config.plugin_name)
     nets = controller.networks()
     log.info("restored %d network(s), %d endpoint(s)", len(nets), len(controller.endpoints()))
-    app = create_app(controller, routes=[register_cni])  # CNI shim -> daemon
-    rechecker = FirewallRechecker(controller, recheck_interval()).start()
+    app = create_app(controller, routes=[partial(register_cni, observer=metrics)],  # CNI shim -> daemon
+                     observer=metrics)
+    rechecker = FirewallRechecker(controller, recheck_interval(), metrics=metrics).start()
     try:
         serve(app, config.socket_path)
     finally:
         rechecker.stop()
-    log.info("pynet daemon stopped")

@@ -122,19 +122,26 @@ def build_ipam(config: Config, store):
     return Ipam(store, default_pools=config.default_pools)
 
 
-def build_controller(config: Config, store=None, *, firewall: bool = True):
+def build_controller(config: Config, store=None, *, firewall: bool = True, observe_firewall=None):
     """Store, IPAM, drivers and firewall, built once and handed in.
 
     The firewall is wrapped in the cross-process lock here, where it is built,
     so that no sync -- ``restore()`` at daemon start and the CLI's verbs
     included -- can run beside a CNI binary's sync.  ``firewall=False``: no
-    firewall at all (a scenario host that asks for none)."""
+    firewall at all (a scenario host that asks for none).
+    ``observe_firewall(fw) -> fw``: the daemon's metrics around the firewall,
+    inside the lock (so a sync's duration is its own, not the wait for the lock)."""
     from pynet.cnm.controller import Controller
 
     store = store if store is not None else open_store(config)
     netlink, sysctl = build_netlink(), build_sysctl()
     box: dict = {}
-    fw = serial_firewall(build_firewall(config, store, sysctl), config, box) if firewall else None
+    fw = None
+    if firewall:
+        fw = build_firewall(config, store, sysctl)
+        if observe_firewall is not None:
+            fw = observe_firewall(fw)
+        fw = serial_firewall(fw, config, box)
     box["c"] = c = Controller(store, build_ipam(config, store), build_drivers(config, netlink, sysctl, fw),
                               firewall=fw)
     return c

@@ -36,9 +36,18 @@ def _check_env(env: dict) -> None:
             raise CniError(spec.INVALID_ENVIRONMENT, f"{k}={v!a} is not valid UTF-8") from None
 
 
+def _tell(on_error, err: BaseException) -> None:
+    if on_error is not None:
+        try:
+            on_error(err)
+        except Exception:  # noqa: BLE001 -- an observer never changes the answer
+            pass
+
+
 def run(plugin: str, env: dict, stdin: bytes, controller=None, netlink=None,
-        instance: str = "") -> tuple[str, int]:
-    """One CNI invocation -> (stdout, exit code)."""
+        instance: str = "", on_error=None) -> tuple[str, int]:
+    """One CNI invocation -> (stdout, exit code).  ``on_error(err)``: told of the typed error
+    behind a failure (the daemon's route counts it by class; the answer is the same)."""
     version = None
     try:
         _check_env(env)
@@ -66,10 +75,13 @@ def run(plugin: str, env: dict, stdin: bytes, controller=None, netlink=None,
             return "", 0
         return spec.dumps(spec.to_version(result, version)), 0
     except CniError as e:
+        _tell(on_error, e)
         return spec.dumps(spec.error_result(e.code, e.msg, version, e.details)), 1
     except errors.PynetError as e:
+        _tell(on_error, e)
         return spec.dumps(spec.error_result(getattr(e, "cni_code", spec.INTERNAL), str(e), version)), 1
     except Exception as e:  # noqa: BLE001 -- always answer in CNI terms
+        _tell(on_error, e)
         log.exception("CNI %s failed", plugin)
         return spec.dumps(spec.error_result(spec.INTERNAL, f"internal error: {type(e).__name__}: {e}",
                                             version)), 1

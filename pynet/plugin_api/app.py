@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any, Callable, Iterable
 
 from flask import Flask, Response, request
 
-from pynet import errors, jsonsafe
+from pynet import errors, jsonsafe, logfmt
 from pynet.plugin_api import translate as wire
 
 log = logging.getLogger("pynet.plugin_api")
@@ -46,10 +47,13 @@ def _reply(body: Any, status: int = 200) -> Response:
                     content_type=CONTENT_TYPE)
 
 
-def create_app(controller, routes: Iterable[Callable] = ()) -> Flask:
+def create_app(controller, routes: Iterable[Callable] = (), observer=None) -> Flask:
     """The Flask app serving ``controller`` to dockerd.  ``routes``: more routes
     from the caller, each ``register(app, controller)`` -- the daemon hands in
-    the CNI shim's (``pynet.cni.route``), so this package never imports CNI."""
+    the CNI shim's (``pynet.cni.route``), so this package never imports CNI.
+    ``observer``: told of every call (``declare_docker(method)`` once per route,
+    ``docker_request(method, seconds, error)`` per call) -- the daemon's metrics
+    (``pynet.metrics``), so this package never imports Prometheus either."""
     app = Flask("pynet.plugin_api")
     app.config["MAX_CONTENT_LENGTH"] = 4 * 1024 * 1024
     c = controller
@@ -57,7 +61,19 @@ def create_app(controller, routes: Iterable[Callable] = ()) -> Flask:
     def route(method: str) -> Callable:
         def register(fn: Callable[[dict], Any]) -> Callable:
             def view():
-                return _reply(fn(_body(request.get_data(cache=False))))
+                t0 = time.monotonic()
+                body = answer = err = None
+                try:
+                    body = _body(request.get_data(cache=False))
+                    answer = fn(body)
+                    return _reply(answer)
+                except BaseException as e:
+                    err = e
+                    raise
+                finally:
+                    _done(method, time.monotonic() - t0, body, answer, err, observer)
+            if observer is not None:
+                observer.declare_docker(method)
             view.__name__ = fn.__name__
             view.__doc__ = fn.__doc__
             app.add_url_rule(f"/{method}", endpoint=method, view_func=view, methods=["POST"])
@@ -233,11 +249,7 @@ def create_app(controller, routes: Iterable[Callable] = ()) -> Flask:
     # ---------------------------------------------------------------- errors
     @app.errorhandler(errors.PynetError)
     def pynet_error(err: errors.PynetError):
-        status = getattr(err, "http_status", 500) or 500
-        if status >= 500:
-            log.error("%s %s: %s", request.method, request.path, err)
-        else:
-            log.info("%s %s: %s", request.method, request.path, err)
+        status = getattr(err, "http_status", 500) or 500  # logged by the verb's event line (_done)
         return _reply({"Err": _one_line(str(err))}, status)
 
     @app.errorhandler(404)
@@ -275,6 +287,41 @@ def _body(raw: bytes) -> dict:
     except jsonsafe.Malformed as e:
         raise errors.InvalidRequest(f"malformed JSON request body: {e}") from None
     return body
+
+
+# Docker's calls that change nothing: logged at DEBUG (dockerd repeats them), the rest at INFO.
+_QUIET = {"Plugin.Activate", "NetworkDriver.GetCapabilities", "IpamDriver.GetCapabilities",
+          "IpamDriver.GetDefaultAddressSpaces", "NetworkDriver.EndpointOperInfo",
+          "NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete"}
+# request/answer field -> the event's field: the IDs a person greps the log for
+_ID_FIELDS = (("NetworkID", "network_id"), ("EndpointID", "endpoint_id"), ("SandboxKey", "sandbox_id"),
+              ("PoolID", "pool_id"), ("Pool", "pool"), ("Address", "address"))
+
+
+def _done(method: str, seconds: float, body, answer, err, observer) -> None:
+    """The call's one event line (IDs, outcome, duration) and the observer's count.  Neither
+    may turn an answer into an error: a failure here is swallowed."""
+    try:
+        ids = {}
+        for source in (body, answer):
+            if isinstance(source, dict):
+                for key, field in _ID_FIELDS:
+                    if source.get(key) not in (None, "") and field not in ids:
+                        ids[field] = source[key]
+        if "sandbox_id" in ids:  # the netns file is named by the sandbox's short ID
+            ids["sandbox_id"] = str(ids["sandbox_id"]).rstrip("/").rsplit("/", 1)[-1]
+        level = logging.DEBUG if method in _QUIET and err is None else logging.INFO
+        status = getattr(err, "http_status", None) or getattr(err, "code", None)
+        if err is not None and not (isinstance(status, int) and status < 500):
+            level = logging.ERROR  # ours to fix (a 4xx is the caller's), as the error handlers answer
+        logfmt.event(log, level, method, ids, err, seconds)
+    except Exception:  # noqa: BLE001
+        pass
+    if observer is not None:
+        try:
+            observer.docker_request(method, seconds, err)
+        except Exception:  # noqa: BLE001
+            log.debug("observer failed", exc_info=True)
 
 
 def _one_line(s: str) -> str:

@@ -54,6 +54,20 @@ def _bare(addr: str) -> str:
     return addr.split("/")[0] if addr else ""
 
 
+def is_plugin_ref(driver, plugin_name: str) -> bool:
+    """Is ``driver`` (a network's Driver or IPAM Driver as dockerd reports it) this plugin?
+
+    A socket plugin is its bare name; a managed plugin is whatever reference it was created or
+    installed under: ``pynet:latest``, ``pynet:0.2``, ``registry:5000/org/pynet:0.2``.  Any tag
+    and any repository path whose last part is the instance name count: a network missed here
+    would be deleted as "no longer held by Docker" on the next start (every ``docker plugin
+    enable`` or upgrade), while one matched too many is only an id pynet does not have."""
+    if not isinstance(driver, str) or not driver:
+        return False
+    last = driver.rsplit("/", 1)[-1]
+    return last.split(":", 1)[0].split("@", 1)[0] == plugin_name
+
+
 def docker_holdings(plugin_name: str, sock: str = DOCKER_SOCKET, timeout: float = 5.0) -> Optional[dict]:
     """{"networks": {network id: set(endpoint ids)} for networks driven by the
     plugin, "pools": [(pool, sub_pool, set(bare addresses))] for networks whose
@@ -63,12 +77,11 @@ def docker_holdings(plugin_name: str, sock: str = DOCKER_SOCKET, timeout: float 
     except (OSError, ValueError, http.client.HTTPException) as e:
         log.info("dockerd not reachable (%s): no reconciliation with Docker", e)
         return None
-    names = {plugin_name, f"{plugin_name}:latest"}
     held_nets: dict[str, set[str]] = {}
     pools: list[tuple[str, str, set[str]]] = []
     for summary in nets:
-        ours_driver = summary.get("Driver") in names
-        ours_ipam = (summary.get("IPAM") or {}).get("Driver") in names
+        ours_driver = is_plugin_ref(summary.get("Driver"), plugin_name)
+        ours_ipam = is_plugin_ref((summary.get("IPAM") or {}).get("Driver"), plugin_name)
         if not (ours_driver or ours_ipam):
             continue
         try:

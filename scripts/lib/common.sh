@@ -4,8 +4,10 @@
 #   pynet_log / pynet_die            messages on stderr
 #   pynet_apt_install PKG...         installs only the missing packages (one apt-get update first)
 #   pynet_find_python                prints a python3 (>= 3.11) that can create a venv
-#   pynet_ensure_venv [EXTRAS]       <repo>/.venv with `pip install -e .[EXTRAS]`, skipped when a stamp
-#                                    keyed on pyproject.toml (and the venv path) says it is done
+#   pynet_ensure_venv [EXTRAS]       <repo>/.venv with the hash-pinned lock requirements/<EXTRAS|base>.lock
+#                                    (`pip install --require-hashes`), then pynet itself with --no-deps;
+#                                    skipped when a stamp keyed on pyproject.toml, the locks (and the
+#                                    venv path) says it is done
 [[ -n "${_PYNET_COMMON_SH:-}" ]] && return 0
 _PYNET_COMMON_SH=1
 
@@ -67,7 +69,8 @@ _pynet_venv_ok() {
 }
 
 _pynet_venv_hash() {
-    { cat "$PYNET_ROOT/pyproject.toml"; printf 'venv=%s\n' "$PYNET_VENV"; } | sha256sum | cut -d' ' -f1
+    { cat "$PYNET_ROOT/pyproject.toml" "$PYNET_ROOT"/requirements/*.lock 2>/dev/null
+      printf 'venv=%s\n' "$PYNET_VENV"; } | sha256sum | cut -d' ' -f1
 }
 
 # True when a stamp for EXTRAS (or, for the base install, any stamp) matches pyproject.toml.
@@ -80,6 +83,29 @@ _pynet_venv_current() {
         [[ -f "$stamp" && "$(<"$stamp")" == "$want" ]] && return 0
     done
     return 1
+}
+
+# Installs requirements/<extra>.lock and requirements/build-system.lock with --require-hashes, then
+# pynet with --no-deps --no-build-isolation (so every file pip fetches is hash-checked). A lock that
+# disagrees with pyproject.toml (a dependency added without `scripts/lock`) is said loudly and the
+# rest comes unpinned from pyproject, so a checkout still runs; tests/deploy/test_lock.py fails then.
+_pynet_install_locked() {
+    local extras="$1" spec="$2" lockf py="$PYNET_VENV/bin/python"
+    lockf="$PYNET_ROOT/requirements/${extras:-base}.lock"
+    local pip=("$py" -m pip install -q --disable-pip-version-check)
+    [[ -f "$lockf" ]] || pynet_die "no lock $lockf for extra '${extras:-base}' (scripts/lock writes it)"
+    # python-iptables is an sdist with a C wrapper: a bare Debian 12 has no compiler or Python.h
+    if pynet_is_root; then pynet_apt_install gcc libc6-dev python3-dev; fi
+    pynet_log "pip install --require-hashes -r ${lockf#"$PYNET_ROOT"/} into $PYNET_VENV"
+    "${pip[@]}" --require-hashes -r "$PYNET_ROOT/requirements/build-system.lock" -r "$lockf" >&2 \
+        || pynet_die "pip install --require-hashes -r $lockf failed"
+    (cd "$PYNET_ROOT" && "${pip[@]}" --no-deps --no-build-isolation -e "$spec") >&2 \
+        || pynet_die "pip install --no-deps -e '$spec' failed"
+    if ! "$py" "$PYNET_ROOT/scripts/lib/lockcheck.py" "$extras"; then
+        pynet_log "WARNING: ${lockf#"$PYNET_ROOT"/} disagrees with pyproject.toml (above): run scripts/lock;"
+        pynet_log "WARNING: installing the rest unpinned from pyproject.toml meanwhile"
+        (cd "$PYNET_ROOT" && "${pip[@]}" -e "$spec") >&2 || pynet_die "pip install -e '$spec' failed"
+    fi
 }
 
 pynet_ensure_venv() {
@@ -96,9 +122,7 @@ pynet_ensure_venv() {
             rm -rf "$PYNET_VENV"
             "$py" -m venv "$PYNET_VENV" || pynet_die "venv creation failed"
         fi
-        pynet_log "pip install -e '$spec' into $PYNET_VENV"
-        (cd "$PYNET_ROOT" && "$PYNET_VENV/bin/python" -m pip install -q --disable-pip-version-check -e "$spec") >&2 \
-            || pynet_die "pip install -e '$spec' failed"
+        _pynet_install_locked "$extras" "$spec"
         _pynet_venv_hash >"$PYNET_VENV/.pynet-stamp-${extras:-base}"
     fi
     exec {lockfd}>&-

@@ -37,6 +37,7 @@ DOCKER = os.environ.get("PYNET_DOCKER", "/usr/bin/docker")
 DOCKER_SH = REPO / "scripts" / "lib" / "docker.sh"
 TEST_IMAGE = os.environ.get("PYNET_TEST_IMAGE", "pynet-test:latest")
 PLUGIN_DIR = Path("/run/docker/plugins")
+METRICS_DIR = Path("/run/pynet")  # pynet.metrics.SOCKET_DIR
 PREFIX_RE = re.compile(r"^pt[0-9a-f]{4}$")
 STALE_NAME_RE = re.compile(r"^(pt[0-9a-f]{4})-")
 DOCKER_ACCEPT = "application/vnd.docker.plugins.v1.2+json"
@@ -218,7 +219,10 @@ def cleanup_stale_host(current: str | None = None) -> list[str]:
     links = list_links()
     gone = sorted(stale_prefixes(links, current))
     removed += cleanup_links(gone)
-    for sock in PLUGIN_DIR.glob("pt*-*.sock") if PLUGIN_DIR.is_dir() else []:
+    # the plugin sockets of dead test daemons, and their metrics sockets (/run/pynet/<name>-metrics.sock)
+    socks = [*(PLUGIN_DIR.glob("pt*-*.sock") if PLUGIN_DIR.is_dir() else []),
+             *(METRICS_DIR.glob("pt*-*-metrics.sock") if METRICS_DIR.is_dir() else [])]
+    for sock in socks:
         if sock.name.split("-", 1)[0] in stale_prefixes([sock.name], current) and not socket_answers(sock):
             sock.unlink(missing_ok=True)
             removed.append(str(sock))
@@ -510,22 +514,36 @@ def cleanup_stale_docker(docker: Docker, current: str | None = None) -> list[str
     return removed + stop_orphan_daemons(current)
 
 
-def stop_orphan_daemons(current: str | None = None) -> list[str]:
-    """SIGTERMs (then SIGKILLs) processes started with ``--plugin-name ptXXXX-...`` whose run is
-    gone: a crashed pytest leaves its daemons running (they have their own session)."""
-    victims: dict[int, str] = {}
+def pids_by_cmdline(pred) -> list[tuple[int, list[str]]]:
+    """``(pid, argv)`` of every other process whose argv satisfies ``pred(argv)``."""
+    out = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
+            args = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
         except OSError:
             continue
-        for i, a in enumerate(args[:-1]):
-            if a == b"--plugin-name":
-                name = args[i + 1].decode(errors="replace")
-                if STALE_NAME_RE.match(name) and stale_prefixes([name], current):
-                    victims[int(proc.name)] = name
+        if pred(args):
+            out.append((int(proc.name), args))
+    return out
+
+
+def _plugin_name(args: list[str]) -> str | None:
+    for i, a in enumerate(args[:-1]):
+        if a == "--plugin-name":
+            return args[i + 1]
+    return None
+
+
+def stop_orphan_daemons(current: str | None = None) -> list[str]:
+    """SIGTERMs (then SIGKILLs) processes started with ``--plugin-name ptXXXX-...`` whose run is
+    gone: a crashed pytest leaves its daemons running (they have their own session)."""
+    def stale(args):
+        name = _plugin_name(args)
+        return name is not None and bool(STALE_NAME_RE.match(name)) and bool(stale_prefixes([name], current))
+
+    victims = {pid: _plugin_name(args) for pid, args in pids_by_cmdline(stale)}
     for pid in victims:
         try:
             os.kill(pid, signal.SIGTERM)

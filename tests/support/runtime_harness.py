@@ -61,17 +61,7 @@ def busybox() -> str:
 
 
 def _pids_by_cmdline(pred) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if pred([a.decode(errors="replace") for a in args]):
-            out.append(int(proc.name))
-    return out
+    return [pid for pid, _ in harness.pids_by_cmdline(pred)]
 
 
 def _children(pid: int) -> list[int]:

@@ -51,7 +51,8 @@ def test_startup_syncs_run_under_the_cross_process_firewall_lock(tmp_path, monke
     import signal
     hup = signal.getsignal(signal.SIGHUP)
     try:
-        daemon.run_daemon(config)
+        # its own metrics socket: the default one may be a running daemon's
+        daemon.run_daemon(config, metrics_socket=str(tmp_path / "m.sock"))
     finally:
         signal.signal(signal.SIGHUP, hup)  # the re-checker's handler
     assert served == [config.socket_path]

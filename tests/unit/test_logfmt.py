@@ -51,7 +51,7 @@ def test_daemon_flag_installs_the_json_handler_the_daemon_keeps(monkeypatch):
     real_install = logfmt.install
     monkeypatch.setattr(logfmt, "install", lambda fmt: real_install(fmt, stream=buf))
 
-    def fake_run(config):
+    def fake_run(config, **metrics_settings):
         daemon.setup_logging()       # what run_daemon does first: must keep the JSON handler
         logging.getLogger("pynet.daemon").info("pynet daemon starting", extra={"plugin": config.plugin_name})
 
