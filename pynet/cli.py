@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("daemon", parents=[common], help="run the Docker plugin daemon (foreground)")
     p.add_argument("--log-format", choices=("text", "json"), default=None,
                    help="log lines as text (default) or one JSON object each (env PYNET_LOG_FORMAT)")
+    _cluster_flags(p)
     p.set_defaults(func=cmd_daemon)
 
     net = sub.add_parser("network", parents=[common], help="networks")
@@ -188,11 +189,34 @@ def _cni_parsers(sub, common) -> None:
     p.set_defaults(func=cmd_cni_ls)
 
 
+def _cluster_flags(p) -> None:
+    """The daemon's cluster settings (overlay networks; pynet.cluster)."""
+    g = p.add_argument_group("cluster (overlay networks)")
+    g.add_argument("--cluster-store", metavar="etcd://HOST:PORT[,...][/NS]",
+                   help="the cluster store (env PYNET_CLUSTER_STORE; default: none, one host)")
+    g.add_argument("--advertise-address", metavar="IP",
+                   help="this host's underlay (VTEP) address (env PYNET_ADVERTISE_ADDRESS; "
+                        "default: the address of the interface holding the default route)")
+    g.add_argument("--host-id", help="this host's ID in the cluster (env PYNET_HOST_ID; default: kept "
+                                     "in the state dir)")
+    g.add_argument("--cluster-ttl", dest="cluster_lease_ttl", type=int, metavar="SECONDS",
+                   help="TTL of this host's lease, renewed every TTL/3 (env PYNET_CLUSTER_TTL; default 15)")
+    g.add_argument("--vni-range", metavar="FIRST-LAST",
+                   help="VNIs overlay networks are given (env PYNET_VNI_RANGE; default 4096-16777215)")
+    g.add_argument("--vxlan-port", type=int, metavar="PORT",
+                   help="UDP port of VXLAN (env PYNET_VXLAN_PORT; default 4789)")
+
+
+CLUSTER_FLAGS = ("cluster_store", "advertise_address", "host_id", "cluster_lease_ttl", "vni_range",
+                 "vxlan_port")
+
+
 def config_from_args(args) -> Config:
     return Config.from_env(state_dir=getattr(args, "state_dir", None),
                            plugin_name=getattr(args, "plugin_name", None),
                            socket_path=getattr(args, "socket_path", None),
-                           chain_prefix=getattr(args, "chain_prefix", None))
+                           chain_prefix=getattr(args, "chain_prefix", None),
+                           **{k: getattr(args, k, None) for k in CLUSTER_FLAGS})
 
 
 # ------------------------------------------------------------------ helpers

@@ -128,8 +128,12 @@ def run_daemon(config: Config) -> None:
     log.info("restored %d network(s), %d endpoint(s)", len(nets), len(controller.endpoints()))
     app = create_app(controller, routes=[register_cni])  # CNI shim -> daemon
     rechecker = FirewallRechecker(controller, recheck_interval()).start()
+    # the cluster (overlay networks): this host's lease and the control loop
+    agent = root.start_cluster_agent(config, controller)
     try:
         serve(app, config.socket_path)
     finally:
         rechecker.stop()
+        if agent is not None:
+            agent.stop(revoke=True)
     log.info("pynet daemon stopped")

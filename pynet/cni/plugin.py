@@ -119,7 +119,7 @@ def _config(settings: dict):
     from pynet.config import Config
 
     return Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
-                           chain_prefix=settings.get("chain_prefix"))
+                           chain_prefix=settings.get("chain_prefix"), **settings.get("cluster", {}))
 
 
 def build_ipam_controller(settings: dict):
