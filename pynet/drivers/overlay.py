@@ -167,6 +167,7 @@ class OverlayDriver(BridgeDriver):
         """The cluster-wide network and its VNI, once per network (any host's
         first create); returns the options every host creates it with."""
         cfg = parse_options(net, self._default_port())
+        self._cluster(net).address        # a VTEP address that is not ours: refused before any record
         rec = self._ensure_cluster_network(net, cfg)
         return {OPT_VNI: str(rec["vni"]), OPT_PORT: str(rec["port"])}
 
@@ -275,6 +276,8 @@ class OverlayDriver(BridgeDriver):
             cfg["mtu"] = underlay_mtu - VXLAN_OVERHEAD
         cfg["created"] = True
         with contextlib.ExitStack() as undo:
+            # a failure below frees the cluster network again unless a host uses it
+            undo.callback(self._free_quietly, net.id)
             undo.callback(self.nl.delete_link, cfg["bridge"], True)
             self._setup_bridge(net, cfg, tag=True)
             undo.callback(self.nl.delete_link, cfg["vxlan"], True)
@@ -285,6 +288,12 @@ class OverlayDriver(BridgeDriver):
         log.info("network %s: overlay VNI %s, bridge %s, %s on %s (MTU %s)", net.id[:12], cfg["vni"],
                  cfg["bridge"], cfg["vxlan"], cfg["dev"], cfg["mtu"])
         return cfg
+
+    def _free_quietly(self, network_id: str) -> None:
+        try:
+            self._free_if_unused(network_id)
+        except errors.PynetError as e:
+            log.warning("network %s: cluster record left after a failed create: %s", network_id[:12], e)
 
     def _setup_vxlan(self, net: Network, cfg: dict) -> None:
         """Idempotent: restore runs it on a device that may be missing."""
