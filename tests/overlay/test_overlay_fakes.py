@@ -160,3 +160,51 @@ def test_restore_leaves_the_bridge_drivers_alone_and_removes_overlay_orphans(two
     a.c.store.delete("networks/" + NID)               # the record gone: the devices are orphans
     a.c.restore()
     assert not a.nl.link_exists(st["bridge"]) and not a.nl.link_exists(st["vxlan"])
+
+
+class FlakyWatchStore:
+    """The cluster store with watches that fail once each way: the first
+    raises StoreCompacted (history gone), the second StoreUnavailable (a
+    broken stream); later ones are the store's own."""
+
+    def __init__(self, store):
+        self._s = store
+        self.failures = [errors.StoreCompacted(revision=1), errors.StoreUnavailable("stream broke")]
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def watch(self, prefix, from_revision=None):
+        if self.failures:
+            err = self.failures.pop(0)
+
+            class Broken:
+                closed = False
+
+                def get(self, timeout=None):
+                    self.closed = True
+                    raise err
+
+                def close(self):
+                    self.closed = True
+            return Broken()
+        return self._s.watch(prefix, from_revision)
+
+
+def test_the_loop_resyncs_after_compaction_and_a_broken_stream():
+    cstore = MemoryStore()
+    flaky = FlakyWatchStore(cstore)
+    a, b = Host("ha", "127.0.0.2", flaky), Host("hb", "127.0.0.3", cstore)
+    try:
+        na = a.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+        b.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+        agent = a.start()
+        b.start()
+        eb = b.c.create_endpoint(NID, "e2" * 32, address="10.77.0.3/24")
+        b.c.create_endpoint(NID, "e3" * 32, address="10.77.0.4/24")
+        wait(lambda: (eb.mac, "127.0.0.3") in a.fdb(na) and len(a.neigh(na)) == 2, "A programmed")
+        assert agent.resyncs >= 2 and flaky.failures == []
+    finally:
+        for h in (a, b):
+            if h.agent is not None:
+                h.agent.stop()
