@@ -180,6 +180,60 @@ def test_an_expired_host_vanishes_from_peers_and_comes_back(lab):
     wait(lambda: icmp_ping(pods[1], POD_IPS[2]), "pod1 -> pod2 after host 2 returned", bound=20)
 
 
+def _daemon(lab: OverlayLab, i: int) -> subprocess.Popen:
+    """``pynet daemon --cluster-store ...`` for host i's pynet instance, inside its namespace."""
+    import sys
+    from tests.support.overlay import host_address
+
+    inst = f"{lab.prefix}-h{i + 1}"
+    state = os.path.join(lab.base_dir, f"state-h{i + 1}")
+    log = open(os.path.join(lab.base_dir, f"daemon-h{i + 1}.log"), "ab")
+    try:
+        return subprocess.Popen(
+            ["nsenter", f"--net={lab.namespaces_path(f'h{i + 1}')}", sys.executable, "-m", "pynet", "daemon",
+             "--state-dir", state, "--plugin-name", inst, "--chain-prefix", f"{lab.prefix.upper()}H{i + 1}",
+             "--socket", os.path.join(state, "daemon.sock"), "--cluster-store", lab.url,
+             "--advertise-address", host_address(i), "--cluster-ttl", str(lab.lease_ttl)],
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYNET_FIREWALL_RECHECK": "0"})
+    finally:
+        log.close()
+
+
+def test_a_sigkilled_daemon_is_dropped_by_peers_and_rejoins_on_restart(lab):
+    """The real daemon (``pynet daemon --cluster-store``) is host 2's agent here: SIGKILLed, its
+    lease expires and host 1 drops it; restarted, it re-announces its pod, which was never
+    restarted, and host 1 reaches it again."""
+    h1, h2, _ = lab.hosts
+    mac2 = "02:42:0a:4d:00:0c"
+    pod1 = lab.namespaces_path("p1")
+    on_h1 = lambda: h1.call("overlay", network=NET)   # noqa: E731
+    h2.call("leave_cluster", revoke=True)               # the test's agent steps aside
+    wait(lambda: (mac2, "198.18.77.12") not in on_h1()["fdb"], "host 2 revoked")
+    procs = []
+    try:
+        procs.append(_daemon(lab, 1))
+        wait(lambda: (mac2, "198.18.77.12") in on_h1()["fdb"], "host 2's daemon announced its pod")
+        wait(lambda: icmp_ping(pod1, POD_IPS[2]), "pod1 -> pod2 via the daemon", bound=20)
+        procs[-1].kill()
+        procs[-1].wait(10)
+        wait(lambda: (mac2, "198.18.77.12") not in on_h1()["fdb"], "killed daemon's lease expired")
+        procs.append(_daemon(lab, 1))
+        wait(lambda: (mac2, "198.18.77.12") in on_h1()["fdb"], "restarted daemon re-announced")
+        wait(lambda: icmp_ping(pod1, POD_IPS[2]), "pod1 -> pod2 after the restart", bound=20)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(10)
+        h2.call("join_cluster")
+    wait(lambda: (mac2, "198.18.77.12") in on_h1()["fdb"], "host 2's own agent back")
+
 def test_cni_del_removes_the_pods_entries_on_peers(lab):
     h1, h2, h3 = lab.hosts
     pod3 = lab.pod("3")
