@@ -22,6 +22,7 @@
     pynet sandbox connect ID NETWORK    another interface (ethN) on NETWORK
     pynet sandbox rm [-f] ID...         refused while others share its namespace, unless -f
     pynet doctor [--cluster-store URL]  checks what breaks container networking (exit 1 if any fails)
+    pynet host ls [--cluster-store URL] the cluster's hosts (alive), their VTEPs and overlay networks
 
 The CLI reads the daemon's store (SQLite in the state directory) directly.
 Importing this module stays light: Flask and waitress load only for
@@ -163,9 +164,51 @@ def build_parser() -> argparse.ArgumentParser:
     from pynet.scenario import cli as scenario_cli
     scenario_cli.add_parser(sub)
     _cni_parsers(sub, common)
+    _host_parsers(sub, common)
     from pynet import doctor
     doctor.add_parser(sub, common, _Parser)
     return parser
+
+
+def _host_parsers(sub, common) -> None:
+    """``pynet host ls``: the cluster's members (overlay networks)."""
+    host = sub.add_parser("host", parents=[common], help="cluster members (overlay networks)")
+    hsub = host.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    hsub.required = True
+    p = hsub.add_parser("ls", parents=[common], help="hosts alive in the cluster, their VTEPs and networks")
+    _cluster_flags(p)
+    p.set_defaults(func=cmd_host_ls)
+
+
+def cmd_host_ls(args, config: Config) -> int:
+    """Every host whose lease is alive (a host whose lease expired is not
+    listed), its VTEP address and the overlay networks it has endpoints on."""
+    from pynet import root
+
+    cluster = root.cluster_store(config)
+    if cluster is None:
+        raise CliError("no cluster store: give --cluster-store etcd://HOST:PORT[,...] (or PYNET_CLUSTER_STORE)")
+    try:
+        view = cluster.store.list(cluster.root)
+        hosts, vteps = {}, {}
+        for r in view:
+            parts = cluster.parse(r.key)
+            if len(parts) == 2 and parts[0] == "hosts":
+                hosts[parts[1]] = dict(r.value or {}, lease=f"{r.lease:x}" if r.lease else "")
+            elif len(parts) == 3 and parts[0] == "vteps":
+                vteps.setdefault(parts[2], []).append(parts[1][:12])
+        rows = [{"host": h, "name": v.get("name", ""), "address": v.get("address", ""), "lease": v["lease"],
+                 "self": h == cluster.host, "networks": sorted(vteps.get(h, []))}
+                for h, v in sorted(hosts.items())]
+    finally:
+        cluster.close()
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(["HOST", "NAME", "VTEP", "LEASE", "NETWORKS"],
+                     [[r["host"] + (" *" if r["self"] else ""), r["name"], r["address"], r["lease"],
+                       ", ".join(r["networks"])] for r in rows])
+    return 0
 
 
 def _cni_parsers(sub, common) -> None:

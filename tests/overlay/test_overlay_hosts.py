@@ -162,6 +162,27 @@ def test_pods_on_two_hosts_reach_each_other_and_arp_stays_local(lab):
     assert tcp_echo(pods[1], pods[2], POD_IPS[1], port=7778) == b"echo:hello"
 
 
+def test_host_ls_lists_the_members_their_vteps_and_networks(lab):
+    import json
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.run(["nsenter", f"--net={lab.namespaces_path('h1')}", sys.executable, "-m", "pynet",
+                        "host", "ls", "--json", "--cluster-store", lab.url,
+                        "--state-dir", os.path.join(lab.base_dir, "state-h1")],
+                       cwd=repo, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert sorted(r["address"] for r in rows) == ["198.18.77.11", "198.18.77.12", "198.18.77.13"]
+    assert [r["self"] for r in rows if r["address"] == "198.18.77.11"] == [True]
+    nid = lab.hosts[0].call("overlay", network=NET)["id"][:12]
+    assert {r["address"]: r["networks"] for r in rows} == {
+        "198.18.77.11": [nid], "198.18.77.12": [nid], "198.18.77.13": []}
+    assert all(r["lease"] for r in rows)
+    p = subprocess.run([sys.executable, "-m", "pynet", "host", "ls"], cwd=repo, capture_output=True,
+                       text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "PYNET_CLUSTER_STORE"})
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "no cluster store" in p.stderr
+
 def test_an_expired_host_vanishes_from_peers_and_comes_back(lab):
     h1, h2, _ = lab.hosts
     mac2 = "02:42:0a:4d:00:0c"
