@@ -240,12 +240,16 @@ class PyrouteNetlink(Netlink):
             if missing_ok:
                 return False
             raise errors.KernelError(f"fdb del {mac} dev {dev}: No such file or directory")
+        return self._delete_entry(f"fdb del {mac} dev {dev}", missing_ok, self.ipr.fdb, "del", ifindex=idx,
+                                  lladdr=mac, flags=NTF_SELF, **kw)
+
+    def _delete_entry(self, what: str, missing_ok: bool, fn, *args, **kw) -> bool:
+        """An FDB or neighbour delete: False when the entry was not there (ENOENT)."""
         try:
-            self._call(f"fdb del {mac} dev {dev}", self.ipr.fdb, "del", ifindex=idx, lladdr=mac,
-                       flags=NTF_SELF, **kw)
+            self._call(what, fn, *args, **kw)
             return True
         except errors.KernelError as e:
-            if missing_ok and "No such file" in str(e):
+            if missing_ok and os.strerror(errno.ENOENT) in str(e):
                 return False
             raise
 
@@ -268,14 +272,8 @@ class PyrouteNetlink(Netlink):
     def neigh_delete(self, dev, ip, missing_ok=True) -> bool:
         a = ipaddress.ip_address(ip)
         idx = self._index(dev)
-        try:
-            self._call(f"neigh del {ip} dev {dev}", self.ipr.neigh, "del", ifindex=idx, dst=str(a),
-                       family=_FAMILY[a.version])
-            return True
-        except errors.KernelError as e:
-            if missing_ok and "No such file" in str(e):
-                return False
-            raise
+        return self._delete_entry(f"neigh del {ip} dev {dev}", missing_ok, self.ipr.neigh, "del", ifindex=idx,
+                                  dst=str(a), family=_FAMILY[a.version])
 
     def neigh_list(self, dev) -> list[tuple[str, str]]:
         idx = self._index(dev)

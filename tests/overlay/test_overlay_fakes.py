@@ -4,8 +4,6 @@ as the cluster store.  The same flows run on real namespaces and a real etcd
 in test_overlay_hosts.py; here they are fast and every edge is reachable."""
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from pynet import errors
@@ -19,6 +17,7 @@ from pynet.ipam import Ipam
 from pynet.netlink.fake import FakeKernel, FakeNetlink
 from pynet.store.memory import MemoryStore
 from pynet.sysctl import FakeSysctl
+from tests.support.overlay import wait_until as wait
 
 NID = "a" * 64
 SUBNET = [IPData(pool="10.77.0.0/24", gateway="10.77.0.1/24")]
@@ -51,17 +50,6 @@ class Host:
 
     def neigh(self, net) -> list:
         return self.nl.neigh_list(net.driver_state["vxlan"])
-
-
-def wait(cond, what: str, bound: float = 10.0):
-    """Polls ``cond`` until true; a bound, not a timing assertion."""
-    deadline = time.monotonic() + bound
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"not within {bound}s: {what}")
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ import pytest
 from pynet.cni import install as cni_install
 from pynet.sysctl import run_in_netns
 from tests.support.icmp import icmp_ping
-from tests.support.overlay import OverlayLab
+from tests.support.overlay import OverlayLab, wait_until as wait
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
@@ -33,17 +33,6 @@ pytestmark = [pytest.mark.netns,
 NET = "ovl-a"
 SUBNET = "10.77.0.0/24"
 POD_IPS = {1: "10.77.0.11", 2: "10.77.0.12", 3: "10.77.0.13"}
-
-
-def wait(cond, what: str, bound: float = 30.0, step: float = 0.1):
-    deadline = time.monotonic() + bound
-    last = None
-    while time.monotonic() < deadline:
-        last = cond()
-        if last:
-            return last
-        time.sleep(step)
-    raise AssertionError(f"not within {bound}s: {what} (last: {last!r})")
 
 
 def conflist(lab: OverlayLab, i: int) -> dict:

@@ -24,14 +24,28 @@ import os
 import secrets
 import shutil
 import subprocess
+import time
 import urllib.request
 from typing import Optional
 
 from pynet.scenario.host import HostService
-from tests.support.etcd_cluster import ETCD, EtcdCluster, Member
+from tests.support.etcd_cluster import EtcdCluster, Member
 
 UNDERLAY_NET = "198.18.77"
 PREFIX_LEN = 24
+
+
+def wait_until(cond, what: str, bound: float = 30.0, step: float = 0.05):
+    """Poll ``cond`` until it answers something true (returned); AssertionError
+    naming ``what`` after ``bound`` s.  A bound on a wait, never a timing assertion."""
+    deadline = time.monotonic() + bound
+    last = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(step)
+    raise AssertionError(f"not within {bound}s: {what} (last: {last!r})")
 
 
 def host_address(i: int) -> str:
@@ -63,26 +77,13 @@ class NetnsEtcdCluster(EtcdCluster):
         super().__init__(len(netns_paths), base_dir, name)
         self._where = list(zip(netns_paths, addresses))
 
-    def start(self) -> None:
-        self._kill_all()
-        self.members = [NetnsMember(f"{self.name}-{i}", addr, ns, os.path.join(self.base_dir, f"{self.name}-{i}"))
-                        for i, (ns, addr) in enumerate(self._where)]
-        for m in self.members:
-            self._spawn(m, "new")
-        self.wait_healthy()
+    def _new_members(self, attempt: int) -> list[Member]:
+        # fixed ports: each member has its namespace and address to itself
+        return [NetnsMember(f"{self.name}-{i}", addr, ns, os.path.join(self.base_dir, f"{self.name}-{attempt}-{i}"))
+                for i, (ns, addr) in enumerate(self._where)]
 
-    def _spawn(self, m: Member, state: str) -> None:
-        os.makedirs(m.data_dir, exist_ok=True)
-        log = open(os.path.join(self.base_dir, f"{m.name}.log"), "ab")
-        m.proc = subprocess.Popen(
-            ["nsenter", f"--net={m.netns}", ETCD, "--name", m.name, "--data-dir", m.data_dir,
-             "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
-             "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
-             "--initial-cluster", self._initial_cluster(), "--initial-cluster-state", state,
-             "--initial-cluster-token", f"{self.name}-{os.getpid()}",
-             "--logger", "zap", "--log-level", "warn"],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+    def _argv(self, m: Member, state: str) -> list[str]:
+        return ["nsenter", f"--net={m.netns}", *super()._argv(m, state)]
 
     def _healthy(self, m: Member) -> bool:
         from pynet.sysctl import run_in_netns
