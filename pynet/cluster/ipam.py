@@ -36,7 +36,9 @@ from pynet import errors
 
 log = logging.getLogger("pynet.cluster.ipam")
 
-DEFAULT_BLOCK = 26
+DEFAULT_BLOCK = 26          # IPv4: 64 addresses a block
+DEFAULT_BLOCK_V6 = 122      # IPv6: 64 addresses a block too (Calico's sizes)
+MAX_ATTEMPTS = 1000
 
 
 def _esc(cidr) -> str:
@@ -48,10 +50,13 @@ def _unesc(name: str):
 
 
 class BlockIpam:
-    def __init__(self, cluster, pool: str, block_prefix: int = DEFAULT_BLOCK,
+    def __init__(self, cluster, pool: str, block_prefix: Optional[int] = None,
                  reserved: Iterable[str] = ()):
         self.cluster = cluster
-        self.pool = ipaddress.ip_network(pool)
+        self.pool = ipaddress.ip_network(pool, strict=False)
+        if block_prefix is None:
+            block_prefix = max(self.pool.prefixlen,
+                               DEFAULT_BLOCK if self.pool.version == 4 else DEFAULT_BLOCK_V6)
         if not self.pool.prefixlen <= block_prefix <= self.pool.max_prefixlen:
             raise errors.InvalidParameter(f"block size /{block_prefix} does not fit pool {self.pool}")
         self.block_prefix = block_prefix
@@ -60,10 +65,10 @@ class BlockIpam:
             self.reserved |= {self.pool.network_address, self.pool.broadcast_address}
         else:
             self.reserved.add(self.pool.network_address)   # IPv6: the subnet-router anycast
-        self._blocks = list(self.pool.subnets(new_prefix=block_prefix)) if \
-            block_prefix - self.pool.prefixlen <= 16 else None
-        if self._blocks is None:
-            raise errors.InvalidParameter(f"pool {self.pool} has more than 65536 /{block_prefix} blocks")
+
+    def _all_blocks(self):
+        """The pool's blocks in order, lazily (an IPv6 /64 has 2^58 /122s)."""
+        return self.pool.subnets(new_prefix=self.block_prefix)
 
     # ---- keys
     def _block_key(self, block) -> str:
@@ -93,20 +98,23 @@ class BlockIpam:
         pre = self._blocks_prefix()
         return {r.key[len(pre):]: (r.value or {}).get("host") for r in self.cluster.store.list(pre)}
 
-    def allocate(self, handle: str) -> str:
-        """An address for ``handle`` (the same one again for a handle that has one)."""
+    def allocate(self, handle: str, want: str = "") -> str:
+        """An address for ``handle`` (the same one again for a handle that has one);
+        ``want``: exactly that address (AddressInUse when the cluster has it)."""
         c = self.cluster
         hkey = self._handle_key(handle)
+        if want:
+            return self._reserve(hkey, ipaddress.ip_address(want))
         full: set = set()            # blocks found full in this call
-        for _ in range(len(self._blocks) * 2 + 2):       # bounded: every block tried twice at most
+        for _ in range(MAX_ATTEMPTS):          # bounded: a block claimed or full is not tried again
             owners = self._owners()
             mine = [n for n, h in owners.items() if h == c.host and n not in full]
-            free = [_esc(b) for b in self._blocks if _esc(b) not in owners]
+            free = next((_esc(b) for b in self._all_blocks() if _esc(b) not in owners), None)
             theirs = [n for n, h in owners.items() if h != c.host and n not in full]
             if mine:
                 name, claim = mine[0], False
             elif free:
-                name, claim = free[0], True
+                name, claim = free, True
             elif theirs:
                 name, claim = theirs[0], False
             else:
@@ -121,6 +129,34 @@ class BlockIpam:
                 log.info("host %s claimed block %s of %s", c.host, _unesc(name), self.pool)
             return got
         raise errors.StoreConflict(f"cluster pool {self.pool}: no allocation after trying every block")
+
+    def _reserve(self, hkey: str, ip) -> str:
+        if ip not in self.pool:
+            raise errors.InvalidAddress(f"address {ip} is outside cluster pool {self.pool}")
+        if ip in self.reserved:
+            raise errors.AddressInUse(f"address {ip} is reserved in cluster pool {self.pool}")
+        block = ipaddress.ip_network(f"{ip}/{self.block_prefix}", strict=False)
+        key = self._block_key(block)
+        c = self.cluster
+
+        def step(t):
+            have = t.get(hkey)
+            if have is not None:
+                if (have.value or {}).get("ip") == str(ip):
+                    return str(ip)
+                raise errors.AddressInUse(f"this endpoint already has {have.value.get('ip')} in the cluster")
+            rec = t.get(key, cached=True)
+            used = int((rec.value or {}).get("used", "0"), 16) if rec is not None else 0
+            i = int(ip) - int(block.network_address)
+            if used >> i & 1:
+                raise errors.AddressInUse(f"address {ip} is already in use in the cluster")
+            value = {"host": (rec.value or {}).get("host") if rec is not None else c.host,
+                     "used": format(used | 1 << i, "x")}
+            (t.put if rec is not None else t.create)(key, value)
+            t.create(hkey, {"ip": str(ip), "block": _esc(block), "host": c.host})
+            return str(ip)
+
+        return c.store.txn(step, retries=20)
 
     def _take(self, t, hkey: str, block, claim: bool) -> str:
         c = self.cluster

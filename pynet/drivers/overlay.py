@@ -237,6 +237,8 @@ class OverlayDriver(BridgeDriver):
                 if claim is not None and (claim.value or {}).get("network") == network_id:
                     t.delete(c.key("vni", vni))
             t.delete_prefix(c.prefix("endpoints", network_id))
+            for subnet in (rec.value or {}).get("subnets", []):      # the block IPAM's pools
+                t.delete_prefix(c.prefix("ipam", subnet.replace("/", "-")))
             return True
 
         freed = c.store.txn(step)
@@ -323,6 +325,35 @@ class OverlayDriver(BridgeDriver):
         c.store.put(c.key("endpoints", net.id, ep.id),
                     {"host": c.host, "ip": ep.ip, "ip6": ep.ip6, "mac": ep.mac})
 
+    # ================================================ cluster-wide addresses
+    # An overlay's addresses must be unique across hosts, and every host's
+    # IPAM holds only its own: the address is picked from the cluster's block
+    # IPAM (pynet.cluster.ipam: this host's /26 blocks, one commit each) and
+    # then requested by name from the local IPAM, which keeps its bookkeeping.
+    def _block_ipam(self, net: Network, family: int):
+        from pynet.cluster.ipam import BlockIpam
+
+        datas = net.ipv4 if family == 4 else net.ipv6
+        if not datas or self.cluster is None:
+            return None
+        d = datas[0]
+        gw = (d.gateway or "").split("/")[0]
+        return BlockIpam(self.cluster, d.pool, reserved=[gw] if gw else [])
+
+    def pick_address(self, net: Network, endpoint_id: str, family: int, want: str = "") -> str:
+        """An address for a new endpoint, unique in the cluster ("" when the
+        network has no subnet of that family); ``want``: that one, refused
+        (AddressInUse) when another endpoint in the cluster has it.
+        Idempotent per endpoint."""
+        ipam = self._block_ipam(net, family)
+        return ipam.allocate(f"{net.id}:{endpoint_id}", want=want) if ipam is not None else want
+
+    def unpick_address(self, net: Network, endpoint_id: str) -> None:
+        for family in (4, 6):
+            ipam = self._block_ipam(net, family)
+            if ipam is not None:
+                ipam.release(f"{net.id}:{endpoint_id}")
+
     # ====================================================== delete endpoint
     def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         super().delete_endpoint(net, ep)
@@ -330,12 +361,14 @@ class OverlayDriver(BridgeDriver):
             # a transient failure here fails the DEL (the local record stays):
             # the runtime retries, and peers must not keep a stale entry
             self.cluster.store.delete(self.cluster.key("endpoints", net.id, ep.id))
+            self.unpick_address(net, ep.id)
 
     def forget_endpoint(self, net: Network, endpoint_id: str) -> list[str]:
         links = super().forget_endpoint(net, endpoint_id)
         if self.cluster is not None:
             try:
                 self.cluster.store.delete(self.cluster.key("endpoints", net.id, endpoint_id))
+                self.unpick_address(net, endpoint_id)
             except errors.StoreUnavailable as e:
                 log.warning("endpoint %s: cluster record left: %s", endpoint_id[:12], e)
         return links

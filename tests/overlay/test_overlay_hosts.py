@@ -257,6 +257,29 @@ def test_cni_del_removes_the_pods_entries_on_peers(lab):
     assert all(ip != POD_IPS[3] for ip, _ in h2.call("overlay", network=NET)["neigh"])
 
 
+def test_addresses_come_from_each_hosts_own_block_and_overlays_are_isolated(lab):
+    """A second overlay whose pods ask for no address: each host picks from a /26 block it
+    claimed in the cluster (no address twice), the pods reach each other across hosts, and
+    neither reaches the first overlay's pods."""
+    import ipaddress
+
+    h1, h2, _ = lab.hosts
+    conf = {i: conflist(lab, i) for i in (0, 1)}
+    for i in (0, 1):
+        conf[i]["plugin"]["ipam"] = {"type": "pynet-ipam", "ranges": [[{"subnet": "10.78.0.0/24"}]]}
+    pods = {i: lab.pod(f"b{i}") for i in (1, 2)}
+    got = {i: lab.hosts[i - 1].call("cni_add", name=f"podb{i}", netns_path=pods[i], network="ovl-b",
+                                    cni=conf[i - 1], ifname="eth0")["address"] for i in (1, 2)}
+    ips = {i: ipaddress.ip_interface(got[i]).ip for i in (1, 2)}
+    assert ips[1] != ips[2]
+    blocks = {i: ipaddress.ip_network(f"{ips[i]}/26", strict=False) for i in (1, 2)}
+    assert blocks[1] != blocks[2], got                 # each host allocates from its own block
+    assert h1.call("overlay", network="ovl-b")["vni"] != h1.call("overlay", network=NET)["vni"]
+    wait(lambda: icmp_ping(pods[1], str(ips[2])), "podb1 -> podb2", bound=30)
+    wait(lambda: icmp_ping(pods[2], str(ips[1])), "podb2 -> podb1", bound=30)
+    for other in (POD_IPS[1], POD_IPS[2]):
+        assert not any(icmp_ping(pods[1], other) for _ in range(2)), f"ovl-b reached {other} on ovl-a"
+
 def test_teardown_leaves_nothing(lab):
     """Last in the module: every host tears its pynet down (CNI DEL, networks removed); then no
     cluster key but the hosts' own leased records, and no link or rule of pynet's is left."""
