@@ -481,7 +481,7 @@ class OverlayDriver(BridgeDriver):
     def cni_example(cls) -> Optional[dict]:
         return {"name": "pynet-overlay", "plugin": {
             "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
-            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": "10.90.0.0/16"}]]},
+            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": "10.91.0.0/16"}]]},
             "pynet": {"clusterStore": "etcd://127.0.0.1:2379"},
             "capabilities": {"portMappings": True, "ips": True, "mac": True}}}
 
