@@ -171,7 +171,7 @@ class Agent:
     def _sync_and_follow(self) -> None:
         c = self.cluster
         listing = c.store.list(c.root)                    # 1. list at R
-        self.view = {r.key: r.value for r in listing}
+        self.view = {r.key: r.value for r in listing if self._followed(r.key)}
         self.revision = listing.revision
         self._pass(None)                                  # 2. program all
         self._watch = c.store.watch(c.root, self.revision + 1)   # 3. watch from R + 1
@@ -189,11 +189,20 @@ class Agent:
                     next_reconcile = time.monotonic() + self.reconcile_interval
                 continue
             dirty: Optional[set] = set()
+            relevant = False
             deadline = time.monotonic() + BATCH_WAIT
             while ev is not None:
-                dirty = self._apply(ev, dirty)
+                if self._followed(ev.key):
+                    dirty = self._apply(ev, dirty)
+                    relevant = True
                 ev = self._watch.get(timeout=max(0.0, deadline - time.monotonic()))
-            self._pass(dirty)
+            if relevant:
+                self._pass(dirty)
+
+    def _followed(self, key: str) -> bool:
+        """The keys the data plane depends on; the block IPAM's (one write per
+        allocation anywhere in the cluster) are not kept in the view."""
+        return self.cluster.parse(key)[:1] != ["ipam"]
 
     def _apply(self, ev, dirty: Optional[set]) -> Optional[set]:
         """One event into the view; the networks it touches added to ``dirty``

@@ -146,6 +146,11 @@ def test_pods_on_two_hosts_reach_each_other_and_arp_stays_local(lab):
                          capture_output=True, text=True).stdout
     assert res[2]["mac"] in out
 
+    # the MTU: a DF packet of underlay MTU - 50 (1450: 28 bytes of IP and ICMP headers) crosses;
+    # one byte more does not
+    assert wait(lambda: icmp_ping(pods[1], POD_IPS[2], size=1450 - 28, df=True), "1450-byte DF ping")
+    assert not icmp_ping(pods[1], POD_IPS[2], size=1450 - 28 + 1, df=True)
+
     # TCP both ways
     assert tcp_echo(pods[2], pods[1], POD_IPS[2]) == b"echo:hello"
     assert tcp_echo(pods[1], pods[2], POD_IPS[1], port=7778) == b"echo:hello"
