@@ -285,6 +285,21 @@ def test_addresses_come_from_each_hosts_own_block_and_overlays_are_isolated(lab)
     for other in (POD_IPS[1], POD_IPS[2]):
         assert not any(icmp_ping(pods[1], other) for _ in range(2)), f"ovl-b reached {other} on ovl-a"
 
+def test_one_etcd_member_down_every_operation_still_succeeds(lab):
+    """Host 1's etcd member is SIGKILLed: a pod added on host 1 (its store fails over to the
+    other members) is programmed on host 2 and reached from there; the member comes back."""
+    h1, h2, _ = lab.hosts
+    lab.etcd.kill(0)
+    try:
+        pod = lab.pod("k1")
+        r = h1.call("cni_add", name="podk1", netns_path=pod, network=NET, cni=conflist(lab, 0), ifname="eth0")
+        ip = r["address"].split("/")[0]
+        wait(lambda: (r["mac"], "198.18.77.11") in h2.call("overlay", network=NET)["fdb"], "podk1 on h2")
+        wait(lambda: icmp_ping(lab.namespaces_path("p2"), ip), "pod2 -> podk1", bound=20)
+    finally:
+        lab.etcd.restart(0)
+        lab.etcd.wait_healthy()
+
 def test_teardown_leaves_nothing(lab):
     """Last in the module: every host tears its pynet down (CNI DEL, networks removed); then no
     cluster key but the hosts' own leased records, and no link or rule of pynet's is left."""
