@@ -143,6 +143,9 @@ class Cluster:
         self.vxlan_port = int(vxlan_port)
         self.name = name or socket.gethostname()
         self.lease = 0
+        # every key is under it (computed once: the agent parses every key of every pass)
+        self._root = keys.cluster_prefix(self.namespace) if self.namespace else keys.cluster_prefix()
+        self._checked_address = ""
 
     # ---- the store
     @property
@@ -163,12 +166,14 @@ class Cluster:
         """This host's VTEP address (checked to be local when first asked)."""
         if not self._address:
             self._address = default_route_address()
-        return check_local_address(self._address)
+        if self._checked_address != self._address:
+            self._checked_address = check_local_address(self._address)
+        return self._checked_address
 
     # ---- keys
     @property
     def root(self) -> str:
-        return keys.cluster_prefix(self.namespace) if self.namespace else keys.cluster_prefix()
+        return self._root
 
     def key(self, *parts) -> str:
         return self.root + "/".join(keys.component(p) for p in parts)

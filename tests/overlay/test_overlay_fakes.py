@@ -41,7 +41,7 @@ class Host:
         def program(view, dirty):
             for net in self.c.networks():
                 if net.driver == "overlay" and (dirty is None or net.id in dirty):
-                    self.drv.program_peers(net, view)
+                    self.drv.program_peers(net, view, from_kernel=dirty is None)
         self.agent = Agent(self.cluster, program, reconcile_interval=0.5).start()
         return self.agent
 
