@@ -67,6 +67,8 @@ def main() -> int:
         print(f"  median {statistics.median(fdb):.1f} ms (goal <= {GOAL_MEDIAN_MS:.0f}), "
               f"p99 {pct(fdb, 0.99):.1f} ms (goal <= {GOAL_P99_MS:.0f}), max {max(fdb):.1f} ms")
         print(f"  event taken off the watch: median {statistics.median(ev):.1f} ms, p99 {pct(ev, 0.99):.1f} ms")
+        cr = h1.call("create_timings")
+        print(f"  create_endpoint on host 1 (veth + cluster record): median {statistics.median(cr) * 1000:.1f} ms")
         print(f"  agent passes: {len(passes)}, median {statistics.median(p[0] for p in passes) * 1000:.1f} ms")
         h1.call("delete_endpoints", network="bench", call_timeout=600)
         for h in lab.hosts:

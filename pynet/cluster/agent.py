@@ -52,7 +52,7 @@ RECONCILE_INTERVAL = 10.0
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 5.0
 # events arriving together are programmed in one pass (a container's
 # endpoint, VTEP and host records come in a burst)
-BATCH_WAIT = 0.02
+BATCH_WAIT = 0.002
 
 
 class Agent:

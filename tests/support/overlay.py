@@ -191,8 +191,12 @@ class OverlayHostService(HostService):
             ep = self.controller.create_endpoint(net.id, f"bench{n:04d}".ljust(64, "0"),
                                                  address=f"{ip}/{base.prefixlen}")
             out[ep.mac] = t0
+            self.create_durations = getattr(self, "create_durations", []) + [time.monotonic() - t0]
             time.sleep(gap)
         return out
+
+    def create_timings(self) -> list:
+        return list(getattr(self, "create_durations", []))
 
     def delete_endpoints(self, network: str, prefix: str = "bench") -> int:
         net = self.controller.network(network)
