@@ -22,6 +22,7 @@
     pynet sandbox connect ID NETWORK    another interface (ethN) on NETWORK
     pynet sandbox rm [-f] ID...         refused while others share its namespace, unless -f
     pynet doctor [--cluster-store URL]  checks what breaks container networking (exit 1 if any fails)
+    pynet host ls [--cluster-store URL] the cluster's hosts (alive), their VTEPs and overlay networks
 
 The CLI reads the daemon's store (SQLite in the state directory) directly.
 Importing this module stays light: Flask and waitress load only for
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-listen", metavar="HOST:PORT", default=None,
                    help="also serve the metrics over HTTP on this TCP address, e.g. 127.0.0.1:9377 "
                         "(env PYNET_METRICS_LISTEN; default: none)")
+    _cluster_flags(p)
     p.set_defaults(func=cmd_daemon)
 
     net = sub.add_parser("network", parents=[common], help="networks")
@@ -171,9 +173,51 @@ def build_parser() -> argparse.ArgumentParser:
     from pynet.scenario import cli as scenario_cli
     scenario_cli.add_parser(sub)
     _cni_parsers(sub, common)
+    _host_parsers(sub, common)
     from pynet import doctor
     doctor.add_parser(sub, common, _Parser)
     return parser
+
+
+def _host_parsers(sub, common) -> None:
+    """``pynet host ls``: the cluster's members (overlay networks)."""
+    host = sub.add_parser("host", parents=[common], help="cluster members (overlay networks)")
+    hsub = host.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
+    hsub.required = True
+    p = hsub.add_parser("ls", parents=[common], help="hosts alive in the cluster, their VTEPs and networks")
+    _cluster_flags(p)
+    p.set_defaults(func=cmd_host_ls)
+
+
+def cmd_host_ls(args, config: Config) -> int:
+    """Every host whose lease is alive (a host whose lease expired is not
+    listed), its VTEP address and the overlay networks it has endpoints on."""
+    from pynet import root
+
+    cluster = root.cluster_store(config)
+    if cluster is None:
+        raise CliError("no cluster store: give --cluster-store etcd://HOST:PORT[,...] (or PYNET_CLUSTER_STORE)")
+    try:
+        view = cluster.store.list(cluster.root)
+        hosts, vteps = {}, {}
+        for r in view:
+            parts = cluster.parse(r.key)
+            if len(parts) == 2 and parts[0] == "hosts":
+                hosts[parts[1]] = dict(r.value or {}, lease=f"{r.lease:x}" if r.lease else "")
+            elif len(parts) == 3 and parts[0] == "vteps":
+                vteps.setdefault(parts[2], []).append(parts[1][:12])
+        rows = [{"host": h, "name": v.get("name", ""), "address": v.get("address", ""), "lease": v["lease"],
+                 "self": h == cluster.host, "networks": sorted(vteps.get(h, []))}
+                for h, v in sorted(hosts.items())]
+    finally:
+        cluster.close()
+    if args.json:
+        _print_json(rows)
+    else:
+        _print_table(["HOST", "NAME", "VTEP", "LEASE", "NETWORKS"],
+                     [[r["host"] + (" *" if r["self"] else ""), r["name"], r["address"], r["lease"],
+                       ", ".join(r["networks"])] for r in rows])
+    return 0
 
 
 def _cni_parsers(sub, common) -> None:
@@ -197,12 +241,35 @@ def _cni_parsers(sub, common) -> None:
     p.set_defaults(func=cmd_cni_ls)
 
 
+def _cluster_flags(p) -> None:
+    """The daemon's cluster settings (overlay networks; pynet.cluster)."""
+    g = p.add_argument_group("cluster (overlay networks)")
+    g.add_argument("--cluster-store", metavar="etcd://HOST:PORT[,...][/NS]",
+                   help="the cluster store (env PYNET_CLUSTER_STORE; default: none, one host)")
+    g.add_argument("--advertise-address", metavar="IP",
+                   help="this host's underlay (VTEP) address (env PYNET_ADVERTISE_ADDRESS; "
+                        "default: the address of the interface holding the default route)")
+    g.add_argument("--host-id", help="this host's ID in the cluster (env PYNET_HOST_ID; default: kept "
+                                     "in the state dir)")
+    g.add_argument("--cluster-ttl", dest="cluster_lease_ttl", type=int, metavar="SECONDS",
+                   help="TTL of this host's lease, renewed every TTL/3 (env PYNET_CLUSTER_TTL; default 15)")
+    g.add_argument("--vni-range", metavar="FIRST-LAST",
+                   help="VNIs overlay networks are given (env PYNET_VNI_RANGE; default 4096-16777215)")
+    g.add_argument("--vxlan-port", type=int, metavar="PORT",
+                   help="UDP port of VXLAN (env PYNET_VXLAN_PORT; default 4789)")
+
+
+CLUSTER_FLAGS = ("cluster_store", "advertise_address", "host_id", "cluster_lease_ttl", "vni_range",
+                 "vxlan_port")
+
+
 def config_from_args(args) -> Config:
     return Config.from_env(state_dir=getattr(args, "state_dir", None),
                            plugin_name=getattr(args, "plugin_name", None),
                            socket_path=getattr(args, "socket_path", None),
                            chain_prefix=getattr(args, "chain_prefix", None),
-                           firewall_backend=getattr(args, "firewall_backend", None))
+                           firewall_backend=getattr(args, "firewall_backend", None),
+                           **{k: getattr(args, k, None) for k in CLUSTER_FLAGS})
 
 
 # ------------------------------------------------------------------ helpers

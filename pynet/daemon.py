@@ -156,7 +156,11 @@ def _build_and_serve(config: Config, metrics) -> None:
     app = create_app(controller, routes=[partial(register_cni, observer=metrics)],  # CNI shim -> daemon
                      observer=metrics)
     rechecker = FirewallRechecker(controller, recheck_interval(), metrics=metrics).start()
+    # the cluster (overlay networks): this host's lease and the control loop
+    agent = root.start_cluster_agent(config, controller)
     try:
         serve(app, config.socket_path)
     finally:
         rechecker.stop()
+        if agent is not None:
+            agent.stop(revoke=True)

@@ -2,7 +2,8 @@
 from the settings (``pynet.config.Config``), and nowhere else.
 
     open_store(config)              the local store (SQLite in the state dir)
-    cluster_store(config)           the cluster-wide store: None until issue 11 fills the slot
+    cluster_store(config)           this host's cluster handle (pynet.cluster.Cluster) or None
+    start_cluster_agent(config, c)  the daemon's membership + control loop (the overlay's FDB)
     build_netlink() / build_sysctl()   the host's kernel interfaces
     build_firewall(config, store)   Docker's iptables layout under the instance's chain prefix
     serial_firewall(fw, config, c)  ... behind the state dir's cross-process lock
@@ -52,10 +53,45 @@ def open_store_url(url: str):
 
 
 def cluster_store(config: Config):
-    """The cluster-wide store (records every host shares).  None: pynet is
-    one host today; the overlay (issue 11) opens ``open_store_url`` here from
-    the settings' cluster store."""
-    return None
+    """This host's handle on the cluster-wide store (``pynet.cluster.Cluster``:
+    the store named by ``--cluster-store``, the host's identity and underlay
+    address), or None when the host is in no cluster.  The etcd client is
+    opened on first use, so a process that never touches an overlay network
+    (a bridge ADD with PYNET_CLUSTER_STORE set) never imports it."""
+    if not config.cluster_store:
+        return None
+    from pynet.cluster import Cluster, host_identity, split_url
+    from pynet.config import parse_vni_range
+
+    url, namespace = split_url(config.cluster_store)
+    host = config.host_id or host_identity(config.state_dir)
+    return Cluster(lambda: open_store_url(url), host=host, address=config.advertise_address,
+                   namespace=namespace, lease_ttl=config.cluster_lease_ttl,
+                   vni_range=parse_vni_range(config.vni_range), vxlan_port=config.vxlan_port)
+
+
+def start_cluster_agent(config: Config, controller, reconcile_interval: float = 10.0):
+    """The host agent (``pynet.cluster.agent``): this host's lease kept alive,
+    and the control loop that programs every local overlay network's VXLAN
+    device from the cluster.  None when the host is in no cluster (or has no
+    overlay driver)."""
+    try:
+        drv = controller.driver("overlay")
+    except Exception:  # noqa: BLE001 -- a registry without the overlay: nothing to follow
+        return None
+    cluster = getattr(drv, "cluster", None)
+    if cluster is None:
+        return None
+    from pynet.cluster.agent import Agent
+
+    def program(view: dict, dirty) -> None:
+        for net in controller.networks():
+            if net.driver == "overlay" and (dirty is None or net.id in dirty):
+                # an event's pass trusts what was programmed; a full pass
+                # (start, resync, periodic reconcile) reads the kernel
+                drv.program_peers(net, view, from_kernel=dirty is None)
+
+    return Agent(cluster, program, reconcile_interval=reconcile_interval).start()
 
 
 # ------------------------------------------------------- kernel interfaces
@@ -109,10 +145,12 @@ def serial_firewall(firewall, config: Config, controller_box: dict):
 def build_drivers(config: Config, netlink, sysctl, firewall) -> dict:
     """Driver name -> driver: the registry's table (``pynet.drivers.REGISTRY``,
     one line per driver), each built on first use on the given kernel
-    interfaces, so a CNI ADD imports only its own driver's module."""
+    interfaces, so a CNI ADD imports only its own driver's module.  The
+    cluster handle (global drivers) is made here too, opened on first use."""
     from pynet.drivers import build_drivers as build
 
-    return build(netlink, sysctl, firewall=firewall, instance=config.plugin_name)
+    return build(netlink, sysctl, firewall=firewall, instance=config.plugin_name,
+                 cluster=cluster_store(config))
 
 
 # -------------------------------------------------------------- core parts

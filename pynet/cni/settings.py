@@ -3,8 +3,10 @@ instance and whether to ask the daemon -- from the conflist's ``pynet``
 object (it wins), then the environment, then the defaults shared with the
 daemon::
 
-    "pynet": {"stateDir": ..., "socket": ..., "chainPrefix": ..., "instance": ..., "daemon": true}
+    "pynet": {"stateDir": ..., "socket": ..., "chainPrefix": ..., "instance": ..., "daemon": true,
+              "clusterStore": "etcd://h1:2379,...", "advertiseAddress": ..., "hostId": ...}
     PYNET_STATE_DIR  PYNET_SOCKET  PYNET_CHAIN_PREFIX  PYNET_PLUGIN_NAME  PYNET_CNI_DAEMON=0
+    (the cluster keys: PYNET_CLUSTER_STORE ..., read by pynet.config)
     /var/lib/pynet   /run/docker/plugins/<instance>.sock
 
 Read by the entry (``pynet.cni.main``, before the shim asks the daemon) and
@@ -59,7 +61,23 @@ def pynet_settings(conf: dict, env: dict) -> dict:
     daemon = own.get("daemon", True)
     if str(env.get("PYNET_CNI_DAEMON", "1")).lower() in ("0", "false", "no", "off"):
         daemon = False
+    cluster = {}
+    for key, name in (("clusterStore", "cluster_store"), ("advertiseAddress", "advertise_address"),
+                      ("hostId", "host_id")):
+        value = own.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise spec.CniError(spec.INVALID_CONFIG, f"pynet.{key} must be a string")
+        cluster[name] = value
+    if cluster:
+        from pynet.config import Config
+        try:
+            Config.from_env(**cluster)      # the daemon's rules, at the door
+        except errors.InvalidParameter as e:
+            raise spec.CniError(spec.INVALID_CONFIG, f"pynet section: {e}") from None
     return {
+        "cluster": cluster,
         "state_dir": got.get("stateDir") or DEFAULT_STATE_DIR,
         "socket": got.get("socket") or f"/run/docker/plugins/{instance}.sock",
         "chain_prefix": got.get("chainPrefix"),

@@ -114,6 +114,9 @@ def attach(controller, network: Network, container_id: str, ifname: str, netns_p
     nid = network.id
     eid = endpoint_id(nid, container_id, ifname)
     addresses = dict(addresses or {})
+    # a driver whose addresses must be unique beyond this host (the overlay)
+    # picks them itself; the local IPAM then records the picked address
+    pick = getattr(c.driver_for(network), "pick_address", None)
     with contextlib.ExitStack() as undo:
         # -- request_address, per family (dockerd asks IPAM before CreateEndpoint),
         # checked first, then allocated with the attachment record in one commit
@@ -132,6 +135,9 @@ def attach(controller, network: Network, container_id: str, ifname: str, netns_p
                 if ip.ip not in subnet:
                     raise errors.InvalidAddress(f"requested address {ip.ip} is outside subnet {subnet}")
                 want = str(ip.ip)
+            if pick is not None:
+                want = pick(network, eid, fam, want)
+                undo.callback(c.driver_for(network).unpick_address, network, eid)
             requests.append((fam, pool_id_of(c, d), want))
         if addresses:
             raise errors.InvalidAddress(f"unexpected address families in request: {sorted(addresses)}")

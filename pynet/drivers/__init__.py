@@ -25,6 +25,7 @@ from typing import Iterable, Optional
 REGISTRY: dict[str, str] = {
     "bridge": "pynet.drivers.bridge:BridgeDriver",
     "macvlan": "pynet.drivers.macvlan:MacvlanDriver",
+    "overlay": "pynet.drivers.overlay:OverlayDriver",
 }
 
 CNI_PREFIX = "pynet-"
@@ -87,10 +88,12 @@ class Drivers(Mapping):
 
 
 def build_drivers(netlink, sysctl, firewall=None, instance: str = "pynet",
-                  names: Optional[Iterable[str]] = None) -> Drivers:
+                  names: Optional[Iterable[str]] = None, cluster=None) -> Drivers:
     """The registered drivers (or those in ``names``), built lazily.  Every
     driver class takes ``(netlink, sysctl, instance=...)``; one whose
-    constructor also names ``firewall`` gets the firewall interface."""
+    constructor also names ``firewall`` gets the firewall interface, one that
+    names ``cluster`` this host's cluster handle (``pynet.cluster.Cluster``,
+    None when the host is in no cluster)."""
     import inspect
 
     chosen = list(REGISTRY) if names is None else [n for n in names]
@@ -103,6 +106,8 @@ def build_drivers(netlink, sysctl, firewall=None, instance: str = "pynet",
         kw = {"instance": instance}
         if "firewall" in inspect.signature(cls).parameters:
             kw["firewall"] = firewall
+        if "cluster" in inspect.signature(cls).parameters:
+            kw["cluster"] = cluster
         return cls(netlink, sysctl, **kw)
 
     return Drivers(build, chosen)

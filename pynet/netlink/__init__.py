@@ -167,7 +167,45 @@ class Netlink(abc.ABC):
     @abc.abstractmethod
     def add_vxlan(self, name: str, vni: int, port: int = 4789, local: Optional[str] = None,
                   dev: Optional[str] = None, learning: bool = False, mtu: Optional[int] = None,
-                  alias: Optional[str] = None) -> None: ...
+                  alias: Optional[str] = None, proxy: bool = False) -> None:
+        """A VXLAN device (left down).  ``learning=False`` (``nolearning``): the
+        forwarding database holds only what is programmed; ``proxy``: the device
+        answers ARP/ND from its neighbour table, so no inner ARP leaves the host."""
+
+    def vxlan_info(self, name: str) -> dict:
+        """{"vni", "port", "local", "learning", "proxy"} of a VXLAN device."""
+        raise NotImplementedError
+
+    # -- the VXLAN device's forwarding database and neighbour table (overlay) --
+    # Entries are permanent (``nud permanent``): pynet's control loop owns them.
+    # The all-zero MAC is the flood entry, one per remote VTEP (``append``);
+    # any other MAC has one destination (``replace``).  Deletes take
+    # missing_ok, so an event applied twice changes nothing.
+    FLOOD_MAC = "00:00:00:00:00:00"
+
+    def fdb_replace(self, dev: str, mac: str, dst: str) -> None:
+        """``bridge fdb replace MAC dev DEV dst DST self permanent`` (the
+        all-zero MAC: ``append``, so every VTEP keeps its flood entry)."""
+        raise NotImplementedError
+
+    def fdb_delete(self, dev: str, mac: str, dst: Optional[str] = None, missing_ok: bool = True) -> bool:
+        raise NotImplementedError
+
+    def fdb_list(self, dev: str) -> list[tuple[str, str]]:
+        """The device's own (``self``) permanent entries with a destination:
+        [(mac, dst)], sorted."""
+        raise NotImplementedError
+
+    def neigh_replace(self, dev: str, ip: str, mac: str) -> None:
+        """``ip neigh replace IP lladdr MAC dev DEV nud permanent``."""
+        raise NotImplementedError
+
+    def neigh_delete(self, dev: str, ip: str, missing_ok: bool = True) -> bool:
+        raise NotImplementedError
+
+    def neigh_list(self, dev: str) -> list[tuple[str, str]]:
+        """The device's permanent neighbour entries: [(ip, mac)], sorted."""
+        raise NotImplementedError
 
     @abc.abstractmethod
     def delete_link(self, name: str, missing_ok: bool = True) -> bool:

@@ -220,13 +220,67 @@ class FakeNetlink(Netlink):
         self.kernel._new(self.netns_path, name, "dummy", alias=alias or "", **kw)
 
     def add_vxlan(self, name, vni, port=4789, local=None, dev=None, learning=False, mtu=None,
-                  alias=None) -> None:
+                  alias=None, proxy=False) -> None:
         self.kernel._check("add_vxlan", name)
         if dev:
             self._get(dev)
         self.kernel._new(self.netns_path, name, "vxlan", mtu=int(mtu or 1450), alias=alias or "",
                          extra={"vni": vni, "port": port, "local": local, "dev": dev,
-                                "learning": learning})
+                                "learning": learning, "proxy": proxy, "fdb": set(), "neigh": {}})
+
+    def vxlan_info(self, name) -> dict:
+        link = self._vxlan(name)
+        x = link.extra
+        return {"vni": x["vni"], "port": x["port"], "local": x["local"] or "",
+                "learning": bool(x["learning"]), "proxy": bool(x["proxy"])}
+
+    def _vxlan(self, name) -> _Link:
+        link = self._get(name)
+        if link.kind != "vxlan":
+            raise errors.InvalidParameter(f"link {name} is not a VXLAN device")
+        return link
+
+    # -- VXLAN forwarding database and neighbours (gone with the device) --------
+    def fdb_replace(self, dev, mac, dst) -> None:
+        self.kernel._check("fdb_replace", dev)
+        mac = check_mac(mac)
+        ipaddress.ip_address(dst)
+        fdb = self._vxlan(dev).extra["fdb"]
+        if mac != self.FLOOD_MAC:
+            fdb -= {e for e in fdb if e[0] == mac}
+        fdb.add((mac, dst))
+
+    def fdb_delete(self, dev, mac, dst=None, missing_ok=True) -> bool:
+        mac = check_mac(mac)
+        fdb = self._vxlan(dev).extra["fdb"]
+        # the kernel deletes the first matching one when no dst is given
+        gone = sorted(e for e in fdb if e[0] == mac and (dst is None or e[1] == dst))[:1]
+        if not gone:
+            if missing_ok:
+                return False
+            raise errors.KernelError(f"fdb del {mac} dev {dev}: No such file or directory")
+        fdb.discard(gone[0])
+        return True
+
+    def fdb_list(self, dev) -> list[tuple[str, str]]:
+        return sorted(self._vxlan(dev).extra["fdb"])
+
+    def neigh_replace(self, dev, ip, mac) -> None:
+        self.kernel._check("neigh_replace", dev)
+        self._vxlan(dev).extra["neigh"][str(ipaddress.ip_address(ip))] = check_mac(mac)
+
+    def neigh_delete(self, dev, ip, missing_ok=True) -> bool:
+        neigh = self._vxlan(dev).extra["neigh"]
+        key = str(ipaddress.ip_address(ip))
+        if key not in neigh:
+            if missing_ok:
+                return False
+            raise errors.KernelError(f"neigh del {ip} dev {dev}: No such file or directory")
+        del neigh[key]
+        return True
+
+    def neigh_list(self, dev) -> list[tuple[str, str]]:
+        return sorted(self._vxlan(dev).extra["neigh"].items())
 
     def delete_link(self, name, missing_ok=True) -> bool:
         self.kernel._check("delete_link", name)

@@ -20,6 +20,8 @@ from pynet.netlink import (LinkExists, LinkInfo, LinkNotFound, Netlink, NetnsNot
 
 IFF_UP = 0x1
 IFA_F_NODAD = 0x02
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
 _FAMILY = {4: 2, 6: 10}          # AF_INET, AF_INET6
 
 
@@ -188,9 +190,10 @@ class PyrouteNetlink(Netlink):
                 raise
 
     def add_vxlan(self, name, vni, port=4789, local=None, dev=None, learning=False, mtu=None,
-                  alias=None) -> None:
+                  alias=None, proxy=False) -> None:
         check_ifname(name)
-        attrs = {"vxlan_id": int(vni), "vxlan_port": int(port), "vxlan_learning": bool(learning)}
+        attrs = {"vxlan_id": int(vni), "vxlan_port": int(port), "vxlan_learning": bool(learning),
+                 "vxlan_proxy": bool(proxy)}
         if local:
             attrs["vxlan_local"] = local
         if dev:
@@ -200,6 +203,86 @@ class PyrouteNetlink(Netlink):
         self._call(f"create vxlan {name}", self.ipr.link, "add", ifname=name, kind="vxlan", **attrs)
         if alias:
             self.set_alias(name, alias)
+
+    def vxlan_info(self, name) -> dict:
+        msg = self._call(f"look up {name}", self.ipr.get_links, self._index(name))[0]
+        info = msg.get_attr("IFLA_LINKINFO")
+        data = info.get_attr("IFLA_INFO_DATA") if info is not None else None
+        if data is None or info.get_attr("IFLA_INFO_KIND") != "vxlan":
+            raise errors.InvalidParameter(f"link {name} is not a VXLAN device")
+        return {"vni": data.get_attr("IFLA_VXLAN_ID"), "port": data.get_attr("IFLA_VXLAN_PORT"),
+                "local": data.get_attr("IFLA_VXLAN_LOCAL") or "",
+                "learning": bool(data.get_attr("IFLA_VXLAN_LEARNING")),
+                "proxy": bool(data.get_attr("IFLA_VXLAN_PROXY"))}
+
+    # -- VXLAN forwarding database and neighbours -------------------------------
+    def fdb_replace(self, dev, mac, dst) -> None:
+        mac = check_mac(mac)
+        ipaddress.ip_address(dst)
+        idx = self._index(dev)
+        # NTF_SELF: the entry is the VXLAN device's own (the bridge's would be
+        # NTF_MASTER); "replace" without it is EOPNOTSUPP
+        cmd = "append" if mac == self.FLOOD_MAC else "replace"
+        try:
+            self._call(f"fdb {cmd} {mac} dst {dst} dev {dev}", self.ipr.fdb, cmd, ifindex=idx,
+                       lladdr=mac, dst=dst, state=NUD_PERMANENT, flags=NTF_SELF)
+        except LinkExists:
+            if cmd != "append":
+                raise       # append of an entry already there: nothing to do
+
+    def fdb_delete(self, dev, mac, dst=None, missing_ok=True) -> bool:
+        mac = check_mac(mac)
+        idx = self._index(dev)
+        kw = {"dst": dst} if dst else {}
+        # the kernel answers a delete of a (mac, dst) it does not have with
+        # success when another dst of that MAC exists: look first
+        if not any(m == mac and (dst is None or d == dst) for m, d in self.fdb_list(dev)):
+            if missing_ok:
+                return False
+            raise errors.KernelError(f"fdb del {mac} dev {dev}: No such file or directory")
+        return self._delete_entry(f"fdb del {mac} dev {dev}", missing_ok, self.ipr.fdb, "del", ifindex=idx,
+                                  lladdr=mac, flags=NTF_SELF, **kw)
+
+    def _delete_entry(self, what: str, missing_ok: bool, fn, *args, **kw) -> bool:
+        """An FDB or neighbour delete: False when the entry was not there (ENOENT)."""
+        try:
+            self._call(what, fn, *args, **kw)
+            return True
+        except errors.KernelError as e:
+            if missing_ok and os.strerror(errno.ENOENT) in str(e):
+                return False
+            raise
+
+    def fdb_list(self, dev) -> list[tuple[str, str]]:
+        idx = self._index(dev)
+        out = set()
+        for m in self._call(f"fdb dump dev {dev}", self.ipr.fdb, "dump", ifindex=idx):
+            dst = m.get_attr("NDA_DST")
+            if m["ifindex"] == idx and dst and m["state"] & NUD_PERMANENT and m["flags"] & NTF_SELF:
+                out.add((m.get_attr("NDA_LLADDR").lower(), dst))
+        return sorted(out)
+
+    def neigh_replace(self, dev, ip, mac) -> None:
+        mac = check_mac(mac)
+        a = ipaddress.ip_address(ip)
+        idx = self._index(dev)
+        self._call(f"neigh replace {ip} dev {dev}", self.ipr.neigh, "replace", ifindex=idx, dst=str(a),
+                   lladdr=mac, state=NUD_PERMANENT, family=_FAMILY[a.version])
+
+    def neigh_delete(self, dev, ip, missing_ok=True) -> bool:
+        a = ipaddress.ip_address(ip)
+        idx = self._index(dev)
+        return self._delete_entry(f"neigh del {ip} dev {dev}", missing_ok, self.ipr.neigh, "del", ifindex=idx,
+                                  dst=str(a), family=_FAMILY[a.version])
+
+    def neigh_list(self, dev) -> list[tuple[str, str]]:
+        idx = self._index(dev)
+        out = set()
+        for fam in _FAMILY.values():
+            for m in self._call(f"neigh dump dev {dev}", self.ipr.get_neighbours, ifindex=idx, family=fam):
+                if m["ifindex"] == idx and m["state"] & NUD_PERMANENT and m.get_attr("NDA_LLADDR"):
+                    out.add((m.get_attr("NDA_DST"), m.get_attr("NDA_LLADDR").lower()))
+        return sorted(out)
 
     def delete_link(self, name, missing_ok=True) -> bool:
         try:

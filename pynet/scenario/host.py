@@ -210,8 +210,9 @@ class HostService(NodeService):
         if not self.cni_path:
             raise RuntimeError("no CNI bin dir: the runner installs the plugins first")
         plugin = dict(cni["plugin"])
-        plugin["pynet"] = {"stateDir": self.state_dir, "chainPrefix": self.chain_prefix,
-                           "instance": self.instance, "daemon": False,
+        # the conflist's own pynet keys (a cluster store) stay; the instance's win
+        plugin["pynet"] = {**(plugin.get("pynet") or {}), "stateDir": self.state_dir,
+                           "chainPrefix": self.chain_prefix, "instance": self.instance, "daemon": False,
                            "firewallBackend": self.firewall_backend}
         conflist = {"cniVersion": cni["cniVersion"], "name": network, "plugins": [plugin]}
         rc: dict = {}

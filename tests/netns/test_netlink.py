@@ -124,6 +124,41 @@ def test_move_rename_and_routes(env):
         nl.move_to_netns("tbr0", ns)                    # bridges stay where they are
 
 
+def test_vxlan_fdb_and_neighbours(env):
+    """The overlay's verbs: a nolearning proxy VXLAN device, its permanent
+    FDB entries (one per MAC, the all-zero flood MAC once per VTEP) and
+    neighbour entries; replace and delete are idempotent."""
+    nl, _ = env
+    nl.add_vxlan("tvx0", 4242, port=4789, local="198.18.99.1", learning=False, proxy=True, mtu=1450,
+                 alias="pynet-overlay:conf:n1")
+    info = nl.vxlan_info("tvx0")
+    assert (info["vni"], info["port"], info["learning"], info["proxy"]) == (4242, 4789, False, True)
+    v = nl.get_link("tvx0")
+    assert (v.kind, v.mtu, v.alias) == ("vxlan", 1450, "pynet-overlay:conf:n1")
+    mac = "02:42:0a:0b:00:05"
+    nl.fdb_replace("tvx0", mac, "198.18.99.2")
+    nl.fdb_replace("tvx0", mac, "198.18.99.3")             # moves: one entry per MAC
+    nl.fdb_replace("tvx0", nl.FLOOD_MAC, "198.18.99.2")
+    nl.fdb_replace("tvx0", nl.FLOOD_MAC, "198.18.99.3")    # flood: one per VTEP
+    nl.fdb_replace("tvx0", nl.FLOOD_MAC, "198.18.99.3")    # again: no change, no error
+    assert nl.fdb_list("tvx0") == [(nl.FLOOD_MAC, "198.18.99.2"), (nl.FLOOD_MAC, "198.18.99.3"),
+                                   (mac, "198.18.99.3")]
+    nl.neigh_replace("tvx0", "10.11.0.5", mac)
+    nl.neigh_replace("tvx0", "10.11.0.5", "02:42:0a:0b:00:06")
+    nl.neigh_replace("tvx0", "10.11.0.7", "02:42:0a:0b:00:07")
+    assert nl.neigh_list("tvx0") == [("10.11.0.5", "02:42:0a:0b:00:06"), ("10.11.0.7", "02:42:0a:0b:00:07")]
+    assert nl.fdb_delete("tvx0", nl.FLOOD_MAC, "198.18.99.2") is True
+    assert nl.fdb_delete("tvx0", nl.FLOOD_MAC, "198.18.99.2") is False    # gone already
+    assert nl.neigh_delete("tvx0", "10.11.0.5") is True
+    assert nl.neigh_delete("tvx0", "10.11.0.5") is False
+    assert nl.fdb_list("tvx0") == [(nl.FLOOD_MAC, "198.18.99.3"), (mac, "198.18.99.3")]
+    assert nl.neigh_list("tvx0") == [("10.11.0.7", "02:42:0a:0b:00:07")]
+    with pytest.raises(LinkNotFound):
+        nl.fdb_list("tnope")
+    nl.delete_link("tvx0")
+    assert not nl.link_exists("tvx0")
+
+
 @root_only
 def test_missing_netns_is_not_created(host_ns):
     from pynet.netlink.pyroute import PyrouteNetlink

@@ -158,7 +158,7 @@ def test_binaries_are_executed_and_teardown_leaves_nothing(snapshot):
         t.build()
         ns = t.ns_name("h1")
         assert sorted(os.listdir(os.path.join(t.work, "cni-bin"))) == \
-            ["pynet-bridge", "pynet-ipam", "pynet-macvlan"]
+            ["pynet-bridge", "pynet-ipam", "pynet-macvlan", "pynet-overlay"]
         store = SqliteStore.in_state_dir(os.path.join(t.work, "h1"))
         nets = [r.value for r in store.list("networks/")]
         assert [(n["name"], n["created_by"]) for n in nets] == [("podnet", "cni")]

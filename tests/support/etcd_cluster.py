@@ -85,10 +85,7 @@ class EtcdCluster:
         last = None
         for attempt in range(START_ATTEMPTS):
             self._kill_all()
-            self.members = [
-                Member(f"{self.name}-{i}", free_port(), free_port(),
-                       os.path.join(self.base_dir, f"{self.name}-{attempt}-{i}"))
-                for i in range(self.size)]
+            self.members = self._new_members(attempt)
             for m in self.members:
                 self._spawn(m, "new")
             try:
@@ -98,6 +95,20 @@ class EtcdCluster:
                 last = e
         raise RuntimeError(f"etcd cluster did not start after {START_ATTEMPTS} attempts: {last}")
 
+    def _new_members(self, attempt: int) -> list[Member]:
+        return [Member(f"{self.name}-{i}", free_port(), free_port(),
+                       os.path.join(self.base_dir, f"{self.name}-{attempt}-{i}"))
+                for i in range(self.size)]
+
+    def _argv(self, m: Member, state: str) -> list[str]:
+        """The member's command line (a subclass may run it elsewhere, e.g. in a namespace)."""
+        return [ETCD, "--name", m.name, "--data-dir", m.data_dir,
+                "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
+                "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
+                "--initial-cluster", self._initial_cluster(), "--initial-cluster-state", state,
+                "--initial-cluster-token", f"{self.name}-{os.getpid()}",
+                "--logger", "zap", "--log-level", "warn"]
+
     def _initial_cluster(self) -> str:
         return ",".join(f"{m.name}={m.peer_url}" for m in self.members)
 
@@ -105,12 +116,7 @@ class EtcdCluster:
         os.makedirs(m.data_dir, exist_ok=True)
         log = open(os.path.join(self.base_dir, f"{m.name}.log"), "ab")
         m.proc = subprocess.Popen(
-            [ETCD, "--name", m.name, "--data-dir", m.data_dir,
-             "--listen-client-urls", m.client_url, "--advertise-client-urls", m.client_url,
-             "--listen-peer-urls", m.peer_url, "--initial-advertise-peer-urls", m.peer_url,
-             "--initial-cluster", self._initial_cluster(), "--initial-cluster-state", state,
-             "--initial-cluster-token", f"{self.name}-{os.getpid()}",
-             "--logger", "zap", "--log-level", "warn"],
+            self._argv(m, state),
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         log.close()

@@ -185,4 +185,4 @@ def test_install_writes_executable_wrappers(tmp_path):
     assert os.access(tmp_path / "bin" / "pynet-ipam", os.X_OK)
     ex = json.loads((tmp_path / "conf" / "10-pynet-bridge.conflist.example").read_text())
     assert ex["plugins"][0]["pynet"]["stateDir"] == "/srv/pynet"
-    assert len(uninstall(str(tmp_path / "bin"))) == 3
+    assert len(uninstall(str(tmp_path / "bin"))) == len(__import__("pynet.cni").cni.PLUGINS)

@@ -47,7 +47,7 @@ def test_no_pynet_module_names_the_toy_driver():
 
 def test_the_registry_builds_drivers_lazily(world):
     c, *_ = world
-    assert list(c.drivers) == ["bridge", "macvlan", "toy"]
+    assert list(c.drivers) == ["bridge", "macvlan", "overlay", "toy"]
     assert c.drivers.built() == {}
     assert c.driver("toy").name == "toy" and set(c.drivers.built()) == {"toy"}
     with pytest.raises(KeyError):

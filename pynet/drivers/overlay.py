@@ -1,0 +1,514 @@
+"""The overlay driver: one network across hosts, VXLAN on the cluster store, in CNM order.
+
+    allocate network -> (once per network, cluster-wide) the VNI: the lowest
+                        free one of the range (from 4096, as Docker) claimed by a
+                        create-only ``vni/<n>`` key, and ``networks/<id>`` (VNI,
+                        port, subnets, MTU) in the same transaction; a second
+                        host's allocation of the same network joins it when the
+                        settings agree, and is refused with the differences
+                        when they do not
+    create network   -> per host: a Linux bridge with the gateway address (as the
+                        bridge driver), and a VXLAN device on it (``nolearning``:
+                        the forwarding database holds only what pynet programs;
+                        ``proxy``: ARP and ND are answered from the neighbour
+                        table on this host, so no inner ARP reaches the
+                        underlay), UDP 4789 unless configured, MTU = underlay MTU
+                        - 50 unless the MTU option says otherwise; the host is
+                        recorded as a member (``members/<id>/<host>``)
+    create endpoint  -> the bridge driver's veth (MAC 02:42 + the IPv4 address,
+                        Docker's derivation) and ``endpoints/<id>/<ep>`` {host,
+                        ip, mac}: the peers' agents program their FDB and
+                        neighbour entries from it
+    join / leave     -> the bridge driver's
+    delete endpoint  -> the veth, then the cluster record (the peers drop it)
+    delete network   -> the devices, the membership; the last member frees the
+                        network and its VNI
+    restore          -> the bridge driver's, the VXLAN devices, this instance's
+                        orphans (tagged ``pynet-overlay:<instance>:<id>``), the
+                        endpoint records re-announced
+
+The FDB and neighbour entries are programmed by the host agent's control loop
+(:mod:`pynet.cluster.agent`) through :meth:`OverlayDriver.program_peers`, never
+in the CNI process: a CNI ADD records its endpoint and returns.
+
+Where the bridge and VXLAN device live -- the host namespace, not a namespace
+per network as Docker's overlay does.  Docker needs its per-network namespace
+because it lets overlays overlap each other and gives containers external
+reach through a second interface (docker_gwbridge).  pynet refuses
+overlapping subnets among all its networks (local and cluster-wide) anyway,
+and the issue asks for external reach "in the same chain layout as the bridge
+networks": with the bridge in the host namespace the overlay's bridge IS a
+bridge network to the firewall -- the gateway address on it, masquerade
+through the local host, published ports by DNAT on the host where the
+container runs, isolation from every other network by the same rules -- with
+no second interface in the container and no veth between namespaces on the
+path (the kernel's VXLAN is already the throughput limit).  The cost: every
+host's bridge carries the same gateway address, so the host itself reaches
+only its own containers on the overlay (replies to it from another host's
+containers end at that host's gateway).
+
+Options (``docker network create -o`` / ``net.options``):
+    pynet.overlay.vni          the VNI (default: allocated from the range)
+    pynet.overlay.vxlan_port   the UDP port (default --vxlan-port, 4789)
+    com.docker.network.driver.mtu   the containers' MTU (default underlay MTU - 50)
+and the bridge driver's ``com.docker.network.bridge.*`` options.
+
+Naming (15 bytes): bridge ``ob-`` + 12 chars of the network id, VXLAN device
+``ox-`` + 12, veths as the bridge driver's.
+
+What the driver remembers (``net.driver_state``): the bridge driver's keys and
+vxlan, vni, port, local (the VTEP address), dev (the underlay interface).
+"""
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import logging
+from typing import Optional
+
+from pynet import errors
+from pynet.cluster import NoClusterStore, peers
+from pynet.cnm.driver import GLOBAL, CniNetConf, Remember
+from pynet.cnm.model import Endpoint, Network
+from pynet.drivers.bridge import OPT_NAME, BridgeDriver, _short, parse_options as bridge_options
+
+log = logging.getLogger("pynet.drivers.overlay")
+
+OPT_VNI = "pynet.overlay.vni"
+OPT_PORT = "pynet.overlay.vxlan_port"
+OVERLAY_OPTION_PREFIX = "pynet.overlay."
+KNOWN_OPTIONS = {OPT_VNI, OPT_PORT}
+# The overlay's own tag: the bridge driver's restore removes bridges and veths
+# tagged ``pynet:<instance>:`` that none of ITS networks explain, and must not
+# take an overlay's for those.
+ALIAS_PREFIX = "pynet-overlay"
+VXLAN_OVERHEAD = 50          # outer IPv4 + UDP + VXLAN + inner Ethernet
+OWN_KINDS = ("bridge", "veth", "vxlan")
+
+
+def bridge_name(network_id: str) -> str:
+    return "ob-" + _short(network_id, 12)
+
+
+def vxlan_name(network_id: str) -> str:
+    return "ox-" + _short(network_id, 12)
+
+
+def _int_option(opts: dict, key: str, lo: int, hi: int) -> Optional[int]:
+    value = opts.get(key)
+    if value in (None, ""):
+        return None
+    try:
+        v = int(str(value).strip())
+    except ValueError:
+        raise errors.InvalidOption(f"invalid {key} {value!r}: not a number") from None
+    if not lo <= v <= hi:
+        raise errors.InvalidOption(f"invalid {key} {v}: must be {lo}..{hi}")
+    return v
+
+
+def parse_options(net: Network, default_port: int = 4789) -> dict:
+    """The bridge driver's configuration plus the overlay's; one readable
+    InvalidOption line for anything wrong."""
+    opts = net.options or {}
+    for key in opts:
+        if key.startswith(OVERLAY_OPTION_PREFIX) and key not in KNOWN_OPTIONS:
+            raise errors.InvalidOption(f"unknown overlay option {key}")
+    cfg = bridge_options(net)
+    if not opts.get(OPT_NAME):
+        cfg["bridge"] = bridge_name(net.id)
+    cfg["vxlan"] = vxlan_name(net.id)
+    cfg["vni"] = _int_option(opts, OPT_VNI, 1, 0xFFFFFF)
+    cfg["port"] = _int_option(opts, OPT_PORT, 1, 65535) or default_port
+    return cfg
+
+
+def _subnets(net: Network) -> list[str]:
+    return sorted(str(ipaddress.ip_network(d.pool, strict=False)) for d in net.ipv4 + net.ipv6)
+
+
+class OverlayDriver(BridgeDriver):
+    name = "overlay"
+    scope = GLOBAL
+
+    def __init__(self, netlink, sysctl, instance: str, cluster=None, is_local=None):
+        super().__init__(netlink, sysctl, instance, is_local=is_local)
+        self.cluster = cluster
+        # VXLAN device -> (fdb, neigh) as this process programmed them last
+        # (the agent's event passes compare with it; None = read the kernel)
+        self._programmed: dict = {}
+
+    def _tag(self, object_id: str) -> str:
+        return f"{ALIAS_PREFIX}:{self.instance}:{object_id}"
+
+    def _owner(self, alias: str):
+        parts = (alias or "").split(":", 2)
+        if len(parts) == 3 and parts[0] == ALIAS_PREFIX:
+            return parts[1], parts[2]
+        return None
+
+    def _cluster(self, net: Network):
+        if self.cluster is None:
+            raise NoClusterStore(
+                f"overlay network {net.name or net.id[:12]} needs a cluster store: start pynet with "
+                f"--cluster-store etcd://HOST:PORT[,HOST:PORT...] (or PYNET_CLUSTER_STORE, or the "
+                f"conflist's pynet.clusterStore)")
+        return self.cluster
+
+    def _default_port(self) -> int:
+        return self.cluster.vxlan_port if self.cluster is not None else 4789
+
+    def _state(self, net: Network) -> dict:
+        if net.driver_state.get("vxlan"):
+            return net.driver_state
+        cfg = parse_options(net, self._default_port())
+        cfg["created"] = True
+        return cfg
+
+    # ===================================================== allocate network
+    def allocate_network(self, net: Network) -> dict:
+        """The cluster-wide network and its VNI, once per network (any host's
+        first create); returns the options every host creates it with."""
+        cfg = parse_options(net, self._default_port())
+        self._cluster(net).address        # a VTEP address that is not ours: refused before any record
+        rec = self._ensure_cluster_network(net, cfg)
+        return {OPT_VNI: str(rec["vni"]), OPT_PORT: str(rec["port"])}
+
+    def _ensure_cluster_network(self, net: Network, cfg: dict) -> dict:
+        c = self._cluster(net)
+        want = {"vni": cfg["vni"], "port": cfg["port"], "subnets": _subnets(net),
+                "mtu": cfg["mtu"]}
+        lo, hi = c.vni_range
+
+        def step(t):
+            key = c.key("networks", net.id)
+            rec = t.get(key)
+            if rec is not None:
+                have = rec.value or {}
+                diffs = [f"{k} {have.get(k)} (here: {want[k]})" for k in ("vni", "port", "subnets", "mtu")
+                         if want[k] not in (None, []) and have.get(k) != want[k]]
+                if diffs:
+                    raise errors.Conflict(f"overlay network {net.name or net.id[:12]} exists in the cluster "
+                                          f"with other settings: {', '.join(diffs)}")
+                return have
+            mine = [ipaddress.ip_network(s) for s in want["subnets"]]
+            for other in t.list(c.prefix("networks")):
+                for s in (other.value or {}).get("subnets", []):
+                    theirs = ipaddress.ip_network(s)
+                    for m in mine:
+                        if m.version == theirs.version and m.overlaps(theirs):
+                            name = (other.value or {}).get("name") or other.key.rsplit("/", 1)[1][:12]
+                            raise errors.PoolOverlap(f"subnet {m} overlaps subnet {theirs} of cluster "
+                                                     f"network {name}")
+            taken = {int(r.key.rsplit("/", 1)[1]): (r.value or {}).get("network")
+                     for r in t.list(c.prefix("vni"))}
+            vni = want["vni"]
+            if vni is not None:
+                if vni in taken and taken[vni] != net.id:
+                    raise errors.Conflict(f"VNI {vni} is already taken by cluster network {taken[vni][:12]}")
+            else:
+                vni = next((n for n in range(lo, hi + 1) if n not in taken), None)
+                if vni is None:
+                    raise errors.Exhausted(f"no free VNI left in {lo}-{hi}")
+            value = dict(want, vni=vni, name=net.name)
+            if vni not in taken:
+                t.create(c.key("vni", vni), {"network": net.id})
+            t.create(key, value)
+            return value
+
+        rec = c.store.txn(step)
+        return rec
+
+    def free_network(self, net: Network) -> None:
+        """The cluster-wide network goes when no host is a member any more."""
+        if self.cluster is not None:
+            self._free_if_unused(net.id)
+
+    def _free_if_unused(self, network_id: str) -> bool:
+        c = self.cluster
+
+        def step(t):
+            if t.list(c.prefix("members", network_id)):
+                return False
+            rec = t.get(c.key("networks", network_id))
+            if rec is None:
+                return False
+            vni = (rec.value or {}).get("vni")
+            t.delete(c.key("networks", network_id))
+            if vni is not None:
+                claim = t.get(c.key("vni", vni))
+                if claim is not None and (claim.value or {}).get("network") == network_id:
+                    t.delete(c.key("vni", vni))
+            t.delete_prefix(c.prefix("endpoints", network_id))
+            for subnet in (rec.value or {}).get("subnets", []):      # the block IPAM's pools
+                t.delete_prefix(c.prefix("ipam", subnet.replace("/", "-")))
+            return True
+
+        freed = c.store.txn(step)
+        if freed:
+            log.info("network %s: last member gone, cluster network and its VNI freed", network_id[:12])
+        return freed
+
+    # ======================================================== create network
+    def validate_network(self, net: Network, others: list[Network]) -> None:
+        self._cluster(net)
+        cfg = parse_options(net, self._default_port())
+        super().validate_network(net, others)
+        if self.nl.link_exists(cfg["vxlan"]):
+            owner = self._owner(self.nl.get_link(cfg["vxlan"]).alias)
+            if owner != (self.instance, net.id):
+                raise errors.Conflict(f"interface {cfg['vxlan']} already exists and is not network "
+                                      f"{net.id[:12]}'s")
+
+    def _underlay(self, address: str) -> tuple[str, int]:
+        """(interface, MTU) holding the VTEP address."""
+        for link in self.nl.list_links():
+            if any(a.split("/")[0] == address for a in link.addresses):
+                return link.name, link.mtu
+        raise errors.InvalidParameter(f"advertise address {address} is on no interface of this host")
+
+    def create_network(self, net: Network) -> dict:
+        c = self._cluster(net)
+        cfg = parse_options(net, self._default_port())
+        if cfg["vni"] is None:       # a record made without allocate_network
+            cfg["vni"] = int(self.allocate_network(net)[OPT_VNI])
+        # the allocation may be cached by this host from an earlier life of the
+        # network: the cluster record must exist with this VNI
+        self._ensure_cluster_network(net, cfg)
+        cfg["local"] = c.address
+        cfg["dev"], underlay_mtu = self._underlay(cfg["local"])
+        if cfg["mtu"] is None:
+            cfg["mtu"] = underlay_mtu - VXLAN_OVERHEAD
+        cfg["created"] = True
+        with contextlib.ExitStack() as undo:
+            # a failure below frees the cluster network again unless a host uses it
+            undo.callback(self._free_quietly, net.id)
+            undo.callback(self.nl.delete_link, cfg["bridge"], True)
+            self._setup_bridge(net, cfg, tag=True)
+            undo.callback(self.nl.delete_link, cfg["vxlan"], True)
+            self._setup_vxlan(net, cfg)
+            c.store.put(c.key("members", net.id, c.host), {"address": cfg["local"]})
+            net.driver_state = cfg
+            undo.pop_all()
+        log.info("network %s: overlay VNI %s, bridge %s, %s on %s (MTU %s)", net.id[:12], cfg["vni"],
+                 cfg["bridge"], cfg["vxlan"], cfg["dev"], cfg["mtu"])
+        return cfg
+
+    def _free_quietly(self, network_id: str) -> None:
+        try:
+            self._free_if_unused(network_id)
+        except errors.PynetError as e:
+            log.warning("network %s: cluster record left after a failed create: %s", network_id[:12], e)
+
+    def _setup_vxlan(self, net: Network, cfg: dict) -> None:
+        """Idempotent: restore runs it on a device that may be missing."""
+        name = cfg["vxlan"]
+        if self.nl.link_exists(name):
+            info = self.nl.vxlan_info(name)
+            if (info["vni"], info["port"], info["local"]) != (cfg["vni"], cfg["port"], cfg["local"]):
+                log.info("network %s: %s has other settings, made again", net.id[:12], name)
+                self.nl.delete_link(name, missing_ok=True)
+        if not self.nl.link_exists(name):
+            self.nl.add_vxlan(name, cfg["vni"], port=cfg["port"], local=cfg["local"], dev=cfg.get("dev"),
+                              learning=False, proxy=True, mtu=cfg["mtu"], alias=self._tag(net.id))
+        self.nl.set_master(name, cfg["bridge"])
+        self.nl.set_up(name)
+
+    # ======================================================= create endpoint
+    def create_endpoint(self, net: Network, ep: Endpoint) -> None:
+        c = self._cluster(net)
+        super().create_endpoint(net, ep)
+        try:
+            self._announce_endpoint(c, net, ep)
+        except BaseException:
+            super().delete_endpoint(net, ep)
+            raise
+
+    def _announce_endpoint(self, c, net: Network, ep: Endpoint) -> None:
+        c.store.put(c.key("endpoints", net.id, ep.id),
+                    {"host": c.host, "ip": ep.ip, "ip6": ep.ip6, "mac": ep.mac})
+
+    # ================================================ cluster-wide addresses
+    # An overlay's addresses must be unique across hosts, and every host's
+    # IPAM holds only its own: the address is picked from the cluster's block
+    # IPAM (pynet.cluster.ipam: this host's /26 blocks, one commit each) and
+    # then requested by name from the local IPAM, which keeps its bookkeeping.
+    def _block_ipam(self, net: Network, family: int):
+        from pynet.cluster.ipam import BlockIpam
+
+        datas = net.ipv4 if family == 4 else net.ipv6
+        if not datas or self.cluster is None:
+            return None
+        d = datas[0]
+        gw = (d.gateway or "").split("/")[0]
+        return BlockIpam(self.cluster, d.pool, reserved=[gw] if gw else [])
+
+    def pick_address(self, net: Network, endpoint_id: str, family: int, want: str = "") -> str:
+        """An address for a new endpoint, unique in the cluster ("" when the
+        network has no subnet of that family); ``want``: that one, refused
+        (AddressInUse) when another endpoint in the cluster has it.
+        Idempotent per endpoint."""
+        ipam = self._block_ipam(net, family)
+        return ipam.allocate(f"{net.id}:{endpoint_id}", want=want) if ipam is not None else want
+
+    def unpick_address(self, net: Network, endpoint_id: str) -> None:
+        for family in (4, 6):
+            ipam = self._block_ipam(net, family)
+            if ipam is not None:
+                ipam.release(f"{net.id}:{endpoint_id}")
+
+    # ====================================================== delete endpoint
+    def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
+        super().delete_endpoint(net, ep)
+        if self.cluster is not None:
+            # a transient failure here fails the DEL (the local record stays):
+            # the runtime retries, and peers must not keep a stale entry
+            self.cluster.store.delete(self.cluster.key("endpoints", net.id, ep.id))
+            self.unpick_address(net, ep.id)
+
+    def forget_endpoint(self, net: Network, endpoint_id: str) -> list[str]:
+        links = super().forget_endpoint(net, endpoint_id)
+        if self.cluster is not None:
+            try:
+                self.cluster.store.delete(self.cluster.key("endpoints", net.id, endpoint_id))
+                self.unpick_address(net, endpoint_id)
+            except errors.StoreUnavailable as e:
+                log.warning("endpoint %s: cluster record left: %s", endpoint_id[:12], e)
+        return links
+
+    # ======================================================= delete network
+    def delete_network(self, net: Network) -> None:
+        st = self._state(net)
+        self.nl.delete_link(st["vxlan"], missing_ok=True)
+        super().delete_network(net)
+        c = self.cluster
+        if c is None:
+            return
+        c.store.delete(c.key("vteps", net.id, c.host))
+        c.store.delete(c.key("members", net.id, c.host))
+        self._free_if_unused(net.id)
+
+    # ============================================================== restore
+    def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> Remember:
+        known = {n.id for n in networks} | {e.id for e in endpoints} | set(keep)
+        for link in self.nl.list_links(alias_prefix=f"{ALIAS_PREFIX}:{self.instance}:"):
+            owner = self._owner(link.alias)
+            if owner and owner[1] not in known and link.kind in OWN_KINDS:
+                log.info("restore: removing orphan %s %s", link.kind, link.name)
+                self.nl.delete_link(link.name, missing_ok=True)
+        remember = super().restore(networks, endpoints, keep)
+        c = self.cluster
+        for net in networks:
+            st = self._state(net)
+            try:
+                self._setup_vxlan(net, st)
+                if c is not None:
+                    c.store.put(c.key("members", net.id, c.host), {"address": st.get("local", "")})
+            except errors.PynetError as e:
+                log.error("restore: network %s: %s", net.id[:12], e)
+        if c is not None:
+            nets = {n.id: n for n in networks}
+            for ep in endpoints:
+                if ep.network_id in nets:
+                    try:
+                        self._announce_endpoint(c, nets[ep.network_id], ep)
+                    except errors.PynetError as e:
+                        log.error("restore: endpoint %s: %s", ep.id[:12], e)
+        return remember
+
+    # ====================================================== the peers (agent)
+    def program_peers(self, net: Network, view: dict, from_kernel: bool = True) -> dict:
+        """Make the network's VXLAN device hold exactly what the cluster view
+        says (``pynet.cluster.peers``): missing entries added, stale ones
+        removed; idempotent, so an event applied twice, a resync and the
+        periodic reconcile are all this one call.  ``from_kernel=False`` (an
+        event's pass): compare with what this process programmed last instead
+        of dumping the device's tables (a dump of 200 entries costs ~12 ms
+        through pyroute2); the periodic reconcile reads the kernel again and
+        repairs what anyone else changed.  Returns what changed."""
+        c = self.cluster
+        st = net.driver_state or {}
+        dev = st.get("vxlan")
+        done = {"added": 0, "removed": 0}
+        try:
+            link = self.nl.get_link(dev) if c is not None and dev else None
+        except errors.NotFound:
+            link = None
+        if link is None:
+            self._programmed = {k: v for k, v in self._programmed.items() if k[0] != dev}
+            return done
+        # keyed by the device's ifindex too: a device another process recreated
+        # (a CNI ADD after the network was removed) is a new, empty one
+        key = (dev, link.index)
+        want = peers(view, c.parse, net.id, c.host)
+        last = None if from_kernel else self._programmed.get(key)
+        self._programmed = {k: v for k, v in self._programmed.items() if k[0] != dev}
+        self._program(dev, want, last, done)     # raising: nothing cached, the next pass reads the kernel
+        self._programmed[key] = (set(want.fdb), set(want.neigh))
+        if done["added"] or done["removed"]:
+            log.info("network %s: %s: +%d -%d FDB/neighbour entries", net.id[:12], dev,
+                     done["added"], done["removed"])
+        return done
+
+    def _program(self, dev: str, want, last, done: dict) -> None:
+        fdb = set(self.nl.fdb_list(dev)) if last is None else set(last[0])
+        for mac, dst in sorted(want.fdb - fdb):
+            self.nl.fdb_replace(dev, mac, dst)
+            done["added"] += 1
+        for mac, dst in sorted(fdb - want.fdb):
+            # a unicast MAC moved by the replace above is gone already
+            if self.nl.fdb_delete(dev, mac, dst, missing_ok=True):
+                done["removed"] += 1
+        neigh = set(self.nl.neigh_list(dev)) if last is None else set(last[1])
+        wanted_ips = {ip for ip, _ in want.neigh}
+        for ip, mac in sorted(want.neigh - neigh):
+            self.nl.neigh_replace(dev, ip, mac)
+            done["added"] += 1
+        for ip, mac in sorted(neigh - want.neigh):
+            if ip not in wanted_ips and self.nl.neigh_delete(dev, ip, missing_ok=True):
+                done["removed"] += 1
+
+    # ============================================================ oper info
+    def oper_info(self, net: Network, ep: Endpoint) -> dict:
+        st = self._state(net)
+        return dict(super().oper_info(net, ep), vxlan=st["vxlan"], vni=st.get("vni"))
+
+    # ================================================================= CNI
+    # A ``pynet-overlay`` entry: the bridge plugin's keys (isGateway, ipMasq...)
+    # and ``vni``, ``vxlanPort``.
+    @classmethod
+    def cni_netconf(cls, conf: dict) -> CniNetConf:
+        nc = super().cni_netconf(conf)
+        for key, opt, hi in (("vni", OPT_VNI, 0xFFFFFF), ("vxlanPort", OPT_PORT, 65535)):
+            value = conf.get(key)
+            if value in (None, ""):
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= hi:
+                raise errors.InvalidOption(f"{key} must be a number 1..{hi}, got {value!r}")
+            nc.options[opt] = str(value)
+            nc.settings[key] = value
+        return nc
+
+    @classmethod
+    def cni_compare(cls, settings: dict, net: Network) -> list[str]:
+        diffs = super().cni_compare(settings, net)
+        st = net.driver_state or {}
+        for key, field in (("vni", "vni"), ("vxlanPort", "port")):
+            if settings.get(key) and st.get(field) and st[field] != settings[key]:
+                diffs.append(f"{key} {st[field]} (conflist: {settings[key]})")
+        return diffs
+
+    @classmethod
+    def cni_example(cls) -> Optional[dict]:
+        return {"name": "pynet-overlay", "plugin": {
+            "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+            "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": "10.91.0.0/16"}]]},
+            "pynet": {"clusterStore": "etcd://127.0.0.1:2379"},
+            "capabilities": {"portMappings": True, "ips": True, "mac": True}}}
+
+    @classmethod
+    def cni_from_options(cls, options: dict) -> dict:
+        out = super().cni_from_options(options)
+        if options.get(OPT_VNI):
+            out["vni"] = int(options[OPT_VNI])
+        return out

@@ -1,0 +1,198 @@
+"""The overlay driver and the host agent's control loop on the stateful fakes:
+two hosts (each its own FakeKernel and local store), one shared memory store
+as the cluster store.  The same flows run on real namespaces and a real etcd
+in test_overlay_hosts.py; here they are fast and every edge is reachable."""
+from __future__ import annotations
+
+import pytest
+
+from pynet import errors
+from pynet.cluster import FLOOD_MAC, Cluster, NoClusterStore
+from pynet.cluster.agent import Agent
+from pynet.cnm.controller import Controller
+from pynet.cnm.model import IPData
+from pynet.drivers import build_drivers
+from pynet.drivers.overlay import OPT_VNI
+from pynet.ipam import Ipam
+from pynet.netlink.fake import FakeKernel, FakeNetlink
+from pynet.store.memory import MemoryStore
+from pynet.sysctl import FakeSysctl
+from tests.support.overlay import wait_until as wait
+
+NID = "a" * 64
+SUBNET = [IPData(pool="10.77.0.0/24", gateway="10.77.0.1/24")]
+
+
+class Host:
+    def __init__(self, name: str, address: str, cluster_store, ttl: int = 3):
+        self.nl = FakeNetlink(FakeKernel())
+        self.nl.add_dummy("eth0", mtu=1500)
+        self.nl.ensure_address("eth0", f"{address}/8")
+        self.nl.set_up("eth0")
+        self.cluster = Cluster(lambda: cluster_store, host=name, address=address, namespace="t",
+                               lease_ttl=ttl)
+        store = MemoryStore()
+        self.c = Controller(store, Ipam(store, host_routes=lambda: []),
+                            build_drivers(self.nl, FakeSysctl(), instance="t", cluster=self.cluster))
+        self.drv = self.c.driver("overlay")
+        self.agent = None
+
+    def start(self) -> Agent:
+        def program(view, dirty):
+            for net in self.c.networks():
+                if net.driver == "overlay" and (dirty is None or net.id in dirty):
+                    self.drv.program_peers(net, view, from_kernel=dirty is None)
+        self.agent = Agent(self.cluster, program, reconcile_interval=0.5).start()
+        return self.agent
+
+    def fdb(self, net) -> list:
+        return self.nl.fdb_list(net.driver_state["vxlan"])
+
+    def neigh(self, net) -> list:
+        return self.nl.neigh_list(net.driver_state["vxlan"])
+
+
+@pytest.fixture
+def two_hosts():
+    cstore = MemoryStore()
+    a, b = Host("ha", "127.0.0.2", cstore), Host("hb", "127.0.0.3", cstore)
+    yield a, b, cstore
+    for h in (a, b):
+        if h.agent is not None:
+            h.agent.stop()
+
+
+def test_without_a_cluster_store_an_overlay_is_refused_and_nothing_is_made():
+    nl = FakeNetlink(FakeKernel())
+    store = MemoryStore()
+    c = Controller(store, Ipam(store, host_routes=lambda: []), build_drivers(nl, FakeSysctl(), instance="t"))
+    with pytest.raises(NoClusterStore) as e:
+        c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    assert "needs a cluster store" in str(e.value) and e.value.cni_code == 7 and e.value.http_status == 400
+    assert c.networks() == [] and FakeKernel().summary() == {} and nl.kernel.summary() == {}
+
+
+def test_vni_allocated_cluster_wide_and_devices_per_host(two_hosts):
+    a, b, cstore = two_hosts
+    na = a.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    nb = b.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    st = na.driver_state
+    assert st["vni"] == nb.driver_state["vni"] == 4096 and na.options[OPT_VNI] == "4096"
+    assert st["mtu"] == 1450 and st["dev"] == "eth0" and st["local"] == "127.0.0.2"
+    info = a.nl.vxlan_info(st["vxlan"])
+    assert (info["vni"], info["port"], info["learning"], info["proxy"]) == (4096, 4789, False, True)
+    assert a.nl.get_link(st["vxlan"]).master == st["bridge"]
+    # a second network gets the next VNI; an overlapping subnet is refused
+    other = b.c.create_network("b" * 64, [IPData(pool="10.78.0.0/24", gateway="10.78.0.1/24")],
+                               driver="overlay", name="ov2")
+    assert other.driver_state["vni"] == 4097
+    with pytest.raises(errors.PoolOverlap):
+        a.c.create_network("c" * 64, [IPData(pool="10.78.0.0/16", gateway="10.78.0.1/16")],
+                           driver="overlay", name="ov3")
+    # a VNI already taken, and settings that differ from the cluster's
+    with pytest.raises(errors.Conflict, match="VNI 4096 is already taken"):
+        a.c.create_network("d" * 64, [IPData(pool="10.79.0.0/24", gateway="10.79.0.1/24")],
+                           driver="overlay", name="ov4", options={OPT_VNI: "4096"})
+    with pytest.raises(errors.Conflict, match="other settings: subnets"):
+        b.drv.allocate_network(type(na)(id=NID, driver="overlay",
+                                        ipv4=[IPData(pool="10.66.0.0/24")]))
+    assert a.c.networks() and {n.name for n in a.c.networks()} == {"ov"}
+
+
+def test_agent_programs_peers_and_follows_leases_and_deletes(two_hosts):
+    a, b, cstore = two_hosts
+    na = a.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    nb = b.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    a.start(), b.start()
+    ea = a.c.create_endpoint(NID, "e1" * 32, address="10.77.0.2/24")
+    eb = b.c.create_endpoint(NID, "e2" * 32, address="10.77.0.3/24")
+    assert ea.mac == "02:42:0a:4d:00:02"
+    want_a = [(FLOOD_MAC, "127.0.0.3"), (eb.mac, "127.0.0.3")]
+    wait(lambda: a.fdb(na) == want_a, f"A's FDB {want_a}")
+    wait(lambda: b.fdb(nb) == [(FLOOD_MAC, "127.0.0.2"), (ea.mac, "127.0.0.2")], "B's FDB")
+    assert a.neigh(na) == [("10.77.0.3", eb.mac)] and b.neigh(nb) == [("10.77.0.2", ea.mac)]
+    # the periodic reconcile repairs a hand-made change
+    a.nl.fdb_delete(na.driver_state["vxlan"], eb.mac, "127.0.0.3")
+    wait(lambda: a.fdb(na) == want_a, "A's FDB repaired")
+    # B's lease expires (its agent dies without revoking): A drops B's entries...
+    b.agent.stop(revoke=False)
+    wait(lambda: a.fdb(na) == [] and a.neigh(na) == [], "B gone from A's FDB", bound=15)
+    assert cstore.get(b.cluster.key("endpoints", NID, eb.id)) is not None   # not freed
+    # ... and takes them back when B returns
+    b.start()
+    wait(lambda: a.fdb(na) == want_a, "B back in A's FDB")
+    # deleting B's endpoint removes it from A (the flood entry goes with B's last one)
+    b.c.delete_endpoint(NID, eb.id)
+    wait(lambda: a.fdb(na) == [] and a.neigh(na) == [], "B's endpoint gone from A")
+    # the last member frees the cluster network and its VNI
+    a.c.delete_endpoint(NID, ea.id)
+    a.c.delete_network(NID)
+    assert cstore.get(a.cluster.key("networks", NID)) is not None
+    b.c.delete_network(NID)
+    a.agent.stop(), b.agent.stop()
+    a.agent = b.agent = None
+    assert [r.key for r in cstore.list(a.cluster.root)] == []
+    assert a.nl.kernel.summary() == {"eth0": "dummy"} and b.nl.kernel.summary() == {"eth0": "dummy"}
+
+
+def test_restore_leaves_the_bridge_drivers_alone_and_removes_overlay_orphans(two_hosts):
+    a, _, _ = two_hosts
+    na = a.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    st = na.driver_state
+    # the bridge driver's restore must not take the overlay's bridge for an orphan
+    a.c.restore()
+    assert a.nl.link_exists(st["bridge"]) and a.nl.link_exists(st["vxlan"])
+    a.nl.delete_link(st["vxlan"])
+    a.c.restore()                                     # recreated
+    assert a.nl.get_link(st["vxlan"]).master == st["bridge"]
+    a.c.store.delete("networks/" + NID)               # the record gone: the devices are orphans
+    a.c.restore()
+    assert not a.nl.link_exists(st["bridge"]) and not a.nl.link_exists(st["vxlan"])
+
+
+class FlakyWatchStore:
+    """The cluster store with watches that fail once each way: the first
+    raises StoreCompacted (history gone), the second StoreUnavailable (a
+    broken stream); later ones are the store's own."""
+
+    def __init__(self, store):
+        self._s = store
+        self.failures = [errors.StoreCompacted(revision=1), errors.StoreUnavailable("stream broke")]
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def watch(self, prefix, from_revision=None):
+        if self.failures:
+            err = self.failures.pop(0)
+
+            class Broken:
+                closed = False
+
+                def get(self, timeout=None):
+                    self.closed = True
+                    raise err
+
+                def close(self):
+                    self.closed = True
+            return Broken()
+        return self._s.watch(prefix, from_revision)
+
+
+def test_the_loop_resyncs_after_compaction_and_a_broken_stream():
+    cstore = MemoryStore()
+    flaky = FlakyWatchStore(cstore)
+    a, b = Host("ha", "127.0.0.2", flaky), Host("hb", "127.0.0.3", cstore)
+    try:
+        na = a.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+        b.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+        agent = a.start()
+        b.start()
+        eb = b.c.create_endpoint(NID, "e2" * 32, address="10.77.0.3/24")
+        b.c.create_endpoint(NID, "e3" * 32, address="10.77.0.4/24")
+        wait(lambda: (eb.mac, "127.0.0.3") in a.fdb(na) and len(a.neigh(na)) == 2, "A programmed")
+        assert agent.resyncs >= 2 and flaky.failures == []
+    finally:
+        for h in (a, b):
+            if h.agent is not None:
+                h.agent.stop()

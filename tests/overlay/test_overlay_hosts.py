@@ -1,0 +1,313 @@
+"""Acceptance slice of the overlay (issue 11), on real components only.
+
+Three hosts (network namespaces on one underlay switch namespace), each with its own pynet
+instance (state dir, chain prefix) and a member of a real three-member etcd on the underlay;
+each host's agent (what ``pynet daemon --cluster-store`` runs) keeps its lease and programs its
+VXLAN devices.  Pods are attached by executing the installed ``pynet-overlay`` CNI binary in
+their host's namespace (HostService.cni_add), as a runtime does.
+
+Proved: pods on host 1 and host 2 reach each other (ICMP, TCP) over one overlay; ARP is answered
+on the host (no inner ARP frame on the underlay, while the VXLAN frames carry the network's VNI);
+a host whose lease expires vanishes from its peers' FDB and comes back when it returns, without
+touching its pods; CNI DEL removes the pod's entries on the peers; after teardown no etcd key,
+link or rule of pynet's is left.  Waits are bounded polls, never timing assertions.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from pynet.cni import install as cni_install
+from pynet.sysctl import run_in_netns
+from tests.support.icmp import icmp_ping
+from tests.support.overlay import OverlayLab, wait_until as wait
+
+pytestmark = [pytest.mark.netns,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
+
+NET = "ovl-a"
+SUBNET = "10.77.0.0/24"
+POD_IPS = {1: "10.77.0.11", 2: "10.77.0.12", 3: "10.77.0.13"}
+
+
+def conflist(lab: OverlayLab, i: int) -> dict:
+    return {"cniVersion": "1.0.0", "plugin": {
+        "type": "pynet-overlay", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
+        "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": SUBNET}]]},
+        "capabilities": {"ips": True}, "pynet": lab.conflist_pynet(i)}}
+
+
+def tcp_echo(server_ns: str, client_ns: str, ip: str, port: int = 7777) -> bytes:
+    """One TCP exchange from ``client_ns`` to ``ip:port`` served in ``server_ns`` (bounded)."""
+    srv = run_in_netns(server_ns, lambda: socket.create_server(("0.0.0.0", port)))
+    srv.settimeout(10)
+    got = {}
+
+    def serve():
+        try:
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(10)
+                conn.sendall(b"echo:" + conn.recv(64))
+        except OSError as e:
+            got["err"] = e
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        def talk():
+            with socket.create_connection((ip, port), timeout=10) as c:
+                c.sendall(b"hello")
+                return c.recv(64)
+        return run_in_netns(client_ns, talk)
+    finally:
+        t.join(15)
+        srv.close()
+
+
+def capture(switch_ns: str, seconds: float, fn, port: str = "h1") -> list:
+    """UDP frames on host 1's port of the underlay switch while ``fn()`` runs (tcpdump in the
+    switch namespace; a bridge device itself sees only what it floods, not what it forwards)."""
+    from scapy.all import rdpcap
+
+    import tempfile
+    with tempfile.NamedTemporaryFile(suffix=".pcap", delete=False) as f:
+        path = f.name
+    p = subprocess.Popen(["nsenter", f"--net={switch_ns}", "tcpdump", "-i", port, "--immediate-mode", "-U", "-n", "-w", path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        # tcpdump says "listening on" once the capture runs
+        line = p.stderr.readline()
+        assert b"listening" in line, line
+        fn()
+        time.sleep(seconds)
+    finally:
+        p.terminate()
+        p.wait(10)
+    try:
+        return list(rdpcap(path))
+    finally:
+        os.unlink(path)
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    base = str(tmp_path_factory.mktemp("overlay"))
+    bin_dir = os.path.join(base, "bin")
+    cni_install.install(bin_dir=bin_dir, conf_dir=None)
+    with OverlayLab(hosts=3, base_dir=base, cni_path=bin_dir, lease_ttl=3) as lab:
+        for h in lab.hosts:
+            h.call("join_cluster")
+        yield lab
+
+
+def test_pods_on_two_hosts_reach_each_other_and_arp_stays_local(lab):
+    h1, h2, h3 = lab.hosts
+    pods = {i: lab.pod(f"{i}") for i in (1, 2)}
+    res = {i: lab.hosts[i - 1].call("cni_add", name=f"pod{i}", netns_path=pods[i], network=NET,
+                                    cni=conflist(lab, i - 1), ifname="eth0", address=POD_IPS[i],
+                                    prefixlen=24)
+           for i in (1, 2)}
+    for i in (1, 2):
+        assert res[i]["address"] == f"{POD_IPS[i]}/24"
+        assert res[i]["mac"] == "02:42:" + ":".join(f"{int(b):02x}" for b in POD_IPS[i].split("."))
+    o1, o2 = h1.call("overlay", network=NET), h2.call("overlay", network=NET)
+    assert o1["vni"] == o2["vni"] >= 4096 and o1["id"] == o2["id"]
+    assert (o1["info"]["learning"], o1["info"]["proxy"], o1["info"]["port"]) == (False, True, 4789)
+    assert o1["mtu"] == 1450                              # underlay 1500 - 50
+    # each host's agent programs the other's pod (and its flood entry)
+    wait(lambda: (res[2]["mac"], "198.18.77.12") in h1.call("overlay", network=NET)["fdb"], "pod2 in h1's FDB")
+    wait(lambda: (res[1]["mac"], "198.18.77.11") in h2.call("overlay", network=NET)["fdb"], "pod1 in h2's FDB")
+    # the flood entry follows host 2's VTEP announcement (its agent's, after the endpoint)
+    wait(lambda: ("00:00:00:00:00:00", "198.18.77.12") in h1.call("overlay", network=NET)["fdb"],
+         "host 2's flood entry on h1")
+    o1 = h1.call("overlay", network=NET)
+    assert not any(dst == "198.18.77.13" for _, dst in o1["fdb"])   # host 3 has no pod on it
+    assert (POD_IPS[2], res[2]["mac"]) in o1["neigh"]
+
+    # ICMP both ways, with no ARP frame inside the VXLAN on the underlay
+    for i in (1, 2):
+        subprocess.run(["nsenter", f"--net={pods[i]}", "ip", "neigh", "flush", "all"], check=True)
+    frames = capture(lab.namespaces_path("ul"), 0.5, lambda: (
+        wait(lambda: icmp_ping(pods[1], POD_IPS[2]), "pod1 -> pod2 ping", bound=20),
+        wait(lambda: icmp_ping(pods[2], POD_IPS[1]), "pod2 -> pod1 ping", bound=20)))
+    from scapy.layers.l2 import ARP
+    from scapy.layers.vxlan import VXLAN
+    vx = [f for f in frames if f.haslayer(VXLAN)]
+    assert vx, f"no VXLAN frame captured ({len(frames)} frames)"
+    assert {f[VXLAN].vni for f in vx} == {o1["vni"]}
+    assert [f for f in vx if f[VXLAN].haslayer(ARP)] == []
+    # ... and the pods did resolve each other (answered on their own host, by the VXLAN proxy)
+    out = subprocess.run(["nsenter", f"--net={pods[1]}", "ip", "neigh", "show", POD_IPS[2]],
+                         capture_output=True, text=True).stdout
+    assert res[2]["mac"] in out
+
+    # the MTU: a DF packet of underlay MTU - 50 (1450: 28 bytes of IP and ICMP headers) crosses;
+    # one byte more does not
+    assert wait(lambda: icmp_ping(pods[1], POD_IPS[2], size=1450 - 28, df=True), "1450-byte DF ping")
+    assert not icmp_ping(pods[1], POD_IPS[2], size=1450 - 28 + 1, df=True)
+
+    # TCP both ways
+    assert tcp_echo(pods[2], pods[1], POD_IPS[2]) == b"echo:hello"
+    assert tcp_echo(pods[1], pods[2], POD_IPS[1], port=7778) == b"echo:hello"
+
+
+def test_host_ls_lists_the_members_their_vteps_and_networks(lab):
+    import json
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.run(["nsenter", f"--net={lab.namespaces_path('h1')}", sys.executable, "-m", "pynet",
+                        "host", "ls", "--json", "--cluster-store", lab.url,
+                        "--state-dir", os.path.join(lab.base_dir, "state-h1")],
+                       cwd=repo, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    assert sorted(r["address"] for r in rows) == ["198.18.77.11", "198.18.77.12", "198.18.77.13"]
+    assert [r["self"] for r in rows if r["address"] == "198.18.77.11"] == [True]
+    nid = lab.hosts[0].call("overlay", network=NET)["id"][:12]
+    assert {r["address"]: r["networks"] for r in rows} == {
+        "198.18.77.11": [nid], "198.18.77.12": [nid], "198.18.77.13": []}
+    assert all(r["lease"] for r in rows)
+    p = subprocess.run([sys.executable, "-m", "pynet", "host", "ls"], cwd=repo, capture_output=True,
+                       text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "PYNET_CLUSTER_STORE"})
+    assert p.returncode == 1 and p.stderr.count("\n") == 1 and "no cluster store" in p.stderr
+
+def test_an_expired_host_vanishes_from_peers_and_comes_back(lab):
+    h1, h2, _ = lab.hosts
+    mac2 = "02:42:0a:4d:00:0c"
+    wait(lambda: (mac2, "198.18.77.12") in h1.call("overlay", network=NET)["fdb"], "pod2 in h1's FDB")
+    # host 2's agent dies without revoking: its lease expires (TTL 3 s) and host 1 drops it
+    h2.call("leave_cluster", revoke=False)
+    wait(lambda: not any(dst == "198.18.77.12" for _, dst in h1.call("overlay", network=NET)["fdb"]),
+         "host 2 gone from host 1's FDB")
+    assert all(mac != mac2 for _, mac in h1.call("overlay", network=NET)["neigh"])
+    # its endpoint was not freed by anyone, and the pod was not touched
+    assert any("/endpoints/" in k for k in h1.call("cluster_keys"))
+    # host 2 returns: it re-announces itself, host 1 re-adds it, the pods talk again
+    h2.call("join_cluster")
+    wait(lambda: (mac2, "198.18.77.12") in h1.call("overlay", network=NET)["fdb"], "host 2 back")
+    pods = {i: f"/var/run/netns/{lab.prefix}-p{i}" for i in (1, 2)}
+    wait(lambda: icmp_ping(pods[1], POD_IPS[2]), "pod1 -> pod2 after host 2 returned", bound=20)
+
+
+def _daemon(lab: OverlayLab, i: int) -> subprocess.Popen:
+    """``pynet daemon --cluster-store ...`` for host i's pynet instance, inside its namespace."""
+    import sys
+    from tests.support.overlay import host_address
+
+    inst = f"{lab.prefix}-h{i + 1}"
+    state = os.path.join(lab.base_dir, f"state-h{i + 1}")
+    log = open(os.path.join(lab.base_dir, f"daemon-h{i + 1}.log"), "ab")
+    try:
+        return subprocess.Popen(
+            ["nsenter", f"--net={lab.namespaces_path(f'h{i + 1}')}", sys.executable, "-m", "pynet", "daemon",
+             "--state-dir", state, "--plugin-name", inst, "--chain-prefix", f"{lab.prefix.upper()}H{i + 1}",
+             "--socket", os.path.join(state, "daemon.sock"), "--cluster-store", lab.url,
+             "--advertise-address", host_address(i), "--cluster-ttl", str(lab.lease_ttl)],
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYNET_FIREWALL_RECHECK": "0"})
+    finally:
+        log.close()
+
+
+def test_a_sigkilled_daemon_is_dropped_by_peers_and_rejoins_on_restart(lab):
+    """The real daemon (``pynet daemon --cluster-store``) is host 2's agent here: SIGKILLed, its
+    lease expires and host 1 drops it; restarted, it re-announces its pod, which was never
+    restarted, and host 1 reaches it again."""
+    h1, h2, _ = lab.hosts
+    mac2 = "02:42:0a:4d:00:0c"
+    pod1 = lab.namespaces_path("p1")
+    on_h1 = lambda: h1.call("overlay", network=NET)   # noqa: E731
+    h2.call("leave_cluster", revoke=True)               # the test's agent steps aside
+    wait(lambda: (mac2, "198.18.77.12") not in on_h1()["fdb"], "host 2 revoked")
+    procs = []
+    try:
+        procs.append(_daemon(lab, 1))
+        wait(lambda: (mac2, "198.18.77.12") in on_h1()["fdb"], "host 2's daemon announced its pod")
+        wait(lambda: icmp_ping(pod1, POD_IPS[2]), "pod1 -> pod2 via the daemon", bound=20)
+        procs[-1].kill()
+        procs[-1].wait(10)
+        wait(lambda: (mac2, "198.18.77.12") not in on_h1()["fdb"], "killed daemon's lease expired")
+        procs.append(_daemon(lab, 1))
+        wait(lambda: (mac2, "198.18.77.12") in on_h1()["fdb"], "restarted daemon re-announced")
+        wait(lambda: icmp_ping(pod1, POD_IPS[2]), "pod1 -> pod2 after the restart", bound=20)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait(10)
+        h2.call("join_cluster")
+    wait(lambda: (mac2, "198.18.77.12") in on_h1()["fdb"], "host 2's own agent back")
+
+def test_cni_del_removes_the_pods_entries_on_peers(lab):
+    h1, h2, h3 = lab.hosts
+    pod3 = lab.pod("3")
+    r = h3.call("cni_add", name="pod3", netns_path=pod3, network=NET, cni=conflist(lab, 2), ifname="eth0",
+                address=POD_IPS[3], prefixlen=24)
+    wait(lambda: (r["mac"], "198.18.77.13") in h1.call("overlay", network=NET)["fdb"], "pod3 in h1's FDB")
+    wait(lambda: icmp_ping(f"/var/run/netns/{lab.prefix}-p1", POD_IPS[3]), "pod1 -> pod3", bound=20)
+    assert h3.call("cni_del_all") == []
+    wait(lambda: not any(dst == "198.18.77.13" for _, dst in h1.call("overlay", network=NET)["fdb"]),
+         "pod3 and host 3's flood entry gone from h1")
+    assert all(ip != POD_IPS[3] for ip, _ in h2.call("overlay", network=NET)["neigh"])
+
+
+def test_addresses_come_from_each_hosts_own_block_and_overlays_are_isolated(lab):
+    """A second overlay whose pods ask for no address: each host picks from a /26 block it
+    claimed in the cluster (no address twice), the pods reach each other across hosts, and
+    neither reaches the first overlay's pods."""
+    import ipaddress
+
+    h1, h2, _ = lab.hosts
+    conf = {i: conflist(lab, i) for i in (0, 1)}
+    for i in (0, 1):
+        conf[i]["plugin"]["ipam"] = {"type": "pynet-ipam", "ranges": [[{"subnet": "10.78.0.0/24"}]]}
+    pods = {i: lab.pod(f"b{i}") for i in (1, 2)}
+    got = {i: lab.hosts[i - 1].call("cni_add", name=f"podb{i}", netns_path=pods[i], network="ovl-b",
+                                    cni=conf[i - 1], ifname="eth0")["address"] for i in (1, 2)}
+    ips = {i: ipaddress.ip_interface(got[i]).ip for i in (1, 2)}
+    assert ips[1] != ips[2]
+    blocks = {i: ipaddress.ip_network(f"{ips[i]}/26", strict=False) for i in (1, 2)}
+    assert blocks[1] != blocks[2], got                 # each host allocates from its own block
+    assert h1.call("overlay", network="ovl-b")["vni"] != h1.call("overlay", network=NET)["vni"]
+    wait(lambda: icmp_ping(pods[1], str(ips[2])), "podb1 -> podb2", bound=30)
+    wait(lambda: icmp_ping(pods[2], str(ips[1])), "podb2 -> podb1", bound=30)
+    for other in (POD_IPS[1], POD_IPS[2]):
+        assert not any(icmp_ping(pods[1], other) for _ in range(2)), f"ovl-b reached {other} on ovl-a"
+
+def test_one_etcd_member_down_every_operation_still_succeeds(lab):
+    """Host 1's etcd member is SIGKILLed: a pod added on host 1 (its store fails over to the
+    other members) is programmed on host 2 and reached from there; the member comes back."""
+    h1, h2, _ = lab.hosts
+    lab.etcd.kill(0)
+    try:
+        pod = lab.pod("k1")
+        r = h1.call("cni_add", name="podk1", netns_path=pod, network=NET, cni=conflist(lab, 0), ifname="eth0")
+        ip = r["address"].split("/")[0]
+        wait(lambda: (r["mac"], "198.18.77.11") in h2.call("overlay", network=NET)["fdb"], "podk1 on h2")
+        wait(lambda: icmp_ping(lab.namespaces_path("p2"), ip), "pod2 -> podk1", bound=20)
+    finally:
+        lab.etcd.restart(0)
+        lab.etcd.wait_healthy()
+
+def test_teardown_leaves_nothing(lab):
+    """Last in the module: every host tears its pynet down (CNI DEL, networks removed); then no
+    cluster key but the hosts' own leased records, and no link or rule of pynet's is left."""
+    for h in lab.hosts:
+        out = h.call("teardown")
+        assert out["problems"] == [] and out["leftovers"] == [], out
+    wait(lambda: [k for k in lab.hosts[0].call("cluster_keys") if "/hosts/" not in k] == [],
+         "no cluster key but the hosts'")
+    for h in lab.hosts:
+        h.call("leave_cluster", revoke=True)
+    assert lab.hosts[0].call("cluster_keys") == []
