@@ -94,6 +94,11 @@ def vxlan_name(network_id: str) -> str:
     return "ox-" + _short(network_id, 12)
 
 
+def pool_name(subnet: str) -> str:
+    """The block-IPAM pool of a subnet: a key component (no '/')."""
+    return subnet.replace("/", "-")
+
+
 def _int_option(opts: dict, key: str, lo: int, hi: int) -> Optional[int]:
     value = opts.get(key)
     if value in (None, ""):
@@ -137,6 +142,8 @@ class OverlayDriver(BridgeDriver):
         # VXLAN device -> (fdb, neigh) as this process programmed them last
         # (the agent's event passes compare with it; None = read the kernel)
         self._programmed: dict = {}
+        self._block_ipam_obj = None
+        self._pools_known: set = set()      # block-IPAM pools this process made or joined
 
     def _tag(self, object_id: str) -> str:
         return f"{ALIAS_PREFIX}:{self.instance}:{object_id}"
@@ -229,10 +236,10 @@ class OverlayDriver(BridgeDriver):
 
         def step(t):
             if t.list(c.prefix("members", network_id)):
-                return False
+                return None
             rec = t.get(c.key("networks", network_id))
             if rec is None:
-                return False
+                return None
             vni = (rec.value or {}).get("vni")
             t.delete(c.key("networks", network_id))
             if vni is not None:
@@ -240,14 +247,20 @@ class OverlayDriver(BridgeDriver):
                 if claim is not None and (claim.value or {}).get("network") == network_id:
                     t.delete(c.key("vni", vni))
             t.delete_prefix(c.prefix("endpoints", network_id))
-            for subnet in (rec.value or {}).get("subnets", []):      # the block IPAM's pools
-                t.delete_prefix(c.prefix("ipam", subnet.replace("/", "-")))
-            return True
+            subnets = (rec.value or {}).get("subnets", [])
+            for subnet in subnets:      # the block IPAM's pools (with the network: one commit)
+                t.delete_prefix(c.prefix("ipam", pool_name(subnet)))
+            return subnets
 
         freed = c.store.txn(step)
-        if freed:
+        if freed is not None:
+            subnets = set(map(pool_name, freed))
+            self._pools_known -= subnets
+            if self._block_ipam_obj is not None:
+                for pool in subnets:
+                    self._block_ipam_obj.forget(pool)
             log.info("network %s: last member gone, cluster network and its VNI freed", network_id[:12])
-        return freed
+        return freed is not None
 
     # ======================================================== create network
     def validate_network(self, net: Network, others: list[Network]) -> None:
@@ -331,31 +344,59 @@ class OverlayDriver(BridgeDriver):
     # ================================================ cluster-wide addresses
     # An overlay's addresses must be unique across hosts, and every host's
     # IPAM holds only its own: the address is picked from the cluster's block
-    # IPAM (pynet.cluster.ipam: this host's /26 blocks, one commit each) and
-    # then requested by name from the local IPAM, which keeps its bookkeeping.
-    def _block_ipam(self, net: Network, family: int):
-        from pynet.cluster.ipam import BlockIpam
+    # IPAM (pynet.ipam.blocks: this host's /26 blocks, one commit each, the
+    # handle written with its bit) and then requested by name from the local
+    # IPAM, which keeps its bookkeeping.  One pool per subnet (subnets are
+    # unique among the cluster's networks), named by the subnet with "-" for
+    # "/", under the cluster root's ``ipam/``; it goes with the network.
+    def _blocks(self):
+        """This host's BlockIpam (one per driver: it remembers its own blocks)."""
+        c = self.cluster
+        if self._block_ipam_obj is None or self._block_ipam_obj.store is not c.store:
+            from pynet.ipam.blocks import BlockIpam
 
+            self._block_ipam_obj = BlockIpam(c.store, c.host, prefix=c.prefix("ipam"))
+        return self._block_ipam_obj
+
+    def _pool_of(self, net: Network, family: int):
+        """(pool name, subnet, gateway) of the network's first subnet of ``family``, or None."""
         datas = net.ipv4 if family == 4 else net.ipv6
         if not datas or self.cluster is None:
             return None
         d = datas[0]
-        gw = (d.gateway or "").split("/")[0]
-        return BlockIpam(self.cluster, d.pool, reserved=[gw] if gw else [])
+        subnet = str(ipaddress.ip_network(d.pool, strict=False))
+        return pool_name(subnet), subnet, (d.gateway or "").split("/")[0]
+
+    def _ensure_pool(self, ipam, pool: str, subnet: str, gateway: str) -> None:
+        # create-only; a host joining with another gateway gets PoolMismatch (one line)
+        ipam.create_pool(pool, subnet, gateway=gateway or False)
+        self._pools_known.add(pool)
 
     def pick_address(self, net: Network, endpoint_id: str, family: int, want: str = "") -> str:
         """An address for a new endpoint, unique in the cluster ("" when the
         network has no subnet of that family); ``want``: that one, refused
         (AddressInUse) when another endpoint in the cluster has it.
-        Idempotent per endpoint."""
-        ipam = self._block_ipam(net, family)
-        return ipam.allocate(f"{net.id}:{endpoint_id}", want=want) if ipam is not None else want
+        Idempotent per endpoint (the handle)."""
+        got = self._pool_of(net, family)
+        if got is None:
+            return want
+        pool, subnet, gateway = got
+        ipam = self._blocks()
+        handle = f"{net.id}:{endpoint_id}"
+        if pool not in self._pools_known:
+            self._ensure_pool(ipam, pool, subnet, gateway)
+        try:
+            cidr = ipam.allocate(pool, handle, address=want or None)
+        except errors.PoolNotFound:       # freed by another host's last delete and made again
+            self._ensure_pool(ipam, pool, subnet, gateway)
+            cidr = ipam.allocate(pool, handle, address=want or None)
+        return cidr.split("/")[0]
 
     def unpick_address(self, net: Network, endpoint_id: str) -> None:
         for family in (4, 6):
-            ipam = self._block_ipam(net, family)
-            if ipam is not None:
-                ipam.release(f"{net.id}:{endpoint_id}")
+            got = self._pool_of(net, family)
+            if got is not None:
+                self._blocks().release(got[0], f"{net.id}:{endpoint_id}")
 
     # ====================================================== delete endpoint
     def delete_endpoint(self, net: Network, ep: Endpoint) -> None:

@@ -359,6 +359,13 @@ class BlockIpam:
         self._latest.pop(pool, None)
         return done
 
+    def forget(self, pool: str) -> None:
+        """Drop what this process remembers of ``pool`` (its blocks, its geometry): the pool was
+        deleted by other means (the overlay frees it with its network, in that commit)."""
+        pool = component(pool)
+        self._own.pop(pool, None)
+        self._latest.pop(pool, None)
+
     # --- allocation ------------------------------------------------------------------------------------
     def allocate(self, pool: str, handle: str, address: Optional[str] = None) -> str:
         """An address of the pool for ``handle`` (``addr/prefixlen``); the same one again when the
