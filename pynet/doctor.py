@@ -33,10 +33,12 @@ The checks, and why each one matters to pynet:
 * ``store``: the SQLite store in the state dir opens read-only and reads.
 * ``cluster_store``: the etcd cluster store (``--cluster-store``/``PYNET_CLUSTER_STORE``)
   answers a read.
-* ``leftovers``: links (alias ``pynet:<instance>:<id>``, :mod:`pynet.drivers.options`) and
-  iptables chains/rules (tag ``pynet:<chain prefix>:<owner>``, chain ``<prefix>-USER``...,
-  :mod:`pynet.firewall.model`) of an instance with no running daemon -- or of this instance
-  but for objects its store no longer knows.
+* ``leftovers``: links (alias ``pynet:<instance>:<id>``, the overlay's
+  ``pynet-overlay:<instance>:<id>``, :mod:`pynet.drivers.options`), iptables chains/rules
+  (tag ``pynet:<chain prefix>:<owner>``, chain ``<prefix>-USER``...,
+  :mod:`pynet.firewall.model`) and nft tables (``ip <chain prefix>``/``ip6 <chain prefix>``,
+  :mod:`pynet.firewall.nft`, told from other tables by pynet's sets) of an instance with no
+  running daemon -- or of this instance but for objects its store no longer knows.
 
 Host access goes through :class:`Host` (files, commands, unix-socket HTTP, processes), so
 the parsing and decisions are unit-tested with a fake host; the netns tests run the real
@@ -61,6 +63,11 @@ _CHAIN_SUFFIXES = ("-ISOLATION-STAGE-1", "-ISOLATION-STAGE-2", "-USER", "-ANTISP
 _TAG_RE = re.compile(r'--comment "?pynet:([A-Za-z0-9_.-]+):')
 # dockerd's own chains share pynet's suffixes (pynet copies Docker's layout): never an instance
 _NOT_INSTANCES = {"DOCKER"}
+# The nftables backend names its tables after the chain prefix; a table is pynet's when it
+# holds these sets (pynet.firewall.nft declares them in every table of both families), so
+# another program's table that happens to share a name is not taken for one.
+_NFT_FAMILIES = ("ip", "ip6")
+_NFT_SIGNATURE = frozenset({"nets", "same", "icc_off", "published", "spoof_ok"})
 
 
 @dataclasses.dataclass
@@ -280,6 +287,25 @@ def chain_instances(saved: dict) -> dict[str, list[str]]:
     return found
 
 
+def nft_instances(nft_json: str) -> dict[str, list[str]]:
+    """``nft -j list sets`` -> instance (chain prefix) -> its tables ("ip NAME"...): the ip/ip6
+    tables that hold pynet's sets."""
+    try:
+        items = json.loads(nft_json or "{}").get("nftables", [])
+    except (ValueError, AttributeError):
+        return {}
+    sets: dict[tuple[str, str], set] = {}
+    for item in items if isinstance(items, list) else []:
+        s = (item.get("set") or item.get("map")) if isinstance(item, dict) else None
+        if isinstance(s, dict) and s.get("family") in _NFT_FAMILIES:
+            sets.setdefault((s["family"], s.get("table", "")), set()).add(s.get("name"))
+    found: dict[str, list[str]] = {}
+    for (family, table), names in sorted(sets.items()):
+        if table and _NFT_SIGNATURE <= names:
+            found.setdefault(table, []).append(f"{family} {table}")
+    return found
+
+
 def has_docker_chains(text: str) -> bool:
     return any(line.startswith(":DOCKER ") or line.startswith(":DOCKER-FORWARD ")
                for line in (text or "").splitlines())
@@ -495,7 +521,7 @@ class Doctor:
         return Check("cluster_store", OK, f"{url} answers")
 
     def check_leftovers(self) -> Check:
-        from pynet.drivers.options import parse_alias
+        from pynet.drivers.options import LINK_TAG_PREFIXES, parse_alias
 
         names, prefixes = daemon_instances(self.host.processes())
         own_name, own_prefix = self.config.plugin_name, self.config.chain_prefix
@@ -506,7 +532,7 @@ class Doctor:
         found = []
         rc, out = self.host.run(["ip", "-j", "link", "show"])
         for ifname, alias in parse_links(out if rc == 0 else ""):
-            owner = parse_alias(alias)
+            owner = parse_alias(alias, LINK_TAG_PREFIXES)
             if not owner:
                 continue
             inst, oid = owner
@@ -527,12 +553,20 @@ class Doctor:
                     continue
                 found.append(f"{family} rules/chains of {inst} ({len(what)}; no daemon with "
                              f"--chain-prefix {inst} runs)")
+        # the nftables backend's tables (no nft binary: nothing of it can be there to see)
+        rc, out = self.host.run(["nft", "-j", "list", "sets"])
+        for inst, tables in sorted(nft_instances(out if rc == 0 else "").items()):
+            if inst == own_prefix or inst in prefixes:
+                continue
+            found.append(f"nft table(s) {', '.join(tables)} of {inst} (no daemon with "
+                         f"--chain-prefix {inst} runs)")
         if found:
             return Check("leftovers", FAIL, "; ".join(found),
                          "remove links with `ip link del DEV`, rules with "
-                         "`pynet firewall flush --chain-prefix PREFIX` (if it is a CNI-only "
+                         "`pynet firewall flush --chain-prefix PREFIX`, nft tables with "
+                         "`nft delete table ip PREFIX` (if it is a CNI-only "
                          "instance without a daemon, it is not a leftover)")
-        return Check("leftovers", OK, "no links or rules of a dead pynet instance")
+        return Check("leftovers", OK, "no links, rules or nft tables of a dead pynet instance")
 
 
 # ------------------------------------------------------------------------ the front end

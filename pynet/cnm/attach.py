@@ -355,8 +355,8 @@ def gc(controller, network: Network, valid: set[tuple[str, str]], netlink=None,
     # links nobody knows (an interrupted ADD, a lost record)
     if netlink is not None and instance:
         known = {e.id for e in c.endpoints()} | {n.id for n in c.networks()} | in_flight
-        tag = f"pynet:{instance}:"
         drv = (getattr(c, "drivers", None) or {}).get(network.driver)
+        tag = f"{getattr(drv, 'alias_prefix', 'pynet')}:{instance}:"   # the overlay tags its own
         orphans = getattr(drv, "orphan_links", None)
         links = [(link, link.alias[len(tag):]) for link in netlink.list_links(alias_prefix=tag)]
         # which of them the driver's network left (a bridge: veths on its bridge)

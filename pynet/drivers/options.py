@@ -65,9 +65,16 @@ def alias_for(instance: str, object_id: str) -> str:
     return f"{ALIAS_PREFIX}:{instance}:{object_id}"
 
 
-def parse_alias(alias: str) -> Optional[tuple[str, str]]:
-    """``pynet:<instance>:<id>`` -> (instance, id); anything else -> None."""
+# The overlay's links (pynet.drivers.overlay) carry a tag of their own, so the bridge driver's
+# restore never takes them for its orphans; CNI GC and ``pynet doctor`` know both tags.
+OVERLAY_ALIAS_PREFIX = "pynet-overlay"
+LINK_TAG_PREFIXES = (ALIAS_PREFIX, OVERLAY_ALIAS_PREFIX)
+
+
+def parse_alias(alias: str, prefixes: tuple = (ALIAS_PREFIX,)) -> Optional[tuple[str, str]]:
+    """``<prefix>:<instance>:<id>`` (a prefix of ``prefixes``) -> (instance, id); anything
+    else -> None."""
     parts = (alias or "").split(":", 2)
-    if len(parts) == 3 and parts[0] == ALIAS_PREFIX and parts[1] and parts[2]:
+    if len(parts) == 3 and parts[0] in prefixes and parts[1] and parts[2]:
         return parts[1], parts[2]
     return None

@@ -71,6 +71,7 @@ from pynet.cluster import NoClusterStore, peers
 from pynet.cnm.driver import GLOBAL, CniNetConf, Remember
 from pynet.cnm.model import Endpoint, Network
 from pynet.drivers.bridge import OPT_NAME, BridgeDriver, _short, parse_options as bridge_options
+from pynet.drivers.options import OVERLAY_ALIAS_PREFIX, parse_alias
 
 log = logging.getLogger("pynet.drivers.overlay")
 
@@ -81,7 +82,7 @@ KNOWN_OPTIONS = {OPT_VNI, OPT_PORT}
 # The overlay's own tag: the bridge driver's restore removes bridges and veths
 # tagged ``pynet:<instance>:`` that none of ITS networks explain, and must not
 # take an overlay's for those.
-ALIAS_PREFIX = "pynet-overlay"
+ALIAS_PREFIX = OVERLAY_ALIAS_PREFIX
 VXLAN_OVERHEAD = 50          # outer IPv4 + UDP + VXLAN + inner Ethernet
 OWN_KINDS = ("bridge", "veth", "vxlan")
 
@@ -135,6 +136,9 @@ def _subnets(net: Network) -> list[str]:
 class OverlayDriver(BridgeDriver):
     name = "overlay"
     scope = GLOBAL
+    # CNI GC (pynet.cnm.attach.gc) lists the links under this tag for orphan_links (the
+    # bridge driver's: veths on the network's bridge that no record explains)
+    alias_prefix = ALIAS_PREFIX
 
     def __init__(self, netlink, sysctl, instance: str, cluster=None, is_local=None):
         super().__init__(netlink, sysctl, instance, is_local=is_local)
@@ -149,10 +153,7 @@ class OverlayDriver(BridgeDriver):
         return f"{ALIAS_PREFIX}:{self.instance}:{object_id}"
 
     def _owner(self, alias: str):
-        parts = (alias or "").split(":", 2)
-        if len(parts) == 3 and parts[0] == ALIAS_PREFIX:
-            return parts[1], parts[2]
-        return None
+        return parse_alias(alias, (ALIAS_PREFIX,))
 
     def _cluster(self, net: Network):
         if self.cluster is None:

@@ -108,3 +108,32 @@ def test_doctor_healthy_namespace_then_each_problem_made_on_purpose(prefix, make
         daemon.kill()
         sock.unlink(missing_ok=True)
         # the namespace (links, rules, sysctls) goes with the make_netns fixture
+
+
+def test_doctor_finds_overlay_links_and_nft_tables_of_a_dead_instance(prefix, make_netns, tmp_path):
+    """In a throwaway namespace: a link tagged as the overlay tags its own
+    (``pynet-overlay:<instance>:<id>``) and the nftables backend's tables (``ip``/``ip6``
+    named after the chain prefix, holding pynet's sets) of an instance with no daemon are
+    leftovers; another program's nft table is not, even one with a set of the same name."""
+    ns = os.path.basename(make_netns("dn"))
+    nsh = lambda *a: harness.sh("ip", "netns", "exec", ns, *a)  # noqa: E731
+    dead = f"{prefix}-dn{secrets.token_hex(2)}"
+    dead_cp = harness.chain_prefix_for(dead)
+    link = f"ox-{secrets.token_hex(4)}"
+    nsh("ip", "link", "add", link, "type", "bridge")
+    nsh("ip", "link", "set", "dev", link, "alias", f"pynet-overlay:{dead}:{secrets.token_hex(32)}")
+    sets = {"nets": "ifname", "same": "ifname . ifname", "icc_off": "ifname . ifname",
+            "published": "ifname . ipv4_addr . inet_proto . inet_service",
+            "spoof_ok": "ifname . ether_addr . ipv4_addr"}
+    script = [f"table ip {dead_cp} {{"] + [f"  set {n} {{ type {t}; }}" for n, t in sets.items()] + ["}"]
+    script += ["table ip other {", "  set nets { type ifname; }", "}"]
+    (tmp_path / "t.nft").write_text("\n".join(script) + "\n")
+    nsh("nft", "-f", str(tmp_path / "t.nft"))
+    # this instance: nothing of its own in the namespace, no daemon needed for the check
+    name = f"{prefix}-dl{secrets.token_hex(2)}"
+    _, checks = _doctor(ns, name, harness.LOCK_DIR / f"{name}.sock", tmp_path / "state",
+                        harness.chain_prefix_for(name))
+    msg = checks["leftovers"]["message"]
+    assert checks["leftovers"]["status"] == "fail", checks["leftovers"]
+    assert link in msg and f"nft table(s) ip {dead_cp} of {dead_cp}" in msg, msg
+    assert "other" not in msg, msg

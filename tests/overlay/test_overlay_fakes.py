@@ -196,3 +196,26 @@ def test_the_loop_resyncs_after_compaction_and_a_broken_stream():
         for h in (a, b):
             if h.agent is not None:
                 h.agent.stop()
+
+
+def test_cni_gc_removes_the_overlays_orphan_veths(two_hosts):
+    """The overlay tags its links ``pynet-overlay:<instance>:<id>``: CNI GC lists that tag for
+    the overlay driver (an interrupted ADD's veth on the network's bridge goes; a veth of a
+    recorded endpoint, one on another bridge, and the bridge and VXLAN device stay)."""
+    from pynet.cnm.attach import gc
+
+    a, _, _ = two_hosts
+    net = a.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    st = net.driver_state
+    ep = a.c.create_endpoint(NID, "e1" * 32, address="10.77.0.2/24")
+    kept = ep.driver_state["host_veth"]
+    a.nl.add_veth("pvorphan", "pvorphan-c", alias=f"pynet-overlay:t:{'f' * 64}")
+    a.nl.set_master("pvorphan", st["bridge"])
+    a.nl.ensure_bridge("other-br")
+    a.nl.add_veth("pvelse", "pvelse-c", alias=f"pynet-overlay:t:{'9' * 64}")
+    a.nl.set_master("pvelse", "other-br")
+    removed = gc(a.c, a.c.network(NID), valid=set(), netlink=a.nl, instance="t")
+    assert removed["links"] == ["pvorphan"]
+    assert not a.nl.link_exists("pvorphan")
+    for name in (kept, "pvelse", st["bridge"], st["vxlan"]):
+        assert a.nl.link_exists(name), name

@@ -228,6 +228,47 @@ def test_leftover_chains_by_tag_and_by_name():
     assert "LIVE" not in c.message and " PYNET " not in c.message
 
 
+def test_leftover_overlay_links_are_recognised():
+    """The overlay tags its bridge, VXLAN device and veths ``pynet-overlay:<instance>:<id>``."""
+    h = FakeHost(snapshot={"networks": [net(driver="overlay")], "endpoints": []})
+    h.links = [("ob-aaaaaaaaaaaa", f"pynet-overlay:pynet:{NET}"),     # own, in the store
+               ("ox-cccccccccccc", f"pynet-overlay:pynet:{'c' * 64}"),  # own, forgotten
+               ("ox-dddddddddddd", f"pynet-overlay:ghost:{'d' * 64}"),  # no daemon of ghost
+               ("ox-eeeeeeeeeeee", f"pynet-overlayx:ghost:{'e' * 64}")]  # not a pynet tag
+    c = run(h)["leftovers"]
+    assert c.status == doctor.FAIL
+    assert "ox-cccccccccccc" in c.message and "ox-dddddddddddd" in c.message
+    assert "ob-aaaaaaaaaaaa" not in c.message and "ox-eeeeeeeeeeee" not in c.message
+
+
+def _nft_sets(*tables):
+    """``nft -j list sets`` of (family, table, set names)."""
+    items = [{"metainfo": {"version": "1.0.6", "json_schema_version": 1}}]
+    for family, table, names in tables:
+        for n in names:
+            kind = "map" if n.startswith("dnat") else "set"
+            items.append({kind: {"family": family, "name": n, "table": table, "handle": 1}})
+    return json.dumps({"nftables": items})
+
+
+PYNET_SETS = ("nets", "same", "icc_off", "internal", "published", "dnat_any", "spoof_ok")
+
+
+def test_leftover_nft_tables_of_a_dead_instance():
+    h = FakeHost()
+    h.saves["nft"] = _nft_sets(("ip", "DEADNFT", PYNET_SETS), ("ip6", "DEADNFT", PYNET_SETS),
+                               ("ip", "LIVE", PYNET_SETS), ("ip", "PYNET", PYNET_SETS),
+                               ("ip", "other", ("nets", "blocklist")),      # someone else's table
+                               ("inet", "NOTIP", PYNET_SETS))              # not a family pynet uses
+    h.procs.append((["/x/bin/pynet", "daemon", "--chain-prefix", "LIVE"], {}))
+    c = run(h)["leftovers"]
+    assert c.status == doctor.FAIL
+    assert "ip DEADNFT, ip6 DEADNFT of DEADNFT" in c.message and "nft delete table" in c.fix
+    assert "LIVE" not in c.message and "PYNET" not in c.message
+    assert "other" not in c.message and "NOTIP" not in c.message
+    assert doctor.nft_instances("not json") == {} and doctor.nft_instances("") == {}
+
+
 def test_dockers_own_chains_are_no_instance():
     saved = doctor.parse_save(DOCKER_FILTER)
     assert doctor.chain_instances(saved) == {}
