@@ -86,7 +86,7 @@ def start_cluster_agent(config: Config, controller, reconcile_interval: float = 
 
     def program(view: dict, dirty) -> None:
         for net in controller.networks():
-            if net.driver == "overlay" and (dirty is None or net.id in dirty):
+            if net.driver == "overlay" and (dirty is None or drv.cluster_id(net) in dirty):
                 # an event's pass trusts what was programmed; a full pass
                 # (start, resync, periodic reconcile) reads the kernel
                 drv.program_peers(net, view, from_kernel=dirty is None)

@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import re
 from typing import Optional
 
 from pynet import errors
@@ -77,8 +78,11 @@ log = logging.getLogger("pynet.drivers.overlay")
 
 OPT_VNI = "pynet.overlay.vni"
 OPT_PORT = "pynet.overlay.vxlan_port"
+# the cluster-wide network this host's network is part of (default: its name, else its ID)
+OPT_CLUSTER_NETWORK = "pynet.overlay.network"
 OVERLAY_OPTION_PREFIX = "pynet.overlay."
-KNOWN_OPTIONS = {OPT_VNI, OPT_PORT}
+KNOWN_OPTIONS = {OPT_VNI, OPT_PORT, OPT_CLUSTER_NETWORK}
+CLUSTER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 # The overlay's own tag: the bridge driver's restore removes bridges and veths
 # tagged ``pynet:<instance>:`` that none of ITS networks explain, and must not
 # take an overlay's for those.
@@ -126,7 +130,20 @@ def parse_options(net: Network, default_port: int = 4789) -> dict:
     cfg["vxlan"] = vxlan_name(net.id)
     cfg["vni"] = _int_option(opts, OPT_VNI, 1, 0xFFFFFF)
     cfg["port"] = _int_option(opts, OPT_PORT, 1, 65535) or default_port
+    cfg["cluster"] = cluster_network(net)
     return cfg
+
+
+def cluster_network(net: Network) -> str:
+    """The cluster-wide network's key: ``-o pynet.overlay.network=NAME``, else the network's
+    name (a CNI conflist's ``name``), else its ID.  Each dockerd makes its own network ID and
+    never tells a plugin the name, so Docker hosts joining one overlay name it with the option;
+    a pod's conflist of that name joins the same network."""
+    value = (net.options or {}).get(OPT_CLUSTER_NETWORK) or net.name or net.id
+    if not isinstance(value, str) or not CLUSTER_NAME_RE.fullmatch(value):
+        raise errors.InvalidOption(f"invalid {OPT_CLUSTER_NETWORK} {value!r}: want 1-128 letters, digits, "
+                                   "'_', '.' or '-', starting with a letter or digit")
+    return value
 
 
 def _subnets(net: Network) -> list[str]:
@@ -173,12 +190,24 @@ class OverlayDriver(BridgeDriver):
         cfg["created"] = True
         return cfg
 
+    def cluster_id(self, net: Network) -> str:
+        """The key of ``net``'s cluster-wide network, as it was created (kept in the driver
+        state: a Docker network named later keeps the key it was created with)."""
+        return (net.driver_state or {}).get("cluster") or cluster_network(net)
+
     # ===================================================== allocate network
     def allocate_network(self, net: Network) -> dict:
         """The cluster-wide network and its VNI, once per network (any host's
         first create); returns the options every host creates it with."""
         cfg = parse_options(net, self._default_port())
         self._cluster(net).address        # a VTEP address that is not ours: refused before any record
+        if not net.name and not (net.options or {}).get(OPT_CLUSTER_NETWORK):
+            # the controller allocates from the ID and options alone: without the name the
+            # cluster key is not known yet, so create_network (which has it) allocates
+            return {}
+        return self._allocate(net, cfg)
+
+    def _allocate(self, net: Network, cfg: dict) -> dict:
         rec = self._ensure_cluster_network(net, cfg)
         return {OPT_VNI: str(rec["vni"]), OPT_PORT: str(rec["port"])}
 
@@ -187,9 +216,10 @@ class OverlayDriver(BridgeDriver):
         want = {"vni": cfg["vni"], "port": cfg["port"], "subnets": _subnets(net),
                 "mtu": cfg["mtu"]}
         lo, hi = c.vni_range
+        cid = cfg["cluster"]
 
         def step(t):
-            key = c.key("networks", net.id)
+            key = c.key("networks", cid)
             rec = t.get(key)
             if rec is not None:
                 have = rec.value or {}
@@ -212,15 +242,15 @@ class OverlayDriver(BridgeDriver):
                      for r in t.list(c.prefix("vni"))}
             vni = want["vni"]
             if vni is not None:
-                if vni in taken and taken[vni] != net.id:
+                if vni in taken and taken[vni] != cid:
                     raise errors.Conflict(f"VNI {vni} is already taken by cluster network {taken[vni][:12]}")
             else:
                 vni = next((n for n in range(lo, hi + 1) if n not in taken), None)
                 if vni is None:
                     raise errors.Exhausted(f"no free VNI left in {lo}-{hi}")
-            value = dict(want, vni=vni, name=net.name)
+            value = dict(want, vni=vni, name=cid)
             if vni not in taken:
-                t.create(c.key("vni", vni), {"network": net.id})
+                t.create(c.key("vni", vni), {"network": cid})
             t.create(key, value)
             return value
 
@@ -230,7 +260,7 @@ class OverlayDriver(BridgeDriver):
     def free_network(self, net: Network) -> None:
         """The cluster-wide network goes when no host is a member any more."""
         if self.cluster is not None:
-            self._free_if_unused(net.id)
+            self._free_if_unused(self.cluster_id(net))
 
     def _free_if_unused(self, network_id: str) -> bool:
         c = self.cluster
@@ -284,8 +314,10 @@ class OverlayDriver(BridgeDriver):
     def create_network(self, net: Network) -> dict:
         c = self._cluster(net)
         cfg = parse_options(net, self._default_port())
-        if cfg["vni"] is None:       # a record made without allocate_network
-            cfg["vni"] = int(self.allocate_network(net)[OPT_VNI])
+        if cfg["vni"] is None:       # a record made without allocate_network, or before the name
+            alloc = self._allocate(net, cfg)
+            cfg["vni"] = int(alloc[OPT_VNI])
+            net.options = {**alloc, **(net.options or {})}   # shown as an allocated network's are
         # the allocation may be cached by this host from an earlier life of the
         # network: the cluster record must exist with this VNI
         self._ensure_cluster_network(net, cfg)
@@ -296,12 +328,12 @@ class OverlayDriver(BridgeDriver):
         cfg["created"] = True
         with contextlib.ExitStack() as undo:
             # a failure below frees the cluster network again unless a host uses it
-            undo.callback(self._free_quietly, net.id)
+            undo.callback(self._free_quietly, cfg["cluster"])
             undo.callback(self.nl.delete_link, cfg["bridge"], True)
             self._setup_bridge(net, cfg, tag=True)
             undo.callback(self.nl.delete_link, cfg["vxlan"], True)
             self._setup_vxlan(net, cfg)
-            c.store.put(c.key("members", net.id, c.host), {"address": cfg["local"]})
+            c.store.put(c.key("members", cfg["cluster"], c.host), {"address": cfg["local"]})
             net.driver_state = cfg
             undo.pop_all()
         log.info("network %s: overlay VNI %s, bridge %s, %s on %s (MTU %s)", net.id[:12], cfg["vni"],
@@ -339,7 +371,7 @@ class OverlayDriver(BridgeDriver):
             raise
 
     def _announce_endpoint(self, c, net: Network, ep: Endpoint) -> None:
-        c.store.put(c.key("endpoints", net.id, ep.id),
+        c.store.put(c.key("endpoints", self.cluster_id(net), ep.id),
                     {"host": c.host, "ip": ep.ip, "ip6": ep.ip6, "mac": ep.mac})
 
     # ================================================ cluster-wide addresses
@@ -383,7 +415,7 @@ class OverlayDriver(BridgeDriver):
             return want
         pool, subnet, gateway = got
         ipam = self._blocks()
-        handle = f"{net.id}:{endpoint_id}"
+        handle = f"{self.cluster_id(net)}:{endpoint_id}"
         if pool not in self._pools_known:
             self._ensure_pool(ipam, pool, subnet, gateway)
         try:
@@ -397,7 +429,7 @@ class OverlayDriver(BridgeDriver):
         for family in (4, 6):
             got = self._pool_of(net, family)
             if got is not None:
-                self._blocks().release(got[0], f"{net.id}:{endpoint_id}")
+                self._blocks().release(got[0], f"{self.cluster_id(net)}:{endpoint_id}")
 
     # ====================================================== delete endpoint
     def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
@@ -405,14 +437,14 @@ class OverlayDriver(BridgeDriver):
         if self.cluster is not None:
             # a transient failure here fails the DEL (the local record stays):
             # the runtime retries, and peers must not keep a stale entry
-            self.cluster.store.delete(self.cluster.key("endpoints", net.id, ep.id))
+            self.cluster.store.delete(self.cluster.key("endpoints", self.cluster_id(net), ep.id))
             self.unpick_address(net, ep.id)
 
     def forget_endpoint(self, net: Network, endpoint_id: str) -> list[str]:
         links = super().forget_endpoint(net, endpoint_id)
         if self.cluster is not None:
             try:
-                self.cluster.store.delete(self.cluster.key("endpoints", net.id, endpoint_id))
+                self.cluster.store.delete(self.cluster.key("endpoints", self.cluster_id(net), endpoint_id))
                 self.unpick_address(net, endpoint_id)
             except errors.StoreUnavailable as e:
                 log.warning("endpoint %s: cluster record left: %s", endpoint_id[:12], e)
@@ -426,9 +458,10 @@ class OverlayDriver(BridgeDriver):
         c = self.cluster
         if c is None:
             return
-        c.store.delete(c.key("vteps", net.id, c.host))
-        c.store.delete(c.key("members", net.id, c.host))
-        self._free_if_unused(net.id)
+        cid = self.cluster_id(net)
+        c.store.delete(c.key("vteps", cid, c.host))
+        c.store.delete(c.key("members", cid, c.host))
+        self._free_if_unused(cid)
 
     # ============================================================== restore
     def restore(self, networks: list[Network], endpoints: list[Endpoint], keep=()) -> Remember:
@@ -445,7 +478,7 @@ class OverlayDriver(BridgeDriver):
             try:
                 self._setup_vxlan(net, st)
                 if c is not None:
-                    c.store.put(c.key("members", net.id, c.host), {"address": st.get("local", "")})
+                    c.store.put(c.key("members", self.cluster_id(net), c.host), {"address": st.get("local", "")})
             except errors.PynetError as e:
                 log.error("restore: network %s: %s", net.id[:12], e)
         if c is not None:
@@ -482,7 +515,7 @@ class OverlayDriver(BridgeDriver):
         # keyed by the device's ifindex too: a device another process recreated
         # (a CNI ADD after the network was removed) is a new, empty one
         key = (dev, link.index)
-        want = peers(view, c.parse, net.id, c.host)
+        want = peers(view, c.parse, self.cluster_id(net), c.host)
         last = None if from_kernel else self._programmed.get(key)
         self._programmed = {k: v for k, v in self._programmed.items() if k[0] != dev}
         self._program(dev, want, last, done)     # raising: nothing cached, the next pass reads the kernel

@@ -40,7 +40,7 @@ class Host:
     def start(self) -> Agent:
         def program(view, dirty):
             for net in self.c.networks():
-                if net.driver == "overlay" and (dirty is None or net.id in dirty):
+                if net.driver == "overlay" and (dirty is None or self.drv.cluster_id(net) in dirty):
                     self.drv.program_peers(net, view, from_kernel=dirty is None)
         self.agent = Agent(self.cluster, program, reconcile_interval=0.5).start()
         return self.agent
@@ -94,7 +94,7 @@ def test_vni_allocated_cluster_wide_and_devices_per_host(two_hosts):
         a.c.create_network("d" * 64, [IPData(pool="10.79.0.0/24", gateway="10.79.0.1/24")],
                            driver="overlay", name="ov4", options={OPT_VNI: "4096"})
     with pytest.raises(errors.Conflict, match="other settings: subnets"):
-        b.drv.allocate_network(type(na)(id=NID, driver="overlay",
+        b.drv.allocate_network(type(na)(id=NID, driver="overlay", name="ov",
                                         ipv4=[IPData(pool="10.66.0.0/24")]))
     assert a.c.networks() and {n.name for n in a.c.networks()} == {"ov"}
 
@@ -117,7 +117,7 @@ def test_agent_programs_peers_and_follows_leases_and_deletes(two_hosts):
     # B's lease expires (its agent dies without revoking): A drops B's entries...
     b.agent.stop(revoke=False)
     wait(lambda: a.fdb(na) == [] and a.neigh(na) == [], "B gone from A's FDB", bound=15)
-    assert cstore.get(b.cluster.key("endpoints", NID, eb.id)) is not None   # not freed
+    assert cstore.get(b.cluster.key("endpoints", "ov", eb.id)) is not None   # not freed
     # ... and takes them back when B returns
     b.start()
     wait(lambda: a.fdb(na) == want_a, "B back in A's FDB")
@@ -127,7 +127,7 @@ def test_agent_programs_peers_and_follows_leases_and_deletes(two_hosts):
     # the last member frees the cluster network and its VNI
     a.c.delete_endpoint(NID, ea.id)
     a.c.delete_network(NID)
-    assert cstore.get(a.cluster.key("networks", NID)) is not None
+    assert cstore.get(a.cluster.key("networks", "ov")) is not None
     b.c.delete_network(NID)
     a.agent.stop(), b.agent.stop()
     a.agent = b.agent = None
@@ -219,3 +219,34 @@ def test_cni_gc_removes_the_overlays_orphan_veths(two_hosts):
     assert not a.nl.link_exists("pvorphan")
     for name in (kept, "pvelse", st["bridge"], st["vxlan"]):
         assert a.nl.link_exists(name), name
+
+
+def test_hosts_with_their_own_network_ids_share_the_cluster_network_by_name(two_hosts):
+    """Each dockerd makes its own network ID and never tells a plugin the name: two hosts'
+    networks of different IDs join one cluster network through ``-o pynet.overlay.network``,
+    and a CNI network named so (a conflist's ``name``) joins it too."""
+    from pynet.drivers.overlay import OPT_CLUSTER_NETWORK
+
+    a, b, cstore = two_hosts
+    opts = {OPT_CLUSTER_NETWORK: "shared"}
+    na = a.c.create_network("1" * 64, SUBNET, driver="overlay", options=dict(opts))
+    nb = b.c.create_network("2" * 64, SUBNET, driver="overlay", options=dict(opts))
+    assert na.driver_state["vni"] == nb.driver_state["vni"]
+    assert na.driver_state["cluster"] == nb.driver_state["cluster"] == "shared"
+    assert cstore.get(a.cluster.key("networks", "shared")) is not None
+    a.start(), b.start()
+    ea = a.c.create_endpoint(na.id, "e1" * 32, address="10.77.0.2/24")
+    eb = b.c.create_endpoint(nb.id, "e2" * 32, address="10.77.0.3/24")
+    wait(lambda: (eb.mac, "127.0.0.3") in a.fdb(na), "B's endpoint in A's FDB")
+    wait(lambda: (ea.mac, "127.0.0.2") in b.fdb(nb), "A's endpoint in B's FDB")
+    # a network named later (Docker's names arrive after the create) keeps its cluster key
+    a.c.name_network(na.id, "renamed")
+    assert a.drv.cluster_id(a.c.network(na.id)) == "shared"
+    # a bad name is one readable line, nothing made
+    with pytest.raises(errors.InvalidOption, match="pynet.overlay.network"):
+        a.c.create_network("3" * 64, [IPData(pool="10.78.0.0/24", gateway="10.78.0.1/24")],
+                           driver="overlay", options={OPT_CLUSTER_NETWORK: "bad/name"})
+    assert cstore.get(a.cluster.key("networks", "3" * 64)) is None
+    a.c.delete_endpoint(na.id, ea.id), b.c.delete_endpoint(nb.id, eb.id)
+    a.c.delete_network(na.id), b.c.delete_network(nb.id)
+    assert [r.key for r in cstore.list(a.cluster.root) if "/hosts/" not in r.key] == []
