@@ -224,12 +224,16 @@ class Controller:
         # Docker does not show an automatic gateway in `network inspect`: the
         # hold records it as a gateway so reconcile_runtime() knows it is held.
         with self._lock:
+            for drv in self.drivers.values() if holder == DOCKER else ():  # dockerd's: cluster-wide (overlay)
+                address = getattr(drv, "pool_address", lambda *a: "")(self, pool_id, address, options) or address
             return self.ipam.request_address(pool_id, address, options or {}, holder=holder)
 
     def release_address(self, pool_id: str, address: str, holder: str = "") -> None:
         with self._lock, self.store.transaction():  # one commit for both
             self.ipam.release_address(pool_id, address, holder)
             self.store.delete(_gateway_key(pool_id, address.split("/")[0]))
+        for drv in self.drivers.values() if holder == DOCKER else ():  # and its cluster-wide record
+            getattr(drv, "release_pool_address", lambda *a: None)(self, pool_id, address)
 
     # ------------------------------------------------------------- lookups
     def driver_for(self, net: Network) -> Driver:

@@ -431,6 +431,58 @@ class OverlayDriver(BridgeDriver):
             if got is not None:
                 self._blocks().release(got[0], f"{self.cluster_id(net)}:{endpoint_id}")
 
+    # ============================================ Docker's IPAM path (RequestAddress)
+    # dockerd asks IpamDriver.RequestAddress (a pool ID, no endpoint) before CreateEndpoint;
+    # for an overlay's pool the controller asks this driver first (``pool_address``): the
+    # address comes from the block IPAM under a handle of its own, then the local IPAM records
+    # it as for any explicit address.  ReleaseAddress gives it back by address.
+    def _network_of_pool(self, controller, pool_id: str):
+        """(network, family) of this driver whose subnet is IPAM pool ``pool_id``, or (None, 0)."""
+        from pynet.ipam import LOCAL_DEFAULT
+
+        for net in controller.networks():
+            if net.driver != self.name:
+                continue
+            for fam, datas in ((4, net.ipv4), (6, net.ipv6)):
+                if datas:
+                    d = datas[0]
+                    pid = d.pool_id or \
+                        f"{d.address_space or LOCAL_DEFAULT}/{ipaddress.ip_network(d.pool, strict=False)}"
+                    if pid == pool_id:
+                        return net, fam
+        return None, 0
+
+    def pool_address(self, controller, pool_id: str, address: str = "", options=None) -> str:
+        """The cluster-wide address for a RequestAddress on an overlay's pool ("" when the pool
+        is no overlay's, or for the gateway: every host's bridge holds it, reserved in the
+        block IPAM from the pool's creation)."""
+        from pynet.ipam.pools import GATEWAY_TYPE, REQUEST_ADDRESS_TYPE
+
+        if self.cluster is None or (options or {}).get(REQUEST_ADDRESS_TYPE) == GATEWAY_TYPE:
+            return ""
+        net, fam = self._network_of_pool(controller, pool_id)
+        if net is None:
+            return ""
+        import uuid
+
+        want = (address or "").split("/")[0]
+        return self.pick_address(net, f"docker-{uuid.uuid4().hex}", fam, want)
+
+    def release_pool_address(self, controller, pool_id: str, address: str) -> None:
+        """ReleaseAddress on an overlay's pool: the block IPAM's handle of that address (this
+        host's Docker one) goes too."""
+        net, fam = self._network_of_pool(controller, pool_id)
+        got = self._pool_of(net, fam) if net is not None else None
+        if got is None:
+            return
+        bare = address.split("/")[0]
+        prefix = f"{self.cluster_id(net)}:docker-"
+        ipam = self._blocks()
+        for handle, h in ipam.handles(got[0]).items():
+            if handle.startswith(prefix) and h.get("host") == self.cluster.host \
+                    and h.get("cidr", "").split("/")[0] == bare:
+                ipam.release(got[0], handle)
+
     # ====================================================== delete endpoint
     def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         super().delete_endpoint(net, ep)

@@ -250,3 +250,39 @@ def test_hosts_with_their_own_network_ids_share_the_cluster_network_by_name(two_
     a.c.delete_endpoint(na.id, ea.id), b.c.delete_endpoint(nb.id, eb.id)
     a.c.delete_network(na.id), b.c.delete_network(nb.id)
     assert [r.key for r in cstore.list(a.cluster.root) if "/hosts/" not in r.key] == []
+
+
+def test_dockers_request_address_on_an_overlay_pool_is_cluster_wide(two_hosts):
+    """dockerd's order on each host: RequestPool, RequestAddress (gateway), CreateNetwork (its
+    own ID), then per container RequestAddress before CreateEndpoint.  On an overlay's pool the
+    address comes from the block IPAM: two hosts get addresses from their own blocks, never the
+    same one; ReleaseAddress gives it back cluster-wide; the gateway stays local (every host's
+    bridge holds it)."""
+    from pynet.drivers.overlay import OPT_CLUSTER_NETWORK, pool_name
+
+    a, b, cstore = two_hosts
+    got = {}
+    for h, nid in ((a, "1" * 64), (b, "2" * 64)):
+        pid, pool, _ = h.c.request_pool("LocalDefault", "10.77.0.0/24", requester="docker")
+        gw = h.c.request_address(pid, "", {"RequestAddressType": "com.docker.network.gateway"},
+                                 holder="docker")
+        assert gw == "10.77.0.1/24"
+        h.c.create_network(nid, [IPData(pool=pool, gateway=gw, address_space="LocalDefault")],
+                           driver="overlay", options={OPT_CLUSTER_NETWORK: "dock"})
+        got[h] = (pid, [h.c.request_address(pid, "", {}, holder="docker") for _ in range(3)])
+    a_ips, b_ips = got[a][1], got[b][1]
+    assert a_ips == ["10.77.0.2/24", "10.77.0.3/24", "10.77.0.4/24"]          # a's block 0
+    assert b_ips == ["10.77.0.64/24", "10.77.0.65/24", "10.77.0.66/24"]       # b claims block 1
+    ipam = a.drv._blocks()
+    held = sorted(h["cidr"] for h in ipam.handles(pool_name("10.77.0.0/24")).values())
+    assert held == sorted(a_ips + b_ips) and ipam.verify(pool_name("10.77.0.0/24")) == []
+    # an explicit address (docker run --ip) another host holds is refused on this one
+    with pytest.raises(errors.AddressInUse):
+        b.c.request_address(got[b][0], "10.77.0.3", {}, holder="docker")
+    # ReleaseAddress: gone locally and from the cluster; the next request on b reuses it
+    b.c.release_address(got[b][0], "10.77.0.65", holder="docker")
+    assert "10.77.0.65/24" not in [h["cidr"] for h in ipam.handles(pool_name("10.77.0.0/24")).values()]
+    assert b.c.request_address(got[b][0], "", {}, holder="docker") == "10.77.0.65/24"
+    # a bridge network's pool is not the overlay's business
+    pid, pool, _ = a.c.request_pool("LocalDefault", "10.88.0.0/24", requester="docker")
+    assert a.c.request_address(pid, "", {}, holder="docker") == "10.88.0.1/24"
