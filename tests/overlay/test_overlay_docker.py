@@ -18,16 +18,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 import pytest
 
-from pynet.cni import install as cni_install
 from tests.support import harness
 from tests.support.icmp import icmp_ping
-from tests.support.overlay import OverlayLab, host_address, wait_until as wait
+from tests.support.overlay import OverlayLab, host_address, installed_lab, stop_process, wait_until as wait
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)"),
@@ -115,19 +112,8 @@ class DockerHost:
                 self.docker("rm", "-f", *ids, check=False)
             for n in (NET, NET2):
                 self.docker("network", "rm", n, check=False)
-            self.dockerd.send_signal(signal.SIGTERM)
-            try:
-                self.dockerd.wait(60)
-            except subprocess.TimeoutExpired:
-                self.dockerd.kill()
-                self.dockerd.wait(10)
-        if self.pynet is not None and self.pynet.poll() is None:
-            self.pynet.send_signal(signal.SIGTERM)
-            try:
-                self.pynet.wait(30)
-            except subprocess.TimeoutExpired:
-                self.pynet.kill()
-                self.pynet.wait(10)
+            stop_process(self.dockerd, 60)      # it stops its containerd and shims
+        stop_process(self.pynet, 30)
         harness.flush_firewall(harness.chain_prefix_for(self.name))
         try:
             os.unlink(self.plugin_sock)
@@ -145,11 +131,8 @@ def conflist(lab: OverlayLab, i: int) -> dict:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("overlay-docker"))
-    bin_dir = os.path.join(base, "bin")
-    cni_install.install(bin_dir=bin_dir, conf_dir=None)
-    with OverlayLab(hosts=3, base_dir=base, cni_path=bin_dir, lease_ttl=3) as lab:
-        lab.hosts[2].call("join_cluster")
+    # hosts 1 and 2: their Docker-serving daemons join; host 3's agent serves the pod
+    with installed_lab(str(tmp_path_factory.mktemp("overlay-docker")), joined=(2,)) as lab:
         yield lab
 
 

@@ -22,10 +22,9 @@ import time
 
 import pytest
 
-from pynet.cni import install as cni_install
 from pynet.sysctl import run_in_netns
 from tests.support.icmp import icmp_ping
-from tests.support.overlay import OverlayLab, wait_until as wait
+from tests.support.overlay import OverlayLab, installed_lab, wait_until as wait
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
@@ -96,12 +95,7 @@ def capture(switch_ns: str, seconds: float, fn, port: str = "h1") -> list:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    base = str(tmp_path_factory.mktemp("overlay"))
-    bin_dir = os.path.join(base, "bin")
-    cni_install.install(bin_dir=bin_dir, conf_dir=None)
-    with OverlayLab(hosts=3, base_dir=base, cni_path=bin_dir, lease_ttl=3) as lab:
-        for h in lab.hosts:
-            h.call("join_cluster")
+    with installed_lab(str(tmp_path_factory.mktemp("overlay"))) as lab:
         yield lab
 
 

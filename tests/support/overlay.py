@@ -19,6 +19,7 @@ services tear their pynet down), etcd killed, namespaces deleted.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -362,3 +363,31 @@ class OverlayLab:
                 subprocess.run(["ip", "netns", "del", name], capture_output=True)
         self.namespaces = []
         shutil.rmtree(os.path.join(self.base_dir, "etcd"), ignore_errors=True)
+
+
+@contextlib.contextmanager
+def installed_lab(base_dir: str, joined=(0, 1, 2), hosts: int = 3, lease_ttl: int = 3):
+    """An OverlayLab with the CNI plugins installed under ``base_dir/bin`` and the agents of
+    hosts ``joined`` (0-based) in the cluster; closed on exit, even on failure."""
+    from pynet.cni import install as cni_install
+
+    bin_dir = os.path.join(base_dir, "bin")
+    cni_install.install(bin_dir=bin_dir, conf_dir=None)
+    with OverlayLab(hosts=hosts, base_dir=base_dir, cni_path=bin_dir, lease_ttl=lease_ttl) as lab:
+        for i in joined:
+            lab.hosts[i].call("join_cluster")
+        yield lab
+
+
+def stop_process(proc, grace: float = 30.0) -> None:
+    """SIGTERM ``proc`` (a Popen), SIGKILL after ``grace`` s; nothing if it has ended."""
+    import signal
+
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
