@@ -8,8 +8,8 @@ socket bound onto ``/run/docker/plugins/<name>.sock`` in that mount namespace). 
 network ID; ``-o pynet.overlay.network=NAME`` names the cluster network.  Host 3 attaches a pod
 through the installed ``pynet-overlay`` CNI binary with a conflist of that name.
 
-Proved: a container on host 1 and one on host 2 reach each other at the addresses ``docker
-inspect`` reports (which come from the cluster's block IPAM: distinct blocks per host), the pod
+Proved: a container on host 1 and one on host 2 reach each other (ICMP, TCP, UDP) at the
+addresses ``docker inspect`` reports (which come from the cluster's block IPAM: distinct blocks per host), the pod
 on host 3 reaches both and they reach it; a container on a second overlay reaches none of them.
 Waits are bounded polls; everything is removed at the end, even on failure.
 """
@@ -24,7 +24,8 @@ import pytest
 
 from tests.support import harness
 from tests.support.icmp import icmp_ping
-from tests.support.overlay import OverlayLab, host_address, installed_lab, stop_process, wait_until as wait
+from tests.support.overlay import (OverlayLab, host_address, installed_lab, stop_process, tcp_echo, udp_echo,
+                                   wait_until as wait)
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)"),
@@ -101,6 +102,12 @@ class DockerHost:
         info = json.loads(self.docker("inspect", cname).stdout)[0]
         return info["NetworkSettings"]["Networks"][network]["IPAddress"]
 
+    def netns_of(self, cname: str) -> str:
+        """The container's network namespace, as a path this process can enter (dockerd and
+        its containers share the machine's PID namespace)."""
+        pid = json.loads(self.docker("inspect", cname).stdout)[0]["State"]["Pid"]
+        return f"/proc/{pid}/ns/net"
+
     def ping(self, cname: str, ip: str) -> bool:
         return self.docker("exec", cname, "ping", "-c", "1", "-W", "1", ip, check=False,
                            timeout=30).returncode == 0
@@ -152,6 +159,9 @@ def test_containers_on_two_hosts_and_a_pod_on_a_third_share_one_overlay(lab):
         assert int(ip2.rsplit(".", 1)[1]) >= 64, ip2
         wait(lambda: dh[0].ping("c1", ip2), "c1 (host 1) -> c2 (host 2)", bound=30, step=0.5)
         assert dh[1].ping("c2", ip1)
+        ns1, ns2 = dh[0].netns_of("c1"), dh[1].netns_of("c2")
+        assert tcp_echo(ns2, ns1, ip2) == b"echo:hello"
+        assert udp_echo(ns1, ns2, ip1) == b"echo:hello"
         pod = lab.pod("p3")
         r = h3.call("cni_add", name="pod3", netns_path=pod, network=NET, cni=conflist(lab, 2), ifname="eth0")
         ip3 = r["address"].split("/")[0]
@@ -159,6 +169,8 @@ def test_containers_on_two_hosts_and_a_pod_on_a_third_share_one_overlay(lab):
         wait(lambda: icmp_ping(pod, ip1) and icmp_ping(pod, ip2), "pod on host 3 -> both containers",
              bound=30, step=0.5)
         assert dh[0].ping("c1", ip3) and dh[1].ping("c2", ip3)
+        assert tcp_echo(pod, ns1, ip3, port=7778) == b"echo:hello"
+        assert udp_echo(ns2, pod, ip2, port=7780) == b"echo:hello"
         # a container on a second overlay reaches none of them
         dh[0].network(NET2, SUBNET2, GW2)
         dh[0].run("c9", NET2)

@@ -15,16 +15,13 @@ link or rule of pynet's is left.  Waits are bounded polls, never timing assertio
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import threading
 import time
 
 import pytest
 
-from pynet.sysctl import run_in_netns
 from tests.support.icmp import icmp_ping
-from tests.support.overlay import OverlayLab, installed_lab, wait_until as wait
+from tests.support.overlay import OverlayLab, installed_lab, tcp_echo, wait_until as wait
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
@@ -39,34 +36,6 @@ def conflist(lab: OverlayLab, i: int) -> dict:
         "type": "pynet-overlay", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
         "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": SUBNET}]]},
         "capabilities": {"ips": True}, "pynet": lab.conflist_pynet(i)}}
-
-
-def tcp_echo(server_ns: str, client_ns: str, ip: str, port: int = 7777) -> bytes:
-    """One TCP exchange from ``client_ns`` to ``ip:port`` served in ``server_ns`` (bounded)."""
-    srv = run_in_netns(server_ns, lambda: socket.create_server(("0.0.0.0", port)))
-    srv.settimeout(10)
-    got = {}
-
-    def serve():
-        try:
-            conn, _ = srv.accept()
-            with conn:
-                conn.settimeout(10)
-                conn.sendall(b"echo:" + conn.recv(64))
-        except OSError as e:
-            got["err"] = e
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        def talk():
-            with socket.create_connection((ip, port), timeout=10) as c:
-                c.sendall(b"hello")
-                return c.recv(64)
-        return run_in_netns(client_ns, talk)
-    finally:
-        t.join(15)
-        srv.close()
 
 
 def capture(switch_ns: str, seconds: float, fn, port: str = "h1") -> list:

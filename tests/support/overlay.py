@@ -24,12 +24,15 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from typing import Optional
 
 from pynet.scenario.host import HostService
+from pynet.sysctl import run_in_netns
 from tests.support.etcd_cluster import EtcdCluster, Member
 
 UNDERLAY_NET = "198.18.77"
@@ -391,3 +394,58 @@ def stop_process(proc, grace: float = 30.0) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+def _exchange(server_ns: str, client_ns: str, listen, serve_one, talk) -> bytes:
+    """``listen()`` in ``server_ns`` (a socket, 10 s timeout), ``serve_one(sock)`` on a thread,
+    ``talk()`` in ``client_ns``; its answer returned.  Bounded by the socket timeouts."""
+    srv = run_in_netns(server_ns, listen)
+    srv.settimeout(10)
+
+    def serve():
+        try:
+            serve_one(srv)
+        except OSError:
+            pass                 # the client's side fails and says so
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        return run_in_netns(client_ns, talk)
+    finally:
+        t.join(15)
+        srv.close()
+
+
+def tcp_echo(server_ns: str, client_ns: str, ip: str, port: int = 7777) -> bytes:
+    """One TCP exchange from ``client_ns`` to ``ip:port`` served in ``server_ns``."""
+    def serve_one(srv):
+        conn, _ = srv.accept()
+        with conn:
+            conn.settimeout(10)
+            conn.sendall(b"echo:" + conn.recv(64))
+
+    def talk():
+        with socket.create_connection((ip, port), timeout=10) as c:
+            c.sendall(b"hello")
+            return c.recv(64)
+    return _exchange(server_ns, client_ns, lambda: socket.create_server(("0.0.0.0", port)), serve_one, talk)
+
+
+def udp_echo(server_ns: str, client_ns: str, ip: str, port: int = 7779) -> bytes:
+    """One UDP datagram from ``client_ns`` to ``ip:port`` and its echo from ``server_ns``."""
+    def listen():
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("0.0.0.0", port))
+        return s
+
+    def serve_one(srv):
+        data, peer = srv.recvfrom(64)
+        srv.sendto(b"echo:" + data, peer)
+
+    def talk():
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+            c.settimeout(10)
+            c.sendto(b"hello", (ip, port))
+            return c.recvfrom(64)[0]
+    return _exchange(server_ns, client_ns, listen, serve_one, talk)
