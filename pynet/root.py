@@ -79,9 +79,14 @@ def build_firewall(config: Config, store=None, sysctl=None):
     from dockerd by the daemon)."""
     from pynet.drivers.bridge_firewall import BridgeFirewall
     from pynet.firewall import Firewall
+    from pynet.firewall.ledger import FileLedger
 
     sysctl = sysctl if sysctl is not None else build_sysctl()
-    return BridgeFirewall(Firewall(prefix=config.chain_prefix, sysctl=sysctl), store=store)
+    # what each owner's rules were, for the per-change path of every process (CNI binaries
+    # working in-process are fresh processes): beside the state, under firewall.lock
+    ledger = FileLedger(os.path.join(config.state_dir, "firewall-ledger", config.chain_prefix))
+    return BridgeFirewall(Firewall(prefix=config.chain_prefix, sysctl=sysctl, ledger=ledger),
+                          store=store)
 
 
 def firewall_lock_path(state_dir: str) -> str:

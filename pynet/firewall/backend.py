@@ -156,6 +156,8 @@ class IptcBackend(LegacyRestoreBackend):
                             rule = tokens_to_iptc(op.tokens, v6)
                             if op.kind == "del":
                                 iptc.Chain(t, op.chain).delete_rule(rule)
+                            elif op.kind == "app":
+                                iptc.Chain(t, op.chain).append_rule(rule)
                             else:
                                 iptc.Chain(t, op.chain).insert_rule(rule, position=op.pos - 1)
                     t.commit()
@@ -194,7 +196,7 @@ class IptcBackend(LegacyRestoreBackend):
             t.refresh()
             new = {op.chain for op in ops if op.kind == "new"}
             for op in ops:
-                if op.kind not in ("del", "ins"):
+                if op.kind not in ("del", "ins", "app"):
                     continue
                 try:
                     tokens_to_iptc(op.tokens, v6)

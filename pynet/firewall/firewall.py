@@ -52,15 +52,19 @@ too big"), the change is planned again from a fresh read, a few times.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import subprocess
 
 from pynet.errors import KernelError, PynetError
 
 from .backend import make_backend
-from .model import BUILTIN_CHAINS, CHAIN_RE, FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
-from .reconcile import diff_text, parse_save, plan_family, plan_restore
-from .render import own_chains, render_family, route_localnet_sysctls, screen
+from .ledger import MemoryLedger
+from .model import (BUILTIN_CHAINS, CHAIN_RE, ENDPOINT, FAMILIES, IPV4, NETWORK, EndpointSpec,
+                    NetworkSpec, Ruleset)
+from .reconcile import Op, diff_text, parse_save, plan_family, plan_restore
+from .render import chain_names, own_chains, render_family, route_localnet_sysctls, screen
 
 
 RETRIES = 3  # re-plans when someone else changed the tables under a batch
@@ -75,7 +79,8 @@ def _chains(state) -> dict:
 
 class Firewall:
     def __init__(self, prefix: str = "PYNET", backend=None, *, userland_proxy: bool = False,
-                 sysctl=None, netns: str | None = None, families=FAMILIES, isolate_from=()):
+                 sysctl=None, netns: str | None = None, families=FAMILIES, isolate_from=(),
+                 ledger=None):
         """
         prefix: chain name prefix (``DOCKER`` reproduces Docker's layout).
         backend: None (detect once), ``"nft"``, ``"legacy"`` (libiptc),
@@ -87,6 +92,8 @@ class Firewall:
         netns: named network namespace to act in (subprocess backends).
         isolate_from: bridge interface names/patterns of others (``docker0``, ``br-+``)
             isolated from pynet's networks in both directions (see render_family).
+        ledger: where the rules applied per owner are remembered between changes (see
+            :mod:`pynet.firewall.ledger`); default: this object's memory only.
         """
         if not isinstance(prefix, str) or not CHAIN_RE.fullmatch(prefix) \
                 or len(prefix) > 28 - len("-ISOLATION-STAGE-1"):
@@ -98,6 +105,7 @@ class Firewall:
         self.families = tuple(families)
         self._sysctl = sysctl
         self.isolate_from = tuple(isolate_from)
+        self.ledger = ledger if ledger is not None else MemoryLedger()
 
     # --- rendering -----------------------------------------------------------
     def _render(self, networks, endpoints, isolate_from) -> dict[str, Ruleset]:
@@ -185,9 +193,18 @@ class Firewall:
             err.args = (f"{err.args[0]} (and the rollback failed too: {e2})",)
             return None
 
-    def apply(self, networks, endpoints, problems: dict | None = None) -> None:
+    def apply(self, networks, endpoints, problems: dict | None = None, *, changed=None) -> None:
         """Make the kernel match the desired state (idempotent).  ``problems``: as in
-        :meth:`desired` (skip and record refused owners instead of raising)."""
+        :meth:`desired` (skip and record refused owners instead of raising).
+
+        ``changed``: None for a full reconcile (read the tables, compare everything, repair);
+        else the owner ids (network and endpoint ids) whose rules were added, changed or
+        removed since the kernel was last in sync: only their rules are touched, from what
+        the ledger says was applied for them, without reading or rendering the rest."""
+        networks, endpoints = list(networks), list(endpoints)
+        if changed is not None:
+            self._apply_change(networks, endpoints, problems, set(changed))
+            return
         if problems is None:
             desired = self.desired(networks, endpoints)  # validates everything before touching anything
         else:
@@ -198,15 +215,117 @@ class Firewall:
         """Apply rule sets made by :meth:`desired`/:meth:`screened` (``networks``: the
         networks rendered, for their sysctls)."""
         for fam in self.families:
-            self._reconcile(fam, desired[fam])
+            self._reconcile_and_remember(fam, desired[fam])
         if IPV4 in self.families:
             for path, value in self.sysctls(networks):
                 self._set_sysctl(path, value)
 
+    def _reconcile_and_remember(self, family: str, desired: Ruleset) -> None:
+        self.ledger.put(family, "base", None)  # unknown until the reconcile succeeds
+        self._reconcile(family, desired)
+        self.ledger.replace(family, ledger_entries(desired))
+
+    # --- a change: its owners' rules only ---------------------------------------
+    def _apply_change(self, networks, endpoints, problems, changed: set) -> None:
+        """Delete the changed owners' old rules (as the ledger has them) by their exact spec
+        and insert their new ones at the top or the end of their sections, in one batch per
+        family that also re-inserts the base rules on top of FORWARD (dockerd inserts its
+        rules above them when it creates a network).  What this can't do from the ledger
+        (the base rules change: the first or the last network of a family, anti-spoofing or
+        SCTP appearing, other foreign bridges; a ledger that disagrees with the kernel, so
+        the batch is refused) falls back to the full reconcile, which rewrites the ledger."""
+        found: dict[str, str] = {}
+        nets, eps, iso = screen(networks, endpoints, self.isolate_from, found)
+        if found and problems is None:
+            self._render(networks, endpoints, self.isolate_from)  # raises the typed error
+        if problems is not None:
+            problems.update(found)
+        changed = changed | {e.id for e in eps if e.network_id in changed}
+        sub_eps = [e for e in eps if e.id in changed]
+        need = changed | {e.network_id for e in sub_eps}
+        sub_nets = [n for n in nets if n.id in need]
+        full = None
+        for fam in self.families:
+            try:
+                rs = render_family(self.prefix, sub_nets, sub_eps, fam, self.userland_proxy, iso,
+                                   whole=(nets, eps))
+            except PynetError:
+                rs = None  # an owner refused by a rule's own check: the full path skips it
+            entries = ledger_entries(rs) if rs is not None else None
+            if entries is not None and entries.get("base") == self.ledger.get(fam, "base") \
+                    and self._change_family(fam, entries, changed):
+                continue
+            if full is None:
+                full = self.screened(networks, endpoints, {} if problems is None else problems)[0]
+            self._reconcile_and_remember(fam, full[fam])
+        if IPV4 in self.families:
+            for path, value in self.sysctls([n for n in sub_nets if n.id in changed]):
+                self._set_sysctl(path, value)
+
+    def _at_top(self, table: str, chain: str, kind: str) -> bool:
+        """Where a new owner's rules go in its section (any place in the section is right,
+        see Ruleset.kinds): the networks' first sections at the top, the sections that
+        follow another one (the networks' unpublished-port drops after every port's
+        ACCEPT, the ports' DNATs, masquerades and checksums after the networks') at the end."""
+        if table == "filter" and chain == self.prefix:
+            return kind == ENDPOINT
+        return kind == NETWORK
+
+    def _change_family(self, family: str, entries: dict, changed: set) -> bool:
+        """One batch for the changed owners of one family; False when it was refused (and
+        undone): the caller then reconciles the family in full."""
+        dels: dict[str, list[Op]] = {}
+        ins: dict[str, list[Op]] = {}
+        undo_dels: dict[str, list[Op]] = {}
+        undo_ins: dict[str, list[Op]] = {}
+        for owner in sorted(changed):
+            old = self.ledger.get(family, owner) or {"kind": None, "rules": []}
+            new = entries.get(owner) or {"kind": None, "rules": []}
+            if old["rules"] == new["rules"]:
+                continue
+            for table, chain, toks in old["rules"]:
+                dels.setdefault(table, []).append(Op("del", chain, tuple(toks)))
+            for table, chain, toks in new["rules"]:
+                undo_dels.setdefault(table, []).append(Op("del", chain, tuple(toks)))
+            self._place(ins, new)
+            self._place(undo_ins, old)
+        if not dels and not ins:
+            return True
+        base = entries.get("base") or {"rules": []}
+        hoist = [tuple(t) for table, chain, t in base["rules"] if (table, chain) == ("filter", "FORWARD")]
+        tables = [t for t in ("raw", "mangle", "filter", "nat") if t in dels or t in ins or
+                  (t == "filter" and hoist)]
+        batch = {}
+        for t in tables:
+            lift = [Op("del", "FORWARD", h) for h in hoist] + \
+                [Op("ins", "FORWARD", h, i + 1) for i, h in enumerate(hoist)] if t == "filter" else []
+            batch[t] = dels.get(t, []) + lift + ins.get(t, [])
+        try:
+            self.backend.execute(family, batch)
+        except KernelError as err:
+            failed = _failed_table(err, tables)
+            for t in tables[:tables.index(failed)] if failed in tables else []:
+                with contextlib.suppress(KernelError):  # best effort; the full reconcile follows
+                    self.backend.execute(family, {t: undo_dels.get(t, []) + undo_ins.get(t, [])})
+            return False
+        for owner in changed:
+            self.ledger.put(family, owner, entries.get(owner))
+        return True
+
+    def _place(self, ops: dict[str, list[Op]], entry: dict) -> None:
+        kind = entry.get("kind")
+        count: dict[tuple[str, str], int] = {}
+        for table, chain, toks in entry["rules"]:
+            if self._at_top(table, chain, kind):
+                k = count[table, chain] = count.get((table, chain), 0) + 1
+                ops.setdefault(table, []).append(Op("ins", chain, tuple(toks), k))
+            else:
+                ops.setdefault(table, []).append(Op("app", chain, tuple(toks)))
+
     def remove_all(self) -> None:
         """Remove every pynet-owned rule and every empty pynet chain."""
         for fam in self.families:
-            self._reconcile(fam, Ruleset(fam, self.prefix))
+            self._reconcile_and_remember(fam, Ruleset(fam, self.prefix))
 
     def diff(self, networks, endpoints, problems: dict | None = None) -> str:
         """Desired vs actual pynet rules; '' when the kernel is in sync."""
@@ -245,3 +364,35 @@ class Firewall:
                 f.write(value)
         except OSError as e:
             raise KernelError(f"sysctl {path}={value}: {e}") from None
+
+
+def ledger_entries(rs: Ruleset) -> dict[str, dict]:
+    """The ledger's entries of a rendered rule set: owner -> {"kind", "rules"}, each owner's
+    rules in table and chain order (the order inside a chain kept); the base entry also
+    lists the chains.  An empty rule set has none (no base: the next change is in full)."""
+    out: dict[str, dict] = {}
+    for table in rs.tables():
+        for chain in sorted(rs.rules.get(table, {})):
+            for r in rs.rules[table][chain]:
+                e = out.setdefault(r.owner, {"kind": rs.kinds.get(r.owner, "base"), "rules": []})
+                e["rules"].append([table, chain, list(r.tokens())])
+    if out or rs.chains:
+        out.setdefault("base", {"kind": "base", "rules": []})["chains"] = {
+            t: list(chs) for t, chs in sorted(rs.chains.items()) if chs}
+    return out
+
+
+def _failed_table(err: KernelError, tables: list[str]) -> str | None:
+    """The table whose section a refused batch stopped at (the ones before it were
+    committed): iptables-restore names the line, libiptc's error carries its table."""
+    text = err.details.get("batch") or ""
+    lines = text.splitlines()
+    m = re.search(r"line:? (\d+)", err.details.get("stderr") or "")
+    if m and 0 < int(m.group(1)) <= len(lines):
+        for line in reversed(lines[:int(m.group(1))]):
+            if line.startswith("*"):
+                return line[1:]
+    heads = [line[1:] for line in lines if line.startswith("*")]
+    if len(heads) == 1:
+        return heads[0]
+    return tables[0] if tables else None  # unknown: assume nothing was committed

@@ -21,9 +21,12 @@ class SerialFirewall:
         self.lock_path = lock_path
         self.state = state
 
-    def sync(self, networks=None, endpoints=None, force: bool = False) -> None:
+    def sync(self, networks=None, endpoints=None, force: bool = False, changed=None) -> None:
+        """``changed``: the owner ids the caller changed (None: everything may have).
+        Another process's change since is already in the kernel (it synced under this
+        lock too), so this one only has to apply its own."""
         with file_lock(self.lock_path):
-            self.inner.sync(*self.state(), force=force)
+            self.inner.sync(*self.state(), force=force, changed=changed)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)

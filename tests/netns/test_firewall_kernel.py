@@ -25,6 +25,7 @@ import pytest
 from pynet.errors import InvalidAddress, KernelError
 from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping, parse_save
 from pynet.firewall.model import Rule
+from pynet.firewall.reconcile import inline_hooks
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -257,7 +258,7 @@ def sc_golden_in_kernel(c: Ctx):
 
     def norm(text):
         out = {}
-        for t, ts in parse_save(text).items():
+        for t, ts in inline_hooks(parse_save(text), "DOCKER").items():
             if t in ("filter", "nat"):
                 out[t] = {ch: [" ".join(r.spec) for r in rs] for ch, rs in ts.chains.items()}
         return out
