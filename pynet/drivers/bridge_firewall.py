@@ -184,10 +184,14 @@ class BridgeFirewall:
         if changed is not None and not force:
             self._last_applied = None  # this process no longer knows the whole rendering
             found: dict[str, str] = {}
+            changed = set(changed)
             try:
-                self.firewall.apply(nets, eps, problems=found, changed=set(changed))
+                self.firewall.apply(nets, eps, problems=found, changed=changed)
             finally:
-                self._report({**problems, **found})
+                # the change screened its own owners only: the others keep what they had
+                ids = {n.id for n in networks} | {e.id for e in endpoints}
+                kept = {o: why for o, why in self.problems.items() if o not in changed and o in ids}
+                self._report({**kept, **problems, **found})
             return
         rendered = self.firewall.render(nets, eps, problems=problems)
         self._report(problems)

@@ -63,8 +63,9 @@ from .backend import make_backend
 from .ledger import MemoryLedger
 from .model import (BUILTIN_CHAINS, CHAIN_RE, ENDPOINT, FAMILIES, IPV4, NETWORK, EndpointSpec,
                     NetworkSpec, Ruleset)
-from .reconcile import Op, diff_text, parse_save, plan_family, plan_restore
-from .render import chain_names, own_chains, render_family, route_localnet_sysctls, screen
+from .reconcile import (Op, block_on_top, diff_text, parse_chain, parse_save, plan_family,
+                        plan_restore)
+from .render import _port_conflict, own_chains, render_family, route_localnet_sysctls, screen
 
 
 RETRIES = 3  # re-plans when someone else changed the tables under a batch
@@ -234,16 +235,15 @@ class Firewall:
         (the base rules change: the first or the last network of a family, anti-spoofing or
         SCTP appearing, other foreign bridges; a ledger that disagrees with the kernel, so
         the batch is refused) falls back to the full reconcile, which rewrites the ledger."""
+        # a network's change is its endpoints' too (their rules name its bridge)
+        changed = changed | {e.id for e in endpoints if e.network_id in changed}
         found: dict[str, str] = {}
-        nets, eps, iso = screen(networks, endpoints, self.isolate_from, found)
+        sub_nets, sub_eps, iso = self._screen_change(networks, endpoints, changed, found)
         if found and problems is None:
             self._render(networks, endpoints, self.isolate_from)  # raises the typed error
         if problems is not None:
             problems.update(found)
-        changed = changed | {e.id for e in eps if e.network_id in changed}
-        sub_eps = [e for e in eps if e.id in changed]
-        need = changed | {e.network_id for e in sub_eps}
-        sub_nets = [n for n in nets if n.id in need]
+        nets, eps = networks, endpoints
         full = None
         for fam in self.families:
             try:
@@ -261,6 +261,31 @@ class Firewall:
         if IPV4 in self.families:
             for path, value in self.sysctls([n for n in sub_nets if n.id in changed]):
                 self._set_sysctl(path, value)
+
+    def _screen_change(self, networks, endpoints, changed: set, problems: dict):
+        """render.screen for the changed owners only (and the networks of changed
+        endpoints), each changed endpoint's host ports checked against every other
+        endpoint's: what is unchanged was screened when it changed (the full reconcile
+        screens everything again)."""
+        eps = [e for e in endpoints if e.id in changed]
+        need = changed | {e.network_id for e in eps}
+        nets = [n for n in networks if n.id in need]
+        known = {n.id for n in networks}
+        for e in eps:
+            if e.network_id not in known:
+                problems[e.id] = f"endpoint {e.id}: unknown network {e.network_id}"
+        eps = [e for e in eps if e.network_id in known]
+        nets, eps, iso = screen(nets, eps, self.isolate_from, problems)
+        seen = [(pm.proto, pm.host_ip, pm.host_port, o.id) for o in endpoints if o.id not in changed
+                for pm in o.ports]
+        ok = []
+        for e in eps:
+            err = _port_conflict(e, seen)
+            if err is not None:
+                problems[e.id] = f"endpoint {e.id}: {err}"
+            else:
+                ok.append(e)
+        return nets, ok, iso
 
     def _at_top(self, table: str, chain: str, kind: str) -> bool:
         """Where a new owner's rules go in its section (any place in the section is right,
@@ -292,14 +317,15 @@ class Firewall:
         if not dels and not ins:
             return True
         base = entries.get("base") or {"rules": []}
-        hoist = [tuple(t) for table, chain, t in base["rules"] if (table, chain) == ("filter", "FORWARD")]
-        tables = [t for t in ("raw", "mangle", "filter", "nat") if t in dels or t in ins or
-                  (t == "filter" and hoist)]
-        batch = {}
-        for t in tables:
-            lift = [Op("del", "FORWARD", h) for h in hoist] + \
-                [Op("ins", "FORWARD", h, i + 1) for i, h in enumerate(hoist)] if t == "filter" else []
-            batch[t] = dels.get(t, []) + lift + ins.get(t, [])
+        block = [tuple(t) for table, chain, t in base["rules"] if (table, chain) == ("filter", "FORWARD")]
+        lift = self._lift(family, block)
+        if lift is None:
+            return False  # the hook-in is gone (iptables -F FORWARD): the full reconcile's work
+        if lift:
+            dels.setdefault("filter", [])
+            ins.setdefault("filter", [])
+        tables = [t for t in ("raw", "mangle", "filter", "nat") if t in dels or t in ins]
+        batch = {t: dels.get(t, []) + (lift if t == "filter" else []) + ins.get(t, []) for t in tables}
         try:
             self.backend.execute(family, batch)
         except KernelError as err:
@@ -312,15 +338,42 @@ class Firewall:
             self.ledger.put(family, owner, entries.get(owner))
         return True
 
+    def _lift(self, family: str, block: list[tuple]) -> list[Op] | None:
+        """The ops that put the base block back on top of FORWARD, from FORWARD's rules
+        alone (dockerd inserts its rules above it when it creates a network): [] when it
+        is in place, None when a rule of it is missing."""
+        if not block:
+            return []
+        lister = getattr(self.backend, "list_chain", None)
+        if lister is None:
+            return []  # a backend that can't list one chain: the re-check keeps the order
+        actual = parse_chain(lister(family, "filter", "FORWARD"), "FORWARD", self.prefix)
+        if block_on_top(actual, block):
+            return []
+        have = [r.tokens for r in actual if r.owner is not None]
+        if any(h not in have for h in block):
+            return None
+        # the peers' blocks (other pynet instances) may stay above: insert right below them
+        at = 0
+        while at < len(actual) and actual[at].peer:
+            at += 1
+        return [Op("del", "FORWARD", h) for h in block] + \
+            [Op("ins", "FORWARD", h, at + i + 1) for i, h in enumerate(block)]
+
     def _place(self, ops: dict[str, list[Op]], entry: dict) -> None:
+        """An owner's rules as ops: at the top of a section, each chain's rules inserted at
+        position 1 last first; at the end, appended.  Neither needs iptables-nft to fetch
+        the chain's rules (an insert at position k > 1 or a delete by spec does: its cost
+        grows with the chain), so adding a network costs the same at any number of them."""
         kind = entry.get("kind")
-        count: dict[tuple[str, str], int] = {}
+        heads: dict[tuple[str, str], list] = {}
         for table, chain, toks in entry["rules"]:
             if self._at_top(table, chain, kind):
-                k = count[table, chain] = count.get((table, chain), 0) + 1
-                ops.setdefault(table, []).append(Op("ins", chain, tuple(toks), k))
+                heads.setdefault((table, chain), []).append(tuple(toks))
             else:
                 ops.setdefault(table, []).append(Op("app", chain, tuple(toks)))
+        for (table, chain), rules in heads.items():
+            ops.setdefault(table, []).extend(Op("ins", chain, t, 1) for t in reversed(rules))
 
     def remove_all(self) -> None:
         """Remove every pynet-owned rule and every empty pynet chain."""

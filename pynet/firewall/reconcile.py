@@ -109,6 +109,29 @@ def parse_save(text: str, instance: str | None = None) -> dict[str, TableState]:
     return tables
 
 
+def parse_chain(text: str, chain: str, instance: str | None = None) -> list[SavedRule]:
+    """The rules of ``iptables -S chain`` output."""
+    out = []
+    for line in text.splitlines():
+        toks = _split(line.strip())
+        if len(toks) >= 2 and toks[0] == "-A" and toks[1] == chain:
+            out.append(parse_rule_tokens(toks[2:], instance))
+    return out
+
+
+def block_on_top(actual: list[SavedRule], block: list[tuple[str, ...]]) -> bool:
+    """Whether a built-in chain starts with this instance's rules ``block`` (tokens, in
+    order), only other pynet instances' rules above it, and holds no other rule of this
+    instance: what target_chain leaves in place."""
+    first = next((i for i, r in enumerate(actual) if r.owner is not None), None)
+    if first is None:
+        return not block
+    if not all(r.peer for r in actual[:first]):
+        return False
+    mine = [r.tokens for r in actual if r.owner is not None]
+    return [r.tokens for r in actual[first:first + len(block)]] == list(block) and len(mine) == len(block)
+
+
 def pynet_rules(state: dict[str, TableState]) -> dict[str, dict[str, list[SavedRule]]]:
     out: dict[str, dict[str, list[SavedRule]]] = {}
     for t, ts in state.items():

@@ -236,7 +236,11 @@ def _wants_checksum(nets, endpoints, ver: int) -> bool:
     usable = {n.id for n in nets if not n.internal}
     for ep in endpoints:
         if ep.network_id in usable and any(pm.proto == "sctp" for pm in ep.ports):
-            if any(v == ver and pm.proto == "sctp" for v, pm, _ in expand_ports(ep)):
+            try:
+                rows = expand_ports(ep)
+            except PynetError:
+                continue  # refused by screen(): it has no rules
+            if any(v == ver and pm.proto == "sctp" for v, pm, _ in rows):
                 return True
     return False
 
