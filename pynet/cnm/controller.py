@@ -1050,10 +1050,11 @@ class Controller:
         everything is compared with the kernel (daemon start)."""
         if self.firewall is None:
             return
+        state = self._firewall_state()
         if changed is None:
-            self.firewall.sync(self.networks(), self.endpoints())
+            self.firewall.sync(*state)
         else:
-            self.firewall.sync(self.networks(), self.endpoints(), changed=changed)
+            self.firewall.sync(*state, changed=changed)
 
     def recheck_firewall(self) -> None:
         """Compare the kernel's rules with the store's and repair them (the
@@ -1061,7 +1062,14 @@ class Controller:
         if self.firewall is None:
             return
         with self._lock:
-            self.firewall.sync(self.networks(), self.endpoints(), force=True)
+            self.firewall.sync(*self._firewall_state(), force=True)
+
+    def _firewall_state(self) -> tuple:
+        """What sync() is handed: nothing for a firewall that reads the state again under
+        its lock (SerialFirewall), since reading every record twice grows with them."""
+        if getattr(self.firewall, "reads_state", False):
+            return None, None
+        return self.networks(), self.endpoints()
 
 
 def _jsonable(fields: dict) -> dict:
