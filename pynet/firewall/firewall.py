@@ -53,6 +53,7 @@ too big"), the change is planned again from a fresh read, a few times.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import subprocess
@@ -67,6 +68,8 @@ from .reconcile import (Op, block_on_top, diff_text, parse_chain, parse_save, pl
                         plan_restore)
 from .render import _port_conflict, own_chains, render_family, route_localnet_sysctls, screen
 
+
+log = logging.getLogger("pynet.firewall")
 
 RETRIES = 3  # re-plans when someone else changed the tables under a batch
 
@@ -252,9 +255,15 @@ class Firewall:
             except PynetError:
                 rs = None  # an owner refused by a rule's own check: the full path skips it
             entries = ledger_entries(rs) if rs is not None else None
-            if entries is not None and entries.get("base") == self.ledger.get(fam, "base") \
-                    and self._change_family(fam, entries, changed):
+            if entries is None:
+                why = "a rule refused"
+            elif entries.get("base") != self.ledger.get(fam, "base"):
+                why = "the base rules change"
+            elif self._change_family(fam, entries, changed):
                 continue
+            else:
+                why = "the batch was refused"
+            log.info("firewall: %s reconciled in full (%s)", fam, why)
             if full is None:
                 full = self.screened(networks, endpoints, {} if problems is None else problems)[0]
             self._reconcile_and_remember(fam, full[fam])
@@ -350,6 +359,7 @@ class Firewall:
         actual = parse_chain(lister(family, "filter", "FORWARD"), "FORWARD", self.prefix)
         if block_on_top(actual, block):
             return []
+        log.debug("firewall: %s: the base block is back on top of FORWARD", family)
         have = [r.tokens for r in actual if r.owner is not None]
         if any(h not in have for h in block):
             return None
