@@ -10,17 +10,30 @@ rules *at the top of the built-in chains* (``FORWARD``, nat ``PREROUTING``/
 exact instance tag is ever deleted or moved, so pynet daemons with different
 chain prefixes share a host (each one's block sits above all non-pynet rules;
 below other pynet instances' blocks is fine, so they never fight over the top).  dockerd inserts its own FORWARD rules above
-everything when it creates a network and when it restarts; each
-:meth:`Firewall.apply` therefore compares the whole chain (foreign rules
-included) with the target "pynet block on top, foreign rules after, in
-their order" and, if anything moved, re-inserts pynet's block on top in the
-same atomic batch.  Being first matters: Docker's ``-i docker0 ! -o docker0
+everything when it creates a network and when it restarts; the full
+reconcile therefore compares the whole chain (foreign rules included) with
+the target "pynet block on top, foreign rules after, in their order" and, if
+anything moved, re-inserts pynet's block on top in the same atomic batch; a
+change checks FORWARD alone (``iptables -S FORWARD``) and lifts the block in
+its own batch when needed.  Being first matters: Docker's ``-i docker0 ! -o docker0
 -j ACCEPT`` would otherwise accept traffic before pynet's isolation sees it.
 Hooking into ``DOCKER-USER`` instead was rejected: it exists only while
 dockerd runs, it is the administrator's chain, and ``iptables -F
 DOCKER-USER`` would silently unhook pynet.  So: call ``apply()`` on daemon
-start, after every change, and whenever Docker or firewalld may have
-rewritten the tables (it is cheap and idempotent: no batch when in sync).
+start and whenever Docker or firewalld may have rewritten the tables (it is
+idempotent: no batch when in sync), and ``apply(changed=ids)`` after every
+change.
+
+A change costs what it changes: the built-in chains hold only the base jumps
+(owner ``base``), the networks' and ports' rules sit in pynet's own chains in
+sections whose inner order carries no meaning (Ruleset.kinds), so a change
+deletes its owners' old rules (from the ledger, :mod:`pynet.firewall.ledger`)
+by spec and inserts the new ones at the head of their section (``-I chain 1``)
+or appends them -- neither makes iptables-nft fetch the chain's rules -- in one
+batch per family, without reading or rendering anything else.  What the
+ledger can't do (the base rules change; a batch refused because the kernel
+disagrees with the ledger) falls back to the full reconcile below, the
+committed tables of the refused batch undone first.
 In the chains pynet creates, foreign rules (e.g. an admin's rules in
 ``PYNET-USER``) are kept *ahead* of pynet's own ones (so the final
 ``-j RETURN`` stays last).
