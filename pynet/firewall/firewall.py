@@ -369,7 +369,10 @@ class Firewall:
         lister = getattr(self.backend, "list_chain", None)
         if lister is None:
             return []  # a backend that can't list one chain: the re-check keeps the order
-        actual = parse_chain(lister(family, "filter", "FORWARD"), "FORWARD", self.prefix)
+        try:
+            actual = parse_chain(lister(family, "filter", "FORWARD"), "FORWARD", self.prefix)
+        except KernelError:
+            return None  # can't tell: the full reconcile reads (and reports) for itself
         if block_on_top(actual, block):
             return []
         log.debug("firewall: %s: the base block is back on top of FORWARD", family)

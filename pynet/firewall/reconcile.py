@@ -370,18 +370,24 @@ def diff_text(actual: dict[str, TableState], desired: Ruleset) -> str:
 
 def inline_hooks(state: dict[str, TableState], prefix: str) -> dict[str, TableState]:
     """The tables as Docker 20.10 lays them out: a built-in chain's jump to
-    ``<prefix>-FORWARD`` or ``<prefix>-POSTROUTING`` replaced by that chain's rules, and
-    those chains gone (pynet keeps the networks' rules there so that a change never
+    ``<prefix>-FORWARD`` (in it, ``<prefix>-BRIDGE``) or ``<prefix>-POSTROUTING`` replaced
+    by that chain's rules, and those chains gone (pynet keeps the networks' rules there so that a change never
     has to find a position among the built-in chains' foreign rules)."""
-    hooks = {f"{prefix}-FORWARD", f"{prefix}-POSTROUTING"}
+    hooks = {f"{prefix}-FORWARD", f"{prefix}-BRIDGE", f"{prefix}-POSTROUTING"}
+
+    def inlined(rules, depth=0):
+        out = []
+        for r in rules:
+            s = list(r.spec)
+            target = s[s.index("-j") + 1] if "-j" in s[:-1] else None
+            if target in hooks and target in ts.chains and depth < len(hooks):
+                out.extend(inlined(ts.chains[target], depth + 1))
+            else:
+                out.append(r)
+        return out
     for ts in state.values():
         for ch in [c for c in ts.chains if c not in hooks]:
-            out = []
-            for r in ts.chains[ch]:
-                s = list(r.spec)
-                target = s[s.index("-j") + 1] if "-j" in s[:-1] else None
-                out.extend(ts.chains[target] if target in hooks and target in ts.chains else [r])
-            ts.chains[ch] = out
+            ts.chains[ch] = inlined(ts.chains[ch])
         for h in hooks:
             ts.chains.pop(h, None)
     return state

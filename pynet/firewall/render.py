@@ -59,7 +59,8 @@ def chain_names(prefix: str) -> dict[str, str]:
         "iso2": f"{prefix}-ISOLATION-STAGE-2",
         "user": f"{prefix}-USER",
         "spoof": f"{prefix}-ANTISPOOF",
-        "fwd": f"{prefix}-FORWARD",  # filter: the networks' FORWARD rules
+        "fwd": f"{prefix}-FORWARD",  # filter: the hook-in (FORWARD's one pynet rule jumps here)
+        "bridge": f"{prefix}-BRIDGE",  # filter: the networks' FORWARD rules
         "post": f"{prefix}-POSTROUTING",  # nat: masquerading; mangle: SCTP checksums
     }
 
@@ -259,8 +260,9 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
     """Layout: the built-in chains hold only the base jumps (owner ``base``) into pynet's
     chains, which hold everything per network and endpoint; so a change touches pynet's
     own chains only, where pynet alone decides positions (see :mod:`pynet.firewall.firewall`).
-    Inlining ``<prefix>-FORWARD`` into FORWARD and ``<prefix>-POSTROUTING`` into
-    POSTROUTING gives Docker 20.10's layout rule for rule.
+    Inlining ``<prefix>-FORWARD`` (and in it ``<prefix>-BRIDGE``) into FORWARD and
+    ``<prefix>-POSTROUTING`` into POSTROUTING gives Docker 20.10's layout rule for rule
+    (reconcile.inline_hooks).
 
     ``whole``: ``(networks, endpoints)`` of the whole state when only a part of it is
     given (a change's owners): the base rules are then those of the whole state.
@@ -310,19 +312,24 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
     if spoof:
         rs.declare("filter", c["spoof"])
     rs.declare("filter", c["fwd"])
+    rs.declare("filter", c["bridge"])
     rs.declare("nat", c["main"])
     rs.declare("nat", c["post"])
     if checksum:
         rs.declare("mangle", c["post"])
 
-    # filter FORWARD: the hook-in, then the networks' rules in <prefix>-FORWARD
-    rs.add("filter", "FORWARD", ["-j", c["user"]], "base")
-    rs.add("filter", "FORWARD", ["-j", c["iso1"]], "base")
-    if spoof:
-        rs.add("filter", "FORWARD", ["-j", c["spoof"]], "base")
-        rs.add("filter", "INPUT", ["-j", c["spoof"]], "base")
+    # filter FORWARD: one jump into the small <prefix>-FORWARD (USER, isolation, anti-spoofing,
+    # then the networks' rules in <prefix>-BRIDGE), as Docker 28 hooks DOCKER-FORWARD in: a
+    # change that puts it back on top of FORWARD deletes and inserts that one rule, and the
+    # kernel's cost of deleting a jump grows with the chain it jumps to
     rs.add("filter", "FORWARD", ["-j", c["fwd"]], "base")
-    F = c["fwd"]
+    rs.add("filter", c["fwd"], ["-j", c["user"]], "base")
+    rs.add("filter", c["fwd"], ["-j", c["iso1"]], "base")
+    if spoof:
+        rs.add("filter", c["fwd"], ["-j", c["spoof"]], "base")
+        rs.add("filter", "INPUT", ["-j", c["spoof"]], "base")
+    rs.add("filter", c["fwd"], ["-j", c["bridge"]], "base")
+    F = c["bridge"]
     for n, subs in nets:
         br, o = n.bridge, n.id
         icc = "ACCEPT" if n.icc else "DROP"

@@ -80,7 +80,7 @@ def test_two_instances_coexist_and_settle(ns):
     assert "pynet:PNB:" in text and b.diff(*sb) == ""
     # iptables -F FORWARD: re-apply restores the hook-in
     sh("ip", "netns", "exec", ns, "iptables-nft", "-F", "FORWARD")
-    assert "PNB-ISOLATION-STAGE-1" in b.diff(*sb)
+    assert "-j PNB-FORWARD" in b.diff(*sb)
     b.apply(*sb)
     assert b.diff(*sb) == ""
     b.remove_all()

@@ -313,7 +313,7 @@ def sc_change_touches_only_its_owners(c: Ctx):
     nets, eps = state(v6=True, spoof=True)
     fw.apply(nets, eps)
     # a rule of someone else in a pynet chain the change edits: it stays as it is
-    c.ipt("-I", "PYNET-FORWARD", "1", "-o", "pt-other", "-j", "ACCEPT")
+    c.ipt("-I", "PYNET-BRIDGE", "1", "-o", "pt-other", "-j", "ACCEPT")
     net4, ep4 = more(v6=True)
     spy = Spy(fw)
     nets = [net4] + nets
@@ -326,8 +326,8 @@ def sc_change_touches_only_its_owners(c: Ctx):
         assert "pynet:PYNET:net4" in line or "pynet:PYNET:ep4" in line or \
             (line.startswith(("-D FORWARD", "-I FORWARD")) and "pynet:PYNET:base" in line), line
     text = c.save()
-    assert "-A PYNET-FORWARD -o pt-other -j ACCEPT" in text
-    c.ipt("-D", "PYNET-FORWARD", "-o", "pt-other", "-j", "ACCEPT")
+    assert "-A PYNET-BRIDGE -o pt-other -j ACCEPT" in text
+    c.ipt("-D", "PYNET-BRIDGE", "-o", "pt-other", "-j", "ACCEPT")
     assert fw.diff(nets, eps) == ""
     # and back: the endpoint, then the network, go with their rules only
     spy.batches.clear()
