@@ -343,11 +343,8 @@ class Firewall:
         lift = self._lift(family, block)
         if lift is None:
             return False  # the hook-in is gone (iptables -F FORWARD): the full reconcile's work
-        if lift:
-            dels.setdefault("filter", [])
-            ins.setdefault("filter", [])
         tables = [t for t in ("raw", "mangle", "filter", "nat") if t in dels or t in ins]
-        batch = {t: dels.get(t, []) + (lift if t == "filter" else []) + ins.get(t, []) for t in tables}
+        batch = {t: dels.get(t, []) + ins.get(t, []) for t in tables}
         try:
             self.backend.execute(family, batch)
         except KernelError as err:
@@ -358,6 +355,14 @@ class Firewall:
             return False
         for owner in changed:
             self.ledger.put(family, owner, entries.get(owner))
+        if lift:
+            # a batch of its own: a delete makes iptables-nft fetch every rule of the table
+            # for the whole batch, so mixed with the change it would cost what the table holds
+            try:
+                self.backend.execute(family, {"filter": lift})
+            except KernelError as e:  # FORWARD changed again meanwhile: the re-check lifts it
+                log.warning("firewall: %s: could not put the base block back on top of FORWARD: %s",
+                            family, e)
         return True
 
     def _lift(self, family: str, block: list[tuple]) -> list[Op] | None:
