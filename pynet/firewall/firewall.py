@@ -246,8 +246,8 @@ class Firewall:
     def _apply_change(self, networks, endpoints, problems, changed: set) -> None:
         """Delete the changed owners' old rules (as the ledger has them) by their exact spec
         and insert their new ones at the top or the end of their sections, in one batch per
-        family that also re-inserts the base rules on top of FORWARD (dockerd inserts its
-        rules above them when it creates a network).  What this can't do from the ledger
+        family; then, if dockerd inserted rules above it (it does when it creates a
+        network), put the base block back on top of FORWARD.  What this can't do from the ledger
         (the base rules change: the first or the last network of a family, anti-spoofing or
         SCTP appearing, other foreign bridges; a ledger that disagrees with the kernel, so
         the batch is refused) falls back to the full reconcile, which rewrites the ledger."""
@@ -259,12 +259,11 @@ class Firewall:
             self._render(networks, endpoints, self.isolate_from)  # raises the typed error
         if problems is not None:
             problems.update(found)
-        nets, eps = networks, endpoints
         full = None
         for fam in self.families:
             try:
                 rs = render_family(self.prefix, sub_nets, sub_eps, fam, self.userland_proxy, iso,
-                                   whole=(nets, eps))
+                                   whole=(networks, endpoints))
             except PynetError:
                 rs = None  # an owner refused by a rule's own check: the full path skips it
             entries = ledger_entries(rs) if rs is not None else None
