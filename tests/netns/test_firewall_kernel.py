@@ -303,9 +303,14 @@ def more(v6=False):
     return net, ep
 
 
+LEDGERS: list[str] = []
+
+
 def ledger_dir():
+    """A ledger directory of the scenario's own, removed by sc_change_from_a_fresh_process."""
     import tempfile
-    return tempfile.mkdtemp(prefix="pynet-ledger-")
+    LEDGERS.append(tempfile.mkdtemp(prefix="pynet-ledger-"))
+    return LEDGERS[-1]
 
 
 def sc_change_touches_only_its_owners(c: Ctx):
@@ -347,6 +352,15 @@ def sc_change_touches_only_its_owners(c: Ctx):
 
 def sc_change_from_a_fresh_process(c: Ctx):
     """The ledger on disk is all a new Firewall (a CNI binary in-process) knows."""
+    import shutil
+    try:
+        _change_from_a_fresh_process(c)
+    finally:
+        while LEDGERS:
+            shutil.rmtree(LEDGERS.pop(), ignore_errors=True)
+
+
+def _change_from_a_fresh_process(c: Ctx):
     from pynet.firewall.ledger import FileLedger
     where = ledger_dir()
     nets, eps = state(v6=True)
