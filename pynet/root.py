@@ -122,7 +122,12 @@ def build_firewall(config: Config, store=None, sysctl=None):
         fw = NftFirewall(prefix=config.chain_prefix, sysctl=sysctl)
     else:
         from pynet.firewall import Firewall
-        fw = Firewall(prefix=config.chain_prefix, sysctl=sysctl)
+        from pynet.firewall.ledger import FileLedger
+
+        # what each owner's rules were, for the per-change path of every process (CNI binaries
+        # working in-process are fresh processes): beside the state, under firewall.lock
+        ledger = FileLedger(os.path.join(config.state_dir, "firewall-ledger", config.chain_prefix))
+        fw = Firewall(prefix=config.chain_prefix, sysctl=sysctl, ledger=ledger)
     return BridgeFirewall(fw, store=store)
 
 

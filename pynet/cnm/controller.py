@@ -329,7 +329,7 @@ class Controller:
                     self._save_network(net)
                     self._hold_network_addresses(net)
                 undo.callback(self._forget_network, net, [])
-                self._sync_firewall()
+                self._sync_firewall({net.id})
                 undo.pop_all()
             log.info("created network %s (%s)", net.id[:12], net.driver)
             return net
@@ -462,7 +462,7 @@ class Controller:
                 # record kept here would block its subnet forever.  Kernel
                 # leftovers carry our alias, so restore() removes them.
                 self._forget_network(net, eps)
-                self._sync_firewall()
+                self._sync_firewall({net.id, *(e.id for e in eps)})
             log.info("deleted network %s", net.id[:12])
 
     def _mark_delete_pending(self, net: Network) -> None:
@@ -536,10 +536,10 @@ class Controller:
             net = self.network(network_id)
             had_rules = self._firewall_affects(net, ep)
             self._teardown_endpoint(net, ep, self.driver_for(net))
+            if had_rules:
+                self._sync_firewall({ep.id})
             if net.delete_pending and not self.endpoints(net.id):
                 self.delete_network(net.id)  # the last attachment of a network its runtime deleted
-            elif had_rules:
-                self._sync_firewall()
 
     def _teardown_endpoint(self, net: Network, ep: Endpoint, drv: Driver) -> None:
         # Each step tolerates what is already gone, so a teardown that was
@@ -608,7 +608,7 @@ class Controller:
                 if ep.to_json() != stored:  # the driver remembered something
                     self._save_endpoint(ep)
                 if had_rules or self._firewall_affects(net, ep):
-                    self._sync_firewall()
+                    self._sync_firewall({ep.id})
             except BaseException:
                 with self.store.transaction() as t:
                     self._unreserve_ports(t, ep, ep.ports)
@@ -616,7 +616,7 @@ class Controller:
                         self._reserve_exact(t, before)
                     t.put(_ep_key(net.id, ep.id), before.to_json())
                 drv.revoke_external_connectivity(net, ep)
-                self._sync_firewall()
+                self._sync_firewall({ep.id})
                 raise
             return ep
 
@@ -713,7 +713,7 @@ class Controller:
                 self._unreserve_ports(t, ep, held_ports)
                 t.put(_ep_key(net.id, ep.id), ep.to_json())
             if had_rules:
-                self._sync_firewall()
+                self._sync_firewall({ep.id})
 
     # ------------------------------------------------ attachments (CNI path)
     def attachments(self, network_id: Optional[str] = None) -> list[dict]:
@@ -1042,12 +1042,19 @@ class Controller:
 
     def _sync_firewall_for(self, net: Network, ep: Endpoint) -> None:
         if self._firewall_affects(net, ep):
-            self._sync_firewall()
+            self._sync_firewall({ep.id})
 
-    def _sync_firewall(self) -> None:
+    def _sync_firewall(self, changed: Optional[set] = None) -> None:
+        """``changed``: the ids of the networks and endpoints whose rules this
+        verb added, changed or removed (the firewall touches only theirs); None:
+        everything is compared with the kernel (daemon start)."""
         if self.firewall is None:
             return
-        self.firewall.sync(self.networks(), self.endpoints())
+        state = self._firewall_state()
+        if changed is None:
+            self.firewall.sync(*state)
+        else:
+            self.firewall.sync(*state, changed=changed)
 
     def recheck_firewall(self) -> None:
         """Compare the kernel's rules with the store's and repair them (the
@@ -1055,7 +1062,14 @@ class Controller:
         if self.firewall is None:
             return
         with self._lock:
-            self.firewall.sync(self.networks(), self.endpoints(), force=True)
+            self.firewall.sync(*self._firewall_state(), force=True)
+
+    def _firewall_state(self) -> tuple:
+        """What sync() is handed: nothing for a firewall that reads the state again under
+        its lock (SerialFirewall), since reading every record twice grows with them."""
+        if getattr(self.firewall, "reads_state", False):
+            return None, None
+        return self.networks(), self.endpoints()
 
 
 def _jsonable(fields: dict) -> dict:

@@ -120,7 +120,7 @@ class FakeFirewall:
         self.synced: list[tuple[int, int]] = []
         self.published: list[tuple[str, int, int]] = []
 
-    def sync(self, networks, endpoints, force: bool = False) -> None:
+    def sync(self, networks, endpoints, force: bool = False, changed=None) -> None:
         fail_nets = {n.id for n in networks
                      if n.options.get(FAIL_OPTION) == "ProgramExternalConnectivity"}
         for e in endpoints:

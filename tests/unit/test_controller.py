@@ -108,7 +108,7 @@ def test_driver_validation_error_leaves_nothing(ctl, store, driver):
 
 
 def test_undo_when_the_firewall_fails_after_create_network(ctl, store, driver, firewall):
-    def boom(networks, endpoints):
+    def boom(networks, endpoints, **kw):
         raise errors.KernelError("iptables-restore failed")
     firewall.sync = boom
     with pytest.raises(errors.KernelError):
@@ -287,11 +287,11 @@ def test_firewall_failure_rolls_the_ports_back(two_eps, firewall, store):
     real = firewall.sync
     state = {"n": 0}
 
-    def flaky(networks, endpoints):
+    def flaky(networks, endpoints, **kw):
         state["n"] += 1
         if state["n"] == 1:
             raise errors.KernelError("iptables-restore: line 3 failed")
-        real(networks, endpoints)
+        real(networks, endpoints, **kw)
     firewall.sync = flaky
     with pytest.raises(errors.KernelError):
         program(two_eps, E1, PortMapping("tcp", 80, 18088))
