@@ -3,8 +3,8 @@
 store record, host port reservation or link.
 
 A SIGKILL runs no undo and loses the uncommitted transaction.  The fakes
-simulate it: every call into the store, the kernel (FakeNetlink) and the
-firewall is a step; at step k the "process" dies (a BaseException, so no
+simulate it: every call into the store (and every op of a store txn), the
+kernel (FakeNetlink) and the firewall is a step; at step k the "process" dies (a BaseException, so no
 ``except Exception`` swallows it) and every later call dies too, so the
 undo callbacks that ExitStack still runs change nothing.  The store's open
 transaction rolls back, as SQLite's does when its writer is killed.  The
@@ -73,6 +73,16 @@ class Dying:
                     yield self
                     clock.tick(name + " commit")
             return transaction
+        if attr == "txn":  # Store v2: every op of the txn is a step, and so is its commit
+            def txn(fn, *a, **kw):
+                clock.tick(name)
+
+                def step(t):
+                    out = fn(Dying(t, clock, name))
+                    clock.tick(name + " commit")  # dies before the commit: the txn is lost
+                    return out
+                return value(step, *a, **kw)
+            return txn
 
         def call(*a, **kw):
             clock.tick(name)
