@@ -199,9 +199,11 @@ class Host:
             conn.close()
         from pynet.cnm.controller import Controller
 
+        from pynet.store.layout import view
+
         store = SqliteStore(path)
         try:
-            c = Controller(store, ipam=None, drivers={})
+            c = Controller(view(store), ipam=None, drivers={})
             nets, eps = c.networks(), c.endpoints()
         finally:
             store.close()

@@ -1,7 +1,8 @@
 """The composition root: every implementation pynet runs on is built here,
 from the settings (``pynet.config.Config``), and nowhere else.
 
-    open_store(config)              the local store (SQLite in the state dir)
+    open_store(config)              the local store (SQLite in the state dir, under
+                                    pynet/v2/local/<host>/: open_state_dir)
     cluster_store(config)           the cluster-wide store: None until issue 11 fills the slot
     build_netlink() / build_sysctl()   the host's kernel interfaces
     build_firewall(config, store)   Docker's iptables layout under the instance's chain prefix
@@ -35,11 +36,20 @@ def open_store(config: Config, create: bool = True):
     """The local store: records of this host (SQLite in the state dir).
     ``create=False``: the state dir must exist already (the CLI's commands
     must not set one up by a typo)."""
-    from pynet.store.sqlite import SqliteStore
-
     if create:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-    return SqliteStore.in_state_dir(config.state_dir)
+    return open_state_dir(config.state_dir)
+
+
+def open_state_dir(state_dir: str):
+    """The SQLite store of ``state_dir`` seen under this host's v2 local prefix
+    (``pynet/v2/local/<host>/``, ``pynet.store.layout``): a state dir of the
+    layout of before is moved there once, on first open."""
+    from pynet.store.layout import open_layout
+    from pynet.store.sqlite import SqliteStore
+
+    local, _cluster = open_layout(SqliteStore.in_state_dir(state_dir))
+    return local
 
 
 def open_store_url(url: str):

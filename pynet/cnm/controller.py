@@ -23,6 +23,7 @@ from typing import Iterable, Optional
 from pynet import errors, validate
 from pynet.cnm.driver import GLOBAL, Driver, PeerEvent
 from pynet.cnm.model import Endpoint, IPData, JoinInfo, Network, PortMapping
+from pynet.store.keys import cluster_prefix
 from pynet.store.optimistic import run as run_txn
 
 log = logging.getLogger("pynet.controller")
@@ -170,8 +171,17 @@ def parse_interface(value: str, what: str):
 
 class Controller:
     def __init__(self, store, ipam, drivers: dict[str, Driver], firewall=None,
-                 port_allocator=None):
+                 port_allocator=None, cluster_store=None):
+        """``store``: this host's records (networks, endpoints, ...);
+        ``cluster_store``: the records every host shares (``allocations/``,
+        ``peers/``).  Default: the cluster namespace of the same backend
+        (``pynet/v2/cluster/`` beside ``pynet/v2/local/<host>/``), or the
+        store itself when it is not namespaced (unit tests)."""
         self.store = store
+        if cluster_store is None:
+            sibling = getattr(store, "sibling", None)
+            cluster_store = sibling(cluster_prefix()) if sibling is not None else store
+        self.cluster_store = cluster_store
         self.ipam = ipam
         self.drivers = drivers
         self.firewall = firewall
@@ -189,15 +199,16 @@ class Controller:
     # side effects (kernel work happens before or after it, never inside).
     # Verbs that other verbs compose take ``txn=`` and run in the caller's
     # transaction (nothing nests: one commit for all); so do the IPAM's.
-    def txn(self, fn, txn=None):
+    def txn(self, fn, txn=None, store=None):
         """``fn(t)`` in ``txn`` (passed down) or in one store commit of its
         own, all or nothing (pynet-ipam's allocation and its attachment
         record).  The controller's lock comes first, as in every verb, so two
-        threads never wait on each other in opposite orders."""
+        threads never wait on each other in opposite orders.  ``store``: the
+        cluster store (global records) instead of this host's."""
         if txn is not None:
             return fn(txn)
         with self._lock:
-            return run_txn(self.store, fn, retries=self._retries())
+            return run_txn(self.store if store is None else store, fn, retries=self._retries())
 
     def _retries(self) -> int:
         return getattr(self.ipam, "retries", None) or 200
@@ -205,7 +216,7 @@ class Controller:
     def put_record(self, key: str, value, txn=None) -> None:
         self.txn(lambda t: t.put(key, value), txn)
 
-    def delete_record(self, key: str, txn=None) -> None:
+    def delete_record(self, key: str, txn=None) -> None:  # this host's
         self.txn(lambda t: t.delete(key), txn)
 
     # ------------------------------------------------------------------ IPAM
@@ -902,7 +913,7 @@ class Controller:
             return {}
         key = _allocation_key(network_id)
         with self._lock:
-            rec = self.store.get(key)
+            rec = self.cluster_store.get(key)
             if rec is not None:
                 return dict((rec.value or {}).get("allocated") or {})
             got = dict(drv.allocate_network(net) or {})
@@ -917,7 +928,7 @@ class Controller:
                 t.create(key, value)
                 return None
             try:
-                theirs = self.txn(record)
+                theirs = self.txn(record, store=self.cluster_store)
             except BaseException:
                 drv.free_network(net)
                 raise
@@ -932,7 +943,7 @@ class Controller:
         for a local driver; unknown IDs succeed, as Docker expects)."""
         key = _allocation_key(network_id)
         with self._lock:
-            rec = self.store.get(key)
+            rec = self.cluster_store.get(key)
             if rec is None:
                 return
             v = rec.value or {}
@@ -943,7 +954,7 @@ class Controller:
             drv = self.drivers.get(net.driver)
             if drv is not None:
                 drv.free_network(net)
-            self.delete_record(key)
+            self.txn(lambda t: t.delete(key), store=self.cluster_store)
 
     def route_peer_event(self, event) -> bool:
         """A store watch event under ``peers/<network id>/...`` (another host's
