@@ -126,7 +126,8 @@ def run_daemon(config: Config) -> None:
     reconcile_with_docker(controller, config.plugin_name)
     nets = controller.networks()
     log.info("restored %d network(s), %d endpoint(s)", len(nets), len(controller.endpoints()))
-    app = create_app(controller, routes=[register_cni])  # CNI shim -> daemon
+    # CNI shim -> daemon, for this state dir
+    app = create_app(controller, routes=[lambda a, c: register_cni(a, c, state_dir=config.state_dir)])
     rechecker = FirewallRechecker(controller, recheck_interval()).start()
     try:
         serve(app, config.socket_path)

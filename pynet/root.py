@@ -52,13 +52,29 @@ def open_state_dir(state_dir: str):
     return local
 
 
-def open_store_url(url: str):
+def store_file(state_dir: str) -> str:
+    """Where ``open_state_dir`` keeps the store (whether a state dir has one)."""
+    from pynet.store.sqlite import SqliteStore
+
+    return os.path.join(state_dir, SqliteStore.FILENAME)
+
+
+def read_state_dir(state_dir: str):
+    """The local records of an existing state dir for a read-only caller (the
+    doctor): nothing is created or migrated (``pynet.store.layout.view``)."""
+    from pynet.store.layout import view
+    from pynet.store.sqlite import SqliteStore
+
+    return view(SqliteStore(store_file(state_dir)))
+
+
+def open_store_url(url: str, **kw):
     """A store named by a URL, ``etcd://host:port[,host:port...]`` (etcd's v3
     JSON gateway over plain HTTP).  The root, not ``pynet.store``, picks the
     backend: the store package knows no backend, so it imports none of them."""
     from pynet.store.etcd import EtcdStore
 
-    return EtcdStore.from_url(url)
+    return EtcdStore.from_url(url, **kw)
 
 
 def cluster_store(config: Config):

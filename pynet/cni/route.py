@@ -53,14 +53,16 @@ def _printable(v) -> str:
     return s if s.isascii() and s.isprintable() else ascii(s)
 
 
-def register_cni(app, controller) -> None:
+def register_cni(app, controller, state_dir: str = "") -> None:
     """Add the CNI route to the daemon's Flask app; firewall syncs of the
-    daemon are serialised with those of CNI binaries working in-process."""
+    daemon are serialised with those of CNI binaries working in-process.
+    ``state_dir``: the one the daemon serves (the daemon hands it in, from its
+    settings: the front end never looks into the store); requests for another
+    are refused (421), and without one every request is."""
     from pynet.cni.shim import namespace_ids
     from pynet.firewall.serial import SerialFirewall
 
-    store_path = getattr(controller.store, "path", "") or ""
-    state_dir = os.path.dirname(os.path.abspath(store_path)) if store_path else ""
+    state_dir = os.path.abspath(state_dir) if state_dir else ""
     own_ns = namespace_ids()
     bridge = (getattr(controller, "drivers", None) or {}).get("bridge")
     instance = getattr(bridge, "instance", "") or ""

@@ -261,6 +261,20 @@ class Controller:
             t.delete(_gateway_key(pool_id, address.split("/")[0]))
         self.txn(fn, txn)
 
+    def records_left(self) -> list[str]:
+        """What the store still records of networks, endpoints, attachments,
+        host ports and address pools (one line each): a scenario's teardown
+        expects none."""
+        out = [r.key for p in (NETWORKS, ENDPOINTS, ATTACHMENTS, GATEWAYS, PORTS)
+               for r in self.store.list(p)]
+        if self.ipam is not None:
+            out += [f"ipam pool {p['id']}" for p in self.ipam.list_pools()]
+        return out
+
+    def close(self) -> None:
+        """Let go of the store (its connection in this thread)."""
+        self.store.close()
+
     # ------------------------------------------------------------- lookups
     def driver_for(self, net: Network) -> Driver:
         try:
