@@ -538,11 +538,27 @@ class Controller:
                           container_id=container_id, ifname=ifname)
             self._validate_endpoint_address(net, ep)
             drv = self.driver_for(net)
+            key = _ep_key(ep.network_id, ep.id)
             with contextlib.ExitStack() as undo:
-                drv.create_endpoint(net, ep)
+                # the record first, naming the links the driver will make (a
+                # SIGKILL while they are made leaves a record that finds them)
+                plan = getattr(drv, "plan_endpoint", None)  # optional: DriverBase has it
+                _apply(ep, plan(net, ep) if plan is not None else None)
+
+                def record(t):
+                    try:
+                        t.create(key, ep.to_json())
+                    except errors.KeyExists:  # another process made it meanwhile
+                        raise errors.EndpointExists(f"endpoint {endpoint_id} already exists") from None
+                self.txn(record)
+                undo.callback(self.delete_record, key)
+                stored = ep.to_json()
+                # a driver returns what to remember; one that changes ``ep``
+                # in place (of before the driver API v2) is stored alike
+                _apply(ep, drv.create_endpoint(net, ep))
                 undo.callback(drv.delete_endpoint, net, ep)
-                self._save_endpoint(ep)
-                undo.callback(self.delete_record, _ep_key(ep.network_id, ep.id))
+                if ep.to_json() != stored:
+                    self._save_endpoint(ep)
                 # per-endpoint rules (anti-spoofing) exist before any traffic
                 self._sync_firewall_for(net, ep)
                 undo.pop_all()
@@ -614,6 +630,7 @@ class Controller:
             ep = self.endpoint(net.id, endpoint_id)
             drv = self.driver_for(net)
             info = drv.join(net, ep, sandbox_key)
+            _apply(ep, getattr(info, "remember", None))
             ep.sandbox_key = sandbox_key or ep.sandbox_key or "-"
             try:
                 self._save_endpoint(ep)
@@ -656,7 +673,7 @@ class Controller:
             drv = self.driver_for(net)
             try:
                 stored = ep.to_json()
-                drv.program_external_connectivity(net, ep)
+                _apply(ep, drv.program_external_connectivity(net, ep))
                 if ep.to_json() != stored:  # the driver remembered something
                     self._save_endpoint(ep)
                 if had_rules or self._firewall_affects(net, ep):
@@ -1142,6 +1159,14 @@ class Controller:
             return
         with self._lock:
             self.firewall.sync(self.networks(), self.endpoints(), force=True)
+
+
+def _apply(ep: Endpoint, fields: Optional[dict]) -> None:
+    """Set the endpoint fields a driver handed back (``mac``, ``driver_state``...)."""
+    for name, value in (fields or {}).items():
+        if not hasattr(ep, name):
+            raise errors.InvalidParameter(f"a driver remembered {name!r}, which an endpoint has not")
+        setattr(ep, name, value)
 
 
 def _jsonable(fields: dict) -> dict:
