@@ -694,8 +694,10 @@ class Controller:
         """Choose host ports as Docker's bridge driver does: an explicit port
         as given, 0 = first free from the ephemeral range, a range = first free
         in it; a port another endpoint holds is refused.  Each choice is
-        reserved (``ports/<proto>/<port>/<host address>``, created only if
-        absent) in the caller's transaction."""
+        reserved (``ports/<proto>/<port>/<host address>``) in the caller's
+        transaction, which read the protocol's reservations as one range
+        (``_port_records``): a reservation made meanwhile makes the commit
+        conflict, and the retry sees it."""
         # Only programmed endpoints hold host ports: Docker sends a container's
         # port map to CreateEndpoint of every network it joins, but programs
         # it on one of them.
@@ -712,16 +714,10 @@ class Controller:
                 held = held_by_proto[pm.proto] = self._reserved_ports(t, pm.proto, owner)
             taken = {hp for hip, hp in held if not hip or not pm.host_ip or hip == pm.host_ip}
             port = self._pick_port(pm, taken)
-            clash = [r for r in t.list(_port_prefix(pm.proto, port))
-                     if (r.value or {}).get("endpoint") != owner
-                     and (not pm.host_ip or r.key.rsplit("/", 1)[1] in ("*", _esc(pm.host_ip)))]
-            if clash:  # a port allocator that ignored ``taken``
+            if any(hp == port and (not hip or not pm.host_ip or hip == pm.host_ip) for hip, hp in held):
+                # a port allocator that ignored ``taken``
                 raise errors.PortInUse(f"host port {port}/{pm.proto} is already allocated")
-            # created only if absent: a concurrent reservation makes the commit
-            # conflict, and the retry sees it in ``held``
-            key = _port_key(pm.proto, port, _esc(pm.host_ip))
-            if t.get(key) is None:
-                t.create(key, {"endpoint": owner})
+            t.put(_port_key(pm.proto, port, _esc(pm.host_ip)), {"endpoint": owner})
             held.add((pm.host_ip, port))
             chosen.append(PortMapping(proto=pm.proto, container_port=pm.container_port,
                                       host_port=port, host_ip=pm.host_ip))
@@ -743,31 +739,50 @@ class Controller:
         raise errors.PortInUse(f"no free host port in {lo}-{hi}/{pm.proto}")
 
     @staticmethod
-    def _reserved_ports(t, proto: str, owner: str) -> set:
+    def _port_records(t, proto: str) -> dict:
+        """The protocol's host port reservations, key -> value, read as ONE
+        recorded range (``keys=False``): a reservation made or changed meanwhile
+        fails the commit, one released meanwhile only made the answer
+        conservative -- one compare however many ports are held, within etcd's
+        --max-txn-ops."""
+        prefix = f"{PORTS}{proto}/"
+        try:
+            recs = t.list(prefix, keys=False)
+        except TypeError:  # a txn of another kind (a test's): every key recorded
+            recs = t.list(prefix)
+        return {r.key: r.value or {} for r in recs}
+
+    @classmethod
+    def _reserved_ports(cls, t, proto: str, owner: str) -> set:
         out = set()
         prefix = f"{PORTS}{proto}/"
-        for r in t.list(prefix):
-            if (r.value or {}).get("endpoint") == owner:
+        for key, value in cls._port_records(t, proto).items():
+            if value.get("endpoint") == owner:
                 continue
-            port, hip = r.key[len(prefix):].split("/", 1)
+            port, hip = key[len(prefix):].split("/", 1)
             out.add(("" if hip == "*" else _unesc(hip), int(port)))
         return out
 
-    @staticmethod
-    def _unreserve_ports(t, ep: Endpoint, ports: Iterable[PortMapping]) -> None:
+    @classmethod
+    def _unreserve_ports(cls, t, ep: Endpoint, ports: Iterable[PortMapping]) -> None:
         owner = f"{ep.network_id}/{ep.id}"
+        have: dict = {}
         for pm in ports:
+            if pm.proto not in have:
+                have[pm.proto] = cls._port_records(t, pm.proto)
             key = _port_key(pm.proto, pm.host_port, _esc(pm.host_ip))
-            rec = t.get(key)
-            if rec is not None and (rec.value or {}).get("endpoint") == owner:
+            if have[pm.proto].get(key, {}).get("endpoint") == owner:
                 t.delete(key)
 
-    @staticmethod
-    def _reserve_exact(t, ep: Endpoint) -> None:
+    @classmethod
+    def _reserve_exact(cls, t, ep: Endpoint) -> None:
         owner = f"{ep.network_id}/{ep.id}"
+        have: dict = {}
         for pm in ep.ports:
+            if pm.proto not in have:
+                have[pm.proto] = cls._port_records(t, pm.proto)
             key = _port_key(pm.proto, pm.host_port, _esc(pm.host_ip))
-            if t.get(key) is None:
+            if key not in have[pm.proto]:
                 t.put(key, {"endpoint": owner})
 
     def revoke_external_connectivity(self, network_id: str, endpoint_id: str) -> None:

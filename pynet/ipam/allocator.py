@@ -141,6 +141,14 @@ def _check_pool_id(pool_id) -> str:
     return pool_id
 
 
+def _listed(t, prefix: str):
+    """``t.list(prefix)`` recording the range only (see ``OptimisticTxn.list``)."""
+    try:
+        return t.list(prefix, keys=False)
+    except TypeError:  # a txn of another kind (a test's): every key recorded
+        return t.list(prefix)
+
+
 class Ipam:
     """Docker-style IPAM over a Store.
 
@@ -209,7 +217,8 @@ class Ipam:
 
         def fn(t):
             net = asked
-            held = [rec.value for rec in t.list(_POOLS + key_id(space) + "%2F")]
+            # a pool gone meanwhile only makes the overlap check conservative
+            held = [rec.value for rec in _listed(t, _POOLS + key_id(space) + "%2F")]
             held_nets = [ipaddress.ip_network(p["pool"]) for p in held]
             if net is None:
                 version = 6 if v6 else 4
@@ -303,7 +312,9 @@ class Ipam:
 
     @staticmethod
     def _held(t, pool_id: str) -> bool:
-        return bool(t.list(_pool_holders_prefix(pool_id)) or t.list(_holders_prefix(pool_id)))
+        # keys=False: a holder gone meanwhile only keeps the pool one release longer, and
+        # a pool with hundreds of holders stays one compare (etcd's --max-txn-ops)
+        return bool(_listed(t, _pool_holders_prefix(pool_id)) or _listed(t, _holders_prefix(pool_id)))
 
     @staticmethod
     def _holder_names(t, pool_id: str) -> list[str]:
@@ -317,7 +328,10 @@ class Ipam:
         g = self._geom(p)
         prefix = _holders_prefix(p["id"])
         by_addr: dict[str, list[tuple[str, str]]] = {}
-        for r in t.list(prefix):
+        # the pool's holds, not recorded (a pool may have thousands: etcd's --max-txn-ops);
+        # what the decision rests on is: an address is freed only after its own holds are
+        # listed again, recorded, and none but the dropped ones is left
+        for r in getattr(t, "scan", t.list)(prefix):
             addr, h = r.key[len(prefix):].split("/", 1)
             by_addr.setdefault(addr, []).append((r.key, _unescape(h)))
         freed = []
@@ -326,9 +340,10 @@ class Ipam:
             dropped = [k for k, h in holds if which(h)]
             if not dropped:
                 continue
+            others = [r for r in t.list(_holders_prefix(p["id"], addr)) if r.key not in dropped]
             for k in dropped:
                 t.delete(k)
-            if len(dropped) == len(holds) and bits.clear(g.ordinal(ipaddress.ip_address(addr))):
+            if not others and bits.clear(g.ordinal(ipaddress.ip_address(addr))):
                 freed.append(addr)
         return freed
 

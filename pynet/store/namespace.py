@@ -50,8 +50,14 @@ class _NsTxn:
     def hint(self, key: str):
         return _strip(self._t.hint(self._p + key), self._n)
 
-    def list(self, prefix: str) -> Listing:
-        return _listing(self._t.list(self._p + prefix), self._n)
+    def list(self, prefix: str, keys: bool = True) -> Listing:
+        if keys:
+            return _listing(self._t.list(self._p + prefix), self._n)
+        return _listing(self._t.list(self._p + prefix, keys=False), self._n)
+
+    def scan(self, prefix: str) -> Listing:
+        t = self._t
+        return _listing((t.scan if hasattr(t, "scan") else t.list)(self._p + prefix), self._n)
 
     def put(self, key: str, value: Any, *a, **kw):
         return self._t.put(self._p + key, value, *a, **kw)

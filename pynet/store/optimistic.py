@@ -182,13 +182,36 @@ class OptimisticTxn:
             return rec
         return self._fetch(key, True)
 
-    def list(self, prefix: str) -> Listing:
+    def list(self, prefix: str, keys: bool = True) -> Listing:
+        """The records under ``prefix``, recorded: the commit fails if a key appeared or changed
+        under it, and (``keys``) if one of the listed keys was deleted.  ``keys=False`` for a
+        listing where a deletion meanwhile only makes the answer conservative (an overlap
+        check, "is anything still held"): one compare, however many keys."""
         snap = self._snapshot()
         merged = {}
         for rec in snap.range(prefix):
-            self._reads.setdefault(rec.key, rec.version)
+            if keys:
+                self._reads.setdefault(rec.key, rec.version)
             merged[rec.key] = rec
         self._ranges.append(prefix)
+        for dp in self._deleted_prefixes:
+            for k in [k for k in merged if k.startswith(dp)]:
+                del merged[k]
+        for key, op in self._writes.items():
+            if key.startswith(prefix):
+                if op[0] == "put":
+                    merged[key] = Record(key, copy.deepcopy(op[2]), PENDING, lease=op[3])
+                else:
+                    merged.pop(key, None)
+        return Listing([merged[k] for k in sorted(merged)], snap.revision)
+
+    def scan(self, prefix: str) -> Listing:
+        """``list(prefix)`` without recording it (no compares at commit, like ``hint``): for a
+        listing that only steers a choice the recorded reads make correct (which host ports
+        are taken, before the chosen one's own key is read), so a txn over a large prefix
+        stays within what one etcd Txn can compare (``--max-txn-ops``)."""
+        snap = self._snapshot()
+        merged = {rec.key: rec for rec in snap.range(prefix)}
         for dp in self._deleted_prefixes:
             for k in [k for k in merged if k.startswith(dp)]:
                 del merged[k]
@@ -361,8 +384,10 @@ class LockedTxn:
     def hint(self, key: str):
         return self._t.get(key)
 
-    def list(self, prefix: str):
+    def list(self, prefix: str, keys: bool = True):
         return self._t.list(prefix)
+
+    scan = list  # under the lock nothing is recorded anyway
 
     def put(self, key: str, value, lease: int = 0) -> None:
         if self._cache is not None:
