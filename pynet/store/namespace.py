@@ -33,22 +33,38 @@ def _listing(recs, n: int) -> Listing:
 class _NsTxn:
     """The namespaced view of one txn (v2 ``OptimisticTxn``, ``LockedTxn``, or a v1 txn)."""
 
-    __slots__ = ("_t", "_p", "_n")
+    __slots__ = ("_t", "_p", "_n", "_memo")
 
-    def __init__(self, t, prefix: str):
+    def __init__(self, t, prefix: str, memo: Optional[dict] = None):
         self._t, self._p, self._n = t, prefix, len(prefix)
+        self._memo = memo if memo is not None else {}
 
     @property
     def revision(self):
         return getattr(self._t, "revision", None)
 
+    def _cached(self, rec: Optional[Record]) -> Optional[Record]:
+        """The relative record of a record the store's cache answered: the cache hands out the
+        same object until the key changes, so its relative twin is made once (the IPAM's
+        warm allocation reads three such records: no new object each time)."""
+        if rec is None:
+            return None
+        hit = self._memo.get(id(rec))
+        if hit is not None and hit[0] is rec:
+            return hit[1]
+        out = _strip(rec, self._n)
+        if len(self._memo) > 4096:
+            self._memo.clear()
+        self._memo[id(rec)] = (rec, out)  # holds rec: its id is not reused meanwhile
+        return out
+
     def get(self, key: str, cached: bool = False):
         if cached:
-            return _strip(self._t.get(self._p + key, cached=True), self._n)
+            return self._cached(self._t.get(self._p + key, cached=True))
         return _strip(self._t.get(self._p + key), self._n)
 
     def hint(self, key: str):
-        return _strip(self._t.hint(self._p + key), self._n)
+        return self._cached(self._t.hint(self._p + key))
 
     def list(self, prefix: str, keys: bool = True) -> Listing:
         if keys:
@@ -122,6 +138,7 @@ class Namespaced:
         self.inner = store
         self.prefix = prefix
         self._n = len(prefix)
+        self._memo: dict = {}  # see _NsTxn._cached
 
     def sibling(self, prefix: str) -> "Namespaced":
         return Namespaced(self.inner, prefix)
@@ -170,8 +187,8 @@ class Namespaced:
 
     # --- v2
     def txn(self, fn, retries: int = 10):
-        p = self.prefix
-        return self.inner.txn(lambda t: fn(_NsTxn(t, p)), retries=retries)
+        p, memo = self.prefix, self._memo
+        return self.inner.txn(lambda t: fn(_NsTxn(t, p, memo)), retries=retries)
 
     def watch(self, prefix: str, from_revision: Optional[int] = None) -> _NsWatch:
         return _NsWatch(self.inner.watch(self.prefix + prefix, from_revision), self._n)
