@@ -194,6 +194,10 @@ class OptimisticTxn:
                 self._reads.setdefault(rec.key, rec.version)
             merged[rec.key] = rec
         self._ranges.append(prefix)
+        return self._with_writes(prefix, merged, snap.revision)
+
+    def _with_writes(self, prefix: str, merged: dict, revision: int) -> Listing:
+        """A listing as this txn sees it: its own deletions and writes under ``prefix`` applied."""
         for dp in self._deleted_prefixes:
             for k in [k for k in merged if k.startswith(dp)]:
                 del merged[k]
@@ -203,7 +207,7 @@ class OptimisticTxn:
                     merged[key] = Record(key, copy.deepcopy(op[2]), PENDING, lease=op[3])
                 else:
                     merged.pop(key, None)
-        return Listing([merged[k] for k in sorted(merged)], snap.revision)
+        return Listing([merged[k] for k in sorted(merged)], revision)
 
     def scan(self, prefix: str) -> Listing:
         """``list(prefix)`` without recording it (no compares at commit, like ``hint``): for a
@@ -211,17 +215,7 @@ class OptimisticTxn:
         are taken, before the chosen one's own key is read), so a txn over a large prefix
         stays within what one etcd Txn can compare (``--max-txn-ops``)."""
         snap = self._snapshot()
-        merged = {rec.key: rec for rec in snap.range(prefix)}
-        for dp in self._deleted_prefixes:
-            for k in [k for k in merged if k.startswith(dp)]:
-                del merged[k]
-        for key, op in self._writes.items():
-            if key.startswith(prefix):
-                if op[0] == "put":
-                    merged[key] = Record(key, copy.deepcopy(op[2]), PENDING, lease=op[3])
-                else:
-                    merged.pop(key, None)
-        return Listing([merged[k] for k in sorted(merged)], snap.revision)
+        return self._with_writes(prefix, {rec.key: rec for rec in snap.range(prefix)}, snap.revision)
 
     def put(self, key: str, value: Any, lease: int = 0) -> None:
         self._check_open()

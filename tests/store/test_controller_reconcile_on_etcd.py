@@ -1,16 +1,11 @@
-"""The Controller on a real etcd (Store v2 only: etcd has no pessimistic
-transaction, so every verb must run as an optimistic txn function).
-
-The controller's unit tests (tests/unit/test_controller_reconcile.py: runtime reconcile, restore) run here again,
-unchanged, with their ``store`` fixture replaced by an ``EtcdStore`` on a
-one-member etcd nobody else writes to (``whole_etcd_store``: those tests list
-the whole store), emptied around each test.
-"""
+"""tests/unit/test_controller_reconcile.py (a runtime's reconcile, restore) re-run on a real
+etcd, as tests/store/test_controller_on_etcd.py does for test_controller.py: a module of its
+own, since the two modules' ``ctl`` fixtures differ."""
 from __future__ import annotations
 
 import pytest
 
-from tests.unit.test_controller_reconcile import *  # noqa: F401,F403 -- the tests and fixtures, re-run here
+from tests.unit.test_controller_reconcile import *  # noqa: F401,F403 -- the tests and fixtures
 
 
 @pytest.fixture
