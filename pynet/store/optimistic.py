@@ -270,7 +270,10 @@ class OptimisticTxn:
             self._learn_writes(ops, rev)
         else:
             for key in self._want:
-                self._cache.store(key, current.get(key), rev)
+                if key in current:
+                    self._cache.store(key, current[key], rev)
+                else:  # not brought back (etcd: past --max-txn-ops): fetched again when read
+                    self._cache.drop(key)
         return ok
 
     def _learn_writes(self, ops: list[tuple], rev: int) -> None:
