@@ -277,9 +277,8 @@ def _store(config: Config):
     """The daemon's store (the composition root's local store), opened
     read/write (SQLite serialises writers); never creates a state dir."""
     from pynet import root
-    from pynet.store.sqlite import SqliteStore
 
-    path = os.path.join(config.state_dir, SqliteStore.FILENAME)
+    path = root.store_file(config.state_dir)
     if not os.path.exists(path):
         if not os.path.isdir(config.state_dir):
             raise CliError(f"state directory {config.state_dir} does not exist "

@@ -191,16 +191,16 @@ def test_undo_on_driver_failure_in_create_endpoint(ctl, net1, store, driver):
 
 def test_undo_when_the_store_fails_after_create_endpoint(ctl, net1, store, driver):
     before, links = keys(store), set(driver.links)
-    real_put = store.put
+    real_commit = store._commit
 
-    def failing_put(key, value, version=None):
-        if key.startswith("endpoints/"):
-            raise errors.StoreConflict("lost a race")
-        return real_put(key, value, version)
-    store.put = failing_put
-    with pytest.raises(errors.StoreConflict):
+    def failing_commit(compares, ops, want=()):  # the endpoint record's commit fails
+        if any(op[0] == "put" and "endpoints/" in op[1] for op in ops):
+            raise errors.StoreUnavailable("the store went away")
+        return real_commit(compares, ops, want)
+    store._commit = failing_commit
+    with pytest.raises(errors.StoreUnavailable):
         ctl.create_endpoint(N1, E1, address="10.1.0.2/24")
-    store.put = real_put
+    store._commit = real_commit
     assert keys(store) == before and driver.links == links
 
 
