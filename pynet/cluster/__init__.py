@@ -181,6 +181,21 @@ class Cluster:
     def prefix(self, *parts) -> str:
         return self.key(*parts) + "/" if parts else self.root
 
+    def hosts_view(self) -> list[dict]:
+        """Every host whose lease is alive (an expired host is gone from the
+        store), its VTEP address, lease and the overlay networks it has
+        endpoints on -- ``pynet host ls``'s rows (the CLI never reads the store)."""
+        hosts, vteps = {}, {}
+        for r in self.store.list(self.root):
+            parts = self.parse(r.key)
+            if len(parts) == 2 and parts[0] == "hosts":
+                hosts[parts[1]] = dict(r.value or {}, lease=f"{r.lease:x}" if r.lease else "")
+            elif len(parts) == 3 and parts[0] == "vteps":
+                vteps.setdefault(parts[2], []).append(parts[1][:12])
+        return [{"host": h, "name": v.get("name", ""), "address": v.get("address", ""), "lease": v["lease"],
+                 "self": h == self.host, "networks": sorted(vteps.get(h, []))}
+                for h, v in sorted(hosts.items())]
+
     def parse(self, key: str) -> list[str]:
         """A key under the root -> its components ([] for anything else)."""
         return key[len(self.root):].split("/") if key.startswith(self.root) else []

@@ -39,7 +39,7 @@ def world(tmp_path):
     c = Controller(store, make_ipam(store), {"bridge": FakeDriver()}, firewall=FakeFirewall(), port_allocator=None)
     m = metrics.Metrics(process=False)
     m.controller = c
-    app = create_app(c, routes=[lambda app, ctl: register_cni(app, ctl, observer=m)], observer=m)
+    app = create_app(c, routes=[lambda app, ctl: register_cni(app, ctl, state_dir=str(state), observer=m)], observer=m)
     app.testing = False
 
     class World:
