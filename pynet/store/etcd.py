@@ -39,6 +39,7 @@ from pynet.store.keys import check_watch_prefix
 from pynet.store.optimistic import TxnRunner
 
 _UNAVAILABLE_GRPC = {4, 14}  # DeadlineExceeded, Unavailable
+_LEADER_CHANGED_BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.8)  # s; then the error stands (about 1.5 s in all)
 _WATCH_RECONNECT_FOR = 5.0  # s: how long a broken watch looks for a live member before giving up
 
 
@@ -120,6 +121,20 @@ class EtcdStore(TxnRunner):
 
     # --- transport -------------------------------------------------------------------------------
     def _call(self, path: str, body: dict) -> dict:
+        # "etcdserver: leader changed" comes only from etcd's linearizable-read path (a
+        # ReadIndex interrupted by an election: a Range or a read-only Txn, never a write
+        # proposal), so nothing was applied and the request is resent as it is -- a few times,
+        # while the members elect (a member's SIGKILL costs about one election timeout).
+        for delay in _LEADER_CHANGED_BACKOFF:
+            try:
+                return self._call_once(path, body)
+            except StoreUnavailable as e:
+                if "leader changed" not in str(e):
+                    raise
+                time.sleep(delay)
+        return self._call_once(path, body)
+
+    def _call_once(self, path: str, body: dict) -> dict:
         httpx = self._httpx
         n = len(self.endpoints)
         last: Optional[Exception] = None
