@@ -147,10 +147,10 @@ def allocator_rate(state_dir: Path, calls: int) -> float:
     """The daemon's allocator itself (pynet.ipam.Ipam on the SqliteStore the daemon opens, one
     committed transaction per address), in this process: no HTTP, no exec."""
     from pynet.ipam import Ipam
-    from pynet.store.sqlite import SqliteStore
+    from pynet.root import open_state_dir
 
     state_dir.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore.in_state_dir(str(state_dir))
+    store = open_state_dir(str(state_dir))
     try:
         ipam = Ipam(store, host_routes=lambda: [])
         pid, _, _ = ipam.request_pool("LocalDefault", "10.246.0.0/16")

@@ -1,11 +1,15 @@
 """Firewall / port-publishing benchmark: pynet vs Docker's built-in bridge, same run.
 
     .venv/bin/python benchmarks/bench_firewall.py [--runs 5] [--ports 1,5,10,100]
+        [--networks 100] [--networks-alone 1000] [--only alone|ports|networks]
 
 1. ``docker run -d`` with N published ports (tcp, explicit host ports) and ``docker rm -f``,
    on a pynet network vs a built-in bridge network (dockerd with its defaults), alternating,
    medians.  Goal: ratio <= 0.8 at 5 ports, lower as ports grow.
-2. pynet alone, in a throwaway namespace (nft backend): one endpoint with 1,000 published
+2. ``docker network create``/``rm`` of the 1st..100th network, pynet and the built-in bridge
+   interleaved, then pynet alone (``--networks``, ``--networks-alone``): first-ten and last-ten
+   medians.  Goal: pynet's last ten <= 1.0x the built-in's, growth <= 1.3.
+3. pynet alone, in a throwaway namespace (nft backend): one endpoint with 1,000 published
    ports applied in one batch (goal < 1 s); the firewall apply for the 100th network with 99
    present vs the first (goal <= 1.5x).
 Every resource is named ``pt<hex>-...`` (harness.RunLock) and removed even on failure.
@@ -113,9 +117,104 @@ def bench_alone(prefix, runs):
             fw.apply(nets[::-1], [])  # newest first, as the adapter renders
             hundredth.append(time.perf_counter() - t)
         line("apply: 100th network, 99 present", hundredth, first)
+        # the per-change path (what the daemon does on network create): the 100th network
+        # against the 2nd (the 1st lays the base rules, which is the full reconcile's work)
+        per = {2: [], 100: []}
+        for _ in range(runs):
+            fw.remove_all()
+            for i in range(100):
+                t = time.perf_counter()
+                fw.apply(nets[:i + 1][::-1], [], changed={nets[i].id})
+                if i + 1 in per:
+                    per[i + 1].append(time.perf_counter() - t)
+        line("change: 100th network vs the 2nd", per[100], per[2])
         fw.remove_all()
     finally:
         harness.sh("ip", "netns", "del", ns, check=False)
+
+
+def _tens(xs):
+    """Medians of the first ten and of the last ten samples (fewer when short)."""
+    k = max(1, min(10, len(xs) // 2))
+    return statistics.median(xs[:k]), statistics.median(xs[-k:])
+
+
+def growth_line(label, xs, peer=None):
+    a0, a1 = _tens(xs)
+    out = f"{label:<34} pynet first ten {a0 * 1000:.1f} ms, last ten {a1 * 1000:.1f} ms, growth {a1 / a0:.2f}"
+    if peer:
+        b0, b1 = _tens(peer)
+        out += (f"; built-in {b0 * 1000:.1f} -> {b1 * 1000:.1f} ms, growth {b1 / b0:.2f}; "
+                f"ratio at the last ten {a1 / b1:.2f} (goal <= 1.0)")
+    print(out + f"  n={len(xs)}", flush=True)
+
+
+def bench_network_growth(prefix, n_peer=100, n_alone=0, progress=None):
+    """``docker network create`` of the 1st..``n_peer``-th network, pynet (pynet driver and
+    IPAM) and Docker's built-in bridge interleaved (the side going first alternates), then
+    pynet alone on to the ``n_alone``-th; then ``docker network rm`` of them all, newest
+    first, pynet alone down to ``n_peer`` and interleaved below.  Engine API calls (no CLI
+    start-up in the samples).  Returns {"create"|"rm": {"pynet"|"peer": [seconds by count]}}
+    (rm samples in the order of the networks present, 1 first).  Subnets: /28s of
+    10.<a>.64.0/18 (pynet) and 10.<a>.128.0/18 (built-in), <a> from the run prefix."""
+    import tempfile
+
+    from benchmarks import bench_docker
+
+    image = harness.ensure_test_image()
+    a = 128 + int(prefix[2:], 16) % 64
+    n_alone = max(n_alone, n_peer)
+    assert n_alone <= 1024, "the /18 holds 1,024 /28s"
+    state = tempfile.mkdtemp(prefix=f"{prefix}-bench-growth-")
+    api = bench_docker.Api(image)
+    res = {op: {"pynet": [], "peer": []} for op in ("create", "rm")}
+    made = {"pynet": [], "peer": []}
+    daemon = None
+
+    def subnet(side, i):
+        base = (64 if side == "pynet" else 128) * 256 + i * 16
+        return f"10.{a}.{base // 256}.{base % 256}/28"
+
+    def create(side, i):
+        name = f"{prefix}-g{'pn' if side == 'pynet' else 'bi'}{i}"
+        drv = daemon.name if side == "pynet" else "bridge"
+        t = time.perf_counter()
+        api.net_create(name, drv, daemon.name if side == "pynet" else None, subnet(side, i))
+        res["create"][side].append(time.perf_counter() - t)
+        made[side].append(name)
+
+    def rm(side):
+        name = made[side].pop()
+        t = time.perf_counter()
+        api.net_rm(name)
+        res["rm"][side].append(time.perf_counter() - t)
+
+    try:
+        daemon = bench_docker.start_daemon(prefix, state)
+        for i in range(n_alone):
+            for side in (("pynet", "peer") if i % 2 == 0 else ("peer", "pynet")):
+                if side == "pynet" or i < n_peer:
+                    create(side, i)
+            if progress is not None:
+                progress()
+        for i in reversed(range(n_alone)):
+            for side in (("pynet", "peer") if i % 2 == 0 else ("peer", "pynet")):
+                if side == "pynet" or i < n_peer:
+                    rm(side)
+            if progress is not None:
+                progress()
+        for side in ("pynet", "peer"):
+            res["rm"][side].reverse()  # by networks present: 1 first
+        growth_line(f"network create 1..{n_peer}", res["create"]["pynet"][:n_peer], res["create"]["peer"])
+        growth_line(f"network rm {n_peer}..1", res["rm"]["pynet"][:n_peer], res["rm"]["peer"])
+        if n_alone > n_peer:
+            growth_line(f"network create 1..{n_alone} (alone)", res["create"]["pynet"])
+            growth_line(f"network rm {n_alone}..1 (alone)", res["rm"]["pynet"])
+        return res
+    finally:
+        bench_docker.teardown(daemon, prefix)
+        import shutil
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def main():
@@ -123,13 +222,22 @@ def main():
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--ports", default="1,5,10,100")
     ap.add_argument("--skip-docker", action="store_true")
+    ap.add_argument("--networks", type=int, default=100,
+                    help="network create/rm growth: networks of each side interleaved (0: skip)")
+    ap.add_argument("--networks-alone", type=int, default=0,
+                    help="... then pynet alone on to this many networks")
+    ap.add_argument("--only", choices=("alone", "ports", "networks"), help="run one part only")
     a = ap.parse_args()
     lock = harness.RunLock.acquire_new()
     try:
-        bench_alone(lock.prefix, a.runs)
-        if not a.skip_docker:
+        if a.only in (None, "alone"):
+            bench_alone(lock.prefix, a.runs)
+        if not a.skip_docker and a.only in (None, "ports", "networks"):
             harness.ensure_dockerd()
-            bench_docker(lock.prefix, a.runs, [int(x) for x in a.ports.split(",")])
+            if a.only in (None, "ports"):
+                bench_docker(lock.prefix, a.runs, [int(x) for x in a.ports.split(",")])
+            if a.only in (None, "networks") and a.networks:
+                bench_network_growth(lock.prefix, a.networks, a.networks_alone)
     finally:
         lock.release()
 

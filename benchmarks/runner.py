@@ -55,7 +55,8 @@ from benchmarks import bench_cni, bench_cni_ipam, bench_docker, bench_firewall  
 
 FULL_SCALE = {"networks": 1000, "endpoints": 1000, "ports": 1000, "leases": 10000}
 QUICK_SCALE = {"networks": 6, "endpoints": 8, "ports": 10, "leases": 40}
-SECTIONS = ("cni", "cri", "docker", "docker-ports", "networks", "endpoints", "ports", "leases")
+SECTIONS = ("cni", "cri", "docker", "docker-ports", "docker-networks", "networks", "endpoints", "ports",
+            "leases")
 QUICK_SKIPS = {"cri": "--quick: three private containerds take longer than the smoke run's budget"}
 
 # every comparison the report carries (the CI test checks they are all there); goals from
@@ -74,6 +75,10 @@ EXPECTED = {
     "docker.run.docker_ipam": ("docker", "docker run -d (API), pynet + Docker IPAM / bridge", "<=",
                                bench_docker.RUN_GOAL),
     "docker.run_5_ports": ("docker-ports", "docker run -d -p x5 (CLI), pynet / bridge", "<=", 0.8),
+    "docker.net_create_last_ten": ("docker-networks", "docker network create (API), the last ten of 1..100 "
+                                   "interleaved, pynet / bridge", "<=", 1.0),
+    "docker.net_rm_last_ten": ("docker-networks", "docker network rm (API), the last ten of 100..1 "
+                               "interleaved, pynet / bridge", "<=", 1.0),
     "ipam.exec.first100.daemon": ("leases", "pynet-ipam ADD (daemon) / host-local, first leases", "<=", 2.0),
     "ipam.exec.first100.standalone": ("leases", "pynet-ipam ADD (standalone) / host-local, first leases",
                                       "<=", 2.0),
@@ -253,6 +258,25 @@ class Run:
                                               subnets=(f"{self.net16}.140.0/24", f"{self.net16}.141.0/24"))
         self.comparisons.append(comparison("docker.run_5_ports", res[5]["pynet"][0], res[5]["peer"][0], "s",
                                            "pynet network", "builtin bridge"))
+
+    def section_docker_networks(self):
+        """``docker network create``/``rm`` of the 1st..100th network (fewer at a smaller
+        --scale), pynet and the built-in bridge interleaved, then pynet alone on to the
+        networks scale (bench_firewall.bench_network_growth); growth = last ten / first ten."""
+        harness.ensure_dockerd()
+        n_alone = self.scale["networks"]
+        n_peer = min(100, n_alone)
+        with self.bar("docker nets", 2 * n_alone) as bar:
+            res = bench_firewall.bench_network_growth(self.prefix, n_peer, n_alone, progress=bar.update)
+        for op, cid in (("create", "docker.net_create_last_ten"), ("rm", "docker.net_rm_last_ten")):
+            mine, peer = res[op]["pynet"], res[op]["peer"]
+            k = max(1, min(10, n_peer // 2))
+            growth = {"pynet_to_%d" % n_peer: bench_firewall._tens(mine[:n_peer]),
+                      "peer_to_%d" % n_peer: bench_firewall._tens(peer),
+                      "pynet_to_%d" % n_alone: bench_firewall._tens(mine)}
+            self.comparisons.append(comparison(
+                cid, mine[n_peer - k:n_peer], peer[-k:], "s", "pynet network (pynet IPAM)", "builtin bridge",
+                growth={key: b / a for key, (a, b) in growth.items()}))
 
     # ---- the CNI scale curves
     def start_node(self, tag: str):

@@ -198,17 +198,7 @@ def cmd_host_ls(args, config: Config) -> int:
     if cluster is None:
         raise CliError("no cluster store: give --cluster-store etcd://HOST:PORT[,...] (or PYNET_CLUSTER_STORE)")
     try:
-        view = cluster.store.list(cluster.root)
-        hosts, vteps = {}, {}
-        for r in view:
-            parts = cluster.parse(r.key)
-            if len(parts) == 2 and parts[0] == "hosts":
-                hosts[parts[1]] = dict(r.value or {}, lease=f"{r.lease:x}" if r.lease else "")
-            elif len(parts) == 3 and parts[0] == "vteps":
-                vteps.setdefault(parts[2], []).append(parts[1][:12])
-        rows = [{"host": h, "name": v.get("name", ""), "address": v.get("address", ""), "lease": v["lease"],
-                 "self": h == cluster.host, "networks": sorted(vteps.get(h, []))}
-                for h, v in sorted(hosts.items())]
+        rows = cluster.hosts_view()
     finally:
         cluster.close()
     if args.json:
@@ -277,9 +267,8 @@ def _store(config: Config):
     """The daemon's store (the composition root's local store), opened
     read/write (SQLite serialises writers); never creates a state dir."""
     from pynet import root
-    from pynet.store.sqlite import SqliteStore
 
-    path = os.path.join(config.state_dir, SqliteStore.FILENAME)
+    path = root.store_file(config.state_dir)
     if not os.path.exists(path):
         if not os.path.isdir(config.state_dir):
             raise CliError(f"state directory {config.state_dir} does not exist "

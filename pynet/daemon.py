@@ -153,7 +153,8 @@ def _build_and_serve(config: Config, metrics) -> None:
     reconcile_with_docker(controller, config.plugin_name)
     nets = controller.networks()
     log.info("restored %d network(s), %d endpoint(s)", len(nets), len(controller.endpoints()))
-    app = create_app(controller, routes=[partial(register_cni, observer=metrics)],  # CNI shim -> daemon
+    # CNI shim -> daemon, for this state dir
+    app = create_app(controller, routes=[partial(register_cni, state_dir=config.state_dir, observer=metrics)],
                      observer=metrics)
     rechecker = FirewallRechecker(controller, recheck_interval(), metrics=metrics).start()
     # the cluster (overlay networks): this host's lease and the control loop

@@ -179,11 +179,11 @@ class Host:
         return b.name, {fam: tools[0] for fam, tools in b.tools.items()}
 
     def cluster_store_read(self, url: str) -> None:
-        from pynet.store.etcd import EtcdStore
+        from pynet import root
 
         if not url.startswith("etcd://"):
             raise ValueError(f"want etcd://HOST:PORT[,HOST:PORT...], not {url!r}")
-        store = EtcdStore.from_url(url, timeout=TIMEOUT)
+        store = root.open_store_url(url, timeout=TIMEOUT)
         try:
             store.get("pynet/doctor")   # a range read: reaches a member with quorum, writes nothing
         finally:
@@ -193,9 +193,9 @@ class Host:
         """networks/endpoints of the SQLite store, opened read-only (never created)."""
         import sqlite3
 
-        from pynet.store.sqlite import SqliteStore
+        from pynet import root
 
-        path = os.path.join(state_dir, SqliteStore.FILENAME)
+        path = root.store_file(state_dir)
         if not os.path.exists(path):
             raise FileNotFoundError(f"no store {path}")
         # a read-only probe first: a missing or unreadable file must not be created or migrated
@@ -206,7 +206,7 @@ class Host:
             conn.close()
         from pynet.cnm.controller import Controller
 
-        store = SqliteStore(path)
+        store = root.read_state_dir(state_dir)
         try:
             c = Controller(store, ipam=None, drivers={})
             nets, eps = c.networks(), c.endpoints()

@@ -122,6 +122,11 @@ class Internal(PynetError):
     cni_code = 999
 
 
+class StoreTxnTooLarge(Internal):
+    """A store transaction recorded more reads than one etcd Txn can compare
+    (``--max-txn-ops``): the caller must bound what it records."""
+
+
 class KernelError(Internal):
     """The kernel refused a netlink or firewall change."""
 

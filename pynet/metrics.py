@@ -236,11 +236,15 @@ class ObservedFirewall:
         if callable(apply):
             engine.apply = _timed_apply(apply, metrics)
 
-    def sync(self, networks, endpoints, force: bool = False) -> None:
+    def sync(self, networks, endpoints, force: bool = False, changed=None) -> None:
         m, trigger = self._metrics, "recheck" if force else "change"
         t0 = time.monotonic()
         try:
-            self._inner.sync(networks, endpoints, force=force)
+            # ``changed``: the owners a per-change sync touches (None: the full reconcile)
+            if changed is None:
+                self._inner.sync(networks, endpoints, force=force)
+            else:
+                self._inner.sync(networks, endpoints, force=force, changed=changed)
         except BaseException as e:
             m.fw_syncs.labels(trigger, error_class(e)).inc()
             raise

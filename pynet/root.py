@@ -1,7 +1,8 @@
 """The composition root: every implementation pynet runs on is built here,
 from the settings (``pynet.config.Config``), and nowhere else.
 
-    open_store(config)              the local store (SQLite in the state dir)
+    open_store(config)              the local store (SQLite in the state dir, under
+                                    pynet/v2/local/<host>/: open_state_dir)
     cluster_store(config)           this host's cluster handle (pynet.cluster.Cluster) or None
     start_cluster_agent(config, c)  the daemon's membership + control loop (the overlay's FDB)
     build_netlink() / build_sysctl()   the host's kernel interfaces
@@ -36,20 +37,45 @@ def open_store(config: Config, create: bool = True):
     """The local store: records of this host (SQLite in the state dir).
     ``create=False``: the state dir must exist already (the CLI's commands
     must not set one up by a typo)."""
-    from pynet.store.sqlite import SqliteStore
-
     if create:
         os.makedirs(config.state_dir, mode=0o700, exist_ok=True)
-    return SqliteStore.in_state_dir(config.state_dir)
+    return open_state_dir(config.state_dir)
 
 
-def open_store_url(url: str):
+def open_state_dir(state_dir: str):
+    """The SQLite store of ``state_dir`` seen under this host's v2 local prefix
+    (``pynet/v2/local/<host>/``, ``pynet.store.layout``): a state dir of the
+    layout of before is moved there once, on first open."""
+    from pynet.store.layout import open_layout
+    from pynet.store.sqlite import SqliteStore
+
+    local, _cluster = open_layout(SqliteStore.in_state_dir(state_dir))
+    return local
+
+
+def store_file(state_dir: str) -> str:
+    """Where ``open_state_dir`` keeps the store (whether a state dir has one)."""
+    from pynet.store.sqlite import SqliteStore
+
+    return os.path.join(state_dir, SqliteStore.FILENAME)
+
+
+def read_state_dir(state_dir: str):
+    """The local records of an existing state dir for a read-only caller (the
+    doctor): nothing is created or migrated (``pynet.store.layout.view``)."""
+    from pynet.store.layout import view
+    from pynet.store.sqlite import SqliteStore
+
+    return view(SqliteStore(store_file(state_dir)))
+
+
+def open_store_url(url: str, **kw):
     """A store named by a URL, ``etcd://host:port[,host:port...]`` (etcd's v3
     JSON gateway over plain HTTP).  The root, not ``pynet.store``, picks the
     backend: the store package knows no backend, so it imports none of them."""
     from pynet.store.etcd import EtcdStore
 
-    return EtcdStore.from_url(url)
+    return EtcdStore.from_url(url, **kw)
 
 
 def cluster_store(config: Config):
@@ -122,7 +148,12 @@ def build_firewall(config: Config, store=None, sysctl=None):
         fw = NftFirewall(prefix=config.chain_prefix, sysctl=sysctl)
     else:
         from pynet.firewall import Firewall
-        fw = Firewall(prefix=config.chain_prefix, sysctl=sysctl)
+        from pynet.firewall.ledger import FileLedger
+
+        # what each owner's rules were, for the per-change path of every process (CNI binaries
+        # working in-process are fresh processes): beside the state, under firewall.lock
+        ledger = FileLedger(os.path.join(config.state_dir, "firewall-ledger", config.chain_prefix))
+        fw = Firewall(prefix=config.chain_prefix, sysctl=sysctl, ledger=ledger)
     return BridgeFirewall(fw, store=store)
 
 

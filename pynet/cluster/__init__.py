@@ -117,46 +117,6 @@ def check_local_address(address: str) -> str:
     return str(a)
 
 
-# etcd answers "leader changed" when the member that took a request lost its leadership before
-# applying it: the cluster still has quorum and elects another leader within an election timeout
-# (~1 s by default).  Re-sending is safe for what pynet sends -- a v2 txn re-reads and commits on
-# compares, a put or delete is idempotent -- so one member down costs a short wait, not a failed
-# ADD.  Only this answer is retried: without quorum ("no leader", timeouts, refused) the caller
-# gets StoreUnavailable at once (fail fast, CNI code 11).
-_LEADER_CHANGED = "leader changed"
-_RETRY_FOR = 5.0             # s: bound of the retries of one call
-_RETRY_STEP = 0.1
-_RETRIED = frozenset({"txn", "get", "list", "put", "create", "delete", "delete_prefix", "grant",
-                      "keepalive", "revoke", "listing"})
-
-
-class _LeaderChangeRetry:
-    """The cluster store, with the calls in ``_RETRIED`` re-sent while etcd answers "leader
-    changed" (bounded by ``_RETRY_FOR``); everything else passes through."""
-
-    def __init__(self, store):
-        self._store = store
-
-    def __getattr__(self, name):
-        attr = getattr(self._store, name)
-        if name not in _RETRIED or not callable(attr):
-            return attr
-
-        def call(*a, **kw):
-            import time
-
-            deadline = time.monotonic() + _RETRY_FOR
-            while True:
-                try:
-                    return attr(*a, **kw)
-                except errors.StoreUnavailable as e:
-                    if _LEADER_CHANGED not in str(e) or time.monotonic() >= deadline:
-                        raise
-                    log.info("cluster store: %s; sent again", e)
-                    time.sleep(_RETRY_STEP)
-        return call
-
-
 @dataclass
 class Peers:
     """What a host's VXLAN device of one network should hold: ``fdb`` {(mac,
@@ -192,7 +152,7 @@ class Cluster:
     def store(self):
         with self._lock:
             if self._store is None:
-                self._store = _LeaderChangeRetry(self._open())
+                self._store = self._open()
             return self._store
 
     def close(self) -> None:
@@ -220,6 +180,21 @@ class Cluster:
 
     def prefix(self, *parts) -> str:
         return self.key(*parts) + "/" if parts else self.root
+
+    def hosts_view(self) -> list[dict]:
+        """Every host whose lease is alive (an expired host is gone from the
+        store), its VTEP address, lease and the overlay networks it has
+        endpoints on -- ``pynet host ls``'s rows (the CLI never reads the store)."""
+        hosts, vteps = {}, {}
+        for r in self.store.list(self.root):
+            parts = self.parse(r.key)
+            if len(parts) == 2 and parts[0] == "hosts":
+                hosts[parts[1]] = dict(r.value or {}, lease=f"{r.lease:x}" if r.lease else "")
+            elif len(parts) == 3 and parts[0] == "vteps":
+                vteps.setdefault(parts[2], []).append(parts[1][:12])
+        return [{"host": h, "name": v.get("name", ""), "address": v.get("address", ""), "lease": v["lease"],
+                 "self": h == self.host, "networks": sorted(vteps.get(h, []))}
+                for h, v in sorted(hosts.items())]
 
     def parse(self, key: str) -> list[str]:
         """A key under the root -> its components ([] for anything else)."""

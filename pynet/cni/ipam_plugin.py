@@ -26,9 +26,9 @@ import ipaddress
 
 from pynet import errors
 from pynet.cni import spec
-from pynet.cni.plugin import (GATEWAY_OPTS, LOCAL_DEFAULT, CniError, check_route_gateways, find_network,
+from pynet.cni.plugin import (GATEWAY_OPTS, CniError, check_route_gateways, find_network,
                               parse_dns, parse_ranges, parse_routes, requested_addresses)
-from pynet.cni.ipam_records import ALLOC, POOLS
+from pynet.cnm import ipam_records as records
 
 
 def _conf(conf: dict) -> dict:
@@ -42,57 +42,34 @@ def _conf(conf: dict) -> dict:
     return ipam
 
 
-def _key(name: str, cid: str, ifname: str) -> str:
-    return f"{ALLOC}{name}/{cid}/{ifname}"
-
-
-def pools_for(ctx, name: str, ipam: dict, create: bool) -> dict:
+def pools_for(ctx, name: str, ipam: dict, create: bool, txn=None) -> dict:
     """{family: {"pool_id", "subnet", "gateway"}} for the network ``name``."""
     from pynet.cnm.attach import pool_id_of
 
     c = ctx.controller
     ranges = parse_ranges(ipam)
-    net = find_network(c, name)
+    net = find_network(c, name, txn=txn)
     if net is not None:
         out = {}
         for fam, datas in ((4, net.ipv4), (6, net.ipv6)):
             if datas:
                 d = datas[0]
-                out[fam] = {"pool_id": pool_id_of(c, d), "subnet": str(ipaddress.ip_network(d.pool, strict=False)),
+                out[fam] = {"pool_id": pool_id_of(c, d, txn=txn), "subnet": str(ipaddress.ip_network(d.pool, strict=False)),
                             "gateway": d.gateway.split("/")[0] if d.gateway else ""}
         _agree(name, ranges, out, f"pynet network {name}")
         return out
-    rec = c.store.get(POOLS + name)
-    if rec is not None:
-        _agree(name, ranges, {int(k): v for k, v in rec.value.items()}, "its pynet-ipam pools")
-        return {int(k): v for k, v in rec.value.items()}
+    have = records.own_pools(c, name, txn)
+    if have is not None:
+        _agree(name, ranges, have, "its pynet-ipam pools")
+        return have
     if not create:
         return {}
     if not ranges:
         raise CniError(spec.INVALID_CONFIG, "pynet-ipam needs ipam.ranges (or subnet)")
     # The pools, their gateways and the record naming them: one commit (the
     # store transaction also keeps a second ADD from making them twice).
-    with c.transaction():
-        rec = c.store.get(POOLS + name)
-        if rec is not None:
-            return {int(k): v for k, v in rec.value.items()}
-        out = {}
-        for fam, r in ranges.items():
-            pid, pool, _ = c.request_pool(LOCAL_DEFAULT, r.subnet, v6=(fam == 6), requester=_pools_holder(name))
-            gw = c.request_address(pid, r.gateway, GATEWAY_OPTS, holder=_pools_holder(name)).split("/")[0]
-            out[fam] = {"pool_id": pid, "subnet": pool, "gateway": gw}
-        c.store.put(POOLS + name, {str(k): v for k, v in out.items()})
-        return out
-
-
-def _pools_holder(name: str) -> str:
-    """The IPAM holder of pynet-ipam's own pools of network ``name``."""
-    return f"cni-ipam/{name}"
-
-
-def _holder(name: str, cid: str, ifname: str) -> str:
-    """The IPAM holder of one attachment's addresses."""
-    return f"cni-ipam/{name}/{cid}/{ifname}"
+    want = {fam: (r.subnet, r.gateway) for fam, r in ranges.items()}
+    return c.txn(lambda t: records.make_own_pools(c, name, want, GATEWAY_OPTS, t), txn)
 
 
 def _agree(name: str, ranges: dict, have: dict, what: str) -> None:
@@ -137,47 +114,41 @@ def cmd_add(ctx, conf: dict, args: spec.Args) -> dict:
         if r and ipaddress.ip_address(want) not in ipaddress.ip_network(r.subnet):
             raise CniError(spec.INVALID_CONFIG, f"requested address {want} is outside {r.subnet}")
     c = ctx.controller
-    key = _key(name, args.container_id, args.ifname)
-    holder = _holder(name, args.container_id, args.ifname)
-    with c.transaction():
-        pools = pools_for(ctx, name, ipam, create=True)
+    cid, ifname = args.container_id, args.ifname
+    holder = records.holder(name, cid, ifname)
+
+    def add(t):  # may run again on a conflict: no side effects but the txn's
+        pools = pools_for(ctx, name, ipam, create=True, txn=t)
         # the pools of an existing network when the conflist names no subnet:
         # a route's gateway must be on-link there too (raising here undoes the commit)
         check_route_gateways(routes, {f: p["subnet"] for f, p in pools.items()}, name)
-        rec = c.store.get(key)
-        if rec is not None:
-            return _result(rec.value, pools, routes, dns)
+        have = records.allocation(c, name, cid, ifname, txn=t)
+        if have is not None:
+            return have, pools
+        left = dict(wanted)
         got = {}
         for fam, p in sorted(pools.items()):
-            want = wanted.pop(fam, "")
+            want = left.pop(fam, "")
             if want and ipaddress.ip_address(want) not in ipaddress.ip_network(p["subnet"]):
                 raise CniError(spec.INVALID_CONFIG, f"requested address {want} is outside {p['subnet']}")
-            got[str(fam)] = c.request_address(p["pool_id"], want, holder=holder)
-        if wanted:
-            raise CniError(spec.INVALID_CONFIG, f"no IPv{min(wanted)} range for the requested address")
+            got[str(fam)] = c.request_address(p["pool_id"], want, holder=holder, txn=t)
+        if left:
+            raise CniError(spec.INVALID_CONFIG, f"no IPv{min(left)} range for the requested address")
         value = {"pools": {str(f): p["pool_id"] for f, p in pools.items()}, "addresses": got,
-                 "container_id": args.container_id, "ifname": args.ifname}
-        c.store.put(key, value)
+                 "container_id": cid, "ifname": ifname}
+        records.record_allocation(c, name, cid, ifname, value, txn=t)
+        return value, pools
+
+    value, pools = c.txn(add)
     return _result(value, pools, routes, dns)
-
-
-def _release(c, name: str, key: str, value: dict) -> None:
-    holder = _holder(name, value.get("container_id", ""), value.get("ifname", ""))
-    with c.transaction():  # the addresses and the record: one commit
-        for fam, a in (value.get("addresses") or {}).items():
-            pid = (value.get("pools") or {}).get(fam)
-            if pid:
-                c.release_address(pid, a.split("/")[0], holder)
-        c.store.delete(key)
 
 
 def cmd_del(ctx, conf: dict, args: spec.Args) -> None:
     _conf(conf)
     c = ctx.controller
-    key = _key(conf["name"], args.container_id, args.ifname)
-    rec = c.store.get(key)
-    if rec is not None:
-        _release(c, conf["name"], key, rec.value)
+    value = records.allocation(c, conf["name"], args.container_id, args.ifname)
+    if value is not None:
+        records.release_allocation(c, conf["name"], value)
     return None
 
 
@@ -186,12 +157,12 @@ def cmd_check(ctx, conf: dict, args: spec.Args) -> None:
         raise CniError(spec.INCOMPATIBLE_VERSION, "config version does not allow CHECK")
     _conf(conf)
     c = ctx.controller
-    rec = c.store.get(_key(conf["name"], args.container_id, args.ifname))
-    if rec is None:
+    value = records.allocation(c, conf["name"], args.container_id, args.ifname)
+    if value is None:
         raise CniError(spec.UNKNOWN_CONTAINER, f"pynet-ipam has no allocation for container "
                                                f"{args.container_id} interface {args.ifname}")
-    for fam, a in (rec.value.get("addresses") or {}).items():
-        pid = rec.value["pools"][fam]
+    for fam, a in (value.get("addresses") or {}).items():
+        pid = value["pools"][fam]
         try:
             held = set(c.ipam.allocated(pid))
         except errors.NotFound:
@@ -209,10 +180,9 @@ def cmd_gc(ctx, conf: dict, args: spec.Args) -> None:
     _conf(conf)
     valid = valid_attachments(conf)
     c = ctx.controller
-    for rec in c.store.list(f"{ALLOC}{conf['name']}/"):
-        v = rec.value
+    for v in records.allocations(c, conf["name"]):
         if (v.get("container_id"), v.get("ifname")) not in valid:
-            _release(c, conf["name"], rec.key, v)
+            records.release_allocation(c, conf["name"], v)
     return None
 
 

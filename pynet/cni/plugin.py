@@ -357,11 +357,12 @@ def network_request(nc: NetConf) -> networks.NetworkRequest:
 network_id_for = networks.network_id_for
 
 
-def find_network(c, name: str, ask_docker: bool = False):
+def find_network(c, name: str, ask_docker: bool = False, txn=None):
     """The pynet network named ``name``: a CNI-made one, or a Docker-made one
     whose Docker name is ``name`` (Docker never tells a plugin the name, so
     dockerd is asked once and the name recorded)."""
-    return networks.find_network(c, name, runtime_ids=docker_network_ids if ask_docker else None)
+    return networks.find_network(c, name, runtime_ids=docker_network_ids if ask_docker else None,
+                                 txn=txn)
 
 
 def docker_network_ids(name: str, sock: str = DOCKER_SOCKET, timeout: float = 2.0) -> list[str]:
@@ -727,7 +728,7 @@ def valid_attachments(conf: dict) -> set:
 
 
 def cmd_gc(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
-    from pynet.cni import ipam_records as ipam_plugin  # not the plugin: ipam_plugin imports this module
+    from pynet.cnm import ipam_records as ipam_plugin  # not the plugin: ipam_plugin imports this module
     from pynet.cnm import attach
 
     if not spec.at_least(conf["cniVersion"], "1.1.0"):

@@ -87,9 +87,12 @@ def _network_name(stdin: str) -> str:
     return name if isinstance(name, str) else ""
 
 
-def register_cni(app, controller, observer=None) -> None:
+def register_cni(app, controller, state_dir: str = "", observer=None) -> None:
     """Add the CNI route to the daemon's Flask app; firewall syncs of the
     daemon are serialised with those of CNI binaries working in-process.
+    ``state_dir``: the one the daemon serves (the daemon hands it in, from its
+    settings: the front end never looks into the store); requests for another
+    are refused (421), and without one every request is.
     ``observer``: told of every request (``declare_cni(plugins)`` once,
     ``cni_request(plugin, command, seconds, code, error=, result=)`` each) --
     the daemon's metrics; this module never imports them."""
@@ -101,8 +104,7 @@ def register_cni(app, controller, observer=None) -> None:
     if observer is not None:
         observer.declare_cni(sorted(known))
 
-    store_path = getattr(controller.store, "path", "") or ""
-    state_dir = os.path.dirname(os.path.abspath(store_path)) if store_path else ""
+    state_dir = os.path.abspath(state_dir) if state_dir else ""
     own_ns = namespace_ids()
     bridge = (getattr(controller, "drivers", None) or {}).get("bridge")
     instance = getattr(bridge, "instance", "") or ""

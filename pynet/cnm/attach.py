@@ -57,7 +57,7 @@ def endpoint_id(network_id: str, container_id: str, ifname: str) -> str:
     return hashlib.sha256(f"{network_id}:{container_id}:{ifname}".encode()).hexdigest()
 
 
-def pool_id_of(controller, d: IPData) -> str:
+def pool_id_of(controller, d: IPData, txn=None) -> str:
     """The IPAM pool behind a network's subnet: recorded for CNI-made networks;
     for Docker-made ones the pool Docker asked pynet's IPAM for (LocalDefault),
     when Docker used pynet as its IPAM driver."""
@@ -65,7 +65,7 @@ def pool_id_of(controller, d: IPData) -> str:
         return d.pool_id
     pid = f"{d.address_space or LOCAL_DEFAULT}/{ipaddress.ip_network(d.pool, strict=False)}"
     try:
-        controller.ipam.get_pool(pid)
+        controller.ipam.get_pool(pid, txn=txn)
     except errors.NotFound:
         raise errors.InvalidParameter(
             f"the addresses of subnet {d.pool} are not managed by pynet's IPAM (a Docker network "

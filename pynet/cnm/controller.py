@@ -23,6 +23,8 @@ from typing import Iterable, Optional
 from pynet import errors, validate
 from pynet.cnm.driver import GLOBAL, Driver, PeerEvent
 from pynet.cnm.model import Endpoint, IPData, JoinInfo, Network, PortMapping
+from pynet.store.keys import cluster_prefix
+from pynet.store.optimistic import run as run_txn
 
 log = logging.getLogger("pynet.controller")
 
@@ -169,8 +171,17 @@ def parse_interface(value: str, what: str):
 
 class Controller:
     def __init__(self, store, ipam, drivers: dict[str, Driver], firewall=None,
-                 port_allocator=None):
+                 port_allocator=None, cluster_store=None):
+        """``store``: this host's records (networks, endpoints, ...);
+        ``cluster_store``: the records every host shares (``allocations/``,
+        ``peers/``).  Default: the cluster namespace of the same backend
+        (``pynet/v2/cluster/`` beside ``pynet/v2/local/<host>/``), or the
+        store itself when it is not namespaced (unit tests)."""
         self.store = store
+        if cluster_store is None:
+            sibling = getattr(store, "sibling", None)
+            cluster_store = sibling(cluster_prefix()) if sibling is not None else store
+        self.cluster_store = cluster_store
         self.ipam = ipam
         self.drivers = drivers
         self.firewall = firewall
@@ -183,14 +194,30 @@ class Controller:
         # serialise writers across processes (CNI binaries beside the daemon).
         self._lock = threading.RLock()
 
-    @contextlib.contextmanager
-    def transaction(self):
-        """Several verbs in one store commit, all or nothing (pynet-ipam's
-        allocation and its attachment record).  The controller's lock comes
-        first, as in every verb, so two threads never wait on each other in
-        opposite orders."""
-        with self._lock, self.store.transaction() as t:
-            yield t
+    # Store v2: every change is a function of a txn (``pynet.store``), run by
+    # ``txn()`` -- optimistic, retried on conflict, so the function has no
+    # side effects (kernel work happens before or after it, never inside).
+    # Verbs that other verbs compose take ``txn=`` and run in the caller's
+    # transaction (nothing nests: one commit for all); so do the IPAM's.
+    def txn(self, fn, txn=None, store=None):
+        """``fn(t)`` in ``txn`` (passed down) or in one store commit of its
+        own, all or nothing (pynet-ipam's allocation and its attachment
+        record).  The controller's lock comes first, as in every verb, so two
+        threads never wait on each other in opposite orders.  ``store``: the
+        cluster store (global records) instead of this host's."""
+        if txn is not None:
+            return fn(txn)
+        with self._lock:
+            return run_txn(self.store if store is None else store, fn, retries=self._retries())
+
+    def _retries(self) -> int:
+        return getattr(self.ipam, "retries", None) or 200
+
+    def put_record(self, key: str, value, txn=None) -> None:
+        self.txn(lambda t: t.put(key, value), txn)
+
+    def delete_record(self, key: str, txn=None) -> None:  # this host's
+        self.txn(lambda t: t.delete(key), txn)
 
     # ------------------------------------------------------------------ IPAM
     def address_spaces(self) -> dict:
@@ -201,39 +228,56 @@ class Controller:
     # addresses, network_holder() for what a network keeps; "" is the
     # anonymous caller (CLI, scenarios), whose releases are unconditional.
     def request_pool(self, address_space: str, pool: str = "", sub_pool: str = "",
-                     options: Optional[dict] = None, v6: bool = False, requester: str = ""):
+                     options: Optional[dict] = None, v6: bool = False, requester: str = "",
+                     txn=None):
         """``requester`` (e.g. "docker") holds the pool; it is also kept in
         the options (stores of before holders identified Docker's pools so)."""
         options = dict(options or {})
         if requester:
             options[REQUESTER_OPTION] = requester
         with self._lock:
-            return self.ipam.request_pool(address_space, pool, sub_pool, options, v6, holder=requester)
+            return self.ipam.request_pool(address_space, pool, sub_pool, options, v6, holder=requester,
+                                          txn=txn)
 
-    def release_pool(self, pool_id: str, holder: str = "") -> None:
+    def release_pool(self, pool_id: str, holder: str = "", txn=None) -> None:
         """``holder`` lets go of the pool; it stays reserved while another
         holder (a CNI pod's address, a network dockerd could not delete)
         keeps it, and goes with the last of them."""
-        with self._lock, self.store.transaction():
-            gone = self.ipam.release_pool(pool_id, holder)
-            if gone:
-                self.store.delete_prefix(_gateway_key(pool_id, ""))
+        def fn(t):
+            if self.ipam.release_pool(pool_id, holder, txn=t):
+                t.delete_prefix(_gateway_key(pool_id, ""))
+        self.txn(fn, txn)
 
     def request_address(self, pool_id: str, address: str = "", options: Optional[dict] = None,
-                        holder: str = "") -> str:
+                        holder: str = "", txn=None) -> str:
         # Docker does not show an automatic gateway in `network inspect`: the
         # hold records it as a gateway so reconcile_runtime() knows it is held.
         with self._lock:
             for drv in self.drivers.values() if holder == DOCKER else ():  # dockerd's: cluster-wide (overlay)
                 address = getattr(drv, "pool_address", lambda *a: "")(self, pool_id, address, options) or address
-            return self.ipam.request_address(pool_id, address, options or {}, holder=holder)
+            return self.ipam.request_address(pool_id, address, options or {}, holder=holder, txn=txn)
 
-    def release_address(self, pool_id: str, address: str, holder: str = "") -> None:
-        with self._lock, self.store.transaction():  # one commit for both
-            self.ipam.release_address(pool_id, address, holder)
-            self.store.delete(_gateway_key(pool_id, address.split("/")[0]))
+    def release_address(self, pool_id: str, address: str, holder: str = "", txn=None) -> None:
+        def fn(t):  # one commit for both
+            self.ipam.release_address(pool_id, address, holder, txn=t)
+            t.delete(_gateway_key(pool_id, address.split("/")[0]))
+        self.txn(fn, txn)
         for drv in self.drivers.values() if holder == DOCKER else ():  # and its cluster-wide record
             getattr(drv, "release_pool_address", lambda *a: None)(self, pool_id, address)
+
+    def records_left(self) -> list[str]:
+        """What the store still records of networks, endpoints, attachments,
+        host ports and address pools (one line each): a scenario's teardown
+        expects none."""
+        out = [r.key for p in (NETWORKS, ENDPOINTS, ATTACHMENTS, GATEWAYS, PORTS)
+               for r in self.store.list(p)]
+        if self.ipam is not None:
+            out += [f"ipam pool {p['id']}" for p in self.ipam.list_pools()]
+        return out
+
+    def close(self) -> None:
+        """Let go of the store (its connection in this thread)."""
+        self.store.close()
 
     # ------------------------------------------------------------- lookups
     def driver_for(self, net: Network) -> Driver:
@@ -255,13 +299,14 @@ class Controller:
     def name_network(self, network_id: str, name: str) -> None:
         """Record the name a runtime knows a network by (dockerd never tells
         a plugin the name; the CNI path learns it and keeps it)."""
-        with self._lock, self.store.transaction():
-            rec = self.store.get(_net_key(network_id))
+        def fn(t):
+            rec = t.get(_net_key(network_id))
             if rec is not None:
-                self.store.put(_net_key(network_id), dict(rec.value, name=name))
+                t.put(_net_key(network_id), dict(rec.value, name=name))
+        self.txn(fn)
 
-    def networks(self) -> list[Network]:
-        return [Network.from_json(r.value) for r in self.store.list(NETWORKS)]
+    def networks(self, txn=None) -> list[Network]:
+        return [Network.from_json(r.value) for r in (txn or self.store).list(NETWORKS)]
 
     def network(self, id_or_name: str) -> Network:
         rec = self.store.get(_net_key(id_or_name))
@@ -275,9 +320,9 @@ class Controller:
             raise errors.InvalidParameter(f"network {id_or_name!r} is ambiguous")
         raise errors.NetworkNotFound(f"network {id_or_name} not found")
 
-    def endpoints(self, network_id: Optional[str] = None) -> list[Endpoint]:
+    def endpoints(self, network_id: Optional[str] = None, txn=None) -> list[Endpoint]:
         prefix = f"{ENDPOINTS}{network_id}/" if network_id else ENDPOINTS
-        return [Endpoint.from_json(r.value) for r in self.store.list(prefix)]
+        return [Endpoint.from_json(r.value) for r in (txn or self.store).list(prefix)]
 
     def endpoint(self, network_id: str, endpoint_id: str) -> Endpoint:
         rec = self.store.get(_ep_key(network_id, endpoint_id))
@@ -293,11 +338,11 @@ class Controller:
                 f"endpoint {id_prefix!r} {'not found' if not matches else 'is ambiguous'}")
         return matches[0]
 
-    def _save_network(self, net: Network) -> None:
-        self.store.put(_net_key(net.id), net.to_json())
+    def _save_network(self, net: Network, txn=None) -> None:
+        self.put_record(_net_key(net.id), net.to_json(), txn)
 
-    def _save_endpoint(self, ep: Endpoint) -> None:
-        self.store.put(_ep_key(ep.network_id, ep.id), ep.to_json())
+    def _save_endpoint(self, ep: Endpoint, txn=None) -> None:
+        self.put_record(_ep_key(ep.network_id, ep.id), ep.to_json(), txn)
 
     # ------------------------------------------------------------- networks
     def create_network(self, network_id: str, ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = (),
@@ -329,11 +374,15 @@ class Controller:
                 if state is not None:  # what the driver remembers about the network
                     net.driver_state = state
                 undo.callback(drv.delete_network, net)
-                with self.store.transaction():  # the record and its holds: one commit
-                    self._save_network(net)
-                    self._hold_network_addresses(net)
+                def record(t):  # the record and its holds: one commit
+                    try:
+                        t.create(_net_key(net.id), net.to_json())
+                    except errors.KeyExists:  # another process made it meanwhile
+                        raise errors.NetworkExists(f"network {network_id} already exists") from None
+                    self._hold_network_addresses(net, t)
+                self.txn(record)
                 undo.callback(self._forget_network, net, [])
-                self._sync_firewall()
+                self._sync_firewall({net.id})
                 undo.pop_all()
             log.info("created network %s (%s)", net.id[:12], net.driver)
             return net
@@ -342,68 +391,69 @@ class Controller:
     # (when the IPAM is pynet's), beside whoever requested them: the bridge
     # carries the gateway for as long as the network lives, whatever dockerd
     # releases meanwhile.
-    def _network_pools(self, net: Network) -> list[tuple[IPData, str]]:
+    def _network_pools(self, net: Network, txn=None) -> list[tuple[IPData, str]]:
         if self.ipam is None:
             return []
         out = []
         for d in net.ipv4 + net.ipv6:
             pid = d.pool_id
             if not pid:
-                found = self.ipam.find_pool(d.address_space or LOCAL_DEFAULT, d.pool)
+                found = self.ipam.find_pool(d.address_space or LOCAL_DEFAULT, d.pool, txn=txn)
                 # only the pool Docker requested for it (its IPAM was pynet's)
-                if found and self._requested_by(found, net.created_by):
+                if found and self._requested_by(found, net.created_by, txn):
                     pid = found
             if pid:
                 out.append((d, pid))
         return out
 
-    def _requested_by(self, pool_id: str, requester: str) -> bool:
+    def _requested_by(self, pool_id: str, requester: str, txn=None) -> bool:
         try:
-            p = self.ipam.get_pool(pool_id)
+            p = self.ipam.get_pool(pool_id, txn=txn)
         except errors.NotFound:
             return False
         return (p.get("options") or {}).get(REQUESTER_OPTION) == requester
 
-    def _hold_network_addresses(self, net: Network) -> None:
+    def _hold_network_addresses(self, net: Network, t) -> None:
         holder = network_holder(net.id)
-        for d, pid in self._network_pools(net):
+        for d, pid in self._network_pools(net, t):
             try:
-                self.ipam.hold_pool(pid, holder)
+                self.ipam.hold_pool(pid, holder, txn=t)
             except errors.NotFound:
                 continue  # a record naming a pool already gone must not stop a start
             for a in [d.gateway, *(d.aux_addresses or {}).values()]:
                 if a:
-                    self.ipam.hold_address(pid, a.split("/")[0], holder)
+                    self.ipam.hold_address(pid, a.split("/")[0], holder, txn=t)
 
-    def _release_network_holds(self, net: Network, eps: list[Endpoint]) -> None:
+    def _release_network_holds(self, net: Network, eps: list[Endpoint], t) -> None:
         """The network and the endpoints torn down with it let go of what they
         hold; a pool nobody else holds goes with them."""
         holder = network_holder(net.id)
-        for d, pid in self._network_pools(net):
+        for d, pid in self._network_pools(net, t):
             subnet = ipaddress.ip_network(d.pool, strict=False)
             for ep in eps:
                 for ip in (ep.ip, ep.ip6):
                     if ip and ipaddress.ip_address(ip) in subnet:
-                        self.ipam.release_address(pid, ip, endpoint_holder(net.id, ep.id))
+                        self.ipam.release_address(pid, ip, endpoint_holder(net.id, ep.id), txn=t)
             # and what attachments without an endpoint record hold (killed ADDs)
-            self.ipam.release_holder(pid, endpoint_holder(net.id, ""), prefix=True)
+            self.ipam.release_holder(pid, endpoint_holder(net.id, ""), prefix=True, txn=t)
             for a in [d.gateway, *(d.aux_addresses or {}).values()]:
                 if a:
-                    self.ipam.release_address(pid, a.split("/")[0], holder)
+                    self.ipam.release_address(pid, a.split("/")[0], holder, txn=t)
             try:
-                held = holder in self.ipam.holders(pid)["pool"]
+                held = holder in self.ipam.holders(pid, txn=t)["pool"]
             except errors.NotFound:
                 continue
             # a pool the network never held (a store of before holders) goes
             # with a CNI-made network, and stays for Docker to release
             if held or net.created_by != DOCKER:
-                self.ipam.release_pool(pid, holder)
+                self.ipam.release_pool(pid, holder, txn=t)
 
     def _forget_network(self, net: Network, eps: list[Endpoint]) -> None:
-        with self.store.transaction():
-            self.store.delete(_net_key(net.id))
-            self.store.delete_prefix(_attachment_key(net.id, ""))
-            self._release_network_holds(net, eps)
+        def fn(t):
+            t.delete(_net_key(net.id))
+            t.delete_prefix(_attachment_key(net.id, ""))
+            self._release_network_holds(net, eps, t)
+        self.txn(fn)
 
     def _validate_subnets(self, net: Network, others: list[Network]) -> None:
         mine = []
@@ -466,12 +516,12 @@ class Controller:
                 # record kept here would block its subnet forever.  Kernel
                 # leftovers carry our alias, so restore() removes them.
                 self._forget_network(net, eps)
-                self._sync_firewall()
+                self._sync_firewall({net.id, *(e.id for e in eps)})
             log.info("deleted network %s", net.id[:12])
 
     def _mark_delete_pending(self, net: Network) -> None:
         net.delete_pending = True
-        self.store.update(_net_key(net.id), lambda v: dict(v or net.to_json(), delete_pending=True))
+        self._update_network(net.id, delete_pending=True, default=net)
         log.info("network %s: its runtime deleted it while CNI attachments remain; "
                  "it goes with the last of them", net.id[:12])
 
@@ -492,11 +542,27 @@ class Controller:
                           container_id=container_id, ifname=ifname)
             self._validate_endpoint_address(net, ep)
             drv = self.driver_for(net)
+            key = _ep_key(ep.network_id, ep.id)
             with contextlib.ExitStack() as undo:
-                drv.create_endpoint(net, ep)
+                # the record first, naming the links the driver will make (a
+                # SIGKILL while they are made leaves a record that finds them)
+                plan = getattr(drv, "plan_endpoint", None)  # optional: DriverBase has it
+                _apply(ep, plan(net, ep) if plan is not None else None)
+
+                def record(t):
+                    try:
+                        t.create(key, ep.to_json())
+                    except errors.KeyExists:  # another process made it meanwhile
+                        raise errors.EndpointExists(f"endpoint {endpoint_id} already exists") from None
+                self.txn(record)
+                undo.callback(self.delete_record, key)
+                stored = ep.to_json()
+                # a driver returns what to remember; one that changes ``ep``
+                # in place (of before the driver API v2) is stored alike
+                _apply(ep, drv.create_endpoint(net, ep))
                 undo.callback(drv.delete_endpoint, net, ep)
-                self._save_endpoint(ep)
-                undo.callback(self.store.delete, _ep_key(ep.network_id, ep.id))
+                if ep.to_json() != stored:
+                    self._save_endpoint(ep)
                 # per-endpoint rules (anti-spoofing) exist before any traffic
                 self._sync_firewall_for(net, ep)
                 undo.pop_all()
@@ -540,10 +606,10 @@ class Controller:
             net = self.network(network_id)
             had_rules = self._firewall_affects(net, ep)
             self._teardown_endpoint(net, ep, self.driver_for(net))
+            if had_rules:
+                self._sync_firewall({ep.id})
             if net.delete_pending and not self.endpoints(net.id):
                 self.delete_network(net.id)  # the last attachment of a network its runtime deleted
-            elif had_rules:
-                self._sync_firewall()
 
     def _teardown_endpoint(self, net: Network, ep: Endpoint, drv: Driver) -> None:
         # Each step tolerates what is already gone, so a teardown that was
@@ -555,9 +621,10 @@ class Controller:
         if ep.sandbox_key:
             drv.leave(net, ep)
         drv.delete_endpoint(net, ep)
-        with self.store.transaction() as t:  # the record and its host ports: one commit
+        def fn(t):  # the record and its host ports: one commit
             self._unreserve_ports(t, ep, held_ports)
             t.delete(_ep_key(net.id, ep.id))
+        self.txn(fn)
 
     # ------------------------------------------------------------ join/leave
     def join(self, network_id: str, endpoint_id: str, sandbox_key: str,
@@ -567,6 +634,7 @@ class Controller:
             ep = self.endpoint(net.id, endpoint_id)
             drv = self.driver_for(net)
             info = drv.join(net, ep, sandbox_key)
+            _apply(ep, getattr(info, "remember", None))
             ep.sandbox_key = sandbox_key or ep.sandbox_key or "-"
             try:
                 self._save_endpoint(ep)
@@ -601,26 +669,28 @@ class Controller:
             # Host ports are chosen and reserved in the transaction that
             # stores the endpoint: two processes (the daemon, a CNI binary)
             # can never both store one host port, and no file lock is needed.
-            with self.store.transaction() as t:
+            def reserve(t):
                 self._unreserve_ports(t, before, before.ports if before.external else [])
                 ep.ports = self._reserve_host_ports(t, ep, requested)
                 t.put(_ep_key(ep.network_id, ep.id), ep.to_json())
+            self.txn(reserve)
             drv = self.driver_for(net)
             try:
                 stored = ep.to_json()
-                drv.program_external_connectivity(net, ep)
+                _apply(ep, drv.program_external_connectivity(net, ep))
                 if ep.to_json() != stored:  # the driver remembered something
                     self._save_endpoint(ep)
                 if had_rules or self._firewall_affects(net, ep):
-                    self._sync_firewall()
+                    self._sync_firewall({ep.id})
             except BaseException:
-                with self.store.transaction() as t:
+                def undo(t):
                     self._unreserve_ports(t, ep, ep.ports)
                     if before.external:
                         self._reserve_exact(t, before)
                     t.put(_ep_key(net.id, ep.id), before.to_json())
+                self.txn(undo)
                 drv.revoke_external_connectivity(net, ep)
-                self._sync_firewall()
+                self._sync_firewall({ep.id})
                 raise
             return ep
 
@@ -628,8 +698,10 @@ class Controller:
         """Choose host ports as Docker's bridge driver does: an explicit port
         as given, 0 = first free from the ephemeral range, a range = first free
         in it; a port another endpoint holds is refused.  Each choice is
-        reserved (``ports/<proto>/<port>/<host address>``, created only if
-        absent) in the caller's transaction."""
+        reserved (``ports/<proto>/<port>/<host address>``) in the caller's
+        transaction, which read the protocol's reservations as one range
+        (``_port_records``): a reservation made meanwhile makes the commit
+        conflict, and the retry sees it."""
         # Only programmed endpoints hold host ports: Docker sends a container's
         # port map to CreateEndpoint of every network it joins, but programs
         # it on one of them.
@@ -646,13 +718,10 @@ class Controller:
                 held = held_by_proto[pm.proto] = self._reserved_ports(t, pm.proto, owner)
             taken = {hp for hip, hp in held if not hip or not pm.host_ip or hip == pm.host_ip}
             port = self._pick_port(pm, taken)
-            clash = [r for r in t.list(_port_prefix(pm.proto, port))
-                     if (r.value or {}).get("endpoint") != owner
-                     and (not pm.host_ip or r.key.rsplit("/", 1)[1] in ("*", _esc(pm.host_ip)))]
-            if clash:  # a port allocator that ignored ``taken``
+            if any(hp == port and (not hip or not pm.host_ip or hip == pm.host_ip) for hip, hp in held):
+                # a port allocator that ignored ``taken``
                 raise errors.PortInUse(f"host port {port}/{pm.proto} is already allocated")
-            # created only if absent (version 0): an etcd store compares the same way
-            t.put(_port_key(pm.proto, port, _esc(pm.host_ip)), {"endpoint": owner}, version=0)
+            t.put(_port_key(pm.proto, port, _esc(pm.host_ip)), {"endpoint": owner})
             held.add((pm.host_ip, port))
             chosen.append(PortMapping(proto=pm.proto, container_port=pm.container_port,
                                       host_port=port, host_ip=pm.host_ip))
@@ -674,31 +743,50 @@ class Controller:
         raise errors.PortInUse(f"no free host port in {lo}-{hi}/{pm.proto}")
 
     @staticmethod
-    def _reserved_ports(t, proto: str, owner: str) -> set:
+    def _port_records(t, proto: str) -> dict:
+        """The protocol's host port reservations, key -> value, read as ONE
+        recorded range (``keys=False``): a reservation made or changed meanwhile
+        fails the commit, one released meanwhile only made the answer
+        conservative -- one compare however many ports are held, within etcd's
+        --max-txn-ops."""
+        prefix = f"{PORTS}{proto}/"
+        try:
+            recs = t.list(prefix, keys=False)
+        except TypeError:  # a txn of another kind (a test's): every key recorded
+            recs = t.list(prefix)
+        return {r.key: r.value or {} for r in recs}
+
+    @classmethod
+    def _reserved_ports(cls, t, proto: str, owner: str) -> set:
         out = set()
         prefix = f"{PORTS}{proto}/"
-        for r in t.list(prefix):
-            if (r.value or {}).get("endpoint") == owner:
+        for key, value in cls._port_records(t, proto).items():
+            if value.get("endpoint") == owner:
                 continue
-            port, hip = r.key[len(prefix):].split("/", 1)
+            port, hip = key[len(prefix):].split("/", 1)
             out.add(("" if hip == "*" else _unesc(hip), int(port)))
         return out
 
-    @staticmethod
-    def _unreserve_ports(t, ep: Endpoint, ports: Iterable[PortMapping]) -> None:
+    @classmethod
+    def _unreserve_ports(cls, t, ep: Endpoint, ports: Iterable[PortMapping]) -> None:
         owner = f"{ep.network_id}/{ep.id}"
+        have: dict = {}
         for pm in ports:
+            if pm.proto not in have:
+                have[pm.proto] = cls._port_records(t, pm.proto)
             key = _port_key(pm.proto, pm.host_port, _esc(pm.host_ip))
-            rec = t.get(key)
-            if rec is not None and (rec.value or {}).get("endpoint") == owner:
+            if have[pm.proto].get(key, {}).get("endpoint") == owner:
                 t.delete(key)
 
-    @staticmethod
-    def _reserve_exact(t, ep: Endpoint) -> None:
+    @classmethod
+    def _reserve_exact(cls, t, ep: Endpoint) -> None:
         owner = f"{ep.network_id}/{ep.id}"
+        have: dict = {}
         for pm in ep.ports:
+            if pm.proto not in have:
+                have[pm.proto] = cls._port_records(t, pm.proto)
             key = _port_key(pm.proto, pm.host_port, _esc(pm.host_ip))
-            if t.get(key) is None:
+            if key not in have[pm.proto]:
                 t.put(key, {"endpoint": owner})
 
     def revoke_external_connectivity(self, network_id: str, endpoint_id: str) -> None:
@@ -713,11 +801,12 @@ class Controller:
             ep.ports = []
             ep.external = False
             self.driver_for(net).revoke_external_connectivity(net, ep)
-            with self.store.transaction() as t:
+            def fn(t):
                 self._unreserve_ports(t, ep, held_ports)
                 t.put(_ep_key(net.id, ep.id), ep.to_json())
+            self.txn(fn)
             if had_rules:
-                self._sync_firewall()
+                self._sync_firewall({ep.id})
 
     # ------------------------------------------------ attachments (CNI path)
     def attachments(self, network_id: Optional[str] = None) -> list[dict]:
@@ -739,20 +828,21 @@ class Controller:
         the same commit: the runtime retries the ADD instead."""
         holder = endpoint_holder(network_id, endpoint_id)
         key = _attachment_key(network_id, endpoint_id)
-        with self.transaction() as t:
+        def fn(t):
             if t.get(_ep_key(network_id, endpoint_id)) is not None:
                 raise errors.EndpointExists(f"endpoint {endpoint_id} already exists")
             stale = t.get(key)
             if stale is not None:
                 for pid in dict.fromkeys((stale.value or {}).get("pools", {}).values()):
-                    self.ipam.release_holder(pid, holder)
+                    self.ipam.release_holder(pid, holder, txn=t)
             got = {}
             for fam, pid, want in requests:
-                got[fam] = self.request_address(pid, want, holder=holder)
+                got[fam] = self.request_address(pid, want, holder=holder, txn=t)
             t.put(key, {"container_id": container_id, "ifname": ifname,
                         "pools": {str(fam): pid for fam, pid, _ in requests},
                         "process": process_identity()})
-        return got
+            return got
+        return self.txn(fn)
 
     def release_attachment(self, network_id: str, endpoint_id: str, pools: Iterable[str] = (),
                            addresses: Iterable[tuple[str, str]] = (),
@@ -768,22 +858,24 @@ class Controller:
         returned.  Returns the freed addresses."""
         holder = endpoint_holder(network_id, endpoint_id)
         key = _attachment_key(network_id, endpoint_id)
-        freed: list[str] = []
-        with self.transaction() as t:
+        addresses, pools = list(addresses), list(pools)
+
+        def fn(t):
+            freed: list[str] = []
             rec = t.get(key)
             if only_if is not None and (rec is None or rec.value != only_if
                                         or t.get(_ep_key(network_id, endpoint_id)) is not None):
                 return None
             named = list((rec.value or {}).get("pools", {}).values()) if rec is not None else []
-            addresses = list(addresses)
             for pid, addr in addresses:
-                self.release_address(pid, addr, holder)
+                self.release_address(pid, addr, holder, txn=t)
             if not addresses:
                 for pid in dict.fromkeys([*pools, *named]):
-                    freed += self.ipam.release_holder(pid, holder)
+                    freed += self.ipam.release_holder(pid, holder, txn=t)
             if rec is not None:
                 t.delete(key)
-        return freed
+            return freed
+        return self.txn(fn)
 
     def forget_attachment(self, net: Network, endpoint_id: str, only_if=None) -> dict:
         """Remove what an attach of ``endpoint_id`` left when no endpoint
@@ -844,11 +936,13 @@ class Controller:
                     continue
                 for h in sorted({h for hs in held.values() for h in hs if h.startswith(prefix)}):
                     nid, _, eid = h[len("endpoint/"):].partition("/")
-                    with self.transaction() as t:  # checked again in the commit that releases
+                    def release(t, pid=pool["id"], h=h, nid=nid, eid=eid):
+                        # checked again in the commit that releases
                         if t.get(_ep_key(nid, eid)) is not None or \
                                 t.get(_attachment_key(nid, eid)) is not None:
-                            continue
-                        done["addresses"] += self.ipam.release_holder(pool["id"], h)
+                            return []
+                        return self.ipam.release_holder(pid, h, txn=t)
+                    done["addresses"] += self.txn(release)
         if done["addresses"] or done["links"]:
             log.info("removed what killed attachments left: %s", done)
         return done, in_flight
@@ -869,18 +963,28 @@ class Controller:
             return {}
         key = _allocation_key(network_id)
         with self._lock:
-            rec = self.store.get(key)
+            rec = self.cluster_store.get(key)
             if rec is not None:
                 return dict((rec.value or {}).get("allocated") or {})
             got = dict(drv.allocate_network(net) or {})
+            value = {"driver": driver, "options": net.options,
+                     "ipv4": [dataclasses.asdict(d) for d in net.ipv4],
+                     "ipv6": [dataclasses.asdict(d) for d in net.ipv6], "allocated": got}
+
+            def record(t):  # created only if absent: another host may allocate it meanwhile
+                have = t.get(key)
+                if have is not None:
+                    return dict((have.value or {}).get("allocated") or {})
+                t.create(key, value)
+                return None
             try:
-                self.store.put(key, {"driver": driver, "options": net.options,
-                                     "ipv4": [dataclasses.asdict(d) for d in net.ipv4],
-                                     "ipv6": [dataclasses.asdict(d) for d in net.ipv6],
-                                     "allocated": got}, version=0)
+                theirs = self.txn(record, store=self.cluster_store)
             except BaseException:
                 drv.free_network(net)
                 raise
+            if theirs is not None:  # the first allocation stands; ours goes back
+                drv.free_network(net)
+                return theirs
             log.info("allocated network %s (%s): %s", network_id[:12], driver, got)
             return got
 
@@ -889,7 +993,7 @@ class Controller:
         for a local driver; unknown IDs succeed, as Docker expects)."""
         key = _allocation_key(network_id)
         with self._lock:
-            rec = self.store.get(key)
+            rec = self.cluster_store.get(key)
             if rec is None:
                 return
             v = rec.value or {}
@@ -900,7 +1004,7 @@ class Controller:
             drv = self.drivers.get(net.driver)
             if drv is not None:
                 drv.free_network(net)
-            self.store.delete(key)
+            self.txn(lambda t: t.delete(key), store=self.cluster_store)
 
     def route_peer_event(self, event) -> bool:
         """A store watch event under ``peers/<network id>/...`` (another host's
@@ -948,12 +1052,24 @@ class Controller:
         in one commit; a record deleted meanwhile stays deleted."""
         if not changes:
             return
-        with self.store.transaction():
-            for key, fields in [*((_net_key(n), f) for n, f in changes.networks.items()),
-                                *((_ep_key(n, e), f) for (n, e), f in changes.endpoints.items())]:
-                rec = self.store.get(key)
+        items = [*((_net_key(n), f) for n, f in changes.networks.items()),
+                 *((_ep_key(n, e), f) for (n, e), f in changes.endpoints.items())]
+
+        def fn(t):
+            for key, fields in items:
+                rec = t.get(key)
                 if rec is not None:
-                    self.store.put(key, dict(rec.value, **_jsonable(fields)))
+                    t.put(key, dict(rec.value, **_jsonable(fields)))
+        self.txn(fn)
+
+    def _update_network(self, network_id: str, default: Optional[Network] = None, **fields) -> None:
+        """Set ``fields`` of a network record (from ``default`` when it is gone)."""
+        def fn(t):
+            rec = t.get(_net_key(network_id))
+            if rec is not None or default is not None:
+                t.put(_net_key(network_id), dict(rec.value if rec is not None else default.to_json(),
+                                                 **fields))
+        self.txn(fn)
 
     def _record_holds(self, nets: list[Network], eps: list[Endpoint]) -> None:
         """Holds and host port reservations of records a pynet of before
@@ -964,19 +1080,21 @@ class Controller:
         if self.ipam is None:
             return
         by_net = {n.id: n for n in nets}
-        with self.store.transaction() as t:
+
+        def fn(t):
             for net in nets:
-                self._hold_network_addresses(net)
+                self._hold_network_addresses(net, t)
             for ep in eps:
                 net = by_net.get(ep.network_id)
                 if net is not None and ep.container_id:
-                    for d, pid in self._network_pools(net):
+                    for d, pid in self._network_pools(net, t):
                         subnet = ipaddress.ip_network(d.pool, strict=False)
                         for ip in (ep.ip, ep.ip6):
                             if ip and ipaddress.ip_address(ip) in subnet:
-                                self.ipam.hold_address(pid, ip, endpoint_holder(net.id, ep.id))
+                                self.ipam.hold_address(pid, ip, endpoint_holder(net.id, ep.id), txn=t)
                 if ep.external:
                     self._reserve_exact(t, ep)
+        self.txn(fn)
 
     def reconcile_runtime(self, networks_held: dict, pools_held: list, requester: str) -> dict:
         """Forget what a runtime (``requester``) no longer holds -- and only
@@ -1003,7 +1121,7 @@ class Controller:
                         done["endpoints"].append(ep.id)
                 if listed is not None:
                     if net.delete_pending:  # dockerd honoured the refusal: it still has the network
-                        self.store.update(_net_key(net.id), lambda v: dict(v, delete_pending=False))
+                        self._update_network(net.id, delete_pending=False)
                     continue
                 if any(e.container_id for e in self.endpoints(net.id)):
                     if not net.delete_pending:
@@ -1046,12 +1164,19 @@ class Controller:
 
     def _sync_firewall_for(self, net: Network, ep: Endpoint) -> None:
         if self._firewall_affects(net, ep):
-            self._sync_firewall()
+            self._sync_firewall({ep.id})
 
-    def _sync_firewall(self) -> None:
+    def _sync_firewall(self, changed: Optional[set] = None) -> None:
+        """``changed``: the ids of the networks and endpoints whose rules this
+        verb added, changed or removed (the firewall touches only theirs); None:
+        everything is compared with the kernel (daemon start)."""
         if self.firewall is None:
             return
-        self.firewall.sync(self.networks(), self.endpoints())
+        state = self._firewall_state()
+        if changed is None:
+            self.firewall.sync(*state)
+        else:
+            self.firewall.sync(*state, changed=changed)
 
     def recheck_firewall(self) -> None:
         """Compare the kernel's rules with the store's and repair them (the
@@ -1059,7 +1184,22 @@ class Controller:
         if self.firewall is None:
             return
         with self._lock:
-            self.firewall.sync(self.networks(), self.endpoints(), force=True)
+            self.firewall.sync(*self._firewall_state(), force=True)
+
+    def _firewall_state(self) -> tuple:
+        """What sync() is handed: nothing for a firewall that reads the state again under
+        its lock (SerialFirewall), since reading every record twice grows with them."""
+        if getattr(self.firewall, "reads_state", False):
+            return None, None
+        return self.networks(), self.endpoints()
+
+
+def _apply(ep: Endpoint, fields: Optional[dict]) -> None:
+    """Set the endpoint fields a driver handed back (``mac``, ``driver_state``...)."""
+    for name, value in (fields or {}).items():
+        if not hasattr(ep, name):
+            raise errors.InvalidParameter(f"a driver remembered {name!r}, which an endpoint has not")
+        setattr(ep, name, value)
 
 
 def _jsonable(fields: dict) -> dict:

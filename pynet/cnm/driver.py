@@ -104,14 +104,28 @@ class Driver(Protocol):
     def create_network(self, net: Network) -> Optional[dict]:
         """The per-host instantiation; returns the network's driver_state."""
 
-    def create_endpoint(self, net: Network, ep: Endpoint) -> None:
-        """May fill ``ep.mac`` when the runtime did not choose one."""
+    # Drivers return what must be remembered (endpoint fields: ``mac``,
+    # ``driver_state``...) instead of changing the records they are handed;
+    # the controller stores it.
+    def plan_endpoint(self, net: Network, ep: Endpoint) -> Optional[dict]:
+        """The endpoint's fields known before anything is made -- the names
+        of its links (derived from its ID), its MAC when the runtime chose
+        none -- with no kernel change.  The controller records them BEFORE
+        ``create_endpoint``, so a process killed while the links are made
+        leaves a record that names them: DEL, GC and restore() remove them by
+        name, tagged or not (the alias is set in a second netlink request)."""
 
-    def join(self, net: Network, ep: Endpoint, sandbox_key: str) -> JoinInfo: ...
+    def create_endpoint(self, net: Network, ep: Endpoint) -> Optional[dict]:
+        """Make the endpoint's links (``ep`` carries the planned fields);
+        returns more fields to remember, or None."""
 
-    def program_external_connectivity(self, net: Network, ep: Endpoint) -> None:
+    def join(self, net: Network, ep: Endpoint, sandbox_key: str) -> JoinInfo:
+        """``JoinInfo.remember``: endpoint fields to store (e.g. the names of
+        a pair recreated because it had vanished)."""
+
+    def program_external_connectivity(self, net: Network, ep: Endpoint) -> Optional[dict]:
         """``ep.ports`` holds the chosen host ports; the firewall is synced by
-        the controller afterwards."""
+        the controller afterwards.  Returns endpoint fields to remember, or None."""
 
     def revoke_external_connectivity(self, net: Network, ep: Endpoint) -> None: ...
 
@@ -161,6 +175,9 @@ class DriverBase:
 
     # ---- lifecycle defaults
     def validate_network(self, net: Network, others: list[Network]) -> None:
+        return None
+
+    def plan_endpoint(self, net: Network, ep: Endpoint) -> Optional[dict]:
         return None
 
     def program_external_connectivity(self, net: Network, ep: Endpoint) -> None:

@@ -113,6 +113,8 @@ class JoinInfo:
     gateway_v6: str = ""
     static_routes: list[StaticRoute] = field(default_factory=list)
     disable_gateway_service: bool = False
+    # endpoint fields the driver wants stored (not rendered to any runtime)
+    remember: dict = field(default_factory=dict)
 
 
 @dataclass

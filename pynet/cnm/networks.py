@@ -63,11 +63,13 @@ def network_id_for(name: str) -> str:
     return hashlib.sha256(f"cni:{name}".encode()).hexdigest()
 
 
-def find_network(c, name: str, runtime_ids: Optional[RuntimeIds] = None) -> Optional[Network]:
+def find_network(c, name: str, runtime_ids: Optional[RuntimeIds] = None,
+                 txn=None) -> Optional[Network]:
     """The pynet network named ``name``: one pynet named, or -- with
     ``runtime_ids`` -- a runtime-made one without a name whose runtime name is
-    ``name`` (the name is recorded then, so the runtime is asked once)."""
-    for n in c.networks():
+    ``name`` (the name is recorded then, so the runtime is asked once; not
+    inside a ``txn``, whose function must have no side effects)."""
+    for n in c.networks(txn=txn):
         if n.name == name:
             return n
     if runtime_ids is None:

@@ -105,7 +105,7 @@ class SandboxManager:
         return [s for s in self.ls() if s.shares == sb.id]
 
     def _save(self, sb: Sandbox) -> None:
-        self.store.put(_key(sb.id), sb.to_json())
+        self.c.put_record(_key(sb.id), sb.to_json())
 
     def netns_name(self, sid: str) -> str:
         return f"{self.instance}-{sid[:12]}"
@@ -149,7 +149,7 @@ class SandboxManager:
                 inner.set_up("lo")
             sb = Sandbox(id=sid, key=path, mode="none" if network is None else "netns")
             self._save(sb)
-            undo.callback(self.store.delete, _key(sid))
+            undo.callback(self.c.delete_record, _key(sid))
             if network is not None:
                 self.connect(sid, network.id, publish=publish, address=address)
                 sb = self.get(sid)
@@ -243,10 +243,10 @@ class SandboxManager:
                 f"{', '.join(s.id[:12] for s in sharers)}: remove them first, or force")
         removed = []
         for s in sharers:
-            self.store.delete(_key(s.id))
+            self.c.delete_record(_key(s.id))
             removed.append(s.id)
         self._teardown(sb)
-        self.store.delete(_key(sb.id))
+        self.c.delete_record(_key(sb.id))
         removed.append(sb.id)
         return removed
 

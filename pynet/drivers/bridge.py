@@ -321,17 +321,26 @@ class BridgeDriver(DriverBase):
         return gw
 
     # ======================================================= create endpoint
-    def create_endpoint(self, net: Network, ep: Endpoint) -> None:
+    def plan_endpoint(self, net: Network, ep: Endpoint) -> dict:
+        """The pair's names (from the endpoint ID) and the MAC, recorded by
+        the controller before the pair exists."""
         st = self._state(net)
-        if not ep.mac:
-            ep.mac = mac_from_ipv4(ep.address) if ep.address else random_mac()
-        ep.mac = check_mac(ep.mac)
-        host, cont = host_veth_name(ep.id), container_veth_name(ep.id)
-        ep.driver_state = {"host_veth": host, "container_veth": cont, "bridge": st["bridge"]}
-        self._remove_stale_veth(ep, host)
+        mac = check_mac(ep.mac or (mac_from_ipv4(ep.address) if ep.address else random_mac()))
+        return {"mac": mac, "driver_state": {"host_veth": host_veth_name(ep.id),
+                                             "container_veth": container_veth_name(ep.id),
+                                             "bridge": st["bridge"]}}
+
+    def create_endpoint(self, net: Network, ep: Endpoint) -> Optional[dict]:
+        st = self._state(net)
+        planned = None
+        if not ep.driver_state.get("host_veth"):  # a caller that did not plan: plan now
+            planned = self.plan_endpoint(net, ep)
+            ep = dataclasses.replace(ep, **planned)
+        self._remove_stale_veth(ep, ep.driver_state["host_veth"])
         with contextlib.ExitStack() as undo:
             self._create_veth(st, ep, undo)
             undo.pop_all()
+        return planned
 
     def _remove_stale_veth(self, ep: Endpoint, host: str) -> None:
         """A host end left by an interrupted create of this same endpoint."""
@@ -356,27 +365,31 @@ class BridgeDriver(DriverBase):
     def join(self, net: Network, ep: Endpoint, sandbox_key: str) -> JoinInfo:
         st = self._state(net)
         host, cont = self._veths(ep)
+        remember: dict = {}
         if not self.nl.link_exists(cont):
             if self.nl.link_exists(host):
                 raise errors.Conflict(f"interface {cont} of endpoint {ep.id[:12]} is not in the "
                                       f"host namespace (already joined?)")
             # the pair vanished (reboot, manual delete): recreate it
-            ep.driver_state.setdefault("bridge", st["bridge"])
+            state = dict(ep.driver_state, host_veth=host, container_veth=cont)
+            state.setdefault("bridge", st["bridge"])
             with contextlib.ExitStack() as undo:
-                self._create_veth(st, ep, undo)
+                self._create_veth(st, dataclasses.replace(ep, driver_state=state), undo)
                 undo.pop_all()
+            if state != ep.driver_state:
+                remember = {"driver_state": state}
         if net.internal:
             return JoinInfo(src_name=cont, dst_prefix=st.get("dst_prefix", "eth"),
-                            disable_gateway_service=True)
+                            disable_gateway_service=True, remember=remember)
         return JoinInfo(src_name=cont, dst_prefix=st.get("dst_prefix", "eth"),
-                        gateway=net.gateway_v4, gateway_v6=net.gateway_v6)
+                        gateway=net.gateway_v4, gateway_v6=net.gateway_v6, remember=remember)
 
     def _veths(self, ep: Endpoint) -> tuple[str, str]:
         return (ep.driver_state.get("host_veth") or host_veth_name(ep.id),
                 ep.driver_state.get("container_veth") or container_veth_name(ep.id))
 
     # ---- external connectivity: the firewall (controller.sync) does the work
-    def program_external_connectivity(self, net: Network, ep: Endpoint) -> None:
+    def program_external_connectivity(self, net: Network, ep: Endpoint) -> Optional[dict]:
         """The door for published ports: each mapping is checked here, when it is
         programmed -- before it is stored and before any rule exists -- so a refused
         mapping changes nothing, on the Docker path and on every CNI exec alike (a

@@ -2,10 +2,10 @@
 driver contributes its networks' and endpoints' rules; the bridge driver's
 are Docker's bridge layout, the macvlan driver has none).
 
-The controller calls ``sync(networks, endpoints)`` after every change and on
-restore(); the whole desired rule set is derived from the store each time (the
-firewall then changes only what differs), so there is no second copy of the
-state to drift.  Networks are rendered newest first, the order in which
+The controller calls ``sync(networks, endpoints, changed=ids)`` after every
+change (only those owners' rules are touched) and ``sync(networks, endpoints)``
+on restore() and the periodic re-check (the whole desired rule set from the
+store, compared with the kernel's tables).  Networks are rendered newest first, the order in which
 Docker's own blocks end up in FORWARD.
 
 Beside dockerd, Docker's isolation chains know only Docker's networks and
@@ -168,16 +168,31 @@ class BridgeFirewall:
             log.info("firewall: %s renders again", owner)
         self.problems = dict(problems)
 
-    def sync(self, networks: list[Network], endpoints: list[Endpoint], force: bool = False) -> None:
-        """Apply the desired rules.  Most changes (an endpoint without ports
-        joining, a container leaving) leave the rule set as it was: rendering
-        is cheap and reading the kernel's tables is not, so an unchanged
-        rendering is not applied again unless ``force`` (the periodic re-check,
-        which is what notices someone else changing the tables).  Owners the
-        renderer refuses are skipped and reported (:attr:`problems`)."""
+    def sync(self, networks: list[Network], endpoints: list[Endpoint], force: bool = False,
+             changed=None) -> None:
+        """Apply the desired rules.  ``changed``: the ids of the networks and
+        endpoints whose rules the caller added, changed or removed; only their
+        rules are touched (Firewall.apply's per-change path: no reading or
+        rendering of everything else).  None (daemon start) or ``force`` (the
+        periodic re-check, which is what notices someone else changing the
+        tables): the full reconcile; without ``force`` an unchanged rendering
+        is not applied again.  Owners the renderer refuses are skipped and
+        reported (:attr:`problems`)."""
         self._load_foreign()
         problems: dict[str, str] = {}
         nets, eps = self.specs(networks, endpoints, problems)
+        if changed is not None and not force:
+            self._last_applied = None  # this process no longer knows the whole rendering
+            found: dict[str, str] = {}
+            changed = set(changed)
+            try:
+                self.firewall.apply(nets, eps, problems=found, changed=changed)
+            finally:
+                # the change screened its own owners only: the others keep what they had
+                ids = {n.id for n in networks} | {e.id for e in endpoints}
+                kept = {o: why for o, why in self.problems.items() if o not in changed and o in ids}
+                self._report({**kept, **problems, **found})
+            return
         rendered = self.firewall.render(nets, eps, problems=problems)
         self._report(problems)
         if not force and rendered == self._last_applied:

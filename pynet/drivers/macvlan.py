@@ -273,18 +273,25 @@ class MacvlanDriver(DriverBase):
         cfg["parent_kind"] = "vlan"
 
     # ======================================================= create endpoint
-    def create_endpoint(self, net: Network, ep: Endpoint) -> None:
+    def plan_endpoint(self, net: Network, ep: Endpoint) -> dict:
+        """The child's name (from the endpoint ID) and the MAC, recorded by the
+        controller before the child exists."""
         st = self._state(net)
-        if not ep.mac:
-            ep.mac = mac_from_ipv4(ep.address) if ep.address else random_mac()
-        ep.mac = check_mac(ep.mac)
+        mac = check_mac(ep.mac or (mac_from_ipv4(ep.address) if ep.address else random_mac()))
+        return {"mac": mac, "driver_state": {"macvlan": macvlan_name(ep.id), "parent": st["parent"]}}
+
+    def create_endpoint(self, net: Network, ep: Endpoint) -> Optional[dict]:
+        st = self._state(net)
         if ep.ports:
             log.warning("endpoint %s: the macvlan driver does not publish ports (ignored)",
                         ep.id[:12])
-        name = macvlan_name(ep.id)
-        ep.driver_state = {"macvlan": name, "parent": st["parent"]}
-        self._remove_stale(ep, name)
+        planned = None
+        if not ep.driver_state.get("macvlan"):  # a caller that did not plan: plan now
+            planned = self.plan_endpoint(net, ep)
+            ep = dataclasses.replace(ep, **planned)
+        self._remove_stale(ep, ep.driver_state["macvlan"])
         self._create_child(st, ep)
+        return planned
 
     def _remove_stale(self, ep: Endpoint, name: str) -> None:
         """A child left by an interrupted create of this same endpoint."""
@@ -306,14 +313,17 @@ class MacvlanDriver(DriverBase):
     def join(self, net: Network, ep: Endpoint, sandbox_key: str) -> JoinInfo:
         st = self._state(net)
         name = self._child(ep)
+        remember: dict = {}
         if not self.nl.link_exists(name):
             # gone (reboot, manual delete): make it again
-            ep.driver_state.update(macvlan=name, parent=st["parent"])
-            self._create_child(st, ep)
+            state = dict(ep.driver_state, macvlan=name, parent=st["parent"])
+            self._create_child(st, dataclasses.replace(ep, driver_state=state))
+            if state != ep.driver_state:
+                remember = {"driver_state": state}
         prefix = st.get("dst_prefix", "eth")
         gw4, gw6 = self.gateways(net)
         return JoinInfo(src_name=name, dst_prefix=prefix, gateway=gw4, gateway_v6=gw6,
-                        disable_gateway_service=True)
+                        disable_gateway_service=True, remember=remember)
 
     def gateways(self, net: Network) -> tuple[str, str]:
         """The gateways a join hands the sandbox (and so what CHECK expects as

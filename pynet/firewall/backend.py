@@ -69,6 +69,18 @@ class _RestoreBackend:
             raise KernelError(f"{self.tools[family][0]} failed: {p.stderr.strip()}")
         return p.stdout
 
+    listers: dict[str, str] = {}  # family -> the iptables binary that lists one chain
+
+    def list_chain(self, family: str, table: str, chain: str) -> str:
+        """``iptables -t table -S chain``: one chain's rules (``-A chain ...`` lines), without
+        reading the others (iptables-nft fetches only that chain's rules; a change checks
+        FORWARD's head with it instead of reading every table with iptables-save)."""
+        exe = self.listers[family]
+        p = _run([exe, "-w", "-t", table, "-S", chain], netns=self.netns)
+        if p.returncode != 0:
+            raise KernelError(f"{exe} -t {table} -S {chain} failed: {p.stderr.strip()}")
+        return p.stdout
+
     def execute(self, family: str, plan: dict[str, list[Op]]) -> None:
         text = batch_text(plan)
         if not text:
@@ -96,12 +108,14 @@ class NftBackend(_RestoreBackend):
     name = "nft"
     tools = {IPV4: ("iptables-nft-save", "iptables-nft-restore"),
              IPV6: ("ip6tables-nft-save", "ip6tables-nft-restore")}
+    listers = {IPV4: "iptables-nft", IPV6: "ip6tables-nft"}
 
 
 class LegacyRestoreBackend(_RestoreBackend):
     name = "legacy-restore"
     tools = {IPV4: ("iptables-legacy-save", "iptables-legacy-restore"),
              IPV6: ("ip6tables-legacy-save", "ip6tables-legacy-restore")}
+    listers = {IPV4: "iptables-legacy", IPV6: "ip6tables-legacy"}
     restore_args = ("--noflush", "--wait")
 
 
@@ -156,6 +170,8 @@ class IptcBackend(LegacyRestoreBackend):
                             rule = tokens_to_iptc(op.tokens, v6)
                             if op.kind == "del":
                                 iptc.Chain(t, op.chain).delete_rule(rule)
+                            elif op.kind == "app":
+                                iptc.Chain(t, op.chain).append_rule(rule)
                             else:
                                 iptc.Chain(t, op.chain).insert_rule(rule, position=op.pos - 1)
                     t.commit()
@@ -194,7 +210,7 @@ class IptcBackend(LegacyRestoreBackend):
             t.refresh()
             new = {op.chain for op in ops if op.kind == "new"}
             for op in ops:
-                if op.kind not in ("del", "ins"):
+                if op.kind not in ("del", "ins", "app"):
                     continue
                 try:
                     tokens_to_iptc(op.tokens, v6)

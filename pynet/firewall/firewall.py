@@ -10,17 +10,30 @@ rules *at the top of the built-in chains* (``FORWARD``, nat ``PREROUTING``/
 exact instance tag is ever deleted or moved, so pynet daemons with different
 chain prefixes share a host (each one's block sits above all non-pynet rules;
 below other pynet instances' blocks is fine, so they never fight over the top).  dockerd inserts its own FORWARD rules above
-everything when it creates a network and when it restarts; each
-:meth:`Firewall.apply` therefore compares the whole chain (foreign rules
-included) with the target "pynet block on top, foreign rules after, in
-their order" and, if anything moved, re-inserts pynet's block on top in the
-same atomic batch.  Being first matters: Docker's ``-i docker0 ! -o docker0
+everything when it creates a network and when it restarts; the full
+reconcile therefore compares the whole chain (foreign rules included) with
+the target "pynet block on top, foreign rules after, in their order" and, if
+anything moved, re-inserts pynet's block on top in the same atomic batch; a
+change checks FORWARD alone (``iptables -S FORWARD``) and lifts the block in
+its own batch when needed.  Being first matters: Docker's ``-i docker0 ! -o docker0
 -j ACCEPT`` would otherwise accept traffic before pynet's isolation sees it.
 Hooking into ``DOCKER-USER`` instead was rejected: it exists only while
 dockerd runs, it is the administrator's chain, and ``iptables -F
 DOCKER-USER`` would silently unhook pynet.  So: call ``apply()`` on daemon
-start, after every change, and whenever Docker or firewalld may have
-rewritten the tables (it is cheap and idempotent: no batch when in sync).
+start and whenever Docker or firewalld may have rewritten the tables (it is
+idempotent: no batch when in sync), and ``apply(changed=ids)`` after every
+change.
+
+A change costs what it changes: the built-in chains hold only the base jumps
+(owner ``base``), the networks' and ports' rules sit in pynet's own chains in
+sections whose inner order carries no meaning (Ruleset.kinds), so a change
+deletes its owners' old rules (from the ledger, :mod:`pynet.firewall.ledger`)
+by spec and inserts the new ones at the head of their section (``-I chain 1``)
+or appends them -- neither makes iptables-nft fetch the chain's rules -- in one
+batch per family, without reading or rendering anything else.  What the
+ledger can't do (the base rules change; a batch refused because the kernel
+disagrees with the ledger) falls back to the full reconcile below, the
+committed tables of the refused batch undone first.
 In the chains pynet creates, foreign rules (e.g. an admin's rules in
 ``PYNET-USER``) are kept *ahead* of pynet's own ones (so the final
 ``-j RETURN`` stays last).
@@ -52,16 +65,24 @@ too big"), the change is planned again from a fresh read, a few times.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import re
 import subprocess
 
 from pynet.errors import KernelError, PynetError
 
 from .backend import make_backend
-from .model import BUILTIN_CHAINS, CHAIN_RE, FAMILIES, IPV4, EndpointSpec, NetworkSpec, Ruleset
-from .reconcile import diff_text, parse_save, plan_family, plan_restore
-from .render import own_chains, render_family, route_localnet_sysctls, screen
+from .ledger import MemoryLedger
+from .model import (BUILTIN_CHAINS, CHAIN_RE, ENDPOINT, FAMILIES, IPV4, NETWORK, EndpointSpec,
+                    NetworkSpec, Ruleset)
+from .reconcile import (Op, block_on_top, diff_text, parse_chain, parse_save, plan_family,
+                        plan_restore)
+from .render import _port_conflict, own_chains, render_family, route_localnet_sysctls, screen
 
+
+log = logging.getLogger("pynet.firewall")
 
 RETRIES = 3  # re-plans when someone else changed the tables under a batch
 
@@ -75,7 +96,8 @@ def _chains(state) -> dict:
 
 class Firewall:
     def __init__(self, prefix: str = "PYNET", backend=None, *, userland_proxy: bool = False,
-                 sysctl=None, netns: str | None = None, families=FAMILIES, isolate_from=()):
+                 sysctl=None, netns: str | None = None, families=FAMILIES, isolate_from=(),
+                 ledger=None):
         """
         prefix: chain name prefix (``DOCKER`` reproduces Docker's layout).
         backend: None (detect once), ``"nft"``, ``"legacy"`` (libiptc),
@@ -87,6 +109,8 @@ class Firewall:
         netns: named network namespace to act in (subprocess backends).
         isolate_from: bridge interface names/patterns of others (``docker0``, ``br-+``)
             isolated from pynet's networks in both directions (see render_family).
+        ledger: where the rules applied per owner are remembered between changes (see
+            :mod:`pynet.firewall.ledger`); default: this object's memory only.
         """
         if not isinstance(prefix, str) or not CHAIN_RE.fullmatch(prefix) \
                 or len(prefix) > 28 - len("-ISOLATION-STAGE-1"):
@@ -98,6 +122,7 @@ class Firewall:
         self.families = tuple(families)
         self._sysctl = sysctl
         self.isolate_from = tuple(isolate_from)
+        self.ledger = ledger if ledger is not None else MemoryLedger()
 
     # --- rendering -----------------------------------------------------------
     def _render(self, networks, endpoints, isolate_from) -> dict[str, Ruleset]:
@@ -185,9 +210,18 @@ class Firewall:
             err.args = (f"{err.args[0]} (and the rollback failed too: {e2})",)
             return None
 
-    def apply(self, networks, endpoints, problems: dict | None = None) -> None:
+    def apply(self, networks, endpoints, problems: dict | None = None, *, changed=None) -> None:
         """Make the kernel match the desired state (idempotent).  ``problems``: as in
-        :meth:`desired` (skip and record refused owners instead of raising)."""
+        :meth:`desired` (skip and record refused owners instead of raising).
+
+        ``changed``: None for a full reconcile (read the tables, compare everything, repair);
+        else the owner ids (network and endpoint ids) whose rules were added, changed or
+        removed since the kernel was last in sync: only their rules are touched, from what
+        the ledger says was applied for them, without reading or rendering the rest."""
+        networks, endpoints = list(networks), list(endpoints)
+        if changed is not None:
+            self._apply_change(networks, endpoints, problems, set(changed))
+            return
         if problems is None:
             desired = self.desired(networks, endpoints)  # validates everything before touching anything
         else:
@@ -198,15 +232,183 @@ class Firewall:
         """Apply rule sets made by :meth:`desired`/:meth:`screened` (``networks``: the
         networks rendered, for their sysctls)."""
         for fam in self.families:
-            self._reconcile(fam, desired[fam])
+            self._reconcile_and_remember(fam, desired[fam])
         if IPV4 in self.families:
             for path, value in self.sysctls(networks):
                 self._set_sysctl(path, value)
 
+    def _reconcile_and_remember(self, family: str, desired: Ruleset) -> None:
+        self.ledger.put(family, "base", None)  # unknown until the reconcile succeeds
+        self._reconcile(family, desired)
+        self.ledger.replace(family, ledger_entries(desired))
+
+    # --- a change: its owners' rules only ---------------------------------------
+    def _apply_change(self, networks, endpoints, problems, changed: set) -> None:
+        """Delete the changed owners' old rules (as the ledger has them) by their exact spec
+        and insert their new ones at the top or the end of their sections, in one batch per
+        family; then, if dockerd inserted rules above it (it does when it creates a
+        network), put the base block back on top of FORWARD.  What this can't do from the ledger
+        (the base rules change: the first or the last network of a family, anti-spoofing or
+        SCTP appearing, other foreign bridges; a ledger that disagrees with the kernel, so
+        the batch is refused) falls back to the full reconcile, which rewrites the ledger."""
+        # a network's change is its endpoints' too (their rules name its bridge)
+        changed = changed | {e.id for e in endpoints if e.network_id in changed}
+        found: dict[str, str] = {}
+        sub_nets, sub_eps, iso = self._screen_change(networks, endpoints, changed, found)
+        if found and problems is None:
+            self._render(networks, endpoints, self.isolate_from)  # raises the typed error
+        if problems is not None:
+            problems.update(found)
+        full = None
+        for fam in self.families:
+            try:
+                rs = render_family(self.prefix, sub_nets, sub_eps, fam, self.userland_proxy, iso,
+                                   whole=(networks, endpoints))
+            except PynetError:
+                rs = None  # an owner refused by a rule's own check: the full path skips it
+            entries = ledger_entries(rs) if rs is not None else None
+            if entries is None:
+                why = "a rule refused"
+            elif entries.get("base") != self.ledger.get(fam, "base"):
+                why = "the base rules change"
+            elif self._change_family(fam, entries, changed):
+                continue
+            else:
+                why = "the batch was refused"
+            log.info("firewall: %s reconciled in full (%s)", fam, why)
+            if full is None:
+                full = self.screened(networks, endpoints, {} if problems is None else problems)[0]
+            self._reconcile_and_remember(fam, full[fam])
+        if IPV4 in self.families:
+            for path, value in self.sysctls([n for n in sub_nets if n.id in changed]):
+                self._set_sysctl(path, value)
+
+    def _screen_change(self, networks, endpoints, changed: set, problems: dict):
+        """render.screen for the changed owners only (and the networks of changed
+        endpoints), each changed endpoint's host ports checked against every other
+        endpoint's: what is unchanged was screened when it changed (the full reconcile
+        screens everything again)."""
+        eps = [e for e in endpoints if e.id in changed]
+        need = changed | {e.network_id for e in eps}
+        nets = [n for n in networks if n.id in need]
+        known = {n.id for n in networks}
+        for e in eps:
+            if e.network_id not in known:
+                problems[e.id] = f"endpoint {e.id}: unknown network {e.network_id}"
+        eps = [e for e in eps if e.network_id in known]
+        nets, eps, iso = screen(nets, eps, self.isolate_from, problems)
+        seen = [(pm.proto, pm.host_ip, pm.host_port, o.id) for o in endpoints if o.id not in changed
+                for pm in o.ports]
+        ok = []
+        for e in eps:
+            err = _port_conflict(e, seen)
+            if err is not None:
+                problems[e.id] = f"endpoint {e.id}: {err}"
+            else:
+                ok.append(e)
+        return nets, ok, iso
+
+    def _at_top(self, table: str, chain: str, kind: str) -> bool:
+        """Where a new owner's rules go in its section (any place in the section is right,
+        see Ruleset.kinds): the networks' first sections at the top, the sections that
+        follow another one (the networks' unpublished-port drops after every port's
+        ACCEPT, the ports' DNATs, masquerades and checksums after the networks') at the end."""
+        if table == "filter" and chain == self.prefix:
+            return kind == ENDPOINT
+        return kind == NETWORK
+
+    def _change_family(self, family: str, entries: dict, changed: set) -> bool:
+        """One batch for the changed owners of one family; False when it was refused (and
+        undone): the caller then reconciles the family in full."""
+        dels: dict[str, list[Op]] = {}
+        ins: dict[str, list[Op]] = {}
+        undo_dels: dict[str, list[Op]] = {}
+        undo_ins: dict[str, list[Op]] = {}
+        for owner in sorted(changed):
+            old = self.ledger.get(family, owner) or {"kind": None, "rules": []}
+            new = entries.get(owner) or {"kind": None, "rules": []}
+            if old["rules"] == new["rules"]:
+                continue
+            for table, chain, toks in old["rules"]:
+                dels.setdefault(table, []).append(Op("del", chain, tuple(toks)))
+            for table, chain, toks in new["rules"]:
+                undo_dels.setdefault(table, []).append(Op("del", chain, tuple(toks)))
+            self._place(ins, new)
+            self._place(undo_ins, old)
+        if not dels and not ins:
+            return True
+        base = entries.get("base") or {"rules": []}
+        block = [tuple(t) for table, chain, t in base["rules"] if (table, chain) == ("filter", "FORWARD")]
+        lift = self._lift(family, block)
+        if lift is None:
+            return False  # the hook-in is gone (iptables -F FORWARD): the full reconcile's work
+        tables = [t for t in ("raw", "mangle", "filter", "nat") if t in dels or t in ins]
+        batch = {t: dels.get(t, []) + ins.get(t, []) for t in tables}
+        try:
+            self.backend.execute(family, batch)
+        except KernelError as err:
+            failed = _failed_table(err, tables)
+            for t in tables[:tables.index(failed)] if failed in tables else []:
+                with contextlib.suppress(KernelError):  # best effort; the full reconcile follows
+                    self.backend.execute(family, {t: undo_dels.get(t, []) + undo_ins.get(t, [])})
+            return False
+        for owner in changed:
+            self.ledger.put(family, owner, entries.get(owner))
+        if lift:
+            # a batch of its own: a delete makes iptables-nft fetch every rule of the table
+            # for the whole batch, so mixed with the change it would cost what the table holds
+            try:
+                self.backend.execute(family, {"filter": lift})
+            except KernelError as e:  # FORWARD changed again meanwhile: the re-check lifts it
+                log.warning("firewall: %s: could not put the base block back on top of FORWARD: %s",
+                            family, e)
+        return True
+
+    def _lift(self, family: str, block: list[tuple]) -> list[Op] | None:
+        """The ops that put the base block back on top of FORWARD, from FORWARD's rules
+        alone (dockerd inserts its rules above it when it creates a network): [] when it
+        is in place, None when a rule of it is missing."""
+        if not block:
+            return []
+        lister = getattr(self.backend, "list_chain", None)
+        if lister is None:
+            return []  # a backend that can't list one chain: the re-check keeps the order
+        try:
+            actual = parse_chain(lister(family, "filter", "FORWARD"), "FORWARD", self.prefix)
+        except KernelError:
+            return None  # can't tell: the full reconcile reads (and reports) for itself
+        if block_on_top(actual, block):
+            return []
+        log.debug("firewall: %s: the base block is back on top of FORWARD", family)
+        have = [r.tokens for r in actual if r.owner is not None]
+        if any(h not in have for h in block):
+            return None
+        # the peers' blocks (other pynet instances) may stay above: insert right below them
+        at = 0
+        while at < len(actual) and actual[at].peer:
+            at += 1
+        return [Op("del", "FORWARD", h) for h in block] + \
+            [Op("ins", "FORWARD", h, at + i + 1) for i, h in enumerate(block)]
+
+    def _place(self, ops: dict[str, list[Op]], entry: dict) -> None:
+        """An owner's rules as ops: at the top of a section, each chain's rules inserted at
+        position 1 last first; at the end, appended.  Neither needs iptables-nft to fetch
+        the chain's rules (an insert at position k > 1 or a delete by spec does: its cost
+        grows with the chain), so adding a network costs the same at any number of them."""
+        kind = entry.get("kind")
+        heads: dict[tuple[str, str], list] = {}
+        for table, chain, toks in entry["rules"]:
+            if self._at_top(table, chain, kind):
+                heads.setdefault((table, chain), []).append(tuple(toks))
+            else:
+                ops.setdefault(table, []).append(Op("app", chain, tuple(toks)))
+        for (table, chain), rules in heads.items():
+            ops.setdefault(table, []).extend(Op("ins", chain, t, 1) for t in reversed(rules))
+
     def remove_all(self) -> None:
         """Remove every pynet-owned rule and every empty pynet chain."""
         for fam in self.families:
-            self._reconcile(fam, Ruleset(fam, self.prefix))
+            self._reconcile_and_remember(fam, Ruleset(fam, self.prefix))
 
     def diff(self, networks, endpoints, problems: dict | None = None) -> str:
         """Desired vs actual pynet rules; '' when the kernel is in sync."""
@@ -245,3 +447,35 @@ class Firewall:
                 f.write(value)
         except OSError as e:
             raise KernelError(f"sysctl {path}={value}: {e}") from None
+
+
+def ledger_entries(rs: Ruleset) -> dict[str, dict]:
+    """The ledger's entries of a rendered rule set: owner -> {"kind", "rules"}, each owner's
+    rules in table and chain order (the order inside a chain kept); the base entry also
+    lists the chains.  An empty rule set has none (no base: the next change is in full)."""
+    out: dict[str, dict] = {}
+    for table in rs.tables():
+        for chain in sorted(rs.rules.get(table, {})):
+            for r in rs.rules[table][chain]:
+                e = out.setdefault(r.owner, {"kind": rs.kinds.get(r.owner, "base"), "rules": []})
+                e["rules"].append([table, chain, list(r.tokens())])
+    if out or rs.chains:
+        out.setdefault("base", {"kind": "base", "rules": []})["chains"] = {
+            t: list(chs) for t, chs in sorted(rs.chains.items()) if chs}
+    return out
+
+
+def _failed_table(err: KernelError, tables: list[str]) -> str | None:
+    """The table whose section a refused batch stopped at (the ones before it were
+    committed): iptables-restore names the line, libiptc's error carries its table."""
+    text = err.details.get("batch") or ""
+    lines = text.splitlines()
+    m = re.search(r"line:? (\d+)", err.details.get("stderr") or "")
+    if m and 0 < int(m.group(1)) <= len(lines):
+        for line in reversed(lines[:int(m.group(1))]):
+            if line.startswith("*"):
+                return line[1:]
+    heads = [line[1:] for line in lines if line.startswith("*")]
+    if len(heads) == 1:
+        return heads[0]
+    return tables[0] if tables else None  # unknown: assume nothing was committed

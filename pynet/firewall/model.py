@@ -34,6 +34,7 @@ from pynet import validate
 from pynet.errors import InvalidAddress, InvalidParameter
 
 COMMENT_PREFIX = "pynet:"
+NETWORK, ENDPOINT = "network", "endpoint"  # the kinds of owners besides "base"
 IPV4 = "ipv4"
 IPV6 = "ipv6"
 FAMILIES = (IPV4, IPV6)
@@ -286,6 +287,11 @@ class Ruleset:
     instance: str = ""  # chain prefix of the owning Firewall, part of every rule's tag
     chains: dict[str, list[str]] = field(default_factory=dict)
     rules: dict[str, dict[str, list[Rule]]] = field(default_factory=dict)
+    # owner -> NETWORK | ENDPOINT: in pynet's own chains the rules of owners of one kind
+    # that stand next to each other may come in any order (their matches are disjoint, or
+    # their verdicts equal), which is what lets a change insert its owner's rules at the
+    # top or the end of its section without knowing the others' (reconcile.settle_order)
+    kinds: dict[str, str] = field(default_factory=dict)
 
     def declare(self, table: str, chain: str) -> None:
         if table not in BUILTIN_CHAINS:

@@ -109,6 +109,29 @@ def parse_save(text: str, instance: str | None = None) -> dict[str, TableState]:
     return tables
 
 
+def parse_chain(text: str, chain: str, instance: str | None = None) -> list[SavedRule]:
+    """The rules of ``iptables -S chain`` output."""
+    out = []
+    for line in text.splitlines():
+        toks = _split(line.strip())
+        if len(toks) >= 2 and toks[0] == "-A" and toks[1] == chain:
+            out.append(parse_rule_tokens(toks[2:], instance))
+    return out
+
+
+def block_on_top(actual: list[SavedRule], block: list[tuple[str, ...]]) -> bool:
+    """Whether a built-in chain starts with this instance's rules ``block`` (tokens, in
+    order), only other pynet instances' rules above it, and holds no other rule of this
+    instance: what target_chain leaves in place."""
+    first = next((i for i, r in enumerate(actual) if r.owner is not None), None)
+    if first is None:
+        return not block
+    if not all(r.peer for r in actual[:first]):
+        return False
+    mine = [r.tokens for r in actual if r.owner is not None]
+    return [r.tokens for r in actual[first:first + len(block)]] == list(block) and len(mine) == len(block)
+
+
 def pynet_rules(state: dict[str, TableState]) -> dict[str, dict[str, list[SavedRule]]]:
     out: dict[str, dict[str, list[SavedRule]]] = {}
     for t, ts in state.items():
@@ -122,7 +145,7 @@ def pynet_rules(state: dict[str, TableState]) -> dict[str, dict[str, list[SavedR
 # --- operations --------------------------------------------------------------
 @dataclass(frozen=True)
 class Op:
-    kind: str  # 'new' | 'del' | 'ins' | 'delchain'
+    kind: str  # 'new' | 'del' | 'ins' | 'app' | 'delchain'
     chain: str
     tokens: tuple[str, ...] = ()
     pos: int = 0
@@ -134,6 +157,8 @@ class Op:
             return f"-X {self.chain}"
         if self.kind == "del":
             return f"-D {self.chain} {join(self.tokens)}"
+        if self.kind == "app":
+            return f"-A {self.chain} {join(self.tokens)}"
         return f"-I {self.chain} {self.pos} {join(self.tokens)}"
 
 
@@ -153,7 +178,47 @@ def _is_builtin(table: str, chain: str) -> bool:
     return chain in BUILTIN_CHAINS.get(table, ())
 
 
-def target_chain(table: str, chain: str, desired: list[Rule], actual: list[SavedRule]):
+def settle_order(desired: list[Rule], actual: list[SavedRule], kinds: dict | None) -> list[Rule]:
+    """``desired`` with the owners of one kind that stand next to each other (a section:
+    the networks' rules in ``<prefix>-FORWARD``, the published ports' ACCEPTs in
+    ``<prefix>``...) in the order the kernel has them, where it has them; owners it lacks
+    keep their rendered places.  The order inside a section carries no meaning (see
+    Ruleset.kinds), so a kernel whose sections were filled change by change (a new owner
+    at the top or the end of its section) is in sync, not "out of place"."""
+    if not kinds or not desired:
+        return desired
+    groups: list[tuple[str, list[Rule]]] = []
+    for r in desired:
+        if groups and groups[-1][0] == r.owner:
+            groups[-1][1].append(r)
+        else:
+            groups.append((r.owner, [r]))
+    at: dict[str, int] = {}
+    for i, a in enumerate(actual):
+        if a.owner is not None:
+            at.setdefault(a.owner, i)
+    out: list[Rule] = []
+    i = 0
+    while i < len(groups):
+        kind = kinds.get(groups[i][0])
+        j = i + 1
+        while kind is not None and j < len(groups) and kinds.get(groups[j][0]) == kind:
+            j += 1
+        section = groups[i:j]
+        if kind is not None and j - i > 1:
+            keys = [at.get(_norm_owner(o)) for o, _ in section]
+            slots = [k for k, key in enumerate(keys) if key is not None]
+            moved = sorted((section[k] for k in slots), key=lambda g: at[_norm_owner(g[0])])
+            for k, g in zip(slots, moved):
+                section[k] = g
+        for _, rules in section:
+            out.extend(rules)
+        i = j
+    return out
+
+
+def target_chain(table: str, chain: str, desired: list[Rule], actual: list[SavedRule],
+                 kinds: dict | None = None):
     """The full rule list pynet wants in a chain: (spec, owner) keys and tokens.
 
     Built-in chains: pynet's rules on top (so they win over rules others insert
@@ -166,11 +231,12 @@ def target_chain(table: str, chain: str, desired: list[Rule], actual: list[Saved
     above dockerd's rules.  Chains pynet creates: foreign rules first (a
     user's rules in ``<prefix>-USER`` stay ahead of its RETURN).
     """
-    mine = [((r.spec, _norm_owner(r.owner)), r.tokens()) for r in desired]
     others = [r for r in actual if r.owner is None]
     theirs = [(f.key, None) for f in others]
     if not _is_builtin(table, chain):
+        mine = [((r.spec, _norm_owner(r.owner)), r.tokens()) for r in settle_order(desired, actual, kinds)]
         return theirs + mine
+    mine = [((r.spec, _norm_owner(r.owner)), r.tokens()) for r in desired]
     first = next((i for i, r in enumerate(actual) if r.owner is not None), None)
     if first is not None and all(r.peer for r in actual[:first]):
         at = first  # in place: only other pynet instances above it
@@ -257,7 +323,7 @@ def plan_family(actual: dict[str, TableState], desired: Ruleset, removable: set[
         ts = actual.get(table, TableState())
         target = {}
         for ch, rules in desired.rules.get(table, {}).items():
-            target[ch] = target_chain(table, ch, rules, ts.chains.get(ch, []))
+            target[ch] = target_chain(table, ch, rules, ts.chains.get(ch, []), desired.kinds)
         ops = plan_table(table, ts, desired.chains.get(table, []), target, removable)
         if ops:
             plan[table] = ops
@@ -293,7 +359,35 @@ def diff_text(actual: dict[str, TableState], desired: Ruleset) -> str:
         for ch in sorted(set(desired.rules.get(table, {})) | set(mine.get(table, {}))):
             for r in mine.get(table, {}).get(ch, []):
                 a_lines.append(f"{table} -A {ch} {join(r.tokens)}")
-            for r in desired.rules.get(table, {}).get(ch, []):
+            want = desired.rules.get(table, {}).get(ch, [])
+            if not _is_builtin(table, ch):
+                want = settle_order(want, actual.get(table, TableState()).chains.get(ch, []), desired.kinds)
+            for r in want:
                 d_lines.append(f"{table} -A {ch} {join(r.tokens())}")
     return "".join(l + "\n" for l in difflib.unified_diff(
         a_lines, d_lines, f"actual/{desired.family}", f"desired/{desired.family}", lineterm="", n=1))
+
+
+def inline_hooks(state: dict[str, TableState], prefix: str) -> dict[str, TableState]:
+    """The tables as Docker 20.10 lays them out: a built-in chain's jump to
+    ``<prefix>-FORWARD`` (in it, ``<prefix>-BRIDGE``) or ``<prefix>-POSTROUTING`` replaced
+    by that chain's rules, and those chains gone (pynet keeps the networks' rules there so that a change never
+    has to find a position among the built-in chains' foreign rules)."""
+    hooks = {f"{prefix}-FORWARD", f"{prefix}-BRIDGE", f"{prefix}-POSTROUTING"}
+
+    def inlined(rules, depth=0):
+        out = []
+        for r in rules:
+            s = list(r.spec)
+            target = s[s.index("-j") + 1] if "-j" in s[:-1] else None
+            if target in hooks and target in ts.chains and depth < len(hooks):
+                out.extend(inlined(ts.chains[target], depth + 1))
+            else:
+                out.append(r)
+        return out
+    for ts in state.values():
+        for ch in [c for c in ts.chains if c not in hooks]:
+            ts.chains[ch] = inlined(ts.chains[ch])
+        for h in hooks:
+            ts.chains.pop(h, None)
+    return state

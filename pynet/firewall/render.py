@@ -47,7 +47,7 @@ import ipaddress
 from pynet import validate
 from pynet.errors import InvalidAddress, InvalidParameter, PortInUse, PynetError
 
-from .model import IPV4, EndpointSpec, NetworkSpec, PortMapping, Ruleset, check_ifname_token
+from .model import ENDPOINT, IPV4, NETWORK, EndpointSpec, NetworkSpec, PortMapping, Ruleset, check_ifname_token
 
 PROTOS = ("tcp", "udp", "sctp")
 
@@ -59,6 +59,9 @@ def chain_names(prefix: str) -> dict[str, str]:
         "iso2": f"{prefix}-ISOLATION-STAGE-2",
         "user": f"{prefix}-USER",
         "spoof": f"{prefix}-ANTISPOOF",
+        "fwd": f"{prefix}-FORWARD",  # filter: the hook-in (FORWARD's one pynet rule jumps here)
+        "bridge": f"{prefix}-BRIDGE",  # filter: the networks' FORWARD rules
+        "post": f"{prefix}-POSTROUTING",  # nat: masquerading; mangle: SCTP checksums
     }
 
 
@@ -224,9 +227,47 @@ def screen(networks: list[NetworkSpec], endpoints: list[EndpointSpec], isolate_f
 
 
 # --- the renderer ------------------------------------------------------------
+def _family_nets(networks, ver: int) -> list:
+    return [n for n in networks if (n.subnets_v4 if ver == 4 else n.subnets_v6)]
+
+
+def _wants_checksum(nets, endpoints, ver: int) -> bool:
+    """Whether the family has an SCTP port mapping (whose CHECKSUM rule needs the mangle
+    table's jump).  The same answer from the whole state and from a change's part."""
+    usable = {n.id for n in nets if not n.internal}
+    for ep in endpoints:
+        if ep.network_id in usable and any(pm.proto == "sctp" for pm in ep.ports):
+            try:
+                rows = expand_ports(ep)
+            except PynetError:
+                continue  # refused by screen(): it has no rules
+            if any(v == ver and pm.proto == "sctp" for v, pm, _ in rows):
+                return True
+    return False
+
+
+def base_flags(networks, endpoints, family: str) -> tuple[bool, bool, bool]:
+    """(any network of the family, anti-spoofing wanted, SCTP checksums wanted): all the
+    base rules (owner ``base``) depend on, besides the prefix and ``isolate_from``."""
+    ver = 4 if family == IPV4 else 6
+    nets = _family_nets(networks, ver)
+    return bool(nets), any(n.spoof_check for n in nets), _wants_checksum(nets, endpoints, ver)
+
+
 def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[EndpointSpec],
-                  family: str, userland_proxy: bool = False, isolate_from=()) -> Ruleset:
-    """``isolate_from``: interface names/patterns (``docker0``, ``br-+``) of bridges that are
+                  family: str, userland_proxy: bool = False, isolate_from=(), *,
+                  whole=None) -> Ruleset:
+    """Layout: the built-in chains hold only the base jumps (owner ``base``) into pynet's
+    chains, which hold everything per network and endpoint; so a change touches pynet's
+    own chains only, where pynet alone decides positions (see :mod:`pynet.firewall.firewall`).
+    Inlining ``<prefix>-FORWARD`` (and in it ``<prefix>-BRIDGE``) into FORWARD and
+    ``<prefix>-POSTROUTING`` into POSTROUTING gives Docker 20.10's layout rule for rule
+    (reconcile.inline_hooks).
+
+    ``whole``: ``(networks, endpoints)`` of the whole state when only a part of it is
+    given (a change's owners): the base rules are then those of the whole state.
+
+    ``isolate_from``: interface names/patterns (``docker0``, ``br-+``) of bridges that are
     not this instance's (dockerd's own networks, other pynet instances).  Docker's isolation
     chains only know the networks they render, so beside dockerd traffic would pass between
     pynet and Docker bridges both ways; for each pattern P pynet adds, in its own chains,
@@ -245,7 +286,11 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
             _addr(n.host_ipv4, 4)
         if subs:
             nets.append((n, subs))
-    if not nets:
+    if whole is not None:
+        present, spoof, checksum = base_flags(whole[0], whole[1], family)
+    else:
+        present, spoof, checksum = bool(nets), None, None
+    if not present:
         return rs
     by_id = {n.id: (n, subs) for n, subs in nets}
     all_ids = {n.id for n in networks}
@@ -257,22 +302,34 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
         if ep.host_veth:
             _ifname(ep.host_veth)
     hairpin = not userland_proxy
-    spoof = any(n.spoof_check for n, _ in nets)
+    if spoof is None:
+        spoof = any(n.spoof_check for n, _ in nets)
+        checksum = _wants_checksum([n for n, _ in nets], endpoints, ver)
 
     # chains (declaration order as iptables-save sorts them)
     for ch in (c["main"], c["iso1"], c["iso2"], c["user"]):
         rs.declare("filter", ch)
     if spoof:
         rs.declare("filter", c["spoof"])
+    rs.declare("filter", c["fwd"])
+    rs.declare("filter", c["bridge"])
     rs.declare("nat", c["main"])
+    rs.declare("nat", c["post"])
+    if checksum:
+        rs.declare("mangle", c["post"])
 
-    # filter FORWARD
-    F = "FORWARD"
-    rs.add("filter", F, ["-j", c["user"]], "base")
-    rs.add("filter", F, ["-j", c["iso1"]], "base")
+    # filter FORWARD: one jump into the small <prefix>-FORWARD (USER, isolation, anti-spoofing,
+    # then the networks' rules in <prefix>-BRIDGE), as Docker 28 hooks DOCKER-FORWARD in: a
+    # change that puts it back on top of FORWARD deletes and inserts that one rule, and the
+    # kernel's cost of deleting a jump grows with the chain it jumps to
+    rs.add("filter", "FORWARD", ["-j", c["fwd"]], "base")
+    rs.add("filter", c["fwd"], ["-j", c["user"]], "base")
+    rs.add("filter", c["fwd"], ["-j", c["iso1"]], "base")
     if spoof:
-        rs.add("filter", F, ["-j", c["spoof"]], "base")
+        rs.add("filter", c["fwd"], ["-j", c["spoof"]], "base")
         rs.add("filter", "INPUT", ["-j", c["spoof"]], "base")
+    rs.add("filter", c["fwd"], ["-j", c["bridge"]], "base")
+    F = c["bridge"]
     for n, subs in nets:
         br, o = n.bridge, n.id
         icc = "ACCEPT" if n.icc else "DROP"
@@ -319,8 +376,12 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
     else:
         out = []
     rs.add("nat", "OUTPUT", out + ["-m", "addrtype", "--dst-type", "LOCAL", "-j", c["main"]], "base")
+    rs.add("nat", "POSTROUTING", ["-j", c["post"]], "base")
+    if checksum:
+        rs.add("mangle", "POSTROUTING", ["-j", c["post"]], "base")
+    P = c["post"]
 
-    # nat POSTROUTING per network
+    # nat <prefix>-POSTROUTING per network
     for n, subs in nets:
         if n.internal:
             continue
@@ -328,10 +389,10 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
         snat = (["-j", "SNAT", "--to-source", str(_addr(n.host_ipv4, 4))]
                 if (n.host_ipv4 and ver == 4) else ["-j", "MASQUERADE"])
         if hairpin:
-            rs.add("nat", "POSTROUTING", ["-o", br, "-m", "addrtype", "--src-type", "LOCAL"] + snat, o)
+            rs.add("nat", P, ["-o", br, "-m", "addrtype", "--src-type", "LOCAL"] + snat, o)
         if n.masquerade:
             for s in subs:
-                rs.add("nat", "POSTROUTING", ["-s", s, "!", "-o", br] + snat, o)
+                rs.add("nat", P, ["-s", s, "!", "-o", br] + snat, o)
         if n.masquerade and not hairpin:
             rs.add("nat", c["main"], ["-i", br, "-j", "RETURN"], o)
 
@@ -385,17 +446,19 @@ def render_family(prefix: str, networks: list[NetworkSpec], endpoints: list[Endp
                                              "-j", "DNAT", "--to-destination", to], ep.id)
             rs.add("filter", c["main"], ["-d", _host(ca), "!", "-i", br, "-o", br, "-p", p, "-m", p,
                                          "--dport", str(pm.container_port), "-j", "ACCEPT"], ep.id)
-            rs.add("nat", "POSTROUTING", ["-s", _host(ca), "-d", _host(ca), "-p", p, "-m", p,
-                                          "--dport", str(pm.container_port), "-j", "MASQUERADE"], ep.id)
+            rs.add("nat", P, ["-s", _host(ca), "-d", _host(ca), "-p", p, "-m", p,
+                              "--dport", str(pm.container_port), "-j", "MASQUERADE"], ep.id)
             if p == "sctp":
-                rs.add("mangle", "POSTROUTING", ["-p", p, "-m", p, "--sport", str(pm.container_port),
-                                                 "-j", "CHECKSUM", "--checksum-fill"], ep.id)
+                rs.add("mangle", P, ["-p", p, "-m", p, "--sport", str(pm.container_port),
+                                     "-j", "CHECKSUM", "--checksum-fill"], ep.id)
 
     # everything else forwarded into a bridge from outside it: dropped here, below every
     # per-port ACCEPT of every network, so isolation never leans on the FORWARD policy
     for n, subs in nets:
         if not n.internal:
             rs.add("filter", c["main"], ["!", "-i", n.bridge, "-o", n.bridge, "-j", "DROP"], n.id)
+    rs.kinds.update({n.id: NETWORK for n, _ in nets})
+    rs.kinds.update({ep.id: ENDPOINT for ep in endpoints if ep.network_id in by_id})
     return rs
 
 

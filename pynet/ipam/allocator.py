@@ -7,15 +7,10 @@ before the transaction starts, so garbage never touches the store.
 
 Transactions (Store v2).  Each verb is a function of a v2 txn (``get``,
 ``list``, ``put``, ``delete``, ``create``, ``delete_prefix``, ``hint``), run
-in one of three ways -- the function is the same, so the semantics are too:
+in one of two ways (``pynet.store.optimistic.run``) -- the function is the same, so the semantics are too:
 
 * ``txn=t`` given: it runs in the caller's ``store.txn(fn)`` (the caller
   passes its transaction down; nothing nests, one commit for everything).
-* this thread has a v1 ``store.transaction()`` open (today's callers on
-  SQLite and memory: the controller, pynet-ipam's ADD/DEL): it runs inside
-  that transaction through ``_V1Txn``, a small adapter giving the v1
-  transaction the v2 surface, so the allocation commits (or rolls back)
-  with the caller's records exactly as before.
 * otherwise ``store.txn(fn)``: optimistic.  On etcd that is all there is
   (``retries`` bounds the attempts; conflicts are transient
   ``StoreConflict``).  On a store with a write lock (SQLite, memory) a
@@ -91,8 +86,9 @@ import ipaddress
 from typing import Callable, Iterable, Iterator, Optional
 
 from pynet.errors import (AddressInUse, InvalidAddress, InvalidParameter, InvalidSubnet,
-                          KeyExists, PoolExhausted, PoolNotFound, PoolOverlap, StoreConflict)
+                          PoolExhausted, PoolNotFound, PoolOverlap)
 from pynet.ipam.bitmap import Bitmap, iter_set, prefixes
+from pynet.store.optimistic import run as run_txn
 from pynet.ipam.pools import (GATEWAY_TYPE, REQUEST_ADDRESS_TYPE, Geometry, choose_default_pool,
                               key_id, make_pool_id, parse_address, parse_address_space,
                               parse_network, parse_options, parse_routes, read_host_routes)
@@ -105,9 +101,6 @@ GLOBAL_DEFAULT = "GlobalDefault"
 # brings the current block) one of them wins, so with n contenders a verb fails only after
 # losing 200 rounds in a row, (1 - 1/n) ** 200: 2e-25 for 4, 3e-6 for 16.
 DEFAULT_RETRIES = 200
-# SQLite/memory: optimistic attempts before queueing on the store's write lock (the first retry
-# is usually a refresh of a stale cache, not contention)
-LOCKED_AFTER = 1
 
 _POOLS = "ipam/pools/"
 _CURSORS = "ipam/cursors/"
@@ -148,52 +141,12 @@ def _check_pool_id(pool_id) -> str:
     return pool_id
 
 
-class _V1Txn:
-    """The v2 txn surface over a v1 ``transaction()`` (SQLite, memory, test wrappers).
-
-    Reads are plain reads inside the pessimistic transaction (``cached``/``hint`` make no
-    difference: nothing can change under the lock).  Writes drop the key from the store's
-    record cache: they are not committed yet (the caller's transaction may still roll back,
-    and SQLite would then reuse the revision), so they must not be cached, and the cached
-    value they replace is stale."""
-
-    __slots__ = ("_t", "_cache")
-
-    def __init__(self, t, store):
-        self._t = t
-        self._cache = getattr(store, "_record_cache", None)
-
-    def get(self, key: str, cached: bool = False):
-        return self._t.get(key)
-
-    def hint(self, key: str):
-        return self._t.get(key)
-
-    def list(self, prefix: str):
-        return self._t.list(prefix)
-
-    def put(self, key: str, value, lease: int = 0) -> None:
-        if self._cache is not None:
-            self._cache.drop(key)
-        if lease:
-            self._t.put(key, value, lease=lease)
-        else:
-            self._t.put(key, value)
-
-    def delete(self, key: str) -> None:
-        if self._cache is not None:
-            self._cache.drop(key)
-        self._t.delete(key)
-
-    def delete_prefix(self, prefix: str) -> None:
-        if self._cache is not None:
-            self._cache.drop_prefix(prefix)
-        self._t.delete_prefix(prefix)
-
-    def create(self, key: str, value, lease: int = 0) -> None:
-        if self._t.get(key) is not None:
-            raise KeyExists(f"store key {key!r} exists")
-        self.put(key, value, lease)
+def _listed(t, prefix: str):
+    """``t.list(prefix)`` recording the range only (see ``OptimisticTxn.list``)."""
+    try:
+        return t.list(prefix, keys=False)
+    except TypeError:  # a txn of another kind (a test's): every key recorded
+        return t.list(prefix)
 
 
 class Ipam:
@@ -231,22 +184,8 @@ class Ipam:
 
     # --- running a verb ------------------------------------------------------------
     def _run(self, fn, txn=None):
-        """``fn(t)`` in the caller's txn, the open v1 transaction, or a txn of its own."""
-        if txn is not None:
-            return fn(txn if hasattr(txn, "hint") else _V1Txn(txn, self.store))
-        store = self.store
-        joined = getattr(store, "in_transaction", None)
-        if not hasattr(store, "txn") or (joined is not None and joined()):
-            with store.transaction() as t:
-                return fn(_V1Txn(t, store))
-        if not getattr(store, "locking", False):
-            return store.txn(fn, retries=self.retries)
-        try:
-            return store.txn(fn, retries=LOCKED_AFTER)
-        except StoreConflict:
-            # contention on a local store: queue on its write lock, as v1 always did
-            with store.transaction() as t:
-                return fn(_V1Txn(t, store))
+        """``fn(t)`` in the caller's txn or a txn of its own (``pynet.store.optimistic.run``)."""
+        return run_txn(self.store, fn, txn, retries=self.retries)
 
     # --- address spaces and pools ----------------------------------------------
     def address_spaces(self) -> dict:
@@ -278,7 +217,8 @@ class Ipam:
 
         def fn(t):
             net = asked
-            held = [rec.value for rec in t.list(_POOLS + key_id(space) + "%2F")]
+            # a pool gone meanwhile only makes the overlap check conservative
+            held = [rec.value for rec in _listed(t, _POOLS + key_id(space) + "%2F")]
             held_nets = [ipaddress.ip_network(p["pool"]) for p in held]
             if net is None:
                 version = 6 if v6 else 4
@@ -372,7 +312,9 @@ class Ipam:
 
     @staticmethod
     def _held(t, pool_id: str) -> bool:
-        return bool(t.list(_pool_holders_prefix(pool_id)) or t.list(_holders_prefix(pool_id)))
+        # keys=False: a holder gone meanwhile only keeps the pool one release longer, and
+        # a pool with hundreds of holders stays one compare (etcd's --max-txn-ops)
+        return bool(_listed(t, _pool_holders_prefix(pool_id)) or _listed(t, _holders_prefix(pool_id)))
 
     @staticmethod
     def _holder_names(t, pool_id: str) -> list[str]:
@@ -386,7 +328,10 @@ class Ipam:
         g = self._geom(p)
         prefix = _holders_prefix(p["id"])
         by_addr: dict[str, list[tuple[str, str]]] = {}
-        for r in t.list(prefix):
+        # the pool's holds, not recorded (a pool may have thousands: etcd's --max-txn-ops);
+        # what the decision rests on is: an address is freed only after its own holds are
+        # listed again, recorded, and none but the dropped ones is left
+        for r in getattr(t, "scan", t.list)(prefix):
             addr, h = r.key[len(prefix):].split("/", 1)
             by_addr.setdefault(addr, []).append((r.key, _unescape(h)))
         freed = []
@@ -395,9 +340,10 @@ class Ipam:
             dropped = [k for k, h in holds if which(h)]
             if not dropped:
                 continue
+            others = [r for r in t.list(_holders_prefix(p["id"], addr)) if r.key not in dropped]
             for k in dropped:
                 t.delete(k)
-            if len(dropped) == len(holds) and bits.clear(g.ordinal(ipaddress.ip_address(addr))):
+            if not others and bits.clear(g.ordinal(ipaddress.ip_address(addr))):
                 freed.append(addr)
         return freed
 

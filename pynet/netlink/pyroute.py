@@ -323,10 +323,22 @@ class PyrouteNetlink(Netlink):
     def _names(self) -> dict[int, str]:
         return {m["index"]: m.get("ifname") for m in self._call("list links", self.ipr.link, "dump")}
 
+    def _names_of(self, msg) -> dict[int, str]:
+        """The names of the links one link refers to (its master, a veth's peer), asked
+        one by one: dumping every link to name two grows with the host's links (the
+        bridge driver's create_network asks for its new bridge every time)."""
+        out: dict[int, str] = {}
+        for i in {msg.get("master"), msg.get("link")} - {None, 0}:
+            try:
+                out[i] = self._call("get link", self.ipr.link, "get", index=i)[0].get("ifname")
+            except (LinkNotFound, errors.KernelError):
+                pass  # gone meanwhile, or in another namespace: _info shows the index
+        return out
+
     def get_link(self, name) -> LinkInfo:
         idx = self._index(name)
         msg = self._call(f"get {name}", self.ipr.link, "get", index=idx)[0]
-        return self._info(msg, self._names())
+        return self._info(msg, self._names_of(msg))
 
     def list_links(self, alias_prefix=None) -> list[LinkInfo]:
         msgs = self._call("list links", self.ipr.link, "dump")

@@ -320,8 +320,7 @@ class HostService(NodeService):
         self.nets = {}
         leftovers = []
         try:
-            leftovers = [r.key for p in ("networks/", "endpoints/", "ipam/pools/", "gateways/")
-                         for r in c.store.list(p)]
+            leftovers = c.records_left()
         except Exception as e:  # noqa: BLE001
             problems.append(f"store check: {e}")
         if c.firewall is not None and hasattr(c.firewall, "remove_all"):
@@ -331,7 +330,7 @@ class HostService(NodeService):
         except Exception as e:  # noqa: BLE001
             problems.append(f"kernel check: {e}")
         try:
-            c.store.close()
+            c.close()
         except Exception:  # noqa: BLE001
             pass
         self.torn_down = True

@@ -33,12 +33,13 @@ import time
 from typing import Any, Callable, Optional
 
 from pynet.errors import (Internal, InvalidParameter, LeaseNotFound, StoreCompacted, StoreConflict,
-                          StoreUnavailable)
+                          StoreTxnTooLarge, StoreUnavailable)
 from pynet.store import DELETE, PUT, Event, Listing, Record, WatchBase
 from pynet.store.keys import check_watch_prefix
 from pynet.store.optimistic import TxnRunner
 
 _UNAVAILABLE_GRPC = {4, 14}  # DeadlineExceeded, Unavailable
+_LEADER_CHANGED_BACKOFF = (0.05, 0.1, 0.2, 0.4, 0.8)  # s; then the error stands (about 1.5 s in all)
 _WATCH_RECONNECT_FOR = 5.0  # s: how long a broken watch looks for a live member before giving up
 
 
@@ -108,6 +109,8 @@ class EtcdStore(TxnRunner):
         self._client = httpx.Client(timeout=self._timeout)
         self._current = 0
         self._watches: set = set()
+        # etcd's --max-txn-ops (its default): what one Txn may hold (see _commit)
+        self.max_txn_ops = 128
         # HTTP requests sent (every member tried counts): lets a test count round trips exactly
         self.round_trips = 0
 
@@ -118,6 +121,20 @@ class EtcdStore(TxnRunner):
 
     # --- transport -------------------------------------------------------------------------------
     def _call(self, path: str, body: dict) -> dict:
+        # "etcdserver: leader changed" comes only from etcd's linearizable-read path (a
+        # ReadIndex interrupted by an election: a Range or a read-only Txn, never a write
+        # proposal), so nothing was applied and the request is resent as it is -- a few times,
+        # while the members elect (a member's SIGKILL costs about one election timeout).
+        for delay in _LEADER_CHANGED_BACKOFF:
+            try:
+                return self._call_once(path, body)
+            except StoreUnavailable as e:
+                if "leader changed" not in str(e):
+                    raise
+                time.sleep(delay)
+        return self._call_once(path, body)
+
+    def _call_once(self, path: str, body: dict) -> dict:
         httpx = self._httpx
         n = len(self.endpoints)
         last: Optional[Exception] = None
@@ -235,9 +252,27 @@ class EtcdStore(TxnRunner):
 
     def _commit(self, compares: list[tuple], ops: list[tuple], want=()) -> tuple:
         """One Txn.  Its failure branch reads ``want`` (the keys the record cache answered or
-        will answer), so a stale cache is refreshed by the very answer that says it was stale."""
+        will answer), so a stale cache is refreshed by the very answer that says it was stale.
+
+        etcd refuses a Txn with more than ``--max-txn-ops`` (``max_txn_ops``, 128 by default)
+        compares, or operations in a branch, counting those of nested Txns against the same
+        budget.  Writes beyond it are split *inside* the one Txn: the success branch becomes
+        nested Txns without compares, each a slice of the writes (etcd >= 3.3), so they still
+        apply all at once, only if every compare holds.  Compares cannot be split so (a nested
+        Txn's compares only gate its own branch, from what is left of the budget): a txn that
+        records more reads than fit is refused (``StoreTxnTooLarge``) -- callers bound what
+        they record (``t.scan`` lists without recording).  The failure branch's reads only
+        refresh the cache: past the budget they are left out (a later read fetches them)."""
+        limit = self.max_txn_ops
+        if len(compares) > limit:
+            raise StoreTxnTooLarge(f"store txn: {len(compares)} recorded reads exceed etcd's "
+                                   f"--max-txn-ops {limit}; list with scan() what only steers a choice")
+        want = list(want)[:limit]
+        success = [self._op(o) for o in ops]
+        if len(success) > limit:
+            success = self._nested(success, max(len(compares), len(want)), limit)
         failure = [{"request_range": {"key": _b64(k)}} for k in want]
-        ok, data = self._txn([self._compare(c) for c in compares], [self._op(o) for o in ops], failure)
+        ok, data = self._txn([self._compare(c) for c in compares], success, failure)
         rev = int(data["header"]["revision"])
         if ok:
             return True, rev, {}
@@ -246,6 +281,18 @@ class EtcdStore(TxnRunner):
             kvs = resp.get("response_range", {}).get("kvs") or ()
             current[key] = _record(kvs[0]) if kvs else None
         return False, rev, current
+
+    @staticmethod
+    def _nested(success: list[dict], opc: int, limit: int) -> list[dict]:
+        """``success`` as nested compare-less Txns: n of them, each of at most
+        ``limit - max(opc, n)`` operations (etcd's budget for a nested Txn)."""
+        for n in range(1, limit + 1):
+            size = limit - max(opc, n)
+            if size > 0 and n * size >= len(success):
+                return [{"request_txn": {"success": success[i:i + size]}}
+                        for i in range(0, len(success), size)]
+        raise StoreTxnTooLarge(f"store txn: {len(success)} writes exceed what one etcd Txn holds "
+                               f"(--max-txn-ops {limit}, nested)")
 
     def revision(self) -> int:
         data = self._call("/kv/range", {"key": _b64(b"\0"), "count_only": True})

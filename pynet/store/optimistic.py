@@ -182,13 +182,22 @@ class OptimisticTxn:
             return rec
         return self._fetch(key, True)
 
-    def list(self, prefix: str) -> Listing:
+    def list(self, prefix: str, keys: bool = True) -> Listing:
+        """The records under ``prefix``, recorded: the commit fails if a key appeared or changed
+        under it, and (``keys``) if one of the listed keys was deleted.  ``keys=False`` for a
+        listing where a deletion meanwhile only makes the answer conservative (an overlap
+        check, "is anything still held"): one compare, however many keys."""
         snap = self._snapshot()
         merged = {}
         for rec in snap.range(prefix):
-            self._reads.setdefault(rec.key, rec.version)
+            if keys:
+                self._reads.setdefault(rec.key, rec.version)
             merged[rec.key] = rec
         self._ranges.append(prefix)
+        return self._with_writes(prefix, merged, snap.revision)
+
+    def _with_writes(self, prefix: str, merged: dict, revision: int) -> Listing:
+        """A listing as this txn sees it: its own deletions and writes under ``prefix`` applied."""
         for dp in self._deleted_prefixes:
             for k in [k for k in merged if k.startswith(dp)]:
                 del merged[k]
@@ -198,7 +207,15 @@ class OptimisticTxn:
                     merged[key] = Record(key, copy.deepcopy(op[2]), PENDING, lease=op[3])
                 else:
                     merged.pop(key, None)
-        return Listing([merged[k] for k in sorted(merged)], snap.revision)
+        return Listing([merged[k] for k in sorted(merged)], revision)
+
+    def scan(self, prefix: str) -> Listing:
+        """``list(prefix)`` without recording it (no compares at commit, like ``hint``): for a
+        listing that only steers a choice the recorded reads make correct (which host ports
+        are taken, before the chosen one's own key is read), so a txn over a large prefix
+        stays within what one etcd Txn can compare (``--max-txn-ops``)."""
+        snap = self._snapshot()
+        return self._with_writes(prefix, {rec.key: rec for rec in snap.range(prefix)}, snap.revision)
 
     def put(self, key: str, value: Any, lease: int = 0) -> None:
         self._check_open()
@@ -253,7 +270,10 @@ class OptimisticTxn:
             self._learn_writes(ops, rev)
         else:
             for key in self._want:
-                self._cache.store(key, current.get(key), rev)
+                if key in current:
+                    self._cache.store(key, current[key], rev)
+                else:  # not brought back (etcd: past --max-txn-ops): fetched again when read
+                    self._cache.drop(key)
         return ok
 
     def _learn_writes(self, ops: list[tuple], rev: int) -> None:
@@ -337,3 +357,77 @@ class TxnRunner:
 
 class _Stale(Exception):
     """An ``fn`` raised on a view the cache served, and the cache was stale: run it again."""
+
+
+class LockedTxn:
+    """The v2 txn surface over a store's pessimistic write lock (``transaction()``: SQLite's
+    ``BEGIN IMMEDIATE``, the memory store's lock), for ``run``'s fallback under contention.
+
+    Reads are plain reads under the lock (``cached``/``hint`` make no difference: nothing can
+    change under it).  Writes drop the key from the store's record cache: they are not
+    committed yet (the transaction may still roll back, and SQLite would then reuse the
+    revision), so they must not be cached, and the cached value they replace is stale."""
+
+    __slots__ = ("_t", "_cache")
+    revision = None
+
+    def __init__(self, t, store):
+        self._t = t
+        self._cache = getattr(store, "_record_cache", None)
+
+    def get(self, key: str, cached: bool = False):
+        return self._t.get(key)
+
+    def hint(self, key: str):
+        return self._t.get(key)
+
+    def list(self, prefix: str, keys: bool = True):
+        return self._t.list(prefix)
+
+    scan = list  # under the lock nothing is recorded anyway
+
+    def put(self, key: str, value, lease: int = 0) -> None:
+        if self._cache is not None:
+            self._cache.drop(key)
+        if lease:
+            self._t.put(key, value, lease=lease)
+        else:
+            self._t.put(key, value)
+
+    def delete(self, key: str) -> None:
+        if self._cache is not None:
+            self._cache.drop(key)
+        self._t.delete(key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        if self._cache is not None:
+            self._cache.drop_prefix(prefix)
+        self._t.delete_prefix(prefix)
+
+    def create(self, key: str, value, lease: int = 0) -> None:
+        if self._t.get(key) is not None:
+            raise KeyExists(f"store key {key!r} exists")
+        self.put(key, value, lease)
+
+
+# A store with a write lock (SQLite, memory): optimistic attempts before queueing on the lock
+# (the first retry is usually a refresh of a stale cache, not contention)
+LOCKED_AFTER = 1
+
+
+def run(store, fn: Callable[[Any], T], txn=None, retries: int = DEFAULT_RETRIES) -> T:
+    """``fn(t)`` in the caller's txn (``txn``: passed down, nothing nests, one commit), or in a
+    v2 txn of its own: ``store.txn(fn)``.  On etcd that is all there is (``retries`` bounds the
+    attempts; conflicts are transient ``StoreConflict``).  On a store with a write lock (SQLite,
+    memory) a second conflict runs ``fn`` once more under the lock (``LockedTxn``): several
+    processes on one SQLite file then queue, as they always did, instead of starving each
+    other.  The IPAM and the controller run every verb so."""
+    if txn is not None:
+        return fn(txn)
+    if not getattr(store, "locking", False):
+        return store.txn(fn, retries=retries)
+    try:
+        return store.txn(fn, retries=LOCKED_AFTER)
+    except StoreConflict:
+        with store.transaction() as t:
+            return fn(LockedTxn(t, store))

@@ -138,8 +138,8 @@ class Cni:
 
     # -- state -------------------------------------------------------------
     def store(self):
-        from pynet.store.sqlite import SqliteStore
-        return SqliteStore.in_state_dir(self.state_dir)
+        from pynet.root import open_state_dir
+        return open_state_dir(self.state_dir)
 
     def reader(self):
         from pynet.cnm.controller import Controller

@@ -22,10 +22,9 @@ def cni(tmp_path):
     store = MemoryStore()
     state = tmp_path / "state"
     state.mkdir()
-    store.path = str(state / "pynet.db")   # the route serves the store's state dir
     c = Controller(store, make_ipam(store), {"bridge": FakeDriver()}, firewall=FakeFirewall(),
                    port_allocator=None)
-    app = create_app(c, routes=[register_cni])
+    app = create_app(c, routes=[lambda a, ctl: register_cni(a, ctl, state_dir=str(state))])
     app.testing = False
     client = app.test_client()
     net, mnt = namespace_ids()

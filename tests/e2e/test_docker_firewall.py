@@ -487,13 +487,13 @@ def test_y_daemon_starts_despite_a_record_the_firewall_refuses(env):
     endpoint on the published host ports of a running container, as the Docker path could
     store -- used to make restore() at daemon start fail, so the daemon could not start.
     Now it starts, applies everything else and reports the record."""
-    from pynet.store.sqlite import SqliteStore
+    from pynet.root import open_state_dir
 
     d, c = env.docker, env.pub["explicit"]
     net_id = d.inspect(env.n1, "network")["Id"]
     ep_id = d.inspect(c, "container")["NetworkSettings"]["Networks"][env.n1]["EndpointID"]
     ghost_id = "f" * 64  # sorts after the real endpoint: the real one keeps the port
-    store = SqliteStore.in_state_dir(str(env.daemon.state_dir))
+    store = open_state_dir(str(env.daemon.state_dir))
     real = store.get(f"endpoints/{net_id}/{ep_id}").value
     ghost = dict(real, id=ghost_id, address=f"10.232.{K}.250/24", address_v6="", mac="",
                  sandbox_key="-", container_id=f"{env.prefix}-ghost", ifname="eth9",

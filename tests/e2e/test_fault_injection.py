@@ -117,6 +117,7 @@ class FaultRun:
         self.store: dict = {}
         self.seen_networks: set[str] = set()     # ids, for the link names derived from them
         self.seen_endpoints: set[str] = set()
+        self.seen_pods: set[str] = set()   # every pod's container ID (its ADD may have been killed)
         self.log: list[dict] = []
         self.violations: list[dict] = []
         self._seen_violations: set = set()
@@ -305,6 +306,7 @@ class FaultRun:
                   conf=harness.daemon_cni_conf(self.daemon, net, subnet, port_mappings=pm))
         harness.netns_add(pod.ns)
         self.pods[pod.cid] = pod
+        self.seen_pods.add(pod.cid)
         res = self.cni_call("ADD", pod, args, allow_faults)
         if res.ok and res.ips():
             pod.ip, pod.state = res.ips()[0], "up"
@@ -446,6 +448,7 @@ class FaultRun:
 
     def check_nothing_left(self, when: str) -> None:
         """L2, after removing everything."""
+        from pynet.cnm.attach import endpoint_id
         from pynet.drivers.bridge import container_veth_name, default_bridge_name, host_veth_name
 
         st = harness.pynet_holdings(self.daemon.state_dir)
@@ -453,8 +456,12 @@ class FaultRun:
         if left:
             self.violation("L2 store", f"{when}: store records left: {left[:12]}{' ...' if len(left) > 12 else ''}")
         tagged = harness.daemon_links(self.daemon.name)
+        # links named after the run's objects, tagged or not: an ADD killed between the veth
+        # and its alias (a second netlink request) leaves an untagged pair named after the
+        # pod's endpoint ID, which no record of the store may ever have shown
+        pod_eps = {endpoint_id(n, cid, "eth0") for n in self.seen_networks for cid in self.seen_pods}
         names = ({default_bridge_name(n) for n in self.seen_networks}
-                 | {f(e) for e in self.seen_endpoints for f in (host_veth_name, container_veth_name)})
+                 | {f(e) for e in self.seen_endpoints | pod_eps for f in (host_veth_name, container_veth_name)})
         links = sorted(set(tagged) | (names & set(harness.list_links())))
         if links:
             self.violation("L2 link", f"{when}: links left: {links}")

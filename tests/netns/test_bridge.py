@@ -9,6 +9,7 @@ import pytest
 from pynet.cnm import sandbox
 from pynet.cnm.model import Endpoint, IPData, Network
 from pynet.drivers.bridge import BridgeDriver, alias_for
+from tests.support.fakes import create_endpoint
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -35,7 +36,7 @@ def make_net(drv, subnet="10.61.0", mtu=None, v6=False, internal=False):
 def container(drv, host_ns, make_netns, net, ip, ip6=""):
     """create_endpoint + join + what dockerd does after Join."""
     ep = Endpoint(id=hexid(), network_id=net.id, address=ip, address_v6=ip6)
-    drv.create_endpoint(net, ep)
+    create_endpoint(drv, net, ep)
     info = drv.join(net, ep, "")
     ns = make_netns("c")
     sandbox.attach(ns, info.src_name, info.dst_prefix + "0", [a for a in (ip, ip6) if a],
@@ -90,7 +91,7 @@ def test_restore_after_bridge_deleted(drv, host_ns, make_netns, ping):
     a, ns_a = container(drv, host_ns, make_netns, net, "10.64.0.2/24")
     b, ns_b = container(drv, host_ns, make_netns, net, "10.64.0.3/24")
     unjoined = Endpoint(id=hexid(), network_id=net.id, address="10.64.0.4/24")
-    drv.create_endpoint(net, unjoined)
+    create_endpoint(drv, net, unjoined)
     bridge = net.driver_state["bridge"]
     host_ns.nl.delete_link(bridge)                                # `ip link del`
     host_ns.nl.delete_link(unjoined.driver_state["host_veth"])

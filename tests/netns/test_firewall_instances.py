@@ -80,7 +80,7 @@ def test_two_instances_coexist_and_settle(ns):
     assert "pynet:PNB:" in text and b.diff(*sb) == ""
     # iptables -F FORWARD: re-apply restores the hook-in
     sh("ip", "netns", "exec", ns, "iptables-nft", "-F", "FORWARD")
-    assert "PNB-ISOLATION-STAGE-1" in b.diff(*sb)
+    assert "-j PNB-FORWARD" in b.diff(*sb)
     b.apply(*sb)
     assert b.diff(*sb) == ""
     b.remove_all()
@@ -101,3 +101,26 @@ def test_instance_ignores_other_instances_rules(ns):
 def test_prefix_without_colon():
     with pytest.raises(ValueError):
         Firewall("A:B", backend="nft")
+
+
+def test_changes_of_one_instance_leave_the_other_alone(ns):
+    """The per-change path: A's changes (a network added, then removed) touch A's rules
+    only, even after a foreign rule went on top of both blocks; B stays in sync."""
+    a, b = Firewall("PNA", backend="nft", netns=ns), Firewall("PNB", backend="nft", netns=ns)
+    sa, sb = state("a", 1), state("b", 2)
+    a.apply(*sa)
+    b.apply(*sb)
+    theirs = [line for line in save(ns).splitlines() if "pynet:PNB:" in line]
+    sh("ip", "netns", "exec", ns, "iptables-nft", "-I", "FORWARD", "-i", "foreign0", "-j", "ACCEPT")
+    more = NetworkSpec("na2", "bra2", ["10.231.2.0/24"])
+    a.apply([more] + sa[0], sa[1], changed={"na2"})
+    assert a.diff([more] + sa[0], sa[1]) == ""
+    own = owners(ns)
+    assert own[0] == "PNA" and own.index("-") < own.index("PNB")  # A's block lifted, B's untouched
+    a.apply(*sa, changed={"na2"})
+    assert a.diff(*sa) == ""
+    assert [line for line in save(ns).splitlines() if "pynet:PNB:" in line] == theirs
+    b.apply(*sb)  # B's own re-check: its block goes back above the foreign rule too
+    assert b.diff(*sb) == "" and a.diff(*sa) == ""
+    a.remove_all()
+    b.remove_all()

@@ -25,6 +25,7 @@ import pytest
 from pynet.errors import InvalidAddress, KernelError
 from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping, parse_save
 from pynet.firewall.model import Rule
+from pynet.firewall.reconcile import inline_hooks
 
 pytestmark = [pytest.mark.netns, pytest.mark.skipif(os.geteuid() != 0, reason="needs root")]
 
@@ -257,7 +258,7 @@ def sc_golden_in_kernel(c: Ctx):
 
     def norm(text):
         out = {}
-        for t, ts in parse_save(text).items():
+        for t, ts in inline_hooks(parse_save(text), "DOCKER").items():
             if t in ("filter", "nat"):
                 out[t] = {ch: [" ".join(r.spec) for r in rs] for ch, rs in ts.chains.items()}
         return out
@@ -270,10 +271,202 @@ def sc_golden_in_kernel(c: Ctx):
     assert got == norm(GOLDEN.read_text())
 
 
+# --- the per-change path (Firewall.apply(changed=...)) ----------------------------
+class Spy:
+    """Counts the backend's reads and records its batches (the ops per table)."""
+
+    def __init__(self, fw):
+        self.saves, self.batches = 0, []
+        real_save, real_execute = fw.backend.save, fw.backend.execute
+
+        self.saved = []
+
+        def save(family):
+            self.saves += 1
+            self.saved.append(family)
+            return real_save(family)
+
+        def execute(family, plan):
+            self.batches.append((family, {t: [op.line() for op in ops] for t, ops in plan.items()}))
+            return real_execute(family, plan)
+        fw.backend.save, fw.backend.execute = save, execute
+
+    def lines(self):
+        return [line for _, plan in self.batches for ops in plan.values() for line in ops]
+
+
+def more(v6=False):
+    """A fourth network with a published port, added to state() one change at a time."""
+    net = NetworkSpec("net4", "pt-br4", ["10.240.4.0/24"], ["fd00:4::/64"] if v6 else [])
+    ep = EndpointSpec("ep4", "net4", "10.240.4.2", "fd00:4::2" if v6 else None, None,
+                      [PortMapping("tcp", "", 18089, 8080, "")], None)
+    return net, ep
+
+
+LEDGERS: list[str] = []
+
+
+def ledger_dir():
+    """A ledger directory of the scenario's own, removed by sc_change_from_a_fresh_process."""
+    import tempfile
+    LEDGERS.append(tempfile.mkdtemp(prefix="pynet-ledger-"))
+    return LEDGERS[-1]
+
+
+def sc_change_touches_only_its_owners(c: Ctx):
+    fw = c.fw()
+    nets, eps = state(v6=True, spoof=True)
+    fw.apply(nets, eps)
+    # a rule of someone else in a pynet chain the change edits: it stays as it is
+    c.ipt("-I", "PYNET-BRIDGE", "1", "-o", "pt-other", "-j", "ACCEPT")
+    net4, ep4 = more(v6=True)
+    spy = Spy(fw)
+    nets = [net4] + nets
+    fw.apply(nets, eps, changed={"net4"})
+    eps = eps + [ep4]
+    fw.apply(nets, eps, changed={"ep4"})
+    assert spy.saves == 0, "a change never reads the tables"
+    assert len(spy.batches) == 4  # one batch per family and change
+    for line in spy.lines():
+        assert "pynet:PYNET:net4" in line or "pynet:PYNET:ep4" in line or \
+            (line.startswith(("-D FORWARD", "-I FORWARD")) and "pynet:PYNET:base" in line), line
+    text = c.save()
+    assert "-A PYNET-BRIDGE -o pt-other -j ACCEPT" in text
+    c.ipt("-D", "PYNET-BRIDGE", "-o", "pt-other", "-j", "ACCEPT")
+    assert fw.diff(nets, eps) == ""
+    # and back: the endpoint, then the network, go with their rules only
+    spy.batches.clear()
+    spy.saves = 0
+    fw.apply(nets, eps[:-1], changed={"ep4"})
+    fw.apply(nets[1:], eps[:-1], changed={"net4"})
+    assert spy.saves == 0
+    assert all("net4" in line or "ep4" in line or "pynet:PYNET:base" in line for line in spy.lines())
+    assert "net4" not in c.save() + c.save("ipv6") and "pt-br4" not in c.save()
+    assert fw.diff(nets[1:], eps[:-1]) == ""
+    # an unchanged owner: no batch at all
+    spy.batches.clear()
+    spy.saves = 0
+    fw.apply(nets[1:], eps[:-1], changed={"net1"})
+    assert spy.batches == [] and spy.saves == 0
+
+
+def sc_change_from_a_fresh_process(c: Ctx):
+    """The ledger on disk is all a new Firewall (a CNI binary in-process) knows."""
+    import shutil
+    try:
+        _change_from_a_fresh_process(c)
+    finally:
+        while LEDGERS:
+            shutil.rmtree(LEDGERS.pop(), ignore_errors=True)
+
+
+def _change_from_a_fresh_process(c: Ctx):
+    from pynet.firewall.ledger import FileLedger
+    where = ledger_dir()
+    nets, eps = state(v6=True)
+    c.fw(ledger=FileLedger(where)).apply(nets, eps)
+    net4, ep4 = more()
+    fresh = c.fw(ledger=FileLedger(where))
+    spy = Spy(fresh)
+    fresh.apply([net4] + nets, eps + [ep4], changed={"net4", "ep4"})
+    assert spy.saves == 0
+    fresh = c.fw(ledger=FileLedger(where))
+    spy = Spy(fresh)
+    fresh.apply([net4] + nets[1:], [eps[0], ep4], changed={"net2", "ep2"})  # removed
+    assert spy.saves == 0
+    assert "pt-br2" not in c.save() + c.save("ipv6") and "pynet:PYNET:ep2" not in c.save()
+    assert c.fw().diff([net4] + nets[1:], [eps[0], ep4]) == ""
+    # ep1's SCTP port (both families) was the last one: the mangle table's base jump
+    # goes, which is the full reconcile's work
+    fresh = c.fw(ledger=FileLedger(where))
+    spy = Spy(fresh)
+    fresh.apply([net4] + nets[1:], [ep4], changed={"ep1"})
+    assert spy.saved == ["ipv4", "ipv6"]
+    assert "pynet:PYNET:ep1" not in c.save() + c.save("ipv6") and "*mangle" not in c.save()
+    assert c.fw().diff([net4] + nets[1:], [ep4]) == ""
+    # without a ledger (or with one from before): the full reconcile
+    stale = c.fw(ledger=FileLedger(ledger_dir()))
+    spy = Spy(stale)
+    stale.apply(nets, eps, changed={"net4", "ep4"})
+    assert spy.saves > 0 and c.fw().diff(nets, eps) == ""
+
+
+def sc_change_restores_the_block_on_top(c: Ctx):
+    fw = c.fw()
+    nets, eps = state()
+    fw.apply(nets, eps)
+    c.ipt("-I", "FORWARD", "1", "-i", "docker0", "!", "-o", "docker0", "-j", "ACCEPT")  # dockerd's
+    assert "out of place" in fw.diff(nets, eps)
+    net4, ep4 = more()
+    spy = Spy(fw)
+    fw.apply([net4] + nets, eps, changed={"net4"})
+    assert spy.saves == 0
+    fwd = parse_save(c.save())["filter"].chains["FORWARD"]
+    assert [r.owner for r in fwd] == ["base"] * (len(fwd) - 1) + [None]
+    assert fw.diff([net4] + nets, eps) == ""
+
+
+def sc_change_after_a_flush_reconciles(c: Ctx):
+    """``iptables -F`` (every chain of filter and nat): the next change's deletes are
+    refused, so it falls back to the full reconcile, which restores everything."""
+    fw = c.fw()
+    nets, eps = state()
+    fw.apply(nets, eps)
+    want = c.pynet_rules()
+    c.ipt("-F")
+    c.ipt("-t", "nat", "-F")
+    fw.apply(nets[1:], eps[:1], changed={"net2", "ep2"})
+    assert fw.diff(nets[1:], eps[:1]) == ""
+    c.ipt("-F")
+    fw.apply(nets, eps)  # the re-check's reconcile
+    assert c.pynet_rules() == want
+
+
+def sc_change_of_the_last_network_removes_the_base(c: Ctx):
+    fw = c.fw()
+    nets, eps = state(v6=True)
+    fw.apply(nets[:1], [])
+    fw.apply(nets[:2], eps[:1], changed={"net1", "ep1"})
+    assert fw.diff(nets[:2], eps[:1]) == ""
+    fw.apply(nets[1:2], eps[:1], changed={"net2"})
+    fw.apply([], [], changed={"net1", "ep1"})
+    for fam in ("ipv4", "ipv6"):
+        assert "pynet:" not in c.save(fam) and ":PYNET" not in c.save(fam), fam
+
+
+def sc_refused_change_changes_nothing(c: Ctx):
+    """A change whose nat section the kernel refuses after its filter section was
+    committed: the filter part is undone, the full reconcile is refused too and rolled
+    back, and the kernel is as before."""
+    import pynet.firewall.firewall as fwmod
+    fw = c.fw()
+    nets, eps = state()
+    fw.apply(nets[1:], eps[:1])
+    before = [c.save("ipv4"), c.save("ipv6")]
+    real = fwmod.render_family
+
+    def bad(prefix, nets_, eps_, family, *a, **kw):
+        rs = real(prefix, nets_, eps_, family, *a, **kw)
+        if family == "ipv4" and any(n.id == "net2" for n in nets_):
+            rs.add("nat", "PYNET", ("-s", "10.240.2.0/24", "-j", "NOSUCHCHAIN"), "net2")
+        return rs
+    fwmod.render_family = bad
+    try:
+        with pytest.raises(KernelError):
+            fw.apply(nets, eps, changed={"net2", "ep2"})
+    finally:
+        fwmod.render_family = real
+    assert [c.save("ipv4"), c.save("ipv6")] == before
+    fw.apply(nets, eps, changed={"net2", "ep2"})
+    assert fw.diff(nets, eps) == ""
+
+
 SCENARIOS = {f.__name__[3:]: f for f in (
     sc_apply_exact, sc_idempotent, sc_stale_removed, sc_flush_forward_restored,
     sc_foreign_rules_kept_and_order_restored, sc_rejected_batch_changes_nothing, sc_remove_all,
-    sc_golden_in_kernel)}
+    sc_golden_in_kernel, sc_change_touches_only_its_owners, sc_change_from_a_fresh_process,
+    sc_change_restores_the_block_on_top, sc_change_after_a_flush_reconciles,
+    sc_change_of_the_last_network_removes_the_base, sc_refused_change_changes_nothing)}
 
 
 # --- fixtures and the test matrix ---------------------------------------------

@@ -151,7 +151,7 @@ def _ns_exec(ns, *argv):
 def test_binaries_are_executed_and_teardown_leaves_nothing(snapshot):
     from pynet.scenario.host import object_id
     from pynet.scenario.topology import Topology
-    from pynet.store.sqlite import SqliteStore
+    from pynet.root import open_state_dir
 
     t = Topology(load(str(SCENARIOS / "cni-bridge.yaml")))
     try:
@@ -159,7 +159,7 @@ def test_binaries_are_executed_and_teardown_leaves_nothing(snapshot):
         ns = t.ns_name("h1")
         assert sorted(os.listdir(os.path.join(t.work, "cni-bin"))) == \
             ["pynet-bridge", "pynet-ipam", "pynet-macvlan", "pynet-overlay"]
-        store = SqliteStore.in_state_dir(os.path.join(t.work, "h1"))
+        store = open_state_dir(os.path.join(t.work, "h1"))
         nets = [r.value for r in store.list("networks/")]
         assert [(n["name"], n["created_by"]) for n in nets] == [("podnet", "cni")]
         eps = {e["container_id"]: e for e in (r.value for r in store.list("endpoints/"))}

@@ -84,3 +84,23 @@ def store(backend, request, tmp_path):
 @pytest.fixture
 def ns() -> str:
     return cluster_prefix("test", uuid.uuid4().hex[:12])
+
+
+@pytest.fixture(scope="session")
+def etcd_alone(etcd_dir):
+    """A one-member etcd for tests that list the whole store (the controller's unit tests
+    re-run on etcd): nobody else writes to it, and ``whole_etcd_store`` empties it around
+    each test."""
+    with EtcdCluster(1, etcd_dir, name="alone") as c:
+        yield c
+
+
+@pytest.fixture
+def whole_etcd_store(etcd_alone):
+    from pynet.store.etcd import EtcdStore
+
+    s = EtcdStore(etcd_alone.endpoints, timeout=5.0)
+    s.delete_prefix("")
+    yield s
+    s.delete_prefix("")
+    s.close()

@@ -2,8 +2,9 @@
 of the firewall's callers: it keeps the tables of each family, prints them the way
 iptables-save does (so pynet.firewall.parse_save reads them back) and applies the
 plans pynet makes (new chain, delete chain, delete a rule by spec, insert at a
-position).  Every batch is also rendered as text (``batches``) and checked to have one
-line per operation, as iptables-restore would see it."""
+position, append) and lists one chain (``list_chain``).  Every batch is also rendered as
+text (``batches``) and checked to have one line per operation, as iptables-restore would
+see it."""
 from __future__ import annotations
 
 import shlex
@@ -61,6 +62,10 @@ class FakeTables:
                     if toks not in chains.get(op.chain, []):
                         raise KernelError(f"fake: no such rule in {op.chain}: {' '.join(toks)}")
                     chains[op.chain].remove(toks)
+                elif op.kind == "app":
+                    if op.chain not in chains:
+                        raise KernelError(f"fake: no chain {op.chain}")
+                    chains[op.chain].append(tuple(shlex.split(join(op.tokens))))
                 else:
                     if op.chain not in chains:
                         raise KernelError(f"fake: no chain {op.chain}")
@@ -68,6 +73,12 @@ class FakeTables:
                         raise KernelError("fake: Index of insertion too big.")
                     chains[op.chain].insert(op.pos - 1, tuple(shlex.split(join(op.tokens))))
         self.tables[family] = state  # all or nothing, like one iptables-restore batch
+
+    def list_chain(self, family: str, table: str, chain: str) -> str:
+        """``iptables -t table -S chain``."""
+        if chain not in self.tables[family][table]:
+            raise KernelError(f"fake: no chain {chain}")
+        return "".join(f"-A {chain} {join(r)}\n" for r in self.tables[family][table][chain])
 
     def rules(self, family: str = "ipv4") -> list[str]:
         return [f"{c} {' '.join(r)}" for chains in self.tables[family].values()

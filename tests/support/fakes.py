@@ -120,7 +120,7 @@ class FakeFirewall:
         self.synced: list[tuple[int, int]] = []
         self.published: list[tuple[str, int, int]] = []
 
-    def sync(self, networks, endpoints, force: bool = False) -> None:
+    def sync(self, networks, endpoints, force: bool = False, changed=None) -> None:
         fail_nets = {n.id for n in networks
                      if n.options.get(FAIL_OPTION) == "ProgramExternalConnectivity"}
         for e in endpoints:
@@ -129,3 +129,13 @@ class FakeFirewall:
         self.synced.append((len(networks), len(endpoints)))
         self.published = [(p.proto, p.host_port, p.container_port)
                           for e in endpoints if e.external for p in e.ports]
+
+
+def create_endpoint(drv, net, ep):
+    """A driver's endpoint made as the controller makes it (driver API v2):
+    ``plan_endpoint``, then ``create_endpoint``, the fields each hands back set
+    on ``ep`` (drivers no longer change the record they are given).  Returns ``ep``."""
+    for step in (drv.plan_endpoint, drv.create_endpoint):
+        for name, value in (step(net, ep) or {}).items():
+            setattr(ep, name, value)
+    return ep

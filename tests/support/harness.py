@@ -13,7 +13,6 @@ the smoke test):  python tests/support/harness.py stub-plugin SOCKET
 """
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import http.client
 import http.server
@@ -979,17 +978,15 @@ def pynet_holdings(state_dir: str | os.PathLike) -> dict:
 
         {"networks": [network records], "endpoints": [endpoint records],
          "pools": [{"id", "pool", ..., "allocated": [bare addresses], "problems": [...]}],
-         "keys": [every store key]}
+         "keys": [every store key of the host's and the cluster's namespaces]}
     """
-    import sqlite3
-
     from pynet.ipam import Ipam
-    from pynet.store.sqlite import SqliteStore
+    from pynet.root import open_state_dir
 
     db = Path(state_dir) / "pynet.db"
     if not db.exists():
         return {"networks": [], "endpoints": [], "pools": [], "keys": []}
-    store = SqliteStore.in_state_dir(str(state_dir))
+    store = open_state_dir(str(state_dir))
     try:
         nets = [r.value for r in store.list("networks/")]
         eps = [r.value for r in store.list("endpoints/")]
@@ -997,10 +994,10 @@ def pynet_holdings(state_dir: str | os.PathLike) -> dict:
         pools = []
         for p in ipam.list_pools():
             pools.append(dict(p, allocated=list(ipam.allocated(p["id"])), problems=ipam.verify(p["id"])))
+        # this host's keys (relative to pynet/v2/local/<host>/) and the cluster's
+        keys = [r.key for r in store.list("")] + [r.key for r in store.sibling("pynet/v2/cluster/").list("")]
     finally:
         store.close()
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as c:
-        keys = [k for (k,) in c.execute("SELECT key FROM kv ORDER BY key")]
     return {"networks": nets, "endpoints": eps, "pools": pools, "keys": keys}
 
 

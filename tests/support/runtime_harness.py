@@ -457,11 +457,11 @@ class PynetChain(Chain):
     def held_addresses(self) -> set[str]:
         """Addresses allocated in the chain's subnet in pynet's store (gateway excluded)."""
         from pynet.ipam import Ipam
-        from pynet.store.sqlite import SqliteStore
+        from pynet.root import open_state_dir
 
-        if not (self.state_dir / SqliteStore.FILENAME).exists():
+        if not (self.state_dir / "pynet.db").exists():
             return set()
-        store = SqliteStore.in_state_dir(str(self.state_dir))
+        store = open_state_dir(str(self.state_dir))
         try:
             ipam = Ipam(store)
             out = set()

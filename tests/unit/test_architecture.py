@@ -6,7 +6,8 @@
   venv's ``lint-imports``, its report shown when one breaks;
 * no import cycle anywhere in ``pynet/``, imports inside functions included
   (grimp's graph, the one import-linter builds, records those too);
-* the CNI shim imports the standard library only.
+* the CNI shim imports the standard library only;
+* front ends never touch the store object (they call the core's verbs).
 """
 from __future__ import annotations
 
@@ -136,3 +137,26 @@ def test_cni_shim_imports_only_the_standard_library():
     assert found, "no imports found: the parser is not reading the shim"
     bad = [(line, name) for line, name in found if name not in sys.stdlib_module_names]
     assert not bad, f"{shim} must import only the standard library: {bad}"
+
+
+FRONT_ENDS = ["pynet/cli.py", "pynet/daemon.py", "pynet/doctor.py", "pynet/cni", "pynet/plugin_api",
+              "pynet/scenario"]
+
+
+def _front_end_files():
+    for entry in FRONT_ENDS:
+        p = REPO / entry
+        yield from (sorted(p.rglob("*.py")) if p.is_dir() else [p])
+
+
+def test_front_ends_never_reach_into_the_controllers_store():
+    """The import contract keeps ``pynet.store`` out of the front ends; this keeps them from
+    the store object too (``controller.store.get(...)``): they call the core's verbs, and pass
+    a txn they got from ``Controller.txn`` down without looking inside."""
+    found = []
+    for path in _front_end_files():
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == "store" and \
+                    isinstance(node.value, (ast.Name, ast.Attribute)):
+                found.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not found, "front ends touching the store: " + ", ".join(found)

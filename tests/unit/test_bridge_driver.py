@@ -9,6 +9,7 @@ from pynet.drivers.bridge import (BridgeDriver, alias_for, container_veth_name,
 from pynet.netlink.fake import FakeKernel, FakeNetlink
 from pynet.store.memory import MemoryStore
 from pynet.sysctl import FakeSysctl
+from tests.support.fakes import create_endpoint
 
 NID = "36794d95504b02056972fff2493623c9b88c6f6b42395106ef6fe1ce6fd0bf62"
 NID2 = "f58c8c31b762d745a0953231369b1a5951087ce479b7d3780b081209bf6dc734"
@@ -149,7 +150,7 @@ def test_create_network_failure_removes_bridge(drv, nl):
 def test_endpoint_veth_mac_mtu_and_join(drv, nl):
     net = create(drv, mknet(options={"com.docker.network.driver.mtu": "1400"}))
     ep = Endpoint(id=EID, network_id=NID, address="10.250.0.200/24")
-    drv.create_endpoint(net, ep)
+    create_endpoint(drv, net, ep)
     assert ep.mac == "02:42:0a:fa:00:c8"
     host, cont = nl.get_link("pv5c48ea5e946"), nl.get_link("pc5c48ea5e946")
     assert host.master == "pn-36794d95504b" and host.state == "up" and host.mtu == 1400
@@ -165,21 +166,21 @@ def test_endpoint_veth_mac_mtu_and_join(drv, nl):
 def test_endpoint_keeps_given_mac(drv, nl):
     net = create(drv, mknet())
     ep = Endpoint(id=EID, network_id=NID, address="10.250.0.5/24", mac="02:00:00:00:00:99")
-    drv.create_endpoint(net, ep)
+    create_endpoint(drv, net, ep)
     assert nl.get_link("pc5c48ea5e946").mac == "02:00:00:00:00:99"
 
 
 def test_join_internal_and_ipv6(drv):
     net = create(drv, mknet(internal=True))
     ep = Endpoint(id=EID, network_id=NID, address="10.250.0.2/24")
-    drv.create_endpoint(net, ep)
+    create_endpoint(drv, net, ep)
     info = drv.join(net, ep, "/x")
     assert info.gateway == "" and info.gateway_v6 == "" and info.disable_gateway_service is True
 
     net6 = create(drv, mknet(NID2, subnet="10.251.0.0/24", gw="10.251.0.1/24",
                              v6=("fd00:2::/64", "fd00:2::1/64")))
     ep6 = Endpoint(id=EID2, network_id=NID2, address="10.251.0.2/24", address_v6="fd00:2::2/64")
-    drv.create_endpoint(net6, ep6)
+    create_endpoint(drv, net6, ep6)
     info = drv.join(net6, ep6, "/x")
     assert (info.gateway, info.gateway_v6, info.disable_gateway_service) == \
         ("10.251.0.1", "fd00:2::1", False)
@@ -188,7 +189,7 @@ def test_join_internal_and_ipv6(drv):
 def test_join_recreates_a_vanished_pair_and_refuses_a_moved_one(drv, nl):
     net = create(drv, mknet())
     ep = Endpoint(id=EID, network_id=NID, address="10.250.0.2/24")
-    drv.create_endpoint(net, ep)
+    create_endpoint(drv, net, ep)
     nl.delete_link("pv5c48ea5e946")
     assert drv.join(net, ep, "/x").src_name == "pc5c48ea5e946"
     assert nl.get_link("pv5c48ea5e946").master == "pn-36794d95504b"
@@ -202,24 +203,24 @@ def test_create_endpoint_failure_leaves_nothing(drv, nl):
     net = create(drv, mknet())
     nl.kernel.fail("set_master")
     with pytest.raises(errors.KernelError):
-        drv.create_endpoint(net, Endpoint(id=EID, network_id=NID, address="10.250.0.2/24"))
+        create_endpoint(drv, net, Endpoint(id=EID, network_id=NID, address="10.250.0.2/24"))
     assert nl.kernel.summary() == {"pn-36794d95504b": "bridge"}
 
 
 def test_create_endpoint_replaces_own_stale_veth_but_not_foreign(drv, nl):
     net = create(drv, mknet())
     nl.add_veth("pv5c48ea5e946", "pc5c48ea5e946", alias=alias_for("t1", EID))
-    drv.create_endpoint(net, Endpoint(id=EID, network_id=NID, address="10.250.0.2/24"))
+    create_endpoint(drv, net, Endpoint(id=EID, network_id=NID, address="10.250.0.2/24"))
     assert nl.get_link("pv5c48ea5e946").master == "pn-36794d95504b"
     nl.add_veth("pv2ac54e045f4", "pc2ac54e045f4")
     with pytest.raises(errors.Conflict):
-        drv.create_endpoint(net, Endpoint(id=EID2, network_id=NID, address="10.250.0.3/24"))
+        create_endpoint(drv, net, Endpoint(id=EID2, network_id=NID, address="10.250.0.3/24"))
 
 
 def test_delete_is_idempotent(drv, nl):
     net = create(drv, mknet())
     ep = Endpoint(id=EID, network_id=NID, address="10.250.0.2/24")
-    drv.create_endpoint(net, ep)
+    create_endpoint(drv, net, ep)
     for _ in range(2):
         drv.leave(net, ep)
         drv.delete_endpoint(net, ep)
@@ -232,8 +233,8 @@ def test_restore_recreates_bridge_reenslaves_and_recreates_unjoined(drv, nl):
     net = create(drv, mknet(options={"com.docker.network.driver.mtu": "1400"}))
     joined = Endpoint(id=EID, network_id=NID, address="10.250.0.2/24")
     unjoined = Endpoint(id=EID2, network_id=NID, address="10.250.0.3/24")
-    drv.create_endpoint(net, joined)
-    drv.create_endpoint(net, unjoined)
+    create_endpoint(drv, net, joined)
+    create_endpoint(drv, net, unjoined)
     joined.sandbox_key = "/var/run/docker/netns/abc"
     nl.delete_link("pn-36794d95504b")                   # `ip link del`
     nl.delete_link("pv2ac54e045f4")                     # and the unjoined pair

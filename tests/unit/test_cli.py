@@ -19,6 +19,7 @@ from tests.support.fakes import FakeDriver
 from pynet import cli  # noqa: E402
 from pynet.cnm.controller import Controller  # noqa: E402
 from pynet.cnm.model import IPData, PortMapping  # noqa: E402
+from pynet.root import open_state_dir  # noqa: E402
 from pynet.store.sqlite import SqliteStore  # noqa: E402
 
 N1, N2 = "4" * 64, "5" * 64
@@ -29,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def make_controller(state_dir, driver=None):
     from pynet.ipam import Ipam
 
-    store = SqliteStore.in_state_dir(str(state_dir))
+    store = open_state_dir(str(state_dir))
     return Controller(store, Ipam(store, host_routes=lambda: []),
                       {"bridge": driver or FakeDriver()})
 

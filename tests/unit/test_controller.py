@@ -108,7 +108,7 @@ def test_driver_validation_error_leaves_nothing(ctl, store, driver):
 
 
 def test_undo_when_the_firewall_fails_after_create_network(ctl, store, driver, firewall):
-    def boom(networks, endpoints):
+    def boom(networks, endpoints, **kw):
         raise errors.KernelError("iptables-restore failed")
     firewall.sync = boom
     with pytest.raises(errors.KernelError):
@@ -191,16 +191,16 @@ def test_undo_on_driver_failure_in_create_endpoint(ctl, net1, store, driver):
 
 def test_undo_when_the_store_fails_after_create_endpoint(ctl, net1, store, driver):
     before, links = keys(store), set(driver.links)
-    real_put = store.put
+    real_commit = store._commit
 
-    def failing_put(key, value, version=None):
-        if key.startswith("endpoints/"):
-            raise errors.StoreConflict("lost a race")
-        return real_put(key, value, version)
-    store.put = failing_put
-    with pytest.raises(errors.StoreConflict):
+    def failing_commit(compares, ops, want=()):  # the endpoint record's commit fails
+        if any(op[0] == "put" and "endpoints/" in op[1] for op in ops):
+            raise errors.StoreUnavailable("the store went away")
+        return real_commit(compares, ops, want)
+    store._commit = failing_commit
+    with pytest.raises(errors.StoreUnavailable):
         ctl.create_endpoint(N1, E1, address="10.1.0.2/24")
-    store.put = real_put
+    store._commit = real_commit
     assert keys(store) == before and driver.links == links
 
 
@@ -287,11 +287,11 @@ def test_firewall_failure_rolls_the_ports_back(two_eps, firewall, store):
     real = firewall.sync
     state = {"n": 0}
 
-    def flaky(networks, endpoints):
+    def flaky(networks, endpoints, **kw):
         state["n"] += 1
         if state["n"] == 1:
             raise errors.KernelError("iptables-restore: line 3 failed")
-        real(networks, endpoints)
+        real(networks, endpoints, **kw)
     firewall.sync = flaky
     with pytest.raises(errors.KernelError):
         program(two_eps, E1, PortMapping("tcp", 80, 18088))

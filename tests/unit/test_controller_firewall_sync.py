@@ -26,7 +26,7 @@ class CountingFirewall:
         self.renders += 1
         return {"ipv4": repr((nets, eps))}
 
-    def apply(self, nets, eps, problems=None):
+    def apply(self, nets, eps, problems=None, *, changed=None):
         self.applies += 1
 
 

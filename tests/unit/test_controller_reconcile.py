@@ -17,8 +17,12 @@ GW = {"RequestAddressType": "com.docker.network.gateway"}
 
 
 @pytest.fixture
-def ctl():
-    store = MemoryStore()
+def store():
+    return MemoryStore()
+
+
+@pytest.fixture
+def ctl(store):
     return Controller(store, Ipam(store, host_routes=lambda: []), {"bridge": FakeDriver()},
                       firewall=FakeFirewall())
 

@@ -7,6 +7,7 @@ import pytest
 
 from pynet.errors import InvalidAddress, InvalidParameter, PortInUse
 from pynet.firewall import EndpointSpec, Firewall, NetworkSpec, PortMapping, parse_save
+from pynet.firewall.reconcile import inline_hooks
 from pynet.firewall.render import route_localnet_sysctls
 
 REF = Path(__file__).resolve().parents[3] / "shared" / "reference"
@@ -27,10 +28,12 @@ def fw(prefix="DOCKER", **kw):
     return Firewall(prefix, backend=NoBackend(), **kw)
 
 
-def normalise(text: str) -> dict[str, dict]:
-    """table -> {"chains": set of user chains, "rules": ['-A CHAIN ...' in order]} without comments."""
+def normalise(text: str, prefix: str = "DOCKER") -> dict[str, dict]:
+    """table -> {"chains": set of user chains, "rules": ['-A CHAIN ...' in order]} without comments,
+    pynet's ``<prefix>-FORWARD``/``-POSTROUTING`` inlined where the built-in chains jump to them
+    (Docker's layout has those rules in FORWARD and POSTROUTING themselves)."""
     out = {}
-    for table, ts in parse_save(text).items():
+    for table, ts in inline_hooks(parse_save(text), prefix).items():
         rules = []
         for chain, rs in ts.chains.items():
             for r in rs:
@@ -117,7 +120,8 @@ def test_golden_docker0_only():
 
 
 def rules_of(text, table, chain=None):
-    ts = parse_save(text)[table]
+    """Rules as Docker lays them out (the networks' rules in FORWARD/POSTROUTING, see normalise)."""
+    ts = inline_hooks(inline_hooks(parse_save(text), "DOCKER"), "PYNET")[table]
     return [(c, " ".join(r.spec)) for c, rs in ts.chains.items() for r in rs if chain in (None, c)]
 
 

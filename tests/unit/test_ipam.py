@@ -385,7 +385,7 @@ def test_state_is_shared_between_instances(store):
         b.request_pool(LOCAL, "10.41.0.0/24")
 
 
-# --- Store v2: no hot key, txn passed down, v1 transactions joined ------------------------
+# --- Store v2: no hot key, txn passed down, the write-lock fallback ------------------------
 def _pool_record(store, pid):
     return store.get("ipam/pools/" + pid.replace("%", "%25").replace("/", "%2F"))
 
@@ -436,12 +436,15 @@ def test_a_caller_passes_its_txn_down(store, ipam):
         a.split("/")[0]: ["ep1"]}
 
 
-def test_inside_a_v1_transaction_the_allocation_rolls_back_with_it(store, ipam):
+def test_under_the_write_lock_a_rolled_back_allocation_never_reaches_the_cache(store, ipam):
+    """The contention fallback (``optimistic.run``: the verb under the store's write lock)."""
+    from pynet.store.optimistic import LockedTxn
+
     pid, _, _ = ipam.request_pool(LOCAL, "10.43.0.0/24")
     assert ipam.request_address(pid) == "10.43.0.1/24"  # warm: pool, block, cursor cached
     with pytest.raises(ZeroDivisionError):
-        with store.transaction():
-            assert ipam.request_address(pid, holder="x") == "10.43.0.2/24"
+        with store.transaction() as t:
+            assert ipam.request_address(pid, holder="x", txn=LockedTxn(t, store)) == "10.43.0.2/24"
             1 / 0
     assert list(ipam.allocated(pid)) == ["10.43.0.1"] and ipam.holders(pid)["addresses"] == {}
     # the rolled-back writes never reached the record cache: the next answer is from the store

@@ -376,6 +376,27 @@ class DyingStore:
         with self.inner.transaction():
             yield self
 
+    def txn(self, fn, retries=10):
+        """Store v2: the fatal write dies inside ``fn`` (before the commit), so the
+        whole transaction is lost."""
+        self._alive()
+        dying = self
+
+        class T:
+            def __init__(self, t):
+                self._t = t
+
+            def __getattr__(self, attr):
+                return getattr(self._t, attr)
+
+            def put(self, key, value, lease=0):
+                if key.startswith(dying.fatal):
+                    dying.dead = True
+                    raise Killed()
+                return self._t.put(key, value, lease)
+
+        return self.inner.txn(lambda t: fn(T(t)), retries)
+
     def close(self):
         pass
 

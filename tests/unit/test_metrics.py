@@ -39,7 +39,7 @@ def world(tmp_path):
     c = Controller(store, make_ipam(store), {"bridge": FakeDriver()}, firewall=FakeFirewall(), port_allocator=None)
     m = metrics.Metrics(process=False)
     m.controller = c
-    app = create_app(c, routes=[lambda app, ctl: register_cni(app, ctl, observer=m)], observer=m)
+    app = create_app(c, routes=[lambda app, ctl: register_cni(app, ctl, state_dir=str(state), observer=m)], observer=m)
     app.testing = False
 
     class World:
@@ -163,7 +163,8 @@ def test_firewall_syncs_and_applies_are_counted_and_attributes_reach_the_firewal
             self.firewall = Engine()
             self.last = None
 
-        def sync(self, networks, endpoints, force=False):
+        def sync(self, networks, endpoints, force=False, changed=None):
+            self.changed = changed
             if networks != "same":
                 self.firewall.apply(networks, endpoints)
 
@@ -172,6 +173,8 @@ def test_firewall_syncs_and_applies_are_counted_and_attributes_reach_the_firewal
     fw.sync([], [])
     fw.sync("same", [])                   # rendered the same: nothing written
     fw.sync([], [], force=True)
+    fw.sync("same", [], changed={"n1"})   # a per-change sync: the owners reach the firewall
+    assert inner.changed == {"n1"}
     with pytest.raises(errors.KernelError):
         fw.sync("boom", [])
     fw.last = "x"                          # writes reach the firewall itself
@@ -179,7 +182,7 @@ def test_firewall_syncs_and_applies_are_counted_and_attributes_reach_the_firewal
     assert inner.last == "x" and inner.firewall.applied == 3
     s = {(x.name, frozenset(x.labels.items())): x.value
          for f in text_string_to_metric_families(generate_latest(m.registry).decode()) for x in f.samples}
-    assert v(s, "pynet_firewall_syncs_total", trigger="change", result="ok") == 2
+    assert v(s, "pynet_firewall_syncs_total", trigger="change", result="ok") == 3
     assert v(s, "pynet_firewall_syncs_total", trigger="change", result="KernelError") == 1
     assert v(s, "pynet_firewall_syncs_total", trigger="recheck", result="ok") == 1
     assert v(s, "pynet_firewall_applies_total", result="ok") == 2
