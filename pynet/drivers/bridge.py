@@ -232,8 +232,15 @@ class BridgeDriver(DriverBase):
     def is_local(self, ip: str) -> bool:
         return (self._is_local or host_address_is_local)(ip)
 
+    # the tag on this driver's links; a driver built on this one (the overlay) has its own,
+    # so neither one's restore takes the other's links for its orphans
+    alias_prefix = ALIAS_PREFIX
+
     def _tag(self, object_id: str) -> str:
         return alias_for(self.instance, object_id)
+
+    def _owner(self, alias: str):
+        return parse_alias(alias, (self.alias_prefix,))
 
     def _state(self, net: Network) -> dict:
         """driver_state, or the configuration recomputed for records made
@@ -466,8 +473,8 @@ class BridgeDriver(DriverBase):
         nets = {n.id: n for n in networks}
         known = set(nets) | {e.id for e in endpoints} | set(keep)
         # (b) first, so a stale bridge of a deleted network cannot be mistaken
-        for link in self.nl.list_links(alias_prefix=f"{ALIAS_PREFIX}:{self.instance}:"):
-            owner = parse_alias(link.alias)
+        for link in self.nl.list_links(alias_prefix=f"{self.alias_prefix}:{self.instance}:"):
+            owner = self._owner(link.alias)
             if owner and owner[0] == self.instance and owner[1] not in known \
                     and link.kind in ("bridge", "veth"):
                 log.info("restore: removing orphan %s %s", link.kind, link.name)

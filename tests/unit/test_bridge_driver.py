@@ -329,3 +329,18 @@ def test_bridge_import_is_lean():
             "print(any(m.split('.')[0] in ('flask', 'scapy') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_overlays_restore_leaves_the_bridge_drivers_links(nl, sysctl, drv):
+    """The overlay driver is built on this one: its restore (which the controller runs with the
+    overlay's networks only, none here) must not take the bridge driver's links for its own
+    orphans -- it did, and every pynet daemon restart removed every bridge network's bridge."""
+    from pynet.drivers.overlay import OverlayDriver
+
+    net = create(drv, mknet())
+    bridge = net.driver_state["bridge"]
+    assert nl.link_exists(bridge)
+    OverlayDriver(nl, sysctl, instance="t1").restore([], [])
+    assert nl.link_exists(bridge)
+    drv.restore([], [])   # the bridge driver's own restore still removes its orphans
+    assert not nl.link_exists(bridge)
