@@ -362,14 +362,16 @@ class Controller:
             drv = self.driver_for(net)
             others = self.networks()
             self._validate_subnets(net, others)
-            if getattr(drv, "scope", "local") == GLOBAL:
-                # Docker passes AllocateNetwork's options back in CreateNetwork;
-                # a network made without it (CNI, no swarm) is allocated here
-                alloc = self.allocate_network(net.id, driver=net.driver, options=net.options,
-                                              ipv4=net.ipv4, ipv6=net.ipv6)
-                net.options = {**alloc, **net.options}
+            # validated before any cluster-wide allocation: a refusal changes nothing anywhere
             drv.validate_network(net, others)
             with contextlib.ExitStack() as undo:
+                if getattr(drv, "scope", "local") == GLOBAL:
+                    # Docker passes AllocateNetwork's options back in CreateNetwork;
+                    # a network made without it (CNI, no swarm) is allocated here
+                    alloc = self.allocate_network(net.id, driver=net.driver, options=net.options,
+                                                  ipv4=net.ipv4, ipv6=net.ipv6, name=net.name)
+                    net.options = {**alloc, **net.options}
+                    undo.callback(self._drop_allocation, drv, net)
                 state = drv.create_network(net)
                 if state is not None:  # what the driver remembers about the network
                     net.driver_state = state
@@ -949,14 +951,15 @@ class Controller:
 
     # ------------------------------------------------ cluster scope (API v2)
     def allocate_network(self, network_id: str, driver: str = "bridge", options: Optional[dict] = None,
-                         ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = ()) -> dict:
+                         ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = (), name: str = "") -> dict:
         """Docker's AllocateNetwork: a global driver's cluster-wide resources,
         once per network (a second call answers the first allocation).  A
         local driver allocates nothing: {}.  Returns the options the network
         is created with."""
         if not network_id:
             raise errors.InvalidParameter("network ID is empty")
-        net = Network(id=network_id, driver=driver, options=dict(options or {}),
+        # ``name``: known on the CNI path (the conflist's), so refusals name the network by it
+        net = Network(id=network_id, driver=driver, name=name, options=dict(options or {}),
                       ipv4=list(ipv4), ipv6=list(ipv6))
         drv = self.driver_for(net)
         if getattr(drv, "scope", "local") != GLOBAL:
@@ -987,6 +990,12 @@ class Controller:
                 return theirs
             log.info("allocated network %s (%s): %s", network_id[:12], driver, got)
             return got
+
+    def _drop_allocation(self, drv, net: Network) -> None:
+        """Undo create_network's own allocation (a failed create): the driver's cluster-wide
+        part (``net`` has the name that keys it) and the allocation record."""
+        drv.free_network(net)
+        self.txn(lambda t: t.delete(_allocation_key(net.id)), store=self.cluster_store)
 
     def free_network(self, network_id: str) -> None:
         """Docker's FreeNetwork: release what allocate_network took (nothing
