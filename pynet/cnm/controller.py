@@ -1054,7 +1054,19 @@ class Controller:
                 ids = {n.id for n in mine}
                 changed = drv.restore(mine, [e for e in eps if e.network_id in ids], keep=in_flight)
                 self._remember(changed)
+                # addresses a driver took beyond this host for a request the local IPAM never
+                # recorded (a daemon killed in between: the overlay's block IPAM)
+                self._reclaim(drv)
             self._sync_firewall()
+
+    def _reclaim(self, drv) -> None:
+        reclaim = getattr(drv, "reclaim_addresses", None)
+        if reclaim is None:
+            return
+        try:
+            reclaim(self)
+        except errors.PynetError as e:   # the cluster store down: the next restart tries again
+            log.warning("restore: driver %s: addresses not reclaimed: %s", getattr(drv, "name", "?"), e)
 
     def _remember(self, changes) -> None:
         """Store the record changes a driver handed back (cnm.driver.Remember),

@@ -483,6 +483,44 @@ class OverlayDriver(BridgeDriver):
                     and h.get("cidr", "").split("/")[0] == bare:
                 ipam.release(got[0], handle)
 
+    def reclaim_addresses(self, controller) -> list[str]:
+        """Daemon start (``Controller.restore``): the cluster-wide addresses this host took for
+        dockerd's RequestAddress that its local IPAM never recorded -- the daemon died between
+        the block allocation and the local record -- go back to the pool.  Only this host's
+        ``docker-`` handles: dockerd asks only through this daemon, which serves nothing yet,
+        so none is in flight (a CNI ADD's handle is named by its endpoint and its DEL frees it).
+        Returns the addresses reclaimed."""
+        c = self.cluster
+        if c is None or getattr(controller, "ipam", None) is None:
+            return []
+        from pynet.ipam import LOCAL_DEFAULT
+
+        out = []
+        ipam = self._blocks()
+        for net in controller.networks():
+            if net.driver != self.name:
+                continue
+            prefix = f"{self.cluster_id(net)}:docker-"
+            for fam, datas in ((4, net.ipv4), (6, net.ipv6)):
+                got = self._pool_of(net, fam)
+                if got is None:
+                    continue
+                d = datas[0]
+                pid = d.pool_id or f"{d.address_space or LOCAL_DEFAULT}/{got[1]}"
+                try:
+                    local = set(controller.ipam.allocated(pid))
+                    theirs = ipam.handles(got[0])
+                except errors.NotFound:
+                    continue
+                for handle, h in theirs.items():
+                    bare = h.get("cidr", "").split("/")[0]
+                    if handle.startswith(prefix) and h.get("host") == c.host and bare not in local:
+                        if ipam.release(got[0], handle):
+                            log.info("network %s: address %s taken for dockerd but never recorded here: "
+                                     "reclaimed", net.id[:12], bare)
+                            out.append(bare)
+        return out
+
     # ====================================================== delete endpoint
     def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         super().delete_endpoint(net, ep)
