@@ -111,11 +111,7 @@ def start_cluster_agent(config: Config, controller, reconcile_interval: float = 
     from pynet.cluster.agent import Agent
 
     def program(view: dict, dirty) -> None:
-        for net in controller.networks():
-            if net.driver == "overlay" and (dirty is None or drv.cluster_id(net) in dirty):
-                # an event's pass trusts what was programmed; a full pass
-                # (start, resync, periodic reconcile) reads the kernel
-                drv.program_peers(net, view, from_kernel=dirty is None)
+        drv.agent_pass(controller.networks(), view, dirty)
 
     return Agent(cluster, program, reconcile_interval=reconcile_interval).start()
 

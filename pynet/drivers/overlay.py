@@ -581,6 +581,80 @@ class OverlayDriver(BridgeDriver):
                         log.error("restore: endpoint %s: %s", ep.id[:12], e)
         return remember
 
+    # ====================================================== the agent's pass
+    def agent_pass(self, networks: list, view: dict, dirty) -> None:
+        """One pass of the host agent (``pynet.cluster.agent``, ``dirty``: the cluster networks
+        an event touched, None for a full pass): every local overlay network whose cluster
+        network is dirty programmed from the view -- an event's pass trusts what was
+        programmed, a full pass (start, resync, periodic reconcile) reads the kernel -- and on
+        a full pass, what a former self of this host left collected."""
+        if dirty is None:
+            try:
+                self.collect_former_selves(view)
+            except errors.PynetError as e:   # the next full pass tries again; programming goes on
+                log.warning("former host records not collected: %s", e)
+        for net in networks:
+            if net.driver == self.name and (dirty is None or self.cluster_id(net) in dirty):
+                self.program_peers(net, view, from_kernel=dirty is None)
+
+    # ============================================ a host that came back wiped
+    def former_selves(self, view: dict) -> set:
+        """Host IDs that were this host before its state dir was wiped: a member record at
+        this host's VTEP address under another ID whose lease is gone (a reinstalled host
+        gets a new ID, ``pynet.cluster.host_identity``; two live hosts cannot share a VTEP)."""
+        c = self.cluster
+        if c is None:
+            return set()
+        me, address = c.host, c.address
+        alive, former = set(), set()
+        for key, value in view.items():
+            parts = c.parse(key)
+            if len(parts) == 2 and parts[0] == "hosts":
+                alive.add(parts[1])
+            elif len(parts) == 3 and parts[0] == "members" and parts[2] != me \
+                    and (value or {}).get("address") == address:
+                former.add(parts[2])
+        return former - alive
+
+    def collect_former_selves(self, view: dict) -> list[str]:
+        """The records this host's former selves left (``former_selves``): nobody else frees
+        an absent host's endpoints (it may come back), but this one never will -- its
+        endpoints, memberships, block-IPAM handles and empty blocks go, and a cluster network
+        it was the last member of goes with them.  The agent's full passes call it with their
+        view.  Returns the keys it deleted (handles as ``pool/handle``)."""
+        former = self.former_selves(view)
+        if not former:
+            return []
+        c = self.cluster
+        gone, touched, pools = [], set(), set()
+        for key, value in view.items():
+            parts = c.parse(key)
+            if len(parts) == 3 and parts[0] == "endpoints" and (value or {}).get("host") in former:
+                c.store.delete(key)
+                gone.append(key)
+                touched.add(parts[1])
+            elif len(parts) == 3 and parts[0] == "members" and parts[2] in former:
+                c.store.delete(key)
+                gone.append(key)
+                touched.add(parts[1])
+            elif len(parts) == 2 and parts[0] == "networks":
+                pools.update(pool_name(s) for s in (value or {}).get("subnets", []))
+        ipam = self._blocks()
+        for pool in sorted(pools):
+            try:
+                for handle, h in ipam.handles(pool).items():
+                    if h.get("host") in former and ipam.release(pool, handle):
+                        gone.append(f"{pool}/{handle}")
+                for host in former:
+                    ipam.release_empty_blocks(pool, host=host)
+            except errors.NotFound:
+                continue
+        for cid in sorted(touched):
+            self._free_if_unused(cid)
+        log.info("collected %d records of former host(s) %s (state dir wiped; same VTEP %s)",
+                 len(gone), ", ".join(sorted(former)), c.address)
+        return gone
+
     # ====================================================== the peers (agent)
     def program_peers(self, net: Network, view: dict, from_kernel: bool = True) -> dict:
         """Make the network's VXLAN device hold exactly what the cluster view

@@ -58,3 +58,53 @@ def test_an_address_taken_for_docker_but_never_recorded_is_reclaimed_at_restart(
     # a second restart reclaims nothing that is recorded
     c3 = _restarted(a)
     assert len(c3.driver("overlay")._blocks().handles(POOL)) == 4
+
+
+def _start(h: Host):
+    """The host's agent, programmed as ``pynet daemon`` does (pynet.root.start_cluster_agent)."""
+    from pynet.cluster.agent import Agent
+
+    h.agent = Agent(h.cluster, lambda view, dirty: h.drv.agent_pass(h.c.networks(), view, dirty),
+                    reconcile_interval=0.3).start()
+    return h.agent
+
+
+def test_a_host_whose_state_dir_was_wiped_has_its_old_records_collected(two_hosts):
+    """Host B (ID hb) has a container on the overlay and dies; it is reinstalled with an empty
+    state dir, so it comes back as a new host (ID hb2) at the same VTEP address.  hb will never
+    return: once its lease is gone, hb2's agent collects hb's endpoint, membership and
+    addresses -- and nothing of host A's."""
+    from tests.support.overlay import wait_until as wait
+
+    a, b, cstore = two_hosts
+    pid_a = _docker_network(a, "1" * 64)
+    ip_a = a.c.request_address(pid_a, "", {}, holder="docker")
+    ea = a.c.create_endpoint("1" * 64, "e1" * 32, address=ip_a)
+    pid_b = _docker_network(b, "2" * 64)
+    ip_b = b.c.request_address(pid_b, "", {}, holder="docker")
+    b.c.create_endpoint("2" * 64, "e2" * 32, address=ip_b)
+    _start(a), _start(b)
+    root = a.cluster.root
+    wait(lambda: any("/vteps/" in r.key for r in cstore.list(root + "vteps/dock/hb")), "hb's VTEP")
+    b.agent.stop(revoke=True)           # host B dies (its lease gone); its state dir is wiped
+    b.agent = None
+    wiped = Host("hb2", "127.0.0.3", cstore)
+    try:
+        _start(wiped)
+
+        def hb_left():
+            keys = [r.key for r in cstore.list(root)]
+            handles = wiped.drv._blocks().handles(POOL)
+            return [k for k in keys if k.endswith("/hb") or "/endpoints/" in k and
+                    cstore.get(k).value.get("host") == "hb"] + \
+                   [h for h, v in handles.items() if v["host"] == "hb"]
+        wait(lambda: hb_left() == [], "hb's records collected")
+    finally:
+        wiped.agent.stop()
+    # A's endpoint, membership and address are untouched; the cluster network stays (A uses it)
+    assert cstore.get(a.cluster.key("endpoints", "dock", ea.id)) is not None
+    assert cstore.get(a.cluster.key("members", "dock", "ha")) is not None
+    assert cstore.get(a.cluster.key("networks", "dock")) is not None
+    assert sorted(h["cidr"] for h in a.drv._blocks().handles(POOL).values()) == [ip_a]
+    assert [b_["host"] for b_ in a.drv._blocks().blocks(POOL)] == ["ha"]   # hb's empty block freed
+    assert a.drv._blocks().verify(POOL) == []
