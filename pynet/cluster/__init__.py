@@ -196,6 +196,41 @@ class Cluster:
                  "self": h == self.host, "networks": sorted(vteps.get(h, []))}
                 for h, v in sorted(hosts.items())]
 
+    def network_view(self, network_id: str) -> dict:
+        """The cluster-wide network ``network_id`` as ``pynet network inspect`` shows it, from
+        one read of the cluster keys: its record (VNI, port, subnets, MTU; None once freed),
+        the hosts that instantiated it or have endpoints on it (VTEP address, lease alive,
+        endpoint count), and its endpoints on other hosts than this one."""
+        rec, alive, members, eps, vteps = None, {}, {}, [], set()
+        for r in self.store.list(self.root):
+            parts = self.parse(r.key)
+            value = r.value or {}
+            if len(parts) == 2 and parts == ["networks", network_id]:
+                rec = value
+            elif len(parts) == 2 and parts[0] == "hosts":
+                alive[parts[1]] = value
+            elif len(parts) == 3 and parts[1] == network_id:
+                if parts[0] == "members":
+                    members[parts[2]] = value.get("address", "")
+                elif parts[0] == "endpoints":
+                    eps.append(dict(value, id=parts[2]))
+                elif parts[0] == "vteps":
+                    vteps.add(parts[2])
+        count: dict = {}
+        for ep in eps:
+            count[ep.get("host")] = count.get(ep.get("host"), 0) + 1
+        hosts = []
+        for h in sorted(set(members) | set(count) | vteps):
+            live = alive.get(h)
+            hosts.append({"host": h, "name": (live or {}).get("name", ""),
+                          "address": (live or {}).get("address") or members.get(h, ""),
+                          "alive": live is not None, "member": h in members, "self": h == self.host,
+                          "endpoints": count.get(h, 0)})
+        remote = sorted(({k: ep.get(k, "") for k in ("id", "host", "ip", "ip6", "mac")}
+                         for ep in eps if ep.get("host") != self.host), key=lambda e: (e["host"], e["ip"] or ""))
+        return {"network": network_id, "record": rec, "vni": (rec or {}).get("vni"), "hosts": hosts,
+                "remote_endpoints": remote}
+
     def parse(self, key: str) -> list[str]:
         """A key under the root -> its components ([] for anything else)."""
         return key[len(self.root):].split("/") if key.startswith(self.root) else []

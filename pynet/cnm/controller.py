@@ -513,6 +513,10 @@ class Controller:
                 for ep in eps:
                     self._teardown_endpoint(net, ep, drv)
                 drv.delete_network(net)
+                if getattr(drv, "scope", "local") == GLOBAL:
+                    # this host's record of the network's allocation (the create's own, or
+                    # AllocateNetwork's): nothing of the network may be left here
+                    self.txn(lambda t: t.delete(_allocation_key(net.id)), store=self.cluster_store)
             finally:
                 # Docker forgets the network even when DeleteNetwork fails; a
                 # record kept here would block its subnet forever.  Kernel

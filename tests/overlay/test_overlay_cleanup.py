@@ -7,6 +7,8 @@ comes back under a new host ID at the same VTEP address) are collected.
 """
 from __future__ import annotations
 
+import pytest
+
 from pynet.cnm.controller import Controller
 from pynet.cnm.model import IPData
 from pynet.drivers import build_drivers
@@ -108,3 +110,159 @@ def test_a_host_whose_state_dir_was_wiped_has_its_old_records_collected(two_host
     assert sorted(h["cidr"] for h in a.drv._blocks().handles(POOL).values()) == [ip_a]
     assert [b_["host"] for b_ in a.drv._blocks().blocks(POOL)] == ["ha"]   # hb's empty block freed
     assert a.drv._blocks().verify(POOL) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# On real components: two hosts (network namespaces on an underlay switch), each its own pynet
+# and agent, a real two-member etcd on the underlay; pods through the installed pynet-overlay
+# binary, networks the CLI's way (HostService.create_network), the CLI itself in host 1.
+
+NET = "ovl-c"
+SUBNET = "10.71.0.0/24"
+
+
+def _conflist(lab, i: int, subnet: str = SUBNET, cluster: bool = True, **pynet) -> dict:
+    return {"cniVersion": "1.0.0", "plugin": {
+        "type": "pynet-overlay", "isGateway": True, "ipMasq": True,
+        "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": subnet}]]}, "capabilities": {"ips": True},
+        "pynet": {**(lab.conflist_pynet(i) if cluster else {}), **pynet}}}
+
+
+def _cli(lab, i: int, *argv: str) -> str:
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.run(["nsenter", f"--net={lab.namespaces_path(f'h{i + 1}')}", sys.executable, "-m", "pynet",
+                        *argv, "--state-dir", os.path.join(lab.base_dir, f"state-h{i + 1}")],
+                       cwd=repo, capture_output=True, text=True, timeout=60,
+                       env={k: v for k, v in os.environ.items() if not k.startswith("PYNET_")})
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def _nothing_more(h, before: dict, keys_before: list, what: str) -> None:
+    after = h.call("local_state")
+    assert after == before, f"{what}: {before} -> {after}"
+    assert h.call("cluster_keys") == keys_before, what
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    import os
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root (namespaces)")
+    from tests.support.overlay import installed_lab
+
+    with installed_lab(str(tmp_path_factory.mktemp("ovclean")), joined=(0, 1), hosts=2) as lab:
+        yield lab
+
+
+@pytest.mark.netns
+def test_bad_input_on_real_hosts_is_one_line_and_changes_nothing_anywhere(lab):
+    """Refusals through the CNI binary and the CLI's create, against a real etcd: each one
+    readable line naming the network, and neither host's state dir, kernel nor the cluster's
+    keys change."""
+    from pynet.scenario.worker import WorkerError
+
+    h1, h2 = lab.hosts
+    made = h1.call("try_create_network", name=NET, driver="overlay", subnet=SUBNET)
+    assert "error" not in made, made
+    vni = h1.call("overlay", network=NET)["vni"]
+    keys = h1.call("cluster_keys")
+    before = h2.call("local_state")
+    refusals = [
+        # a subnet overlapping another cluster-wide network (host 2 has no network of its own)
+        (dict(name="ovl-x", subnet="10.71.0.0/16"), "subnet 10.71.0.0/16 overlaps subnet 10.71.0.0/24 of "
+                                                    f"cluster network {NET}"),
+        # a VNI already taken
+        (dict(name="ovl-y", subnet="10.73.0.0/24", options={"pynet.overlay.vni": str(vni)}),
+         f"VNI {vni} is already taken by cluster network {NET}"),
+        # the same network with other settings: the differences, in one line
+        (dict(name=NET, subnet="10.72.0.0/24", options={"pynet.overlay.vxlan_port": "4790"}),
+         f"overlay network {NET} exists in the cluster with other settings: port 4789 (here: 4790), "
+         "subnets ['10.71.0.0/24'] (here: ['10.72.0.0/24'])"),
+    ]
+    for kw, text in refusals:
+        got = h2.call("try_create_network", driver="overlay", **kw)
+        assert text in got.get("msg", ""), got
+        assert "\n" not in got["msg"]
+        _nothing_more(h2, before, keys, kw["name"])
+    # the CNI front end: the conflicting settings, no cluster store, an advertise address that
+    # is not this host's -- CNI errors naming the network by its name
+    pod = lab.pod("x2")
+    cases = [(_conflist(lab, 1, subnet="10.72.0.0/24"), f"overlay network {NET} exists in the cluster "
+                                                        "with other settings: subnets"),
+             (_conflist(lab, 1, cluster=False), f"overlay network {NET} needs a cluster store"),
+             (_conflist(lab, 1, advertiseAddress="198.18.77.99"),
+              "advertise address 198.18.77.99 is not an address of this host")]
+    for conf, text in cases:
+        with pytest.raises(WorkerError) as e:
+            h2.call("cni_add", name="podx", netns_path=pod, network=NET, cni=conf, ifname="eth0")
+        assert text in str(e.value) and "\n" not in str(e.value), str(e.value)
+        assert h2.call("local_state")["kernel"] == before["kernel"]
+        assert h1.call("cluster_keys") == keys
+    assert h2.call("cni_del_all") == []        # the runtime's DEL of the failed ADDs: nothing to do
+    _nothing_more(h2, before, keys, "after the CNI refusals")
+    # pynet network rm on the only host: the cluster network and its VNI go with it
+    h1.call("remove_network", name=NET)
+    assert [k for k in h1.call("cluster_keys") if "/hosts/" not in k] == []
+    assert h1.call("local_state") == {"keys": ["pynet/meta"], "kernel": []}
+
+
+@pytest.mark.netns
+def test_rm_removes_this_hosts_part_and_the_last_host_frees_the_network(lab):
+    """Build 6 and "Cleanup": the network on two hosts with a pod each; host 1 removes its part
+    (its devices and records go, host 2 drops host 1's entries, the cluster network stays for
+    host 2); host 2 removes its own: then no VXLAN device, bridge, FDB or neighbour entry, rule,
+    etcd key or local record of pynet's is left.  ``pynet network inspect`` shows the VNI, the
+    hosts and the remote endpoints on the way; ``pynet network ls`` the scope."""
+    import json
+
+    from tests.support.icmp import icmp_ping
+    from tests.support.overlay import wait_until as wait
+
+    h1, h2 = lab.hosts
+    before = {i: h.call("local_state") for i, h in enumerate(lab.hosts)}
+    pods = {i: lab.pod(f"c{i}") for i in (1, 2)}
+    res = {i: lab.hosts[i - 1].call("cni_add", name=f"podc{i}", netns_path=pods[i], network=NET,
+                                    cni=_conflist(lab, i - 1), ifname="eth0") for i in (1, 2)}
+    ips = {i: res[i]["address"].split("/")[0] for i in (1, 2)}
+    ov1 = lambda: h1.call("overlay", network=NET)     # noqa: E731
+    ov2 = lambda: h2.call("overlay", network=NET)     # noqa: E731
+    wait(lambda: (res[1]["mac"], "198.18.77.11") in ov2()["fdb"], "pod1 on host 2")
+    wait(lambda: (res[2]["mac"], "198.18.77.12") in ov1()["fdb"], "pod2 on host 1")
+    wait(lambda: icmp_ping(pods[1], ips[2]), "pod1 -> pod2", bound=20)
+
+    # the CLI on host 1: the scope, the VNI, both hosts, host 2's pod as the remote endpoint
+    rows = json.loads(_cli(lab, 0, "network", "ls", "--json", "--no-docker"))
+    assert [r["scope"] for r in rows if r["name"] == NET] == ["global"]
+    assert "SCOPE" in _cli(lab, 0, "network", "ls", "--no-docker").splitlines()[0]
+    out = json.loads(_cli(lab, 0, "network", "inspect", NET, "--cluster-store", lab.url,
+                          "--advertise-address", "198.18.77.11"))
+    o = out["overlay"]
+    assert out["scope"] == "global" and o["vni"] == ov1()["vni"] and o["cluster_network"] == NET
+    assert [(x["address"], x["alive"], x["self"], x["endpoints"]) for x in o["hosts"]] == \
+        sorted([("198.18.77.11", True, True, 1), ("198.18.77.12", True, False, 1)],
+               key=lambda r: [x["address"] for x in o["hosts"]].index(r[0]))
+    assert [(e["ip"], e["mac"]) for e in o["remote_endpoints"]] == [(ips[2], res[2]["mac"])]
+
+    # host 1 removes its part (its pod's DEL, then the network): host 2 keeps the network
+    assert h1.call("cni_del_all") == []
+    assert h1.call("local_state") == before[0]
+    wait(lambda: not any(dst == "198.18.77.11" for _, dst in ov2()["fdb"]), "host 1 gone from host 2's FDB")
+    assert all(ip != ips[1] for ip, _ in ov2()["neigh"])
+    keys = h2.call("cluster_keys")
+    assert any(k.endswith(f"/networks/{NET}") for k in keys) and any(f"/vni/{ov2()['vni']}" in k for k in keys)
+    assert not any(k.endswith(f"/members/{NET}/{h}") for k in keys for h in [h1.call("join_cluster")["host"]])
+    wait(lambda: icmp_ping(pods[2], "10.71.0.1"), "pod2 still on its network", bound=10)
+
+    # host 2 removes its own: the cluster network, its VNI, endpoints and address blocks go
+    assert h2.call("cni_del_all") == []
+    assert h2.call("local_state") == before[1]
+    wait(lambda: [k for k in h1.call("cluster_keys") if "/hosts/" not in k] == [],
+         "no cluster key but the hosts' own")
+    for h in lab.hosts:     # no record (the store's layout marker aside), link or rule
+        assert h.call("local_state") == {"keys": ["pynet/meta"], "kernel": []}

@@ -167,6 +167,44 @@ class OverlayHostService(HostService):
                 "mtu": st["mtu"], "fdb": nl.fdb_list(st["vxlan"]), "neigh": nl.neigh_list(st["vxlan"]),
                 "info": nl.vxlan_info(st["vxlan"])}
 
+    # ---- refusals and removal, the CLI's way (pynet network create / rm)
+    def try_create_network(self, **kw) -> dict:
+        """HostService.create_network; a refusal answered as {"error": type, "msg"}, with the
+        pool and gateway it requested first given back (the refused network made nothing)."""
+        from pynet import errors
+
+        try:
+            return self.create_network(**kw)
+        except errors.PynetError as e:
+            rec = self.nets.pop(kw["name"], {})
+            for pool_id, gw in rec.get("gateways", []):
+                self.controller.release_address(pool_id, gw)
+            for pool_id in rec.get("pools", []):
+                self.controller.release_pool(pool_id)
+            return {"error": type(e).__name__, "msg": str(e)}
+
+    def remove_network(self, name: str) -> None:
+        """``pynet network rm NAME`` of a network this service made (with its pool)."""
+        rec = self.nets.pop(name)
+        c = self.controller
+        c.delete_network(rec["id"], True)
+        for pool_id, gw in rec["gateways"]:
+            c.release_address(pool_id, gw)
+        for pool_id in rec["pools"]:
+            c.release_pool(pool_id)
+
+    def local_state(self) -> dict:
+        """What this host's pynet holds: every key of its state dir's store (network,
+        endpoint, allocation, IPAM records...) and its links and rules (HostService.leftovers)."""
+        from pynet.store.sqlite import SqliteStore
+
+        store = SqliteStore.in_state_dir(self.state_dir)     # all of it, not one layout prefix
+        try:
+            keys = [r.key for r in store.list("")]
+        finally:
+            store.close()
+        return {"keys": keys, "kernel": self.leftovers()}
+
     def cni_del_all(self) -> list[str]:
         """CNI DEL of every pod of this host (as the runtime does when they
         stop), then the CNI-made networks removed (``pynet network rm``'s way)."""
