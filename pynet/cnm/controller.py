@@ -369,7 +369,8 @@ class Controller:
                     # Docker passes AllocateNetwork's options back in CreateNetwork;
                     # a network made without it (CNI, no swarm) is allocated here
                     alloc = self.allocate_network(net.id, driver=net.driver, options=net.options,
-                                                  ipv4=net.ipv4, ipv6=net.ipv6, name=net.name)
+                                                  ipv4=net.ipv4, ipv6=net.ipv6, name=net.name,
+                                                  by_create=True)
                     net.options = {**alloc, **net.options}
                     undo.callback(self._drop_allocation, drv, net)
                 state = drv.create_network(net)
@@ -514,9 +515,7 @@ class Controller:
                     self._teardown_endpoint(net, ep, drv)
                 drv.delete_network(net)
                 if getattr(drv, "scope", "local") == GLOBAL:
-                    # this host's record of the network's allocation (the create's own, or
-                    # AllocateNetwork's): nothing of the network may be left here
-                    self.txn(lambda t: t.delete(_allocation_key(net.id)), store=self.cluster_store)
+                    self._forget_own_allocation(net.id)
             finally:
                 # Docker forgets the network even when DeleteNetwork fails; a
                 # record kept here would block its subnet forever.  Kernel
@@ -955,7 +954,8 @@ class Controller:
 
     # ------------------------------------------------ cluster scope (API v2)
     def allocate_network(self, network_id: str, driver: str = "bridge", options: Optional[dict] = None,
-                         ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = (), name: str = "") -> dict:
+                         ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = (), name: str = "",
+                         by_create: bool = False) -> dict:
         """Docker's AllocateNetwork: a global driver's cluster-wide resources,
         once per network (a second call answers the first allocation).  A
         local driver allocates nothing: {}.  Returns the options the network
@@ -977,6 +977,8 @@ class Controller:
             value = {"driver": driver, "options": net.options,
                      "ipv4": [dataclasses.asdict(d) for d in net.ipv4],
                      "ipv6": [dataclasses.asdict(d) for d in net.ipv6], "allocated": got}
+            if by_create:   # no FreeNetwork will come (CNI; dockerd sees a local driver): delete frees it
+                value["by_create"] = True
 
             def record(t):  # created only if absent: another host may allocate it meanwhile
                 have = t.get(key)
@@ -997,9 +999,23 @@ class Controller:
 
     def _drop_allocation(self, drv, net: Network) -> None:
         """Undo create_network's own allocation (a failed create): the driver's cluster-wide
-        part (``net`` has the name that keys it) and the allocation record."""
-        drv.free_network(net)
-        self.txn(lambda t: t.delete(_allocation_key(net.id)), store=self.cluster_store)
+        part (``net`` has the name that keys it) and the allocation record; one Docker's
+        AllocateNetwork made stays for its FreeNetwork."""
+        if self._forget_own_allocation(net.id):
+            drv.free_network(net)
+
+    def _forget_own_allocation(self, network_id: str) -> bool:
+        """The allocation record create_network made itself goes with the network (no
+        FreeNetwork comes for it); one Docker's AllocateNetwork made stays for its FreeNetwork."""
+        key = _allocation_key(network_id)
+
+        def fn(t):
+            rec = t.get(key)
+            if rec is not None and (rec.value or {}).get("by_create"):
+                t.delete(key)
+                return True
+            return False
+        return self.txn(fn, store=self.cluster_store)
 
     def free_network(self, network_id: str) -> None:
         """Docker's FreeNetwork: release what allocate_network took (nothing
