@@ -146,6 +146,13 @@ def cluster_network(net: Network) -> str:
     return value
 
 
+def _label(net: Network) -> str:
+    """How a refusal names the network: by the name people gave it (the conflist's, or the
+    cluster network's option on Docker, which never tells a plugin the name), else its ID."""
+    opt = (net.options or {}).get(OPT_CLUSTER_NETWORK)
+    return net.name or (opt if isinstance(opt, str) and CLUSTER_NAME_RE.fullmatch(opt) else "") or net.id[:12]
+
+
 def _subnets(net: Network) -> list[str]:
     return sorted(str(ipaddress.ip_network(d.pool, strict=False)) for d in net.ipv4 + net.ipv6)
 
@@ -175,7 +182,7 @@ class OverlayDriver(BridgeDriver):
     def _cluster(self, net: Network):
         if self.cluster is None:
             raise NoClusterStore(
-                f"overlay network {net.name or net.id[:12]} needs a cluster store: start pynet with "
+                f"overlay network {_label(net)} needs a cluster store: start pynet with "
                 f"--cluster-store etcd://HOST:PORT[,HOST:PORT...] (or PYNET_CLUSTER_STORE, or the "
                 f"conflist's pynet.clusterStore)")
         return self.cluster
@@ -226,7 +233,7 @@ class OverlayDriver(BridgeDriver):
                 diffs = [f"{k} {have.get(k)} (here: {want[k]})" for k in ("vni", "port", "subnets", "mtu")
                          if want[k] not in (None, []) and have.get(k) != want[k]]
                 if diffs:
-                    raise errors.Conflict(f"overlay network {net.name or net.id[:12]} exists in the cluster "
+                    raise errors.Conflict(f"overlay network {_label(net)} exists in the cluster "
                                           f"with other settings: {', '.join(diffs)}")
                 return have
             mine = [ipaddress.ip_network(s) for s in want["subnets"]]

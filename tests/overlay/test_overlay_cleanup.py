@@ -213,6 +213,55 @@ def test_bad_input_on_real_hosts_is_one_line_and_changes_nothing_anywhere(lab):
 
 
 @pytest.mark.netns
+@pytest.mark.skipif(not __import__("os").path.exists("/usr/sbin/dockerd"), reason="docker.io not installed")
+def test_bad_input_through_a_real_dockerd_is_its_err_and_changes_nothing(lab):
+    """The Docker front end: a private dockerd in host 2's namespace with its own pynet daemon
+    (tests/overlay/test_overlay_docker.py's DockerHost).  ``docker network create`` of an
+    overlapping subnet, a taken VNI, or the cluster network with other settings fails with
+    pynet's one line, and neither dockerd, that pynet's state dir, the namespace's links nor
+    the cluster's keys change."""
+    from pynet.store.sqlite import SqliteStore
+    from tests.overlay.test_overlay_docker import DockerHost
+
+    h1, h2 = lab.hosts
+    made = h1.call("try_create_network", name="ovl-d", driver="overlay", subnet="10.74.0.0/24")
+    assert "error" not in made, made
+    vni = h1.call("overlay", network="ovl-d")["vni"]
+    d = DockerHost(lab, 2)
+    try:
+        d.start()
+
+        def docker_state():
+            store = SqliteStore.in_state_dir(f"{d.dir}/pynet")
+            try:
+                keys = [r.key for r in store.list("")]
+            finally:
+                store.close()
+            return (d.docker("network", "ls", "-q", "--filter", f"driver={d.name}").stdout.split(), keys,
+                    h2.call("local_state")["kernel"], h1.call("cluster_keys"))
+        before = docker_state()
+        base = ["network", "create", "-d", d.name, "--ipam-driver", d.name, "-o", "pynet.driver=overlay"]
+        cases = [
+            (["-o", "pynet.overlay.network=ovl-e", "--subnet", "10.74.0.0/16", "ovl-e"],
+             "subnet 10.74.0.0/16 overlaps subnet 10.74.0.0/24 of cluster network ovl-d"),
+            (["-o", "pynet.overlay.network=ovl-f", "-o", f"pynet.overlay.vni={vni}", "--subnet", "10.76.0.0/24",
+              "ovl-f"], f"VNI {vni} is already taken by cluster network ovl-d"),
+            (["-o", "pynet.overlay.network=ovl-d", "--subnet", "10.75.0.0/24", "ovl-d"],
+             "overlay network ovl-d exists in the cluster with other settings: subnets ['10.74.0.0/24'] "
+             "(here: ['10.75.0.0/24'])"),
+        ]
+        for args, text in cases:
+            p = d.docker(*base, *args, check=False)
+            assert p.returncode != 0 and text in p.stderr, p.stderr
+            assert p.stderr.strip().count("\n") == 0, p.stderr
+            assert docker_state() == before, args
+    finally:
+        d.stop()
+        h1.call("remove_network", name="ovl-d")
+    assert [k for k in h1.call("cluster_keys") if "/hosts/" not in k] == []
+
+
+@pytest.mark.netns
 def test_rm_removes_this_hosts_part_and_the_last_host_frees_the_network(lab):
     """Build 6 and "Cleanup": the network on two hosts with a pod each; host 1 removes its part
     (its devices and records go, host 2 drops host 1's entries, the cluster network stays for
