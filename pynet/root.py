@@ -96,6 +96,15 @@ def cluster_store(config: Config):
                    vni_range=parse_vni_range(config.vni_range), vxlan_port=config.vxlan_port)
 
 
+def check_advertise_address(config: Config) -> None:
+    """A daemon in a cluster whose ``--advertise-address`` is not this host's is refused in one
+    line before anything is built (no kernel object, no rule, no cluster record)."""
+    if config.cluster_store and config.advertise_address:
+        from pynet.cluster import check_local_address
+
+        check_local_address(config.advertise_address)
+
+
 def start_cluster_agent(config: Config, controller, reconcile_interval: float = 10.0):
     """The host agent (``pynet.cluster.agent``): this host's lease kept alive,
     and the control loop that programs every local overlay network's VXLAN
@@ -108,6 +117,9 @@ def start_cluster_agent(config: Config, controller, reconcile_interval: float = 
     cluster = getattr(drv, "cluster", None)
     if cluster is None:
         return None
+    # an advertise address that is not this host's: refused (one line) before joining, so
+    # the host announces nothing peers would send VXLAN to
+    cluster.address
     from pynet.cluster.agent import Agent
 
     def program(view: dict, dirty) -> None:

@@ -213,6 +213,34 @@ def test_bad_input_on_real_hosts_is_one_line_and_changes_nothing_anywhere(lab):
 
 
 @pytest.mark.netns
+def test_a_daemon_whose_advertise_address_is_not_local_refuses_to_start(lab):
+    """``pynet daemon --cluster-store ... --advertise-address`` of an address host 2 does not
+    have: one line, exit 1, and the cluster never hears of it (no host record, nothing else)."""
+    import os
+    import subprocess
+    import sys
+
+    keys = lab.hosts[0].call("cluster_keys")
+    d = os.path.join(lab.base_dir, "foreign")
+    os.makedirs(d, exist_ok=True)
+    p = subprocess.run(
+        ["nsenter", f"--net={lab.namespaces_path('h2')}", sys.executable, "-m", "pynet", "daemon",
+         "--state-dir", os.path.join(d, "state"), "--plugin-name", f"{lab.prefix}-fx",
+         "--chain-prefix", f"{lab.prefix.upper()}FX", "--socket", os.path.join(d, "daemon.sock"),
+         "--metrics-socket", os.path.join(d, "metrics.sock"), "--cluster-store", lab.url,
+         "--advertise-address", "198.18.77.99"],
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYNET_FIREWALL_RECHECK": "0"})
+    err = [line for line in p.stderr.splitlines() if "error" in line]
+    assert p.returncode == 1 and len(err) == 1, p.stderr[-2000:]
+    assert "advertise address 198.18.77.99 is not an address of this host" in err[0]
+    assert lab.hosts[0].call("cluster_keys") == keys
+    rules = subprocess.run(["nsenter", f"--net={lab.namespaces_path('h2')}", "iptables-save"],
+                           capture_output=True, text=True, timeout=30).stdout
+    assert f"{lab.prefix.upper()}FX" not in rules          # refused before the firewall was built
+
+
+@pytest.mark.netns
 @pytest.mark.skipif(not __import__("os").path.exists("/usr/sbin/dockerd"), reason="docker.io not installed")
 def test_bad_input_through_a_real_dockerd_is_its_err_and_changes_nothing(lab):
     """The Docker front end: a private dockerd in host 2's namespace with its own pynet daemon
