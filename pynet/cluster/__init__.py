@@ -117,6 +117,32 @@ def check_local_address(address: str) -> str:
     return str(a)
 
 
+class ClusterStore:
+    """The cluster's store, its transient failures named: an etcd without
+    quorum or out of reach says "etcd at http://...: timed out", which means
+    nothing to a ``docker network create`` user; what failed is the cluster
+    store, so every ``StoreUnavailable`` leaving one of its methods is raised
+    again as ``cluster store <url> unavailable: ...`` (still transient: Docker
+    gets the ``Err``, CNI code 11).  Everything else passes through."""
+
+    def __init__(self, store, url: str):
+        self._store, self.url = store, url
+
+    def __getattr__(self, name):
+        attr = getattr(self._store, name)
+        if not (callable(attr) and getattr(attr, "__self__", None) is self._store):
+            return attr
+
+        def call(*a, **kw):
+            try:
+                return attr(*a, **kw)
+            except errors.StoreUnavailable as e:
+                if str(e).startswith("cluster store "):
+                    raise
+                raise errors.StoreUnavailable(f"cluster store {self.url} unavailable: {e}") from e
+        return call
+
+
 @dataclass
 class Peers:
     """What a host's VXLAN device of one network should hold: ``fdb`` {(mac,
@@ -131,8 +157,9 @@ class Cluster:
 
     def __init__(self, open_store: Callable[[], object], *, host: str, address: str = "",
                  namespace: str = "", lease_ttl: int = 15, vni_range: tuple = (4096, 0xFFFFFF),
-                 vxlan_port: int = 4789, name: str = ""):
+                 vxlan_port: int = 4789, name: str = "", url: str = ""):
         self._open = open_store
+        self.url = url
         self._store = None
         self._lock = threading.Lock()
         self.host = keys.component(host)
@@ -152,7 +179,8 @@ class Cluster:
     def store(self):
         with self._lock:
             if self._store is None:
-                self._store = self._open()
+                store = self._open()
+                self._store = ClusterStore(store, self.url) if self.url else store
             return self._store
 
     def close(self) -> None:

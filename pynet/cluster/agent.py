@@ -89,6 +89,24 @@ class Agent:
             self._thread.join(timeout)
         self.cluster.leave(revoke=revoke)
 
+    def shutdown(self) -> None:
+        """The daemon's stop: the lease is revoked only when no endpoint of this
+        host is on an overlay.  Containers outlive their network daemon (a
+        restart, an upgrade), so peers must keep this host's FDB entries while
+        it is away; the restarted daemon joins with a new lease and re-puts what
+        the old one carried, and a host that never comes back is dropped one
+        TTL later, like a crashed one."""
+        self.stop(revoke=not self.hosts_endpoints())
+
+    def hosts_endpoints(self) -> bool:
+        """True when the view holds an endpoint of this host (cluster-wide record)."""
+        c, me = self.cluster, self.cluster.host
+        for key, value in list(self.view.items()):
+            parts = c.parse(key)
+            if len(parts) == 3 and parts[0] == "endpoints" and (value or {}).get("host") == me:
+                return True
+        return False
+
     # ----------------------------------------------------------- membership
     def _join(self) -> None:
         if self._keeper is not None:

@@ -1,0 +1,45 @@
+"""The cluster store's transient failures name it (Docker's ``Err``, a CNI error's msg), and a
+daemon's shutdown keeps its lease while its host has endpoints (peers keep reaching them)."""
+from __future__ import annotations
+
+import pytest
+
+from pynet import errors
+from pynet.cluster import Cluster, ClusterStore
+from pynet.cluster.agent import Agent
+from pynet.store.memory import MemoryStore
+
+URL = "etcd://198.18.77.11:2379,198.18.77.12:2379"
+
+
+class Unreachable(MemoryStore):
+    def put(self, *a, **kw):
+        raise errors.StoreUnavailable("etcd at http://198.18.77.11:2379: timed out")
+
+
+def test_an_unavailable_cluster_store_is_named_and_stays_transient():
+    s = ClusterStore(Unreachable(), URL)
+    with pytest.raises(errors.StoreUnavailable) as e:
+        s.put("k", {"v": 1})
+    assert str(e.value).startswith(f"cluster store {URL} unavailable: etcd at")
+    assert e.value.http_status == 503 and e.value.cni_code == 11
+    # other errors and values pass through unchanged
+    assert s.get("missing") is None
+
+
+def test_the_cluster_wraps_its_store_only_when_it_has_a_url():
+    store = MemoryStore()
+    assert isinstance(Cluster(lambda: store, host="h1", url=URL).store, ClusterStore)
+    assert Cluster(lambda: store, host="h1").store is store
+
+
+@pytest.mark.parametrize("mine,revoked", [(True, False), (False, True)])
+def test_shutdown_revokes_the_lease_only_without_local_endpoints(mine, revoked):
+    store = MemoryStore()
+    c = Cluster(lambda: store, host="h1", address="127.0.0.1", namespace="t")
+    c.join()
+    a = Agent(c, lambda view, dirty: None)
+    a.view = {c.key("endpoints", "n1", "e1"): {"host": "h1" if mine else "h2", "mac": "02:42:0a:00:00:02"}}
+    lease = c.lease
+    a.shutdown()
+    assert (store.get(c.key("hosts", "h1")) is None) == revoked, lease
