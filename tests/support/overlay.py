@@ -539,8 +539,9 @@ class DockerHost:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.plugin_sock)        # a SIGKILLed daemon's: wait for the new one's
         with open(os.path.join(self.dir, "pynet.log"), "a") as log:
-            self.pynet = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                          start_new_session=True)
+            # its dockerd is this host's, not the machine's (the restart's reconciliation asks it)
+            self.pynet = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                          env={**os.environ, "DOCKER_HOST": f"unix://{self.sock}"})
         wait_until(lambda: os.path.exists(self.plugin_sock) or self.pynet.poll() is not None,
                    f"pynet daemon of host {self.i}", bound=START_BOUND)
         assert self.pynet.poll() is None, self.log()
@@ -623,6 +624,9 @@ class DockerHost:
             stop_process(self.dockerd, 60)      # it stops its containerd and shims
         stop_process(self.pynet, 30)
         harness.flush_firewall(harness.chain_prefix_for(self.name))
+        for log in ("pynet.log", "dockerd.log"):     # kept beside the lab's other logs
+            with contextlib.suppress(OSError):
+                shutil.copy(os.path.join(self.dir, log), os.path.join(self.lab.base_dir, f"docker-h{self.i}-{log}"))
         shutil.rmtree(self.plugin_dir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 

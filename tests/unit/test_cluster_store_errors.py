@@ -43,3 +43,25 @@ def test_shutdown_revokes_the_lease_only_without_local_endpoints(mine, revoked):
     lease = c.lease
     a.shutdown()
     assert (store.get(c.key("hosts", "h1")) is None) == revoked, lease
+
+
+def test_the_daemons_reconciliation_asks_the_dockerd_named_by_docker_host(monkeypatch):
+    """A daemon serving a private dockerd (DOCKER_HOST=unix://...) must not reconcile with the
+    machine's engine, which holds none of its networks: it would forget them on every restart."""
+    from pynet.plugin_api import docker_state
+
+    asked = []
+
+    def get(path, sock, timeout):
+        asked.append(sock)
+        return []
+    monkeypatch.setattr(docker_state, "_get", get)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///run/h2/docker.sock")
+    assert docker_state.docker_holdings("pynet") == {"networks": {}, "pools": []}
+    assert docker_state.docker_custom_bridges() == []
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:2375")     # not a socket dockerd serves here
+    docker_state.docker_holdings("pynet")
+    monkeypatch.delenv("DOCKER_HOST")
+    docker_state.docker_holdings("pynet")
+    assert asked == ["/run/h2/docker.sock", "/run/h2/docker.sock", docker_state.DOCKER_SOCKET,
+                     docker_state.DOCKER_SOCKET]
