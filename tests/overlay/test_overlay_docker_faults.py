@@ -93,7 +93,7 @@ class Cluster:
 
 @pytest.fixture(scope="module")
 def cl(tmp_path_factory):
-    with installed_lab(str(tmp_path_factory.mktemp("overlay-faults")), joined=(2,)) as lab:
+    with installed_lab(str(tmp_path_factory.mktemp("overlay-faults")), joined=(2,), lease_ttl=DOCKER_TTL) as lab:
         c = Cluster(lab)
         try:
             c.start()
@@ -225,13 +225,19 @@ def test_restarting_any_daemon_loses_at_most_one_probe(cl):
     # host 3: its pynet daemon (on the worker's state dir: the same host) takes over from the
     # worker's agent, then is restarted
     h3 = cl.h3
+    sock = os.path.join(lab.base_dir, "state-h3", "daemon.sock")
+    procs: list = []
+
+    def start_daemon():
+        procs.append(host_daemon(lab, 2, ttl=DOCKER_TTL))
+        wait(lambda: os.path.exists(sock) or procs[-1].poll() is not None, "host 3's daemon serving", bound=90)
+        assert procs[-1].poll() is None, "host 3's daemon exited"
     with Probe(cl.ns["c1"], cl.ip["pod3"]) as probe:
-        h3.call("leave_cluster", revoke=False)
-        procs = [host_daemon(lab, 2, ttl=DOCKER_TTL)]
+        h3.call("leave_cluster", revoke=False)       # the worker's lease lasts DOCKER_TTL too
         try:
-            wait(lambda: icmp_ping(cl.ns["c1"], cl.ip["pod3"]), "pod3 with host 3's daemon", bound=30)
+            start_daemon()
             stop_process(procs[-1], 30)
-            procs.append(host_daemon(lab, 2, ttl=DOCKER_TTL))
+            start_daemon()
             pod = lab.pod("s3")
             r = h3.call("cni_add", name="s3", netns_path=pod, network=NET, cni=conflist(lab, 2), ifname="eth0")
             wait(lambda: icmp_ping(cl.ns["c1"], r["address"].split("/")[0]), "new pod on host 3 via its daemon",

@@ -13,16 +13,39 @@ URL = "etcd://198.18.77.11:2379,198.18.77.12:2379"
 
 
 class Unreachable(MemoryStore):
+    puts = 0
+
     def put(self, *a, **kw):
+        self.puts += 1
         raise errors.StoreUnavailable("etcd at http://198.18.77.11:2379: timed out")
 
 
-def test_an_unavailable_cluster_store_is_named_and_stays_transient():
+class Electing(MemoryStore):
+    """The first put meets an election (no answer), the resend the new leader."""
+    puts = 0
+
+    def put(self, *a, **kw):
+        self.puts += 1
+        if self.puts == 1:
+            raise errors.StoreUnavailable("etcd at http://198.18.77.12:2379: ReadTimeout: timed out")
+        return super().put(*a, **kw)
+
+
+def test_a_call_meeting_an_election_is_resent_once(monkeypatch):
+    monkeypatch.setattr(ClusterStore, "RIDE_THROUGH", 0.0)
+    inner = Electing()
+    ClusterStore(inner, URL).put("k", {"v": 1})
+    assert inner.puts == 2 and inner.get("k").value == {"v": 1}
+
+
+def test_an_unavailable_cluster_store_is_named_and_stays_transient(monkeypatch):
+    monkeypatch.setattr(ClusterStore, "RIDE_THROUGH", 0.0)
     s = ClusterStore(Unreachable(), URL)
     with pytest.raises(errors.StoreUnavailable) as e:
         s.put("k", {"v": 1})
     assert str(e.value).startswith(f"cluster store {URL} unavailable: etcd at")
     assert e.value.http_status == 503 and e.value.cni_code == 11
+    assert s._store.puts == 2                # resent once, then it stands
     # other errors and values pass through unchanged
     assert s.get("missing") is None
 
