@@ -233,21 +233,27 @@ def test_restarting_any_daemon_loses_at_most_one_probe(cl):
         wait(lambda: os.path.exists(sock) or procs[-1].poll() is not None, "host 3's daemon serving", bound=90)
         assert procs[-1].poll() is None, "host 3's daemon exited"
     with Probe(cl.ns["c1"], cl.ip["pod3"]) as probe:
+        marks = {"leave": len(probe.results)}
         h3.call("leave_cluster", revoke=False)       # the worker's lease lasts DOCKER_TTL too
         try:
             start_daemon()
+            marks["started"] = len(probe.results)
             stop_process(procs[-1], 30)
+            marks["stopped"] = len(probe.results)
             start_daemon()
+            marks["restarted"] = len(probe.results)
             pod = lab.pod("s3")
             r = h3.call("cni_add", name="s3", netns_path=pod, network=NET, cni=conflist(lab, 2), ifname="eth0")
             wait(lambda: icmp_ping(cl.ns["c1"], r["address"].split("/")[0]), "new pod on host 3 via its daemon",
                  bound=30, step=0.3)
             h3.call("cni_del", name="s3")
+            marks["pod"] = len(probe.results)
         finally:
             for p in procs:
                 stop_process(p, 30)
+            marks["daemon gone"] = len(probe.results)
             h3.call("join_cluster")
         cl.all_talk()
     sent, lost = probe.stop()
-    assert sent > 0 and lost <= 1, ("host 3", probe.results)
+    assert sent > 0 and lost <= 1, ("host 3", marks, [i for i, ok in enumerate(probe.results) if not ok])
     assert cl.started() == before

@@ -62,6 +62,7 @@ def test_shutdown_revokes_the_lease_only_without_local_endpoints(mine, revoked):
     c = Cluster(lambda: store, host="h1", address="127.0.0.1", namespace="t")
     c.join()
     a = Agent(c, lambda view, dirty: None)
+    a.synced = True
     a.view = {c.key("endpoints", "n1", "e1"): {"host": "h1" if mine else "h2", "mac": "02:42:0a:00:00:02"}}
     lease = c.lease
     a.shutdown()
@@ -88,3 +89,13 @@ def test_the_daemons_reconciliation_asks_the_dockerd_named_by_docker_host(monkey
     docker_state.docker_holdings("pynet")
     assert asked == ["/run/h2/docker.sock", "/run/h2/docker.sock", docker_state.DOCKER_SOCKET,
                      docker_state.DOCKER_SOCKET]
+
+
+def test_a_daemon_stopped_before_its_first_listing_keeps_its_lease():
+    """SIGTERM right after start (a service manager's quick restart): the agent has no view yet,
+    so it cannot tell that its host has endpoints; it must not revoke (peers would drop them)."""
+    store = MemoryStore()
+    c = Cluster(lambda: store, host="h1", address="127.0.0.1", namespace="t")
+    c.join()
+    Agent(c, lambda view, dirty: None).shutdown()
+    assert store.get(c.key("hosts", "h1")) is not None
