@@ -122,13 +122,15 @@ def test_the_underlay_carries_the_networks_vni_and_no_inner_arp(cl):
     assert cl.mac["c2"] in out
 
 
-def _churn(cl: Cluster, tag: str) -> None:
+def _churn(cl: Cluster, tag: str, midway=None) -> None:
     """A container on each Docker host and a pod on host 3, each reaching the others' old
-    peers, then removed."""
+    peers, then removed; ``midway()`` runs after the first container started."""
     new = {}
     for i, d in enumerate(cl.dh):
         ip = d.run(f"{tag}{i + 1}", NET)
         new[f"{tag}{i + 1}"] = (d.netns_of(f"{tag}{i + 1}"), ip)
+        if i == 0 and midway is not None:
+            midway()
     pod = cl.lab.pod(tag)
     r = cl.h3.call("cni_add", name=tag, netns_path=pod, network=NET, cni=conflist(cl.lab, 2), ifname="eth0")
     new[tag] = (pod, r["address"].split("/")[0])
@@ -145,9 +147,8 @@ def _churn(cl: Cluster, tag: str) -> None:
 def test_one_etcd_member_down_every_operation_succeeds(cl):
     lab = cl.lab
     before = cl.started()
-    lab.etcd.kill(0)                                        # host 1's own member
     try:
-        _churn(cl, "k")
+        _churn(cl, "k", midway=lambda: lab.etcd.kill(0))   # host 1's own member, mid-churn
         # a network made and removed on the degraded cluster
         cl.dh[1].network(NETX, SUBNETX, GWX)
         cl.dh[1].docker("network", "rm", NETX)
