@@ -310,9 +310,8 @@ class OverlayLab:
         from pynet.cnm import sandbox
 
         name = f"{self.prefix}-{tag}"
-        path = sandbox.create_netns(name)
-        self.namespaces.append(name)
-        return path
+        self.namespaces.append(name)      # first: a create that fails half-way is removed too
+        return sandbox.create_netns(name)
 
     def namespaces_path(self, tag: str) -> str:
         return f"/var/run/netns/{self.prefix}-{tag}"
