@@ -165,4 +165,4 @@ def _build_and_serve(config: Config, metrics) -> None:
     finally:
         rechecker.stop()
         if agent is not None:
-            agent.stop(revoke=True)
+            agent.shutdown()       # the lease outlives a restart while containers run

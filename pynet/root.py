@@ -93,7 +93,8 @@ def cluster_store(config: Config):
     host = config.host_id or host_identity(config.state_dir)
     return Cluster(lambda: open_store_url(url), host=host, address=config.advertise_address,
                    namespace=namespace, lease_ttl=config.cluster_lease_ttl,
-                   vni_range=parse_vni_range(config.vni_range), vxlan_port=config.vxlan_port)
+                   vni_range=parse_vni_range(config.vni_range), vxlan_port=config.vxlan_port,
+                   url=url)   # named in its errors (pynet.cluster.ClusterStore)
 
 
 def check_advertise_address(config: Config) -> None:

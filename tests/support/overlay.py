@@ -218,6 +218,33 @@ class OverlayHostService(HostService):
         self._cni_teardown(step)
         return problems
 
+    def cni_del(self, name: str) -> None:
+        """CNI DEL of one pod this host added (as the runtime does when it stops)."""
+        from pynet.scenario import cniexec
+        from pynet.scenario.host import object_id
+
+        cid = object_id(self.instance, "cni", name)
+        for att in [a for a in self.cni_atts if a.container_id == cid]:
+            cniexec.delete(self.cni_path, att)
+            self.cni_atts.remove(att)
+
+    def cni_add_refused(self, name: str, **kw) -> dict:
+        """A CNI ADD expected to fail: {"code", "message"} of the plugin's error (the pod's
+        half-made attachment DELed, as a runtime does after a failed ADD); {} if it succeeded."""
+        from pynet.scenario.cniexec import CniExecError
+
+        try:
+            self.cni_add(name, **kw)
+        except CniExecError as e:
+            out = {"code": e.code, "message": str(e)}
+        else:
+            return {}
+        try:
+            self.cni_del(name)
+        except CniExecError as e:
+            out["del"] = str(e)
+        return out
+
     # ---- measurements (benchmarks: endpoint on one host -> FDB entry on another)
     def create_endpoints_timed(self, network: str, count: int, first_ip: int = 100, gap: float = 0.02) -> dict:
         """``count`` endpoints on ``network`` (no sandbox), ``gap`` s apart:
@@ -321,9 +348,8 @@ class OverlayLab:
         from pynet.cnm import sandbox
 
         name = f"{self.prefix}-{tag}"
-        path = sandbox.create_netns(name)
-        self.namespaces.append(name)
-        return path
+        self.namespaces.append(name)      # first: a create that fails half-way is removed too
+        return sandbox.create_netns(name)
 
     def namespaces_path(self, tag: str) -> str:
         return f"/var/run/netns/{self.prefix}-{tag}"
@@ -420,6 +446,24 @@ def installed_lab(base_dir: str, joined=(0, 1, 2), hosts: int = 3, lease_ttl: in
         yield lab
 
 
+def host_daemon(lab: OverlayLab, i: int, ttl: Optional[int] = None) -> subprocess.Popen:
+    """``pynet daemon --cluster-store ...`` for host i's (0-based) pynet instance, inside its
+    namespace, on the lab worker's state dir (so the same host ID); ``ttl`` defaults to the lab's."""
+    import sys
+
+    inst = f"{lab.prefix}-h{i + 1}"
+    state = os.path.join(lab.base_dir, f"state-h{i + 1}")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(lab.base_dir, f"daemon-h{i + 1}.log"), "ab") as log:
+        return subprocess.Popen(
+            ["nsenter", f"--net={lab.namespaces_path(f'h{i + 1}')}", sys.executable, "-m", "pynet", "daemon",
+             "--state-dir", state, "--plugin-name", inst, "--chain-prefix", f"{lab.prefix.upper()}H{i + 1}",
+             "--socket", os.path.join(state, "daemon.sock"), "--cluster-store", lab.url,
+             "--advertise-address", host_address(i), "--cluster-ttl", str(ttl or lab.lease_ttl)],
+            cwd=repo, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYNET_FIREWALL_RECHECK": "0"})
+
+
 def stop_process(proc, grace: float = 30.0) -> None:
     """SIGTERM ``proc`` (a Popen), SIGKILL after ``grace`` s; nothing if it has ended."""
     import signal
@@ -487,3 +531,212 @@ def udp_echo(server_ns: str, client_ns: str, ip: str, port: int = 7779) -> bytes
             c.sendto(b"hello", (ip, port))
             return c.recvfrom(64)[0]
     return _exchange(server_ns, client_ns, listen, serve_one, talk)
+
+
+# ------------------------------------------------------ Docker on a host
+DOCKER = "/usr/bin/docker"
+START_BOUND = 90.0
+
+
+class DockerHost:
+    """A private dockerd and its ``pynet daemon --cluster-store ...`` in host i's namespace
+    (1-based).  dockerd runs in its own mount namespace whose /run/docker/plugins is the
+    daemon's socket directory bound there (dockerd reads .spec files only under /etc and
+    /usr/lib), so a restarted daemon's new socket is the one dockerd finds.  ``ttl``: the
+    daemon's lease TTL (``--cluster-ttl``)."""
+
+    def __init__(self, lab: "OverlayLab", i: int, ttl: int = 3):
+        from tests.support import harness
+
+        self.lab, self.i, self.ttl = lab, i, ttl
+        self.dir = os.path.join(lab.base_dir, f"docker-h{i}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.sock = os.path.join(self.dir, "docker.sock")
+        self.name = f"{lab.prefix}-d{i}"                  # the plugin name dockerd knows
+        self.plugin_dir = str(harness.LOCK_DIR / f"{self.name}.plugins")
+        os.makedirs(self.plugin_dir, exist_ok=True)
+        self.plugin_sock = os.path.join(self.plugin_dir, f"{self.name}.sock")
+        self.netns = lab.namespaces_path(f"h{i}")
+        self.networks: list[str] = []
+        self.pynet = None
+        self.dockerd = None
+
+    def start(self) -> None:
+        self.start_pynet()
+        self.start_dockerd()
+
+    def start_pynet(self) -> None:
+        from tests.support import harness
+
+        state = os.path.join(self.dir, "pynet")
+        argv = ["nsenter", f"--net={self.netns}", *harness.default_daemon_argv(
+            self.name, self.plugin_sock, state),
+            "--cluster-store", self.lab.url, "--advertise-address", host_address(self.i - 1),
+            "--cluster-ttl", str(self.ttl)]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.plugin_sock)        # a SIGKILLed daemon's: wait for the new one's
+        with open(os.path.join(self.dir, "pynet.log"), "a") as log:
+            # its dockerd is this host's, not the machine's (the restart's reconciliation asks it)
+            self.pynet = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                          env={**os.environ, "DOCKER_HOST": f"unix://{self.sock}"})
+        wait_until(lambda: os.path.exists(self.plugin_sock) or self.pynet.poll() is not None,
+                   f"pynet daemon of host {self.i}", bound=START_BOUND)
+        assert self.pynet.poll() is None, self.log()
+
+    def log(self) -> str:
+        with open(os.path.join(self.dir, "pynet.log")) as f:
+            return f.read()[-3000:]
+
+    def kill_pynet(self) -> None:
+        """SIGKILL: the daemon dies as a crashed one does (its lease left to expire)."""
+        self.pynet.kill()
+        self.pynet.wait(10)
+
+    def restart_pynet(self) -> None:
+        """SIGTERM (what a service manager's restart sends), then started again."""
+        stop_process(self.pynet, 30)
+        self.start_pynet()
+
+    def start_dockerd(self) -> None:
+        from tests.support import harness
+
+        script = (f"mount -t tmpfs tmpfs /run/docker && mkdir -p /run/docker/plugins && "
+                  f"mount --bind {self.plugin_dir} /run/docker/plugins && "
+                  f"exec nsenter --net={self.netns} /usr/sbin/dockerd --data-root {self.dir}/root "
+                  f"--exec-root {self.dir}/exec -H unix://{self.sock} --pidfile {self.dir}/pid "
+                  f"--bridge none")
+        self.dockerd_log = open(os.path.join(self.dir, "dockerd.log"), "w")
+        self.dockerd = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                        stdout=self.dockerd_log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        wait_until(lambda: self.docker("info", check=False).returncode == 0 or self.dockerd.poll() is not None,
+                   f"dockerd of host {self.i}", bound=START_BOUND, step=0.5)
+        assert self.dockerd.poll() is None, open(os.path.join(self.dir, "dockerd.log")).read()[-2000:]
+        image = harness.ensure_test_image()
+        save = subprocess.Popen([DOCKER, "save", image], stdout=subprocess.PIPE)
+        subprocess.run([DOCKER, "-H", f"unix://{self.sock}", "load"], stdin=save.stdout, check=True,
+                       capture_output=True, timeout=120)
+        save.wait(60)
+        self.image = image
+
+    def docker(self, *args, check: bool = True, timeout: float = 120):
+        p = subprocess.run([DOCKER, "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
+                           timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} on host {self.i}: {p.stderr.strip()}")
+        return p
+
+    def network(self, name: str, subnet: str, gw: str, check: bool = True):
+        if name not in self.networks:
+            self.networks.append(name)
+        return self.docker("network", "create", "-d", self.name, "--ipam-driver", self.name,
+                           "-o", "pynet.driver=overlay", "-o", f"pynet.overlay.network={name}",
+                           "--subnet", subnet, "--gateway", gw, name, check=check)
+
+    def run(self, cname: str, network: str) -> str:
+        self.docker("run", "-d", "--name", cname, "--network", network, self.image, "sleep", "600")
+        return self.inspect(cname)["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+    def inspect(self, cname: str) -> dict:
+        return json.loads(self.docker("inspect", cname).stdout)[0]
+
+    def netns_of(self, cname: str) -> str:
+        """The container's network namespace, as a path this process can enter (dockerd and
+        its containers share the machine's PID namespace)."""
+        return f"/proc/{self.inspect(cname)['State']['Pid']}/ns/net"
+
+    def ping(self, cname: str, ip: str) -> bool:
+        return self.docker("exec", cname, "ping", "-c", "1", "-W", "1", ip, check=False,
+                           timeout=30).returncode == 0
+
+    def stop(self) -> None:
+        from tests.support import harness
+
+        if self.dockerd is not None and self.dockerd.poll() is None:
+            ids = self.docker("ps", "-aq", check=False).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False)
+            for n in self.networks:
+                self.docker("network", "rm", n, check=False)
+            stop_process(self.dockerd, 60)      # it stops its containerd and shims
+        stop_process(self.pynet, 30)
+        harness.flush_firewall(harness.chain_prefix_for(self.name))
+        for log in ("pynet.log", "dockerd.log"):     # kept beside the lab's other logs
+            with contextlib.suppress(OSError):
+                shutil.copy(os.path.join(self.dir, log), os.path.join(self.lab.base_dir, f"docker-h{self.i}-{log}"))
+        shutil.rmtree(self.plugin_dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------- observation
+def capture(switch_ns: str, seconds: float, fn, port: str = "h1") -> list:
+    """UDP frames on host ``port``'s port of the underlay switch while ``fn()`` runs (tcpdump in
+    the switch namespace; a bridge device itself sees only what it floods, not what it
+    forwards), parsed by scapy."""
+    import tempfile
+
+    from scapy.all import rdpcap
+
+    with tempfile.NamedTemporaryFile(suffix=".pcap", delete=False) as f:
+        path = f.name
+    p = subprocess.Popen(["nsenter", f"--net={switch_ns}", "tcpdump", "-i", port, "--immediate-mode", "-U",
+                          "-n", "-w", path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        line = p.stderr.readline()           # tcpdump says "listening on" once the capture runs
+        assert b"listening" in line, line
+        fn()
+        time.sleep(seconds)
+    finally:
+        p.terminate()
+        p.wait(10)
+    try:
+        return list(rdpcap(path))
+    finally:
+        os.unlink(path)
+
+
+def vxlan_fdb(netns_path: str) -> set:
+    """{(mac, underlay dst)} of every VXLAN device in a host namespace, from the kernel
+    (``bridge fdb``): what a host whose pynet is a separate daemon has programmed."""
+    p = subprocess.run(["nsenter", f"--net={netns_path}", "bridge", "-j", "fdb", "show"],
+                       capture_output=True, text=True, timeout=30, check=True)
+    return {(e["mac"], e["dst"]) for e in json.loads(p.stdout or "[]") if e.get("dst")}
+
+
+class Probe:
+    """A continuous probe: one ICMP echo from ``netns_path`` to ``ip`` every ``interval`` s (1 s
+    timeout each) on a thread, until ``stop()``, which returns (sent, lost).  Bounded by
+    ``max_probes``."""
+
+    def __init__(self, netns_path: str, ip: str, interval: float = 0.2, max_probes: int = 3000):
+        from tests.support.icmp import icmp_ping
+
+        self._ping = icmp_ping
+        self.netns_path, self.ip, self.interval, self.max_probes = netns_path, ip, interval, max_probes
+        self.results: list[bool] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.results) < self.max_probes:
+            try:
+                self.results.append(self._ping(self.netns_path, self.ip, timeout=1.0))
+            except OSError:
+                self.results.append(False)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "Probe":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self) -> tuple[int, int]:
+        self._stop.set()
+        self._t.join(15)
+        return len(self.results), self.results.count(False)
+
+    @property
+    def lost(self) -> int:
+        return self.results.count(False)
