@@ -340,8 +340,11 @@ class Runner:
                 else "no VXLAN on the underlay") + f" (want {want})"
         ok = (want in vnis) == exp.expect_ok
         if no_arp:
-            seen += f", {arps} inner ARP frame(s)"
-            ok = ok and arps == 0 and r["ok"]       # resolved (the ping went), locally
+            # the sender did ask (an ARP request for the target on its own link),
+            # and was answered without the request crossing the underlay
+            asked = sum(1 for _ts, raw, _s in self._seen_at(pk, src.ns) if _arp_for(raw, dst_addr))
+            seen += f", {arps} inner ARP frame(s), sender's ARP requests {asked}"
+            ok = ok and arps == 0 and asked > 0 and r["ok"]
         return ok, seen + f"; ping: {sent_seen}", pk
 
 
@@ -359,6 +362,13 @@ def _ipv4(raw: bytes):
         return None
     ip = raw[off + 2:]
     return str(ipaddress.IPv4Address(ip[12:16])), str(ipaddress.IPv4Address(ip[16:20]))
+
+
+def _arp_for(raw: bytes, target: str) -> bool:
+    """Is ``raw`` an Ethernet ARP request for ``target``?"""
+    if len(raw) < 42 or raw[12:14] != b"\x08\x06" or raw[20:22] != b"\x00\x01":
+        return False
+    return str(ipaddress.IPv4Address(raw[38:42])) == target
 
 
 # -------------------------------------------------------------------- driving

@@ -68,17 +68,40 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _is_ours(pid: int, prefix: str = "") -> bool:
-    """A worker of a run, or an etcd member of run ``prefix`` (``--name P-<i>``)."""
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed run's children are reaped by whoever adopted them)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _argv(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().split(b"\0")
+            return f.read().split(b"\0")
     except OSError:
-        return False
-    if b"pynet.scenario.worker" in b" ".join(argv):
-        return True
-    return bool(prefix) and os.path.basename(argv[0]) == b"etcd" and \
+        return []
+
+
+def _is_etcd_of(pid: int, prefix: str) -> bool:
+    """An etcd member of run ``prefix`` (``--name P-<i>``)."""
+    argv = _argv(pid)
+    return bool(argv) and os.path.basename(argv[0]) == b"etcd" and \
         any(a.startswith(f"{prefix}-".encode()) for a in argv)
+
+
+def _is_ours(pid: int, prefix: str) -> bool:
+    """A worker of a run, or an etcd member of run ``prefix``."""
+    return b"pynet.scenario.worker" in b" ".join(_argv(pid)) or _is_etcd_of(pid, prefix)
+
+
+def _etcd_members_of(prefix: str) -> list[int]:
+    """Running etcd members of run ``prefix``, found by name: one the run
+    spawned just before it was killed is not in its pid file yet."""
+    return [int(d) for d in os.listdir("/proc")
+            if d.isdigit() and _is_etcd_of(int(d), prefix) and _running(int(d))]
 
 
 def _read_pidfile(prefix: str) -> list[int]:
@@ -118,12 +141,19 @@ def cleanup_stale() -> list[str]:
         pids = _read_pidfile(prefix)
         if pids and _pid_alive(pids[0]):
             continue                      # a live run (maybe a parallel one)
-        for pid in pids[1:]:
+        killed = []
+        for pid in pids[1:] + _etcd_members_of(prefix):
             if _pid_alive(pid) and _is_ours(pid, prefix):
                 try:
                     os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                 except ProcessLookupError:
                     pass
+        # gone before their files go: a dying etcd member still writes its data dir
+        # (rmtree of a directory that fills meanwhile leaves it behind)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(p) for p in killed):
+            time.sleep(0.05)
         for n in names:
             if n.startswith(prefix + "-"):
                 _delete_netns(n)
