@@ -196,6 +196,12 @@ class Cluster:
                  "self": h == self.host, "networks": sorted(vteps.get(h, []))}
                 for h, v in sorted(hosts.items())]
 
+    def keys(self) -> list[str]:
+        """Every key under this cluster's namespace: what a teardown must leave
+        empty (the scenario runner's leftovers check; the front ends never read
+        the store themselves)."""
+        return [r.key for r in self.store.list(self.root)]
+
     def parse(self, key: str) -> list[str]:
         """A key under the root -> its components ([] for anything else)."""
         return key[len(self.root):].split("/") if key.startswith(self.root) else []

@@ -163,7 +163,7 @@ class HostService(NodeService):
 
         c = root.cluster_store(self.config)
         try:
-            return [r.key for r in c.store.list(c.root)]
+            return c.keys()
         finally:
             c.close()
 

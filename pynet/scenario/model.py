@@ -122,7 +122,7 @@ class OutsideSpec:
 @dataclass
 class ClusterSpec:
     """The cluster store the runner starts on the underlay (``cluster:``)."""
-    store: str = "etcd"
+    backend: str = "etcd"       # the YAML's ``store``
     members: list[str] = field(default_factory=list)   # hosts running a member (default: all)
     lease_ttl: int = 5            # s; each host's liveness lease (short: a scenario is short)
 
@@ -605,9 +605,9 @@ class _Parser:
         if data is True:
             data = {}
         c = self.mapping(data, "cluster", ["store", "members", "lease_ttl"])
-        spec = ClusterSpec(store=str(c.get("store", "etcd")))
-        if spec.store not in CLUSTER_STORES:
-            self.fail("cluster.store", f"{spec.store!r}: the cluster stores are {', '.join(CLUSTER_STORES)}")
+        spec = ClusterSpec(backend=str(c.get("store", "etcd")))
+        if spec.backend not in CLUSTER_STORES:
+            self.fail("cluster.store", f"{spec.backend!r}: the cluster stores are {', '.join(CLUSTER_STORES)}")
         members = c.get("members", list(sc.hosts))
         if not isinstance(members, list) or not members:
             self.fail("cluster.members", "a list of hosts (at least one)")

@@ -16,12 +16,11 @@ import os
 import subprocess
 import sys
 import time
-import xml.etree.ElementTree as ET
 
 import pytest
 
 from pynet.scenario.model import ScenarioError, parse
-from tests.support.scenario import NEEDS_ROOT, REPO, SCENARIOS, netns_names, run_cli
+from tests.support.scenario import NEEDS_ROOT, REPO, SCENARIOS, assert_scenario_passes, netns_names
 
 OVERLAY = sorted(glob.glob(str(SCENARIOS / "overlay" / "*.yaml")))
 
@@ -47,14 +46,7 @@ def vxlan_devices(netns: str) -> str:
 @pytest.mark.parametrize("path", OVERLAY, ids=[os.path.basename(p) for p in OVERLAY])
 def test_overlay_library_scenario_passes(path, tmp_path, snapshot):
     before = set(etcd_members())
-    junit = tmp_path / "junit.xml"
-    r = run_cli("run", path, "--junit", junit, "--out-dir", tmp_path / "out")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "FAIL" not in r.stdout and "PASS" in r.stdout
-    root = ET.parse(junit).getroot()
-    assert root.get("failures") == "0" and root.get("errors") == "0"
-    assert int(root.get("tests")) >= 8
-    assert not (tmp_path / "out").exists()          # no failure, no pcap
+    assert_scenario_passes(path, tmp_path, min_tests=8)
     assert set(etcd_members()) - before == set(), "etcd members left running"
 
 
@@ -138,7 +130,7 @@ def _overlay(**net) -> dict:
 def test_cluster_defaults_to_a_member_per_host():
     sc = parse({**_overlay(), "cluster": {"store": "etcd"},
                 "expect": [{"encap": {"from": "a", "to": "b", "network": "blue", "inner_arp": False}}]})
-    assert sc.cluster.members == ["h1", "h2"] and sc.cluster.store == "etcd"
+    assert sc.cluster.members == ["h1", "h2"] and sc.cluster.backend == "etcd"
     assert [n.host for n in sc.overlays()["blue"]] == ["h1", "h2"]
     a, b = sc.sandboxes()["a"], sc.sandboxes()["b"]
     assert sc.same_network(a, b, "blue")
