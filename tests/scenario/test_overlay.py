@@ -20,7 +20,7 @@ import time
 import pytest
 
 from pynet.scenario.model import ScenarioError, parse
-from tests.support.scenario import NEEDS_ROOT, REPO, SCENARIOS, assert_scenario_passes, netns_names
+from tests.support.scenario import NEEDS_ROOT, REPO, SCENARIOS, assert_scenario_passes, netns_names, run_cli
 
 OVERLAY = sorted(glob.glob(str(SCENARIOS / "overlay" / "*.yaml")))
 
@@ -48,6 +48,27 @@ def test_overlay_library_scenario_passes(path, tmp_path, snapshot):
     before = set(etcd_members())
     assert_scenario_passes(path, tmp_path, min_tests=8)
     assert set(etcd_members()) - before == set(), "etcd members left running"
+
+
+@NEEDS_ROOT
+@pytest.mark.netns
+def test_wrong_overlay_scenario_fails_with_the_vxlan_in_its_pcap(tmp_path, snapshot):
+    """A wrong expectation on an overlay fails with a report and a pcap, like any other: the
+    pcap of "no VXLAN" holds the underlay's VXLAN frames with the network's VNI."""
+    from pynet.scenario import report
+
+    out = tmp_path / "out"
+    r = run_cli("run", SCENARIOS / "overlay" / "wrong" / "overlay-shared-isolated.yaml", "--out-dir", out)
+    assert r.returncode == 1, r.stdout + r.stderr
+    fails = [x for x in r.stdout.splitlines() if x.rstrip().endswith("FAIL")]
+    assert [x.split()[0] for x in fails] == ["wrongly-isolated-overlay", "wrongly-no-vxlan"], r.stdout
+    assert "echo-reply from" in fails[0] and "underlay carried VXLAN VNI" in fails[1]
+    assert "really-reaches" in r.stdout and "1 passed, 2 failed" in r.stdout
+    frames = [f for _, f in report.read_pcap(str(out / "wrong-overlay-shared-isolated-wrongly-no-vxlan.pcap"))]
+    vni = int(fails[1].split("want ")[1].split(")")[0])
+    vxlan = [f for f in frames if len(f) > 50 and f[12:14] == b"\x08\x00" and f[23] == 17
+             and int.from_bytes(f[36:38], "big") == 4789]
+    assert vxlan and {int.from_bytes(f[46:49], "big") for f in vxlan} == {vni}
 
 
 def test_library_has_the_overlay_proofs():
