@@ -265,6 +265,12 @@ class HostService(NodeService):
         plugin["pynet"] = {**(plugin.get("pynet") or {}), "stateDir": self.state_dir,
                            "chainPrefix": self.chain_prefix, "instance": self.instance, "daemon": False,
                            "firewallBackend": self.firewall_backend}
+        cfg = self.config
+        if cfg is not None and cfg.cluster_store:
+            # a cluster host's pods: the plugin joins the cluster as the host does (a
+            # pynet-overlay conflist's clusterStore and advertiseAddress, kubelet's node)
+            plugin["pynet"].setdefault("clusterStore", cfg.cluster_store)
+            plugin["pynet"].setdefault("advertiseAddress", cfg.advertise_address)
         conflist = {"cniVersion": cni["cniVersion"], "name": network, "plugins": [plugin]}
         rc: dict = {}
         if address:
