@@ -278,6 +278,12 @@ class Cluster:
         return {"network": network_id, "record": rec, "vni": (rec or {}).get("vni"), "hosts": hosts,
                 "remote_endpoints": remote}
 
+    def keys(self) -> list[str]:
+        """Every key under this cluster's namespace: what a teardown must leave
+        empty (the scenario runner's leftovers check; the front ends never read
+        the store themselves)."""
+        return [r.key for r in self.store.list(self.root)]
+
     def parse(self, key: str) -> list[str]:
         """A key under the root -> its components ([] for anything else)."""
         return key[len(self.root):].split("/") if key.startswith(self.root) else []

@@ -20,7 +20,6 @@ services tear their pynet down), etcd killed, namespaces deleted.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -28,12 +27,11 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from typing import Optional
 
 from pynet.scenario.host import HostService
 from pynet.sysctl import run_in_netns
-from tests.support.etcd_cluster import EtcdCluster, Member
+from pynet.scenario.etcd import NetnsEtcdCluster
 
 UNDERLAY_NET = "198.18.77"
 PREFIX_LEN = 24
@@ -56,103 +54,13 @@ def host_address(i: int) -> str:
     return f"{UNDERLAY_NET}.{11 + i}"
 
 
-# ------------------------------------------------------------------- etcd
-class NetnsMember(Member):
-    """A member listening on a host namespace's underlay address."""
-
-    def __init__(self, name, address, netns, data_dir):
-        super().__init__(name, 2379, 2380, data_dir)
-        self.address, self.netns = address, netns
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.address}:{self.client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{self.address}:{self.peer_port}"
-
-
-class NetnsEtcdCluster(EtcdCluster):
-    """tests.support.etcd_cluster's cluster, one member in each of the given
-    host namespaces (entered with ``nsenter --net``), on the underlay."""
-
-    def __init__(self, netns_paths: list[str], addresses: list[str], base_dir: str, name: str):
-        super().__init__(len(netns_paths), base_dir, name)
-        self._where = list(zip(netns_paths, addresses))
-
-    def _new_members(self, attempt: int) -> list[Member]:
-        # fixed ports: each member has its namespace and address to itself
-        return [NetnsMember(f"{self.name}-{i}", addr, ns, os.path.join(self.base_dir, f"{self.name}-{attempt}-{i}"))
-                for i, (ns, addr) in enumerate(self._where)]
-
-    def _argv(self, m: Member, state: str) -> list[str]:
-        return ["nsenter", f"--net={m.netns}", *super()._argv(m, state)]
-
-    def _healthy(self, m: Member) -> bool:
-        from pynet.sysctl import run_in_netns
-
-        def probe():
-            with urllib.request.urlopen(m.client_url + "/health", timeout=1.0) as r:
-                return json.loads(r.read()).get("health") in ("true", True)
-        try:
-            return run_in_netns(m.netns, probe)
-        except (OSError, ValueError):
-            return False
-
-    def url(self, namespace: str = "") -> str:
-        hosts = ",".join(f"{m.address}:{m.client_port}" for m in self.members)
-        return f"etcd://{hosts}" + (f"/{namespace}" if namespace else "")
-
-
 # ------------------------------------------------------------- the host
 class OverlayHostService(HostService):
     """A scenario host (pynet.scenario.host.HostService: its own pynet
-    instance, the CNI binaries executed in its namespace) that is also a
-    cluster member: its controller is built with the cluster settings, and
-    ``join_cluster`` starts the host agent the daemon would run."""
-
-    def __init__(self):
-        super().__init__()
-        self.agent = None
-        self.cluster_cfg: dict = {}
-
-    def init(self, instance: str, state_dir: str, cluster: Optional[dict] = None, **kw) -> dict:
-        from pynet import root
-        from pynet.config import Config
-
-        self.cluster_cfg = dict(cluster or {})
-        real = root.build_controller
-
-        def build_controller(cfg, *a, **k):
-            # the host's Config with its cluster settings (HostService builds one without)
-            cfg = Config.from_env(plugin_name=cfg.plugin_name, state_dir=cfg.state_dir,
-                                  chain_prefix=cfg.chain_prefix, socket_path=cfg.socket_path,
-                                  **self.cluster_cfg)
-            self.config = cfg
-            return real(cfg, *a, **k)
-        root.build_controller = build_controller
-        try:
-            return super().init(instance=instance, state_dir=state_dir, **kw)
-        finally:
-            root.build_controller = real
-
-    # ---- the agent (what `pynet daemon` runs)
-    def join_cluster(self, reconcile_interval: float = 2.0) -> dict:
-        from pynet import root
-
-        if self.agent is None:
-            self.agent = root.start_cluster_agent(self.config, self.controller,
-                                                  reconcile_interval=reconcile_interval)
-        cl = self.agent.cluster
-        return {"host": cl.host, "address": cl.address}
-
-    def leave_cluster(self, revoke: bool = True) -> None:
-        """``revoke=False``: the agent dies as a crashed daemon would; the
-        lease expires one TTL later."""
-        if self.agent is not None:
-            self.agent.stop(revoke=revoke)
-            self.agent = None
+    instance, the CNI binaries executed in its namespace, and -- given
+    ``cluster`` settings -- a cluster member whose ``join_cluster`` starts the
+    host agent the daemon would run), with the tests' views of the kernel and
+    the benchmarks' measurements."""
 
     def agent_state(self) -> dict:
         a = self.agent
@@ -312,21 +220,6 @@ class OverlayHostService(HostService):
 
     def pass_timings(self) -> list:
         return list(self.pass_times)
-
-    def cluster_keys(self) -> list[str]:
-        from pynet import root
-
-        c = root.cluster_store(self.config)
-        try:
-            return [r.key for r in c.store.list(c.root)]
-        finally:
-            c.close()
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self.leave_cluster(revoke=True)
 
 
 # ------------------------------------------------------------------ the lab
