@@ -251,11 +251,14 @@ class HostService(NodeService):
     # ------------------------------------------------------------------ CNI
     def cni_add(self, name: str, netns_path: str, network: str, cni: dict, ifname: str,
                 address: str = "", prefixlen: int = 0, mac: str = "",
-                publish: Optional[list] = None) -> dict:
+                publish: Optional[list] = None, node_cluster: bool = False) -> dict:
         """Attach ``netns_path`` as a runtime does: ADD through the conflist
         ``network`` by executing the plugin binaries found on CNI_PATH, with
         the runtime config (ips, mac, portMappings) the plugins' capabilities
-        ask for.  Remembered for a DEL on teardown."""
+        ask for.  Remembered for a DEL on teardown.  ``node_cluster``: the
+        conflist gets this host's cluster store and advertise address where it
+        names none (a scenario's pods, as a node's conflist would carry them);
+        without it the conflist is run as given (a test of its refusals)."""
         from pynet.scenario import cniexec
 
         if not self.cni_path:
@@ -266,7 +269,7 @@ class HostService(NodeService):
                            "chainPrefix": self.chain_prefix, "instance": self.instance, "daemon": False,
                            "firewallBackend": self.firewall_backend}
         cfg = self.config
-        if cfg is not None and cfg.cluster_store:
+        if node_cluster and cfg is not None and cfg.cluster_store:
             # a cluster host's pods: the plugin joins the cluster as the host does (a
             # pynet-overlay conflist's clusterStore and advertiseAddress, kubelet's node)
             plugin["pynet"].setdefault("clusterStore", cfg.cluster_store)

@@ -423,7 +423,7 @@ class Topology:
             r = hw.call("cni_add", name=sb.name, netns_path=self.ns_path(place.ns),
                         network=a.network, cni=net.cni, ifname=a.ifname, address=a.address,
                         prefixlen=prefixlen, mac=a.mac,
-                        publish=[vars(p) for p in sb.publish] if i == 0 else [])
+                        publish=[vars(p) for p in sb.publish] if i == 0 else [], node_cluster=True)
             place.addresses[a.network] = r["address"].split("/")[0]
             place.macs[a.network] = r["mac"]
             place.ifnames[a.network] = a.ifname
