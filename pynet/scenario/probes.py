@@ -296,8 +296,8 @@ class ProbeService:
 
     def vxlan_decode(self, frames: list, udp_port: int = 4789) -> list:
         """The VXLAN frames among captured Ethernet ``frames``: [{vni, inner,
-        arp}] (``inner``: scapy's summary of the encapsulated frame; ``arp``:
-        it is an ARP frame)."""
+        arp, ips}] (``inner``: scapy's summary of the encapsulated frame; ``arp``:
+        it is an ARP frame; ``ips``: its inner IP or ARP addresses)."""
         s = self.s
         out = []
         for raw in frames[:MAX_SNIFF_COUNT * 4]:
@@ -308,8 +308,12 @@ class ProbeService:
             if not vx.flags & 0x08:          # the I flag: a VNI is present
                 continue
             inner = vx.payload
+            ips = []
+            for layer, a, b in ((s.IP, "src", "dst"), (s.IPv6, "src", "dst"), (s.ARP, "psrc", "pdst")):
+                if inner.haslayer(layer):
+                    ips += [str(getattr(inner[layer], a)), str(getattr(inner[layer], b))]
             out.append({"vni": int(vx.vni), "inner": inner.summary(),
-                        "arp": bool(inner.haslayer(s.ARP))})
+                        "arp": bool(inner.haslayer(s.ARP)), "ips": ips})
         return out
 
     # ----------------------------------------------------------------- close

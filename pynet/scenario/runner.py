@@ -332,6 +332,10 @@ class Runner:
         # decoded by scapy in the underlay's agent (the runner imports no scapy)
         frames = [raw for _ts, raw, _s in self._seen_at(pk, ul_ns)]
         vx = self.t.agent(ul_ns).call("vxlan_decode", frames=frames, udp_port=udp_port) if frames else []
+        # only the probe's own frames: the other sandboxes' traffic (IPv6 neighbour discovery,
+        # another overlay's flood) crosses the same underlay during the capture
+        ends = {dst_addr, *src.addresses.values()}
+        vx = [v for v in vx if ends & set(v.get("ips", ()))]
         vnis = {v["vni"] for v in vx}
         arps = sum(1 for v in vx if v["arp"])
         want = int(exp.params["vni"]) if "vni" in exp.params else \
