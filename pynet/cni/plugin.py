@@ -651,7 +651,7 @@ def _render_add(ctx: Ctx, nc: NetConf, a, args: spec.Args, prev: dict) -> dict:
     for name in ctx.controller.driver(net.driver).host_interfaces(net, ep):
         if name:
             try:
-                ifaces.append({"name": name, "mac": ctx.netlink.get_link(name).mac})
+                ifaces.append({"name": name, "mac": ctx.netlink.link_mac(name)})
             except errors.NotFound:
                 ifaces.append({"name": name})
     link = a.link
