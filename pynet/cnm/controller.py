@@ -371,7 +371,7 @@ class Controller:
                 # Docker passes AllocateNetwork's options back in CreateNetwork;
                 # a network made without it (CNI, no swarm) is allocated here
                 alloc = self.allocate_network(net.id, driver=net.driver, options=net.options,
-                                              ipv4=net.ipv4, ipv6=net.ipv6, with_network=True)
+                                              ipv4=net.ipv4, ipv6=net.ipv6)
                 net.options = {**alloc, **net.options}
             drv.validate_network(net, others)
             with contextlib.ExitStack() as undo:
@@ -539,22 +539,7 @@ class Controller:
                 # leftovers carry our alias, so restore() removes them.
                 self._forget_network(net, eps)
                 self._sync_firewall({net.id, *(e.id for e in eps)})
-                self._free_own_allocation(net, drv)
             log.info("deleted network %s", net.id[:12])
-
-    def _free_own_allocation(self, net: Network, drv: Driver) -> None:
-        """The cluster-wide allocation create_network made for the network
-        (``with_network``: no FreeNetwork will come for it) goes with it; one
-        Docker's AllocateNetwork made stays for its FreeNetwork."""
-        if getattr(drv, "scope", "local") != GLOBAL:
-            return
-        try:
-            rec = self.cluster_store.get(_allocation_key(net.id))
-            if rec is not None and (rec.value or {}).get("with_network"):
-                self.free_network(net.id)
-        except errors.PynetError as e:  # the network is gone already: its record must not block that
-            log.warning("network %s: its allocation record is kept (%s); "
-                        "pynet frees it with FreeNetwork", net.id[:12], e)
 
     def _mark_delete_pending(self, net: Network) -> None:
         net.delete_pending = True
@@ -986,14 +971,11 @@ class Controller:
 
     # ------------------------------------------------ cluster scope (API v2)
     def allocate_network(self, network_id: str, driver: str = "bridge", options: Optional[dict] = None,
-                         ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = (),
-                         with_network: bool = False) -> dict:
+                         ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = ()) -> dict:
         """Docker's AllocateNetwork: a global driver's cluster-wide resources,
         once per network (a second call answers the first allocation).  A
         local driver allocates nothing: {}.  Returns the options the network
-        is created with.  ``with_network``: create_network allocates (no
-        AllocateNetwork came: CNI, dockerd outside swarm), so nobody will call
-        FreeNetwork -- the record says so, and delete_network frees it."""
+        is created with."""
         if not network_id:
             raise errors.InvalidParameter("network ID is empty")
         net = Network(id=network_id, driver=driver, options=dict(options or {}),
@@ -1010,8 +992,6 @@ class Controller:
             value = {"driver": driver, "options": net.options,
                      "ipv4": [dataclasses.asdict(d) for d in net.ipv4],
                      "ipv6": [dataclasses.asdict(d) for d in net.ipv6], "allocated": got}
-            if with_network:
-                value["with_network"] = True
 
             def record(t):  # created only if absent: another host may allocate it meanwhile
                 have = t.get(key)

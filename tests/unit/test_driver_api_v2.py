@@ -119,27 +119,9 @@ def test_global_driver_allocates_once_and_frees():
 
 def test_a_global_network_made_without_allocate_is_allocated_at_create():
     g = GlobalDriver()
-    c, _, store = world({"glob": g})
+    c, _, _ = world({"glob": g})
     c.create_network(NID, [IPData(pool="10.251.0.0/24")], driver="glob")
     assert g.allocated == [NID] and g.created == [{"glob.vni": "4097"}]
-    assert store.get(f"allocations/{NID}") is not None
-    # no FreeNetwork will come for an allocation no AllocateNetwork made: the delete frees it
-    c.delete_network(NID)
-    assert g.freed == [(NID, "4097")] and store.list("allocations/") == []
-    c.free_network(NID)  # a FreeNetwork after all: nothing left, nothing freed twice
-    assert g.freed == [(NID, "4097")]
-
-
-def test_a_failed_free_at_delete_keeps_the_record_and_deletes_the_network(caplog):
-    class Stuck(GlobalDriver):
-        def free_network(self, net):
-            raise errors.StoreUnavailable("cluster store down")
-    g = Stuck()
-    c, _, store = world({"glob": g})
-    c.create_network(NID, [IPData(pool="10.251.0.0/24")], driver="glob")
-    c.delete_network(NID)
-    assert c.networks() == [] and store.get(f"allocations/{NID}") is not None
-    assert any("allocation record is kept" in r.getMessage() for r in caplog.records)
 
 
 def test_allocate_network_refuses_an_unknown_driver():
