@@ -86,7 +86,7 @@ from dataclasses import dataclass, field
 
 from pynet.errors import InvalidParameter, KernelError, PynetError
 
-from .firewall import Firewall
+from .firewall import Firewall, set_bridge_sysctl
 from .model import FAMILIES, IPV4, IPV6, EndpointSpec, NetworkSpec, Ruleset
 from .render import _overlap, expand_ports, route_localnet_sysctls, screen
 
@@ -734,9 +734,7 @@ class NftFirewall:
         self._opened = self._bridges(want) if needed else self._bridges(networks)
 
     def _set_sysctl(self, path: str, value: str) -> None:
-        if self._sysctl is not None:
-            setter = getattr(self._sysctl, "set", self._sysctl)
-            setter(path, value)
+        if set_bridge_sysctl(self._sysctl, path, value):
             return
         argv = ["sh", "-c", f'[ ! -e "/proc/sys/{path}" ] || echo {value} > "/proc/sys/{path}"']
         if self.netns:
