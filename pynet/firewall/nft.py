@@ -40,7 +40,9 @@ are rules.  Differences from the iptables layout, on purpose: the relative
 order of networks' blocks does not exist (a set has no order; the iptables
 order only mattered for packets that no two networks' rules both match);
 ``userland_proxy`` is not offered (Docker's hairpin mode only); SCTP
-checksum filling (iptables' CHECKSUM target) has no nft counterpart;
+checksum filling (iptables' CHECKSUM target) has no nft statement, so those rules
+stay in iptables' mangle POSTROUTING (tagged like the FORWARD openings below,
+through the same iptables backend);
 anti-spoofing binds addresses to MACs (pynet's bridge endpoints always have
 one; the iptables layout's physdev variant for MAC-less endpoints is not
 rendered).
@@ -49,14 +51,17 @@ Applying: one ``nft -f -`` transaction per change.  A full apply (``changed``
 None: start-up, the periodic re-check) reads the table back (``nft list
 table``), compares it with the desired one and, when they differ, replaces
 the whole table in one transaction (add, delete, declare again: atomic, no
-moment without rules).  A change (``changed`` = owner ids) in a process that
-applied before screens and renders only the changed owners, checks their host
-ports against an index of everyone else's, and sends the element difference
-(``delete element``/``add element``) without reading anything; if the kernel
-refuses it (someone flushed the ruleset, another process removed the same
-element first) it is a full apply instead.  A process's first apply (a CNI
-binary's) is a full one.  nft transactions are all-or-nothing, so there is no
-rollback to do: a refused batch changed nothing.
+moment without rules); it rewrites the ledger (:mod:`pynet.firewall.ledger`:
+per owner and family, the elements applied; a base entry with the skeleton's
+digest and the number of networks).  A change (``changed`` = owner ids)
+screens and renders only the changed owners, checks their host ports against
+every other endpoint's, reads the changed owners' old elements from the ledger
+and sends the element difference (``delete element``/``add element``) without
+reading the kernel -- in every process, so a CNI binary's first change is a
+delta too (the ledger is a file per owner beside the state).  If the kernel
+refuses it (someone flushed the ruleset, a stale entry) it is a full apply
+instead.  nft transactions are all-or-nothing, so there is no rollback to do:
+a refused batch changed nothing.
 
 ``nft -f`` was chosen over libnftables' JSON API (Debian's python3-nftables):
 the binding lives in the system's site-packages, which pynet's venv (and the
@@ -527,7 +532,9 @@ class NftFirewall:
             nets = networks
         else:
             tables, nets = self.screened(networks, endpoints, problems)
-        self.apply_desired(tables, nets, changed=changed)
+        ok = {n.id for n in nets}
+        eps = [e for e in endpoints if e.network_id in ok and not (problems and e.id in problems)]
+        self.apply_desired(tables, nets, changed=changed, endpoints=eps)
 
     def _apply_change(self, networks, endpoints, problems, changed: set) -> bool:
         """The per-change path: the changed owners (and the endpoints of changed networks)
@@ -557,7 +564,7 @@ class NftFirewall:
         sub, _ = self.screened(nets, eps, probs)
         if problems is not None:
             problems.update(probs)
-        batch, entries, bases = [], {}, {}
+        batch, entries, bases, sctp = [], {}, {}, False
         for fam in self.families:
             base = self.ledger.get(fam, "base")
             t = sub[fam]
@@ -574,6 +581,7 @@ class NftFirewall:
             for o in sorted(changed):
                 had = {tuple(x) for x in (self.ledger.get(fam, o) or {}).get("elements", ())}
                 has = {tuple(x) for x in new.get(o, ())}
+                sctp = sctp or any(" sctp " in el for name, el in had | has if name == "published")
                 for name, el in sorted(had - has):
                     dels.setdefault(name, []).append(el)
                 for name, el in sorted(has - had):
@@ -599,8 +607,11 @@ class NftFirewall:
         for fam, base in bases.items():
             self.ledger.put(fam, "base", base)
         self.last_path, self.last_batch = ("delta" if text else "in-sync"), text
-        if changed & {n.id for n in networks}:  # the bridges to open change with networks only
-            self._open_iptables([n for n in networks if n.id not in probs])
+        if changed & {n.id for n in networks} or sctp:
+            # the bridges to open change with networks only; SCTP checksums with SCTP ports
+            ok = [n for n in networks if n.id not in probs]
+            ids = {n.id for n in ok}
+            self._open_iptables(ok, [e for e in endpoints if e.network_id in ids and e.id not in probs])
         if IPV4 in self.families:
             for path, value in self.sysctls([n for n in nets if n.id in changed]):
                 self._set_sysctl(path, value)
@@ -617,7 +628,7 @@ class NftFirewall:
                        "networks": len(t.elements.get("same", {}))}
         return out
 
-    def apply_desired(self, tables: dict[str, NftTable], networks, *, changed=None) -> None:
+    def apply_desired(self, tables: dict[str, NftTable], networks, *, changed=None, endpoints=()) -> None:
         net_ids = {n.id for n in networks}
         if changed is not None:
             changed = set(changed)
@@ -632,8 +643,9 @@ class NftFirewall:
         self.last_path, self.last_batch = ("replace" if text else "in-sync"), text
         for fam in self.families:
             self.ledger.replace(fam, self._ledger_entries(tables[fam]))
-        if changed is None or net_ids & set(changed) or self._opened != self._bridges(networks):
-            self._open_iptables(networks)
+        if changed is None or net_ids & set(changed) or self._opened != self._bridges(networks) \
+                or _sctp(endpoints):
+            self._open_iptables(networks, endpoints)
         if IPV4 in self.families:
             # a change sets its own networks' sysctls only (the full apply sets them all)
             mine = networks if changed is None else [n for n in networks if n.id in changed]
@@ -670,9 +682,10 @@ class NftFirewall:
                 out.append("".join(difflib.unified_diff(
                     [x + "\n" for x in have], [x + "\n" for x in want],
                     f"kernel {t.nft_family} {t.name}", f"desired {t.nft_family} {t.name}", n=1)))
-        opener = self._opener() if self._needs_opener() else None
+        opener = self._opener()
         if opener is not None:
-            out.append(opener.diff(list(nets), []))
+            opener.open_forward = self._needs_opener()
+            out.append(opener.diff(list(nets), _sctp(endpoints)))
         return "".join(out)
 
     # --- iptables' FORWARD -----------------------------------------------------
@@ -702,7 +715,7 @@ class NftFirewall:
                 return True
         return False
 
-    def _open_iptables(self, networks) -> None:
+    def _open_iptables(self, networks, endpoints=()) -> None:
         opener = self._opener()
         if opener is None:
             return
@@ -711,9 +724,9 @@ class NftFirewall:
             raise KernelError("iptables' FORWARD chain drops what pynet's nftables table accepts "
                               "(policy DROP or dockerd's rules): run dockerd with --iptables=false, "
                               "or use --firewall-backend iptables")
-        want = list(networks) if needed else []
-        opener.apply(want, [])
-        self._opened = self._bridges(want) if needed else self._bridges(networks)
+        opener.open_forward = needed
+        opener.apply(list(networks), _sctp(endpoints))
+        self._opened = self._bridges(networks)
 
     def _set_sysctl(self, path: str, value: str) -> None:
         if self._sysctl is not None:
@@ -750,13 +763,35 @@ def _forward_blocks(save_text: str, prefix: str) -> bool:
     return False
 
 
-def _open_rules(prefix: str, networks, family: str) -> Ruleset:
+def _sctp(endpoints) -> list:
+    """The endpoints with an SCTP port mapping (their checksum rules live in iptables)."""
+    return [e for e in endpoints if any(pm.proto == "sctp" for pm in e.ports)]
+
+
+def _open_rules(prefix: str, networks, family: str, endpoints=(), open_forward: bool = True) -> Ruleset:
+    """What the nftables backend keeps in iptables: FORWARD opened for its bridges
+    (``open_forward``: where iptables' FORWARD would drop), and the SCTP checksum rules
+    of Docker's layout (mangle POSTROUTING ``-p sctp --sport <container port> -j
+    CHECKSUM --checksum-fill``: checksums a virtio guest left to offload filled in on the
+    way out), which nft has no statement for."""
     rs = Ruleset(family, prefix)
+    ver = 4 if family == IPV4 else 6
+    usable = set()
     for n in networks:
         if not (n.subnets_v4 if family == IPV4 else n.subnets_v6):
             continue
-        rs.add("filter", "FORWARD", ["-i", n.bridge, "-j", "ACCEPT"], n.id)
-        rs.add("filter", "FORWARD", ["-o", n.bridge, "-j", "ACCEPT"], n.id)
+        if not n.internal:
+            usable.add(n.id)
+        if open_forward:
+            rs.add("filter", "FORWARD", ["-i", n.bridge, "-j", "ACCEPT"], n.id)
+            rs.add("filter", "FORWARD", ["-o", n.bridge, "-j", "ACCEPT"], n.id)
+    for ep in endpoints:
+        if ep.network_id not in usable:
+            continue  # Docker ignores port bindings on internal networks
+        for v, pm, _ in expand_ports(ep):
+            if v == ver and pm.proto == "sctp":
+                rs.add("mangle", "POSTROUTING", ["-p", "sctp", "-m", "sctp", "--sport", str(pm.container_port),
+                                                 "-j", "CHECKSUM", "--checksum-fill"], ep.id)
     return rs
 
 
@@ -765,5 +800,8 @@ class _ForwardOpener(Firewall):
     backend's bridges (same tag, so it also removes what the iptables backend of
     the same prefix left when the backend was switched)."""
 
+    open_forward = True  # set by the NftFirewall before each apply/diff
+
     def _render(self, networks, endpoints, isolate_from):
-        return {fam: _open_rules(self.prefix, networks, fam) for fam in self.families}
+        return {fam: _open_rules(self.prefix, networks, fam, endpoints, self.open_forward)
+                for fam in self.families}

@@ -231,3 +231,39 @@ def test_a_fresh_process_first_change_is_a_delta(ns, tmp_path):
     assert again.last_path == "delta" and again.diff(nets, eps + [more]) == ""
     again.remove_all()
     assert "PNX" not in nft(ns, "list", "tables")
+
+
+def test_sctp_checksum_rule_as_dockers_layout(ns, tmp_path):
+    """Docker's layout fills in SCTP checksums of published container ports on the way
+    out (mangle POSTROUTING CHECKSUM --checksum-fill); nft has no such statement, so the
+    nftables backend keeps that rule in iptables, tagged, with the port's lifetime (a
+    fresh process's change included), and a reconcile after ``iptables -t mangle -F``
+    restores it."""
+    from pynet.firewall.ledger import FileLedger
+    ledger = lambda: FileLedger(str(tmp_path / "ledger"))  # noqa: E731
+    nets, eps = state("x", 3)
+    sctp = EndpointSpec("es", "nx", "10.233.1.5", "fd00:233::5", "02:42:0a:00:00:05",
+                        [PortMapping("sctp", "", 18777, 9777)])
+    rule = '-A POSTROUTING -p sctp -m sctp --sport 9777 -m comment --comment "pynet:PNX:es" -j CHECKSUM --checksum-fill'
+    fw = NftFirewall("PNX", netns=ns, ledger=ledger())
+    fw.apply(nets, eps)
+    assert "CHECKSUM" not in ipt_save(ns)
+    NftFirewall("PNX", netns=ns, ledger=ledger()).apply(nets, eps + [sctp], changed={"es"})
+    assert rule in ipt_save(ns)
+    assert rule in sh("ip", "netns", "exec", ns, "ip6tables-nft-save").stdout
+    assert "sctp . 18777 : 10.233.1.5 . 9777" in nft(ns, "list", "map", "ip", "PNX", "dnat_any")
+    assert fw.diff(nets, eps + [sctp]) == ""
+    sh("ip", "netns", "exec", ns, "iptables", "-t", "mangle", "-F", "POSTROUTING")
+    assert "CHECKSUM" in fw.diff(nets, eps + [sctp])
+    fw.apply(nets, eps + [sctp])
+    assert rule in ipt_save(ns) and fw.diff(nets, eps + [sctp]) == ""
+    # the port goes (a fresh process): its checksum rule goes with it
+    NftFirewall("PNX", netns=ns, ledger=ledger()).apply(nets, eps, changed={"es"})
+    assert "CHECKSUM" not in ipt_save(ns) and fw.diff(nets, eps) == ""
+    # on an internal network Docker ignores port bindings: no rule either
+    inner = [NetworkSpec("ni", "bri", ["10.233.9.0/24"], internal=True)]
+    on_inner = EndpointSpec("ei", "ni", "10.233.9.5", None, None, [PortMapping("sctp", "", 18778, 9778)])
+    fw.apply(nets + inner, eps + [on_inner])
+    assert "CHECKSUM" not in ipt_save(ns) and fw.diff(nets + inner, eps + [on_inner]) == ""
+    fw.remove_all()
+    assert "pynet:PNX:" not in ipt_save(ns)
