@@ -564,7 +564,7 @@ class NftFirewall:
         sub, _ = self.screened(nets, eps, probs)
         if problems is not None:
             problems.update(probs)
-        batch, entries, bases, sctp = [], {}, {}, False
+        batch, entries, bases, sctp, bridged = [], {}, {}, False, False
         for fam in self.families:
             base = self.ledger.get(fam, "base")
             t = sub[fam]
@@ -582,6 +582,7 @@ class NftFirewall:
                 had = {tuple(x) for x in (self.ledger.get(fam, o) or {}).get("elements", ())}
                 has = {tuple(x) for x in new.get(o, ())}
                 sctp = sctp or any(" sctp " in el for name, el in had | has if name == "published")
+                bridged = bridged or any(name == "same" for name, _ in had ^ has)  # a network came or went
                 for name, el in sorted(had - has):
                     dels.setdefault(name, []).append(el)
                 for name, el in sorted(has - had):
@@ -607,7 +608,7 @@ class NftFirewall:
         for fam, base in bases.items():
             self.ledger.put(fam, "base", base)
         self.last_path, self.last_batch = ("delta" if text else "in-sync"), text
-        if changed & {n.id for n in networks} or sctp:
+        if bridged or changed & {n.id for n in networks} or sctp:
             # the bridges to open change with networks only; SCTP checksums with SCTP ports
             ok = [n for n in networks if n.id not in probs]
             ids = {n.id for n in ok}

@@ -267,3 +267,20 @@ def test_sctp_checksum_rule_as_dockers_layout(ns, tmp_path):
     assert "CHECKSUM" not in ipt_save(ns) and fw.diff(nets + inner, eps + [on_inner]) == ""
     fw.remove_all()
     assert "pynet:PNX:" not in ipt_save(ns)
+
+
+def test_a_fresh_process_removing_a_network_closes_its_forward_opening(ns, tmp_path):
+    """dockerd's FORWARD policy DROP: a network removed by a change (its record gone, so
+    it is not among the networks handed in) takes its iptables openings with it."""
+    from pynet.firewall.ledger import FileLedger
+    ledger = lambda: FileLedger(str(tmp_path / "ledger"))  # noqa: E731
+    sh("ip", "netns", "exec", ns, "iptables", "-P", "FORWARD", "DROP")
+    nets, eps = state("x", 3)
+    n2, e2 = state("y", 4)
+    NftFirewall("PNX", netns=ns, ledger=ledger()).apply(nets + n2, eps + e2)
+    assert "-i bry" in ipt_save(ns)
+    fw = NftFirewall("PNX", netns=ns, ledger=ledger())
+    fw.apply(nets, eps, changed={"ny", "ey"})
+    assert fw.last_path == "delta"
+    assert "-i bry" not in ipt_save(ns) and "-i brx" in ipt_save(ns) and fw.diff(nets, eps) == ""
+    fw.remove_all()
