@@ -157,7 +157,8 @@ def build_firewall(config: Config, store=None, sysctl=None):
         # what each owner's rules were, for the per-change path of every process (CNI binaries
         # working in-process are fresh processes): beside the state, under firewall.lock
         ledger = FileLedger(os.path.join(config.state_dir, "firewall-ledger", config.chain_prefix))
-        fw = Firewall(prefix=config.chain_prefix, sysctl=sysctl, ledger=ledger)
+        fw = Firewall(prefix=config.chain_prefix, sysctl=sysctl, ledger=ledger,
+                      backend=config.iptables_backend or None)  # "": detect
     return BridgeFirewall(fw, store=store)
 
 

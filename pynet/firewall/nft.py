@@ -704,29 +704,37 @@ class NftFirewall:
     def _needs_opener(self) -> bool:
         """Whether iptables' filter FORWARD would drop what pynet's table accepts:
         policy DROP, or anybody's rules there (dockerd's)."""
+        return self._iptables_state()[0]
+
+    def _iptables_state(self) -> tuple[bool, bool]:
+        """(FORWARD would drop, iptables holds rules tagged by this instance), from one
+        iptables-save per family."""
         opener = self._opener()
         if opener is None:
-            return False
+            return False, False
+        blocks = tagged = False
         for fam in self.families:
             try:
                 text = opener.backend.save(fam)
             except KernelError:
                 continue
-            if _forward_blocks(text, self.prefix):
-                return True
-        return False
+            blocks = blocks or _forward_blocks(text, self.prefix)
+            tagged = tagged or f'"pynet:{self.prefix}:' in text
+        return blocks, tagged
 
     def _open_iptables(self, networks, endpoints=()) -> None:
         opener = self._opener()
         if opener is None:
             return
-        needed = self._needs_opener()
+        needed, tagged = self._iptables_state()
         if needed and self.iptables_forward == "refuse":
             raise KernelError("iptables' FORWARD chain drops what pynet's nftables table accepts "
                               "(policy DROP or dockerd's rules): run dockerd with --iptables=false, "
                               "or use --firewall-backend iptables")
-        opener.open_forward = needed
-        opener.apply(list(networks), _sctp(endpoints))
+        sctp = _sctp(endpoints)
+        if needed or tagged or sctp:  # else nothing to open, keep or remove there: no second read
+            opener.open_forward = needed
+            opener.apply(list(networks), sctp)
         self._opened = self._bridges(networks)
 
     def _set_sysctl(self, path: str, value: str) -> None:
@@ -802,6 +810,9 @@ class _ForwardOpener(Firewall):
     the same prefix left when the backend was switched)."""
 
     open_forward = True  # set by the NftFirewall before each apply/diff
+
+    def sysctls(self, networks):
+        return []  # the NftFirewall sets its networks' sysctls itself
 
     def _render(self, networks, endpoints, isolate_from):
         return {fam: _open_rules(self.prefix, networks, fam, endpoints, self.open_forward)

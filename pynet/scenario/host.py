@@ -214,6 +214,10 @@ class HostService(NodeService):
         plugin["pynet"] = {**(plugin.get("pynet") or {}), "stateDir": self.state_dir,
                            "chainPrefix": self.chain_prefix, "instance": self.instance, "daemon": False,
                            "firewallBackend": self.firewall_backend}
+        if os.environ.get("PYNET_IPTABLES_BACKEND"):
+            # the worker's iptables backend (legacy in a legacy run): the plugins get a clean
+            # environment, so the conflist carries it -- one backend per instance, as on a host
+            plugin["pynet"]["iptablesBackend"] = os.environ["PYNET_IPTABLES_BACKEND"]
         conflist = {"cniVersion": cni["cniVersion"], "name": network, "plugins": [plugin]}
         rc: dict = {}
         if address:
