@@ -181,6 +181,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=3)
     ap.add_argument("--no-iperf", action="store_true")
+    ap.add_argument("--no-iptables", action="store_true", help="skip the iptables-nft comparison (slow at 1,000)")
     ap.add_argument("--quick", action="store_true", help="100 networks, 2,000 ports, 3 rounds of 1 s")
     a = ap.parse_args()
     if a.quick:
@@ -192,8 +193,10 @@ def main():
     tmp = tempfile.mkdtemp(prefix=f"{lock.prefix}-ledger-")
     try:
         res = {}
-        for name, make in (("nftables", lambda: NftFirewall("PNBENCH", netns=ns, sysctl=noop)),
-                           ("iptables-nft", lambda: Firewall("PNBENCH", backend="nft", netns=ns, sysctl=noop))):
+        backends = [("nftables", lambda: NftFirewall("PNBENCH", netns=ns, sysctl=noop))]
+        if not a.no_iptables:
+            backends.append(("iptables-nft", lambda: Firewall("PNBENCH", backend="nft", netns=ns, sysctl=noop)))
+        for name, make in backends:
             fw = make()
             t = networks(lambda: fw, a.networks)
             res[name] = t
@@ -201,8 +204,9 @@ def main():
                   f"{med(t[-10:]):.1f} ms (growth {med(t[-10:]) / med(t[:10]):.2f}x) at {a.networks} networks",
                   flush=True)
             fw.remove_all()
-        print(f"nftables / iptables-nft, last ten: {med(res['nftables'][-10:]) / med(res['iptables-nft'][-10:]):.2f}x",
-              flush=True)
+        if "iptables-nft" in res:
+            print(f"nftables / iptables-nft, last ten: "
+                  f"{med(res['nftables'][-10:]) / med(res['iptables-nft'][-10:]):.2f}x", flush=True)
         warm = NftFirewall("PNBENCH", netns=ns, sysctl=noop)
         for label, make in (("warm process", lambda: warm),
                             ("fresh process", lambda: NftFirewall("PNBENCH", netns=ns, sysctl=noop,

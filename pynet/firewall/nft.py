@@ -551,8 +551,9 @@ class NftFirewall:
         nets, eps, iso = screen([n for n in networks if n.id in need], sub_eps, self.isolate_from, probs)
         if iso != self.isolate_from:
             return False
+        want = {(pm.proto, pm.host_port) for e in eps for pm in e.ports}
         seen = [(pm.proto, pm.host_ip, pm.host_port, o.id) for o in endpoints if o.id not in changed
-                for pm in o.ports]
+                for pm in o.ports if (pm.proto, pm.host_port) in want] if want else []
         for ep in list(eps):
             err = _port_conflict(ep, seen)
             if err is not None:
