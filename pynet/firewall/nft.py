@@ -609,7 +609,7 @@ class NftFirewall:
         for fam, base in bases.items():
             self.ledger.put(fam, "base", base)
         self.last_path, self.last_batch = ("delta" if text else "in-sync"), text
-        if bridged or changed & {n.id for n in networks} or sctp:
+        if bridged or any(n.id in changed for n in nets) or sctp:
             # the bridges to open change with networks only; SCTP checksums with SCTP ports
             ok = [n for n in networks if n.id not in probs]
             ids = {n.id for n in ok}

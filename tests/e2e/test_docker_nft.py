@@ -33,33 +33,20 @@ import tests.e2e.test_docker_firewall as base
 FIREWALL_BACKEND = "nftables"
 
 
-def _policy(p):
-    return pytest.mark.parametrize("forward_policy", [p], indirect=True, ids=[f"policy-{p}"])
+def _under(policy: str, test, *args):
+    """``test`` of the base module, under one FORWARD policy (``args`` before the policy)."""
+    @pytest.mark.parametrize("forward_policy", [policy], indirect=True, ids=[f"policy-{policy}"])
+    def run(env, forward_policy):
+        test(env, *args, forward_policy)
+    run.__doc__ = test.__doc__
+    return run
 
 
-@_policy("DROP")
-def test_published_port_reachable_five_ways(env, forward_policy):
-    base.test_published_port_reachable_five_ways(env, "explicit", forward_policy)
-
-
-@_policy("ACCEPT")
-def test_unpublished_port_not_reachable(env, forward_policy):
-    base.test_unpublished_port_not_reachable(env, forward_policy)
-
-
-@_policy("DROP")
-def test_outbound_masqueraded_to_host_address(env, forward_policy):
-    base.test_outbound_masqueraded_to_host_address(env, forward_policy)
-
-
-@_policy("ACCEPT")
-def test_isolation_pynet_pynet_and_docker_both_ways(env, forward_policy):
-    base.test_isolation_pynet_pynet_and_docker_both_ways(env, forward_policy)
-
-
-@_policy("DROP")
-def test_icc_off_and_internal(env, forward_policy):
-    base.test_icc_off_and_internal(env, forward_policy)
+test_published_port_reachable_five_ways = _under("DROP", base.test_published_port_reachable_five_ways, "explicit")
+test_unpublished_port_not_reachable = _under("ACCEPT", base.test_unpublished_port_not_reachable)
+test_outbound_masqueraded_to_host_address = _under("DROP", base.test_outbound_masqueraded_to_host_address)
+test_isolation_pynet_pynet_and_docker_both_ways = _under("ACCEPT", base.test_isolation_pynet_pynet_and_docker_both_ways)
+test_icc_off_and_internal = _under("DROP", base.test_icc_off_and_internal)
 
 
 def test_spoof_check(env):
