@@ -120,7 +120,8 @@ def _config(settings: dict):
 
     return Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
                            chain_prefix=settings.get("chain_prefix"),
-                           firewall_backend=settings.get("firewall_backend"), **settings.get("cluster", {}))
+                           firewall_backend=settings.get("firewall_backend"),
+                           iptables_backend=settings.get("iptables_backend"), **settings.get("cluster", {}))
 
 
 def build_ipam_controller(settings: dict):
