@@ -17,6 +17,10 @@ class Config:
     # the firewall backend: "iptables" (Docker's layout, coexists with the host's dockerd)
     # or "nftables" (pynet's own nft tables; see pynet.firewall.nft)
     firewall_backend: str = "iptables"
+    # the iptables backend ("nft", "legacy", "legacy-restore"); "" = detect (PYNET_IPTABLES_BACKEND,
+    # else what `iptables --version` says).  Set by a CNI conflist's pynet.iptablesBackend, whose
+    # plugins run with the runtime's clean environment
+    iptables_backend: str = ""
     # Default pools for RequestPool without a subnet: (base, prefix length of each pool).
     # Docker's own defaults, so users meet the subnets they know.
     default_pools: list = field(default_factory=lambda: [
@@ -126,6 +130,8 @@ def _checked(kw: dict) -> dict:
         out["chain_prefix"] = validate.chain_prefix(out["chain_prefix"])
     if "firewall_backend" in out:
         out["firewall_backend"] = firewall_backend(out["firewall_backend"])
+    if out.get("iptables_backend"):
+        out["iptables_backend"] = iptables_backend(out["iptables_backend"])
     for key, what in (("state_dir", "state directory"), ("socket_path", "socket path")):
         if key in out:
             value = out[key]
@@ -137,6 +143,16 @@ def _checked(kw: dict) -> dict:
 
 
 FIREWALL_BACKENDS = ("iptables", "nftables")
+IPTABLES_BACKENDS = ("nft", "legacy", "legacy-restore")  # pynet.firewall.backend.BACKENDS
+
+
+def iptables_backend(value, what: str = "iptables backend") -> str:
+    """``nft``, ``legacy`` or ``legacy-restore``; anything else one readable line."""
+    from pynet.errors import InvalidParameter
+
+    if value not in IPTABLES_BACKENDS:
+        raise InvalidParameter(f"invalid {what} {value!r}: want one of {', '.join(IPTABLES_BACKENDS)}")
+    return value
 
 
 def firewall_backend(value, what: str = "firewall backend") -> str:

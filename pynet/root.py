@@ -150,19 +150,24 @@ def build_firewall(config: Config, store=None, sysctl=None):
     from dockerd by the daemon)."""
     from pynet.drivers.bridge_firewall import BridgeFirewall
 
+    from pynet.firewall.ledger import FileLedger
+
     sysctl = sysctl if sysctl is not None else build_sysctl()
     if config.firewall_backend == "nftables":
-        # pynet's own nft tables (they open iptables' FORWARD where dockerd's rules are)
+        # pynet's own nft tables (they open iptables' FORWARD where dockerd's rules are); the
+        # elements applied per owner in a ledger of their own (beside the iptables one's
+        # ipv4/ipv6 folders), so a CNI process's first change is a delta, not a table rewrite
         from pynet.firewall.nft import NftFirewall
-        fw = NftFirewall(prefix=config.chain_prefix, sysctl=sysctl)
+        ledger = FileLedger(os.path.join(config.state_dir, "firewall-ledger", config.chain_prefix, "nft"))
+        fw = NftFirewall(prefix=config.chain_prefix, sysctl=sysctl, ledger=ledger)
     else:
         from pynet.firewall import Firewall
-        from pynet.firewall.ledger import FileLedger
 
         # what each owner's rules were, for the per-change path of every process (CNI binaries
         # working in-process are fresh processes): beside the state, under firewall.lock
         ledger = FileLedger(os.path.join(config.state_dir, "firewall-ledger", config.chain_prefix))
-        fw = Firewall(prefix=config.chain_prefix, sysctl=sysctl, ledger=ledger)
+        fw = Firewall(prefix=config.chain_prefix, sysctl=sysctl, ledger=ledger,
+                      backend=config.iptables_backend or None)  # "": detect
     return BridgeFirewall(fw, store=store)
 
 

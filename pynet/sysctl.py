@@ -33,8 +33,9 @@ def _setns(netns_path: str) -> None:
     global _libc
     import ctypes
     if _libc is None:
-        import ctypes.util
-        _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # the process's own symbols (libc is linked into python): ctypes.util.find_library
+        # would exec ``ldconfig -p`` on every CNI call that enters a namespace
+        _libc = ctypes.CDLL(None, use_errno=True)
     try:
         fd = os.open(netns_path, os.O_RDONLY)
     except FileNotFoundError:

@@ -120,7 +120,8 @@ def _config(settings: dict):
 
     return Config.from_env(state_dir=settings["state_dir"], plugin_name=settings.get("instance"),
                            chain_prefix=settings.get("chain_prefix"),
-                           firewall_backend=settings.get("firewall_backend"), **settings.get("cluster", {}))
+                           firewall_backend=settings.get("firewall_backend"),
+                           iptables_backend=settings.get("iptables_backend"), **settings.get("cluster", {}))
 
 
 def build_ipam_controller(settings: dict):
@@ -611,10 +612,14 @@ def cmd_add(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> dict:
         check_route_gateways(nc.routes, network_subnets(net), nc.name)
         old = attach.find(c, net, args.container_id, args.ifname)
         if old is not None:
-            if old.sandbox_key == args.netns and _link_exists(ctx, args.netns, args.ifname):
-                raise CniError(spec.INVALID_CONFIG, f"container {args.container_id} already has interface "
-                                                    f"{args.ifname} on network {nc.name}")
-            attach.detach_endpoint(c, net, old, netlink=ctx.netlink)  # a stale attempt
+            # An ADD of this attachment ran before and no DEL followed: the runtime retries
+            # an ADD that failed or was killed (its endpoint record written, the veth made or
+            # moved into the pod, its ports not yet programmed: which step it reached is not
+            # recorded).  It is redone from nothing -- the same steps a DEL takes, then the
+            # attach -- so the retry's answer is a whole attachment, never EndpointExists.
+            log.info("CNI ADD container_id=%s ifname=%s: an earlier ADD left endpoint %s; redoing it",
+                     args.container_id[:12], args.ifname, old.id[:12])
+            attach.detach_endpoint(c, net, old, netlink=ctx.netlink)  # in the netns its join recorded
         # No lock around the host-port choice: the controller reserves host ports
         # in the store transaction that records the endpoint.
         a = attach.attach(c, net, args.container_id, args.ifname, args.netns, addresses=addrs,
@@ -641,22 +646,13 @@ def _forget_new_network(ctx: Ctx, net) -> None:
         log.warning("network %s made by a refused ADD is kept: %s", net.name, e)
 
 
-def _link_exists(ctx: Ctx, netns: str, ifname: str) -> bool:
-    from pynet.cnm import sandbox
-    try:
-        sandbox.inspect(netns, ifname, netlink=ctx.netlink)
-        return True
-    except errors.NotFound:
-        return False
-
-
 def _render_add(ctx: Ctx, nc: NetConf, a, args: spec.Args, prev: dict) -> dict:
     ep, net = a.endpoint, a.network
     ifaces = []
     for name in ctx.controller.driver(net.driver).host_interfaces(net, ep):
         if name:
             try:
-                ifaces.append({"name": name, "mac": ctx.netlink.get_link(name).mac})
+                ifaces.append({"name": name, "mac": ctx.netlink.link_mac(name)})
             except errors.NotFound:
                 ifaces.append({"name": name})
     link = a.link

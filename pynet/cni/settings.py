@@ -45,7 +45,8 @@ def pynet_settings(conf: dict, env: dict) -> dict:
               "socket": (validate.abs_path, "PYNET_SOCKET"),
               "chainPrefix": (validate.chain_prefix, "PYNET_CHAIN_PREFIX"),
               "instance": (validate.instance_name, "PYNET_PLUGIN_NAME"),
-              "firewallBackend": (_firewall_backend, "PYNET_FIREWALL_BACKEND")}
+              "firewallBackend": (_firewall_backend, "PYNET_FIREWALL_BACKEND"),
+              "iptablesBackend": (_iptables_backend, "PYNET_IPTABLES_BACKEND")}
     got = {}
     for key, (check, var) in checks.items():
         value, code, what = own.get(key), spec.INVALID_CONFIG, f"pynet.{key}"
@@ -83,6 +84,7 @@ def pynet_settings(conf: dict, env: dict) -> dict:
         "chain_prefix": got.get("chainPrefix"),
         "instance": instance,
         "firewall_backend": got.get("firewallBackend"),
+        "iptables_backend": got.get("iptablesBackend"),
         "daemon": bool(daemon),
     }
 
@@ -91,3 +93,9 @@ def _firewall_backend(value, what):
     from pynet.config import firewall_backend
 
     return firewall_backend(value, what)
+
+
+def _iptables_backend(value, what):
+    from pynet.config import iptables_backend
+
+    return iptables_backend(value, what)

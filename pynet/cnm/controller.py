@@ -94,6 +94,11 @@ ALLOCATIONS = "allocations/"
 PEERS = "peers/"
 
 
+# Endpoints whose addresses one commit of a forced delete_network releases (dual stack: two
+# addresses, each two recorded reads, under etcd's --max-txn-ops of 128).
+FORGET_BATCH = 24
+
+
 def _allocation_key(nid: str) -> str:
     return ALLOCATIONS + nid
 
@@ -427,16 +432,20 @@ class Controller:
                 if a:
                     self.ipam.hold_address(pid, a.split("/")[0], holder, txn=t)
 
-    def _release_network_holds(self, net: Network, eps: list[Endpoint], t) -> None:
-        """The network and the endpoints torn down with it let go of what they
-        hold; a pool nobody else holds goes with them."""
-        holder = network_holder(net.id)
+    def _release_endpoint_addresses(self, net: Network, eps: list[Endpoint], t) -> None:
         for d, pid in self._network_pools(net, t):
             subnet = ipaddress.ip_network(d.pool, strict=False)
             for ep in eps:
                 for ip in (ep.ip, ep.ip6):
                     if ip and ipaddress.ip_address(ip) in subnet:
                         self.ipam.release_address(pid, ip, endpoint_holder(net.id, ep.id), txn=t)
+
+    def _release_network_holds(self, net: Network, eps: list[Endpoint], t) -> None:
+        """The network and the endpoints torn down with it let go of what they
+        hold; a pool nobody else holds goes with them."""
+        holder = network_holder(net.id)
+        self._release_endpoint_addresses(net, eps, t)
+        for d, pid in self._network_pools(net, t):
             # and what attachments without an endpoint record hold (killed ADDs)
             self.ipam.release_holder(pid, endpoint_holder(net.id, ""), prefix=True, txn=t)
             for a in [d.gateway, *(d.aux_addresses or {}).values()]:
@@ -452,6 +461,19 @@ class Controller:
                 self.ipam.release_pool(pid, holder, txn=t)
 
     def _forget_network(self, net: Network, eps: list[Endpoint]) -> None:
+        # One commit for the record and what it holds -- but a network whose hundreds of
+        # endpoints go with it (a forced delete) would make it larger than one etcd Txn
+        # (--max-txn-ops: two recorded reads per address).  Their addresses, and those of
+        # killed attachments, go first in bounded commits (a kill between them leaves the
+        # network's record, whose next delete finishes); the last commit holds the rest.
+        eps = list(eps)
+        while len(eps) > FORGET_BATCH:
+            batch, eps = eps[:FORGET_BATCH], eps[FORGET_BATCH:]
+            self.txn(lambda t, b=batch: self._release_endpoint_addresses(net, b, t))
+        if self.ipam is not None:
+            for _d, pid in self._network_pools(net):
+                self.ipam.release_holder(pid, endpoint_holder(net.id, ""), prefix=True)
+
         def fn(t):
             t.delete(_net_key(net.id))
             t.delete_prefix(_attachment_key(net.id, ""))

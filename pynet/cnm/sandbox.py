@@ -69,7 +69,7 @@ def attach(netns_path: str, src_name: str, ifname: str, addresses: Iterable[str]
     try:
         if inner.link_exists(ifname):
             raise errors.Conflict(f"interface {ifname} already exists in {netns_path}")
-        host.get_link(src_name)        # LinkNotFound with a readable line
+        host.link_mac(src_name)        # LinkNotFound with a readable line (no address dump)
         with contextlib.ExitStack() as undo:
             host.move_to_netns(src_name, netns_path, new_name=ifname)
             undo.callback(inner.delete_link, ifname, True)

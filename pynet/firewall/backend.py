@@ -2,7 +2,10 @@
 
 Detection (once per :class:`~pynet.firewall.Firewall`, see :func:`detect`):
 ``$PYNET_IPTABLES_BACKEND`` if set (``nft``, ``legacy``, ``legacy-restore``);
-else ``iptables --version``: ``(nf_tables)`` -> nft, ``(legacy)`` -> legacy.
+else the multi-call binary ``iptables`` resolves to (Debian's alternatives:
+``xtables-nft-multi`` -> nft, ``xtables-legacy-multi`` -> legacy: no exec on
+every CNI call), else ``iptables --version``: ``(nf_tables)`` -> nft,
+``(legacy)`` -> legacy.
 That is the variant dockerd itself uses (it calls plain ``iptables``), so
 pynet's rules land in the same tables as Docker's.
 
@@ -282,6 +285,11 @@ def detect(netns: str | None = None):
         if forced not in BACKENDS:
             raise KernelError(f"PYNET_IPTABLES_BACKEND={forced!r}: want one of {', '.join(BACKENDS)}")
         return BACKENDS[forced](netns=netns)
+    variant = _variant_of_binary()
+    if variant == "nft":
+        return NftBackend(netns=netns)
+    if variant == "legacy":
+        return IptcBackend(netns=netns)
     p = _run(["iptables", "--version"])
     out = (p.stdout + p.stderr).lower()
     if "nf_tables" in out:
@@ -291,6 +299,20 @@ def detect(netns: str | None = None):
     if shutil.which("iptables-nft-restore"):
         return NftBackend(netns=netns)
     return IptcBackend(netns=netns)
+
+
+def _variant_of_binary() -> str:
+    """``nft`` or ``legacy`` when ``iptables`` on PATH is a link to one of the
+    xtables multi-call binaries (what ``--version`` would report), else ``""``."""
+    exe = shutil.which("iptables")
+    if not exe:
+        return ""
+    target = os.path.basename(os.path.realpath(exe))
+    if target.startswith("xtables-nft-multi"):
+        return "nft"
+    if target.startswith("xtables-legacy-multi"):
+        return "legacy"
+    return ""
 
 
 def make_backend(backend, netns: str | None = None):

@@ -71,7 +71,7 @@ import os
 import re
 import subprocess
 
-from pynet.errors import KernelError, PynetError
+from pynet.errors import KernelError, NotFound, PynetError
 
 from .backend import make_backend
 from .ledger import MemoryLedger
@@ -428,9 +428,7 @@ class Firewall:
         return "".join(out)
 
     def _set_sysctl(self, path: str, value: str) -> None:
-        if self._sysctl is not None:
-            setter = getattr(self._sysctl, "set", self._sysctl)
-            setter(path, value)
+        if set_bridge_sysctl(self._sysctl, path, value):
             return
         if self.netns:
             p = subprocess.run(["ip", "netns", "exec", self.netns, "sh", "-c",
@@ -447,6 +445,23 @@ class Firewall:
                 f.write(value)
         except OSError as e:
             raise KernelError(f"sysctl {path}={value}: {e}") from None
+
+
+def set_bridge_sysctl(sysctl, path: str, value: str) -> bool:
+    """A bridge's sysctl (``route_localnet``) through ``sysctl`` (the kernel interface, or a
+    callable); False when there is none (the caller writes /proc itself).  A bridge that no
+    longer exists (deleted by hand, or by a restore before the firewall's pass) is skipped
+    with a log line: its rules are harmless and its network is repaired or removed on its
+    own -- it must not fail a daemon's start-up or another network's change."""
+    if sysctl is None:
+        return False
+    setter = getattr(sysctl, "set", sysctl)
+    try:
+        setter(path, value)
+    except NotFound:
+        log.warning("sysctl %s=%s skipped: %s has no such interface (the bridge is gone)",
+                    path, value, path.split("/")[3] if path.count("/") >= 4 else path)
+    return True
 
 
 def ledger_entries(rs: Ruleset) -> dict[str, dict]:

@@ -40,7 +40,9 @@ are rules.  Differences from the iptables layout, on purpose: the relative
 order of networks' blocks does not exist (a set has no order; the iptables
 order only mattered for packets that no two networks' rules both match);
 ``userland_proxy`` is not offered (Docker's hairpin mode only); SCTP
-checksum filling (iptables' CHECKSUM target) has no nft counterpart;
+checksum filling (iptables' CHECKSUM target) has no nft statement, so those rules
+stay in iptables' mangle POSTROUTING (tagged like the FORWARD openings below,
+through the same iptables backend);
 anti-spoofing binds addresses to MACs (pynet's bridge endpoints always have
 one; the iptables layout's physdev variant for MAC-less endpoints is not
 rendered).
@@ -49,14 +51,20 @@ Applying: one ``nft -f -`` transaction per change.  A full apply (``changed``
 None: start-up, the periodic re-check) reads the table back (``nft list
 table``), compares it with the desired one and, when they differ, replaces
 the whole table in one transaction (add, delete, declare again: atomic, no
-moment without rules).  A change (``changed`` = owner ids) in a process that
-applied before screens and renders only the changed owners, checks their host
-ports against an index of everyone else's, and sends the element difference
-(``delete element``/``add element``) without reading anything; if the kernel
-refuses it (someone flushed the ruleset, another process removed the same
-element first) it is a full apply instead.  A process's first apply (a CNI
-binary's) is a full one.  nft transactions are all-or-nothing, so there is no
-rollback to do: a refused batch changed nothing.
+moment without rules); it rewrites the ledger (:mod:`pynet.firewall.ledger`:
+per owner and family, the elements applied; a base entry with the skeleton's
+digest and the number of networks).  A change (``changed`` = owner ids)
+screens and renders only the changed owners, checks their host ports against
+every other endpoint's, reads the changed owners' old elements from the ledger
+and sends the element difference (``delete element``/``add element``) without
+reading the kernel -- in every process, so a CNI binary's first change is a
+delta too (the ledger is a file per owner beside the state).  If the kernel
+refuses it (someone flushed the ruleset, a stale entry) it is a full apply
+instead.  nft transactions are all-or-nothing, so there is no rollback to do:
+a refused batch changed nothing.  What still grows with the host: nft 1.0.6 (Debian 12)
+fetches the elements of every interval set in the ruleset for any element
+command, so each change's ``nft -f`` costs more CPU the more subnets there are
+(measured alone: +2.4 ms per call at 1,000 /24 subnets; benchmarks/bench_nft.py).
 
 ``nft -f`` was chosen over libnftables' JSON API (Debian's python3-nftables):
 the binding lives in the system's site-packages, which pynet's venv (and the
@@ -78,6 +86,7 @@ dropped.  ``iptables_forward="refuse"`` refuses instead, with one line.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import ipaddress
 import os
 import re
@@ -86,9 +95,10 @@ from dataclasses import dataclass, field
 
 from pynet.errors import InvalidParameter, KernelError, PynetError
 
-from .firewall import Firewall
+from .firewall import Firewall, set_bridge_sysctl
+from .ledger import MemoryLedger
 from .model import FAMILIES, IPV4, IPV6, EndpointSpec, NetworkSpec, Ruleset
-from .render import _overlap, expand_ports, route_localnet_sysctls, screen
+from .render import _port_conflict, expand_ports, route_localnet_sysctls, screen
 
 NFT_FAMILY = {IPV4: "ip", IPV6: "ip6"}
 _TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,27}")
@@ -222,8 +232,14 @@ class NftTable:
         ('' when :attr:`empty`)."""
         return "" if self.empty else self._text(with_elements=True)
 
-    def _text(self, with_elements: bool) -> str:
-        if self.empty:
+    def skeleton_digest(self) -> str:
+        """What the ledger's base entry checks before a change: a table of other chains
+        or other foreign patterns (another pynet version, another isolate_from) is not
+        the one the recorded elements went into."""
+        return hashlib.sha256(self._text(with_elements=False, always=True).encode()).hexdigest()[:32]
+
+    def _text(self, with_elements: bool, always: bool = False) -> str:
+        if self.empty and not always:
             return ""
         out = [f"table {self.nft_family} {self.name} {{"]
         blocks = []
@@ -402,9 +418,12 @@ class NftFirewall:
 
     def __init__(self, prefix: str = "PYNET", *, userland_proxy: bool = False, sysctl=None,
                  netns: str | None = None, families=FAMILIES, isolate_from=(),
-                 iptables_forward: str = "open", iptables=None):
+                 iptables_forward: str = "open", iptables=None, ledger=None):
         """``iptables``: the Firewall (iptables backend) that opens iptables' FORWARD
-        where needed; None builds one on first need, False never opens."""
+        where needed; None builds one on first need, False never opens.
+        ``ledger``: what each owner's elements were (:mod:`pynet.firewall.ledger`; a
+        FileLedger beside the state makes a fresh process's first change a delta too);
+        default: this object's memory only."""
         if not isinstance(prefix, str) or not _TABLE_RE.fullmatch(prefix):
             raise InvalidParameter(f"invalid chain prefix {prefix!r} for the nftables backend: it names "
                                    "pynet's nft tables, which must start with a letter (then letters, "
@@ -421,12 +440,10 @@ class NftFirewall:
         self.iptables_forward = iptables_forward
         self._sysctl = sysctl
         self._iptables = iptables
-        self._applied: dict[str, NftTable] | None = None  # what the kernel got last, per family
-        self._owned: dict[str, list] = {}  # owner -> its (family, set, element) in _applied
-        self._ports: dict = {}  # (proto, host port) -> owner -> host addresses (see _index_ports)
-        self._port_keys: dict = {}  # owner -> its keys in _ports
+        self.ledger = ledger if ledger is not None else MemoryLedger()
         self._opened: frozenset | None = None  # the bridges opened in iptables' FORWARD last
         self.last_path = None  # "delta" | "replace" | "in-sync": how the last apply went (tests, benchmarks)
+        self.last_batch = ""  # the nft -f text the last apply sent ('' when nothing)
 
     # --- rendering -----------------------------------------------------------
     def _render(self, networks, endpoints, foreign) -> dict[str, NftTable]:
@@ -494,16 +511,6 @@ class NftFirewall:
                 f"\t\t{r}\n" for r in keep), 1)
         return f"table {t.nft_family} {t.name}\ndelete table {t.nft_family} {t.name}\n" + body
 
-    @staticmethod
-    def _delta(old: NftTable, new: NftTable) -> list[str]:
-        dels: dict[str, list[str]] = {}
-        adds: dict[str, list[str]] = {}
-        for name in set(old.elements) | set(new.elements):
-            o, n = old.elements.get(name, {}), new.elements.get(name, {})
-            dels[name] = sorted(set(o) - set(n))
-            adds[name] = sorted(set(n) - set(o))
-        return old.element_batch(dels, "delete") + new.element_batch(adds, "add")
-
     def _in_sync(self, t: NftTable) -> bool:
         text = self._listing(t)
         if text is None:
@@ -517,26 +524,29 @@ class NftFirewall:
     def apply(self, networks, endpoints, problems: dict | None = None, *, changed=None) -> None:
         """Make the kernel match the desired state.  ``changed``: None for a full
         reconcile (read back, replace if different); else the owner ids whose rules
-        changed: only the element difference is sent (one transaction, nothing read),
-        and only the changed owners are screened and rendered."""
-        if changed is not None and self._applied is not None \
-                and self._apply_change(list(networks), list(endpoints), problems, set(changed)):
+        changed: only they are screened and rendered, their old elements come from the
+        ledger, and only the element difference is sent (one transaction, nothing read
+        from the kernel) -- in a fresh process too, when the ledger is a file."""
+        networks, endpoints = list(networks), list(endpoints)
+        if changed is not None and self._apply_change(networks, endpoints, problems, set(changed)):
             return
         if problems is None:
             tables = self.desired(networks, endpoints)
-            nets = list(networks)
+            nets = networks
         else:
             tables, nets = self.screened(networks, endpoints, problems)
-        self.apply_desired(tables, nets, changed=changed)
-        self._index_ports([e for e in endpoints if not problems or e.id not in problems])
+        ok = {n.id for n in nets}
+        eps = [e for e in endpoints if e.network_id in ok and not (problems and e.id in problems)]
+        self.apply_desired(tables, nets, changed=changed, endpoints=eps)
 
     def _apply_change(self, networks, endpoints, problems, changed: set) -> bool:
         """The per-change path: the changed owners (and the endpoints of changed networks)
-        screened and rendered alone, checked against the others' host ports through the
-        index kept since the last full apply, their elements swapped in the last applied
-        tables in place (nothing copied, nothing read), the difference sent.  False: not
-        possible here (a foreign pattern refused, a family's table appearing or going,
-        the kernel refused the delta): the caller does a full apply."""
+        screened and rendered alone, their host ports checked against every other
+        endpoint's (what is applied was screened when it changed), their old elements
+        read from the ledger (one small entry per owner and family), the difference sent.
+        False: not possible here (no ledger base, a skeleton or foreign pattern that
+        differs, a family's table appearing or going, the kernel refused the delta):
+        the caller does a full apply, which rewrites the ledger."""
         changed = changed | {e.id for e in endpoints if e.network_id in changed}
         sub_eps = [e for e in endpoints if e.id in changed]
         need = changed | {e.network_id for e in sub_eps}
@@ -544,114 +554,103 @@ class NftFirewall:
         nets, eps, iso = screen([n for n in networks if n.id in need], sub_eps, self.isolate_from, probs)
         if iso != self.isolate_from:
             return False
+        want = {(pm.proto, pm.host_port) for e in eps for pm in e.ports}
+        seen = [(pm.proto, pm.host_ip, pm.host_port, o.id) for o in endpoints if o.id not in changed
+                for pm in o.ports if (pm.proto, pm.host_port) in want] if want else []
         for ep in list(eps):
-            for pm in ep.ports:
-                other = next((owner for owner, hips in self._ports.get((pm.proto, pm.host_port), {}).items()
-                              if owner not in changed and any(_overlap(h, pm.host_ip) for h in hips)), None)
-                if other is not None:
-                    probs[ep.id] = (f"endpoint {ep.id}: Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/"
-                                    f"{pm.proto} failed: port is already allocated (endpoint {other})")
-                    eps.remove(ep)
-                    break
+            err = _port_conflict(ep, seen)
+            if err is not None:
+                probs[ep.id] = f"endpoint {ep.id}: {err}"
+                eps.remove(ep)
         if problems is None and probs:
             owner, why = sorted(probs.items())[0]
             raise InvalidParameter(why, owner=owner)
         sub, _ = self.screened(nets, eps, probs)
         if problems is not None:
             problems.update(probs)
-        old = {(fam, name, el) for o in changed for fam, name, el in self._owned.get(o, ())}
-        new = {(fam, name, el): o for fam, t in sub.items() for name, els in t.elements.items()
-               for el, o in els.items() if o in changed}
-        dels, adds = old - set(new), {k: o for k, o in new.items() if k not in old}
+        batch, entries, bases, sctp, bridged = [], {}, {}, False, False
         for fam in self.families:
-            t = self._applied[fam]
-            same = len(t.elements.get("same", {})) - sum(1 for f, n, _ in dels if f == fam and n == "same") \
-                + sum(1 for f, n, _ in adds if f == fam and n == "same")
-            if (same == 0) != t.empty:
+            base = self.ledger.get(fam, "base")
+            t = sub[fam]
+            if not base or base.get("skeleton") != t.skeleton_digest():
+                return False
+            new: dict[str, list] = {}
+            for name, els in t.elements.items():
+                for el, o in els.items():
+                    if o in changed:
+                        new.setdefault(o, []).append([name, el])
+            dels: dict[str, list[str]] = {}
+            adds: dict[str, list[str]] = {}
+            count = base.get("networks", 0)
+            for o in sorted(changed):
+                had = {tuple(x) for x in (self.ledger.get(fam, o) or {}).get("elements", ())}
+                has = {tuple(x) for x in new.get(o, ())}
+                sctp = sctp or any(" sctp " in el for name, el in had | has if name == "published")
+                bridged = bridged or any(name == "same" for name, _ in had ^ has)  # a network came or went
+                for name, el in sorted(had - has):
+                    dels.setdefault(name, []).append(el)
+                for name, el in sorted(has - had):
+                    adds.setdefault(name, []).append(el)
+                count += sum(1 for name, _ in has if name == "same") - sum(1 for name, _ in had if name == "same")
+                if had != has:
+                    entries.setdefault(fam, {})[o] = {"kind": "nft", "elements": sorted(map(list, has))} \
+                        if has else None
+            if (count > 0) != (base.get("networks", 0) > 0):
                 return False  # the first network of the family came, or the last went: full path
-        batch = []
-        for verb, keys in (("delete", sorted(dels)), ("add", sorted(adds))):
-            groups: dict = {}
-            for fam, name, el in keys:
-                groups.setdefault((fam, name), []).append(el)
-            for (fam, name), els in groups.items():
-                batch += self._applied[fam].element_batch({name: els}, verb)
-        if batch:
+            if count != base.get("networks", 0):
+                bases[fam] = dict(base, networks=count)
+            batch += t.element_batch(dels, "delete") + t.element_batch(adds, "add")
+        text = "\n".join(batch) + "\n" if batch else ""
+        if text:
             try:
-                self._run_batch("\n".join(batch) + "\n")
+                self._run_batch(text)
             except KernelError:
-                return False  # not what this object applied last (flushed...): a full apply
-        for fam, name, el in dels:
-            self._applied[fam].elements.get(name, {}).pop(el, None)
-        for (fam, name, el), o in adds.items():
-            self._applied[fam].add(name, el, o)
-        for o in changed:
-            self._owned.pop(o, None)
-        for (fam, name, el), o in new.items():
-            self._owned.setdefault(o, []).append((fam, name, el))
-        self._index_ports(eps, drop=changed)
-        self.last_path = "delta" if batch else "in-sync"
-        bridges = self._bridges(n for n in networks if n.id not in probs)
-        if changed & {n.id for n in networks} or self._opened != bridges:  # networks, not endpoints
-            self._open_iptables([n for n in networks if n.id not in probs])
+                return False  # not what the ledger says (flushed, a stale entry): a full apply
+        for fam, es in entries.items():
+            for o, entry in es.items():
+                self.ledger.put(fam, o, entry)
+        for fam, base in bases.items():
+            self.ledger.put(fam, "base", base)
+        self.last_path, self.last_batch = ("delta" if text else "in-sync"), text
+        if bridged or any(n.id in changed for n in nets) or sctp:
+            # the bridges to open change with networks only; SCTP checksums with SCTP ports
+            ok = [n for n in networks if n.id not in probs]
+            ids = {n.id for n in ok}
+            self._open_iptables(ok, [e for e in endpoints if e.network_id in ids and e.id not in probs])
         if IPV4 in self.families:
             for path, value in self.sysctls([n for n in nets if n.id in changed]):
                 self._set_sysctl(path, value)
         return True
 
-    def _index_ports(self, endpoints, drop=None) -> None:
-        """The host ports by (proto, port) -> owner -> host addresses: what a change's
-        ports are checked against.  ``drop``: owners to forget first (None: all)."""
-        if drop is None:
-            self._ports, self._port_keys = {}, {}
-        for o in drop or ():
-            for key in self._port_keys.pop(o, ()):
-                self._ports.get(key, {}).pop(o, None)
-                if not self._ports.get(key, True):
-                    del self._ports[key]
-        for ep in endpoints:
-            for pm in ep.ports:
-                key = (pm.proto, pm.host_port)
-                self._ports.setdefault(key, {}).setdefault(ep.id, []).append(pm.host_ip)
-                self._port_keys.setdefault(ep.id, []).append(key)
+    def _ledger_entries(self, t: NftTable) -> dict[str, dict]:
+        out: dict[str, dict] = {}
+        for name, els in t.elements.items():
+            for el, o in els.items():
+                out.setdefault(o, {"kind": "nft", "elements": []})["elements"].append([name, el])
+        for e in out.values():
+            e["elements"].sort()
+        out["base"] = {"kind": "base", "skeleton": t.skeleton_digest(),
+                       "networks": len(t.elements.get("same", {}))}
+        return out
 
-    def _index_owners(self, tables) -> None:
-        self._owned = {}
-        for fam, t in tables.items():
-            for name, els in t.elements.items():
-                for el, o in els.items():
-                    self._owned.setdefault(o, []).append((fam, name, el))
-
-    def apply_desired(self, tables: dict[str, NftTable], networks, *, changed=None) -> None:
+    def apply_desired(self, tables: dict[str, NftTable], networks, *, changed=None, endpoints=()) -> None:
         net_ids = {n.id for n in networks}
         if changed is not None:
             changed = set(changed)
-        prev = self._applied
-        self._applied = None  # unknown until this apply succeeds
-        batch, full, paths = [], [], set()
+        full = []
         for fam in self.families:
-            t = tables[fam]
-            old = prev.get(fam) if (prev and changed is not None) else None
-            if old is not None and not old.empty and not t.empty and old.skeleton() == t.skeleton():
-                batch += self._delta(old, t)
-                paths.add("delta")
-            elif not self._in_sync(t):
-                full.append(t)
-        if batch:
-            try:
-                self._run_batch("\n".join(batch) + "\n")
-            except KernelError:
-                # the kernel is not what this object applied last (flushed, table gone): replace
-                full = [tables[f] for f in self.families]
+            self.ledger.put(fam, "base", None)  # unknown until this apply succeeds
+            if not self._in_sync(tables[fam]):
+                full.append(tables[fam])
         text = "".join(self._replace_text(t) for t in full)
         if text:
             self._run_batch(text)
-            paths.add("replace")
-        self.last_path = "replace" if "replace" in paths else ("delta" if paths else "in-sync")
-        self._applied = dict(tables)
-        self._index_owners(tables)
-        if changed is None or net_ids & set(changed) or self._opened != self._bridges(networks):
-            self._open_iptables(networks)
+        self.last_path, self.last_batch = ("replace" if text else "in-sync"), text
+        for fam in self.families:
+            self.ledger.replace(fam, self._ledger_entries(tables[fam]))
+        if changed is None or net_ids & set(changed) or self._opened != self._bridges(networks) \
+                or _sctp(endpoints):
+            self._open_iptables(networks, endpoints)
         if IPV4 in self.families:
             # a change sets its own networks' sysctls only (the full apply sets them all)
             mine = networks if changed is None else [n for n in networks if n.id in changed]
@@ -666,7 +665,7 @@ class NftFirewall:
                        if f"table {NFT_FAMILY[f]} {self.prefix}" in have)
         if text:
             self._run_batch(text)
-        self._applied = None
+        self.ledger.clear()
         opener = self._opener()
         if opener is not None:
             opener.remove_all()
@@ -688,9 +687,10 @@ class NftFirewall:
                 out.append("".join(difflib.unified_diff(
                     [x + "\n" for x in have], [x + "\n" for x in want],
                     f"kernel {t.nft_family} {t.name}", f"desired {t.nft_family} {t.name}", n=1)))
-        opener = self._opener() if self._needs_opener() else None
+        opener = self._opener()
         if opener is not None:
-            out.append(opener.diff(list(nets), []))
+            opener.open_forward = self._needs_opener()
+            out.append(opener.diff(list(nets), _sctp(endpoints)))
         return "".join(out)
 
     # --- iptables' FORWARD -----------------------------------------------------
@@ -708,35 +708,41 @@ class NftFirewall:
     def _needs_opener(self) -> bool:
         """Whether iptables' filter FORWARD would drop what pynet's table accepts:
         policy DROP, or anybody's rules there (dockerd's)."""
+        return self._iptables_state()[0]
+
+    def _iptables_state(self) -> tuple[bool, bool]:
+        """(FORWARD would drop, iptables holds rules tagged by this instance), from one
+        iptables-save per family."""
         opener = self._opener()
         if opener is None:
-            return False
+            return False, False
+        blocks = tagged = False
         for fam in self.families:
             try:
                 text = opener.backend.save(fam)
             except KernelError:
                 continue
-            if _forward_blocks(text, self.prefix):
-                return True
-        return False
+            blocks = blocks or _forward_blocks(text, self.prefix)
+            tagged = tagged or f'"pynet:{self.prefix}:' in text
+        return blocks, tagged
 
-    def _open_iptables(self, networks) -> None:
+    def _open_iptables(self, networks, endpoints=()) -> None:
         opener = self._opener()
         if opener is None:
             return
-        needed = self._needs_opener()
+        needed, tagged = self._iptables_state()
         if needed and self.iptables_forward == "refuse":
             raise KernelError("iptables' FORWARD chain drops what pynet's nftables table accepts "
                               "(policy DROP or dockerd's rules): run dockerd with --iptables=false, "
                               "or use --firewall-backend iptables")
-        want = list(networks) if needed else []
-        opener.apply(want, [])
-        self._opened = self._bridges(want) if needed else self._bridges(networks)
+        sctp = _sctp(endpoints)
+        if needed or tagged or sctp:  # else nothing to open, keep or remove there: no second read
+            opener.open_forward = needed
+            opener.apply(list(networks), sctp)
+        self._opened = self._bridges(networks)
 
     def _set_sysctl(self, path: str, value: str) -> None:
-        if self._sysctl is not None:
-            setter = getattr(self._sysctl, "set", self._sysctl)
-            setter(path, value)
+        if set_bridge_sysctl(self._sysctl, path, value):
             return
         argv = ["sh", "-c", f'[ ! -e "/proc/sys/{path}" ] || echo {value} > "/proc/sys/{path}"']
         if self.netns:
@@ -768,13 +774,35 @@ def _forward_blocks(save_text: str, prefix: str) -> bool:
     return False
 
 
-def _open_rules(prefix: str, networks, family: str) -> Ruleset:
+def _sctp(endpoints) -> list:
+    """The endpoints with an SCTP port mapping (their checksum rules live in iptables)."""
+    return [e for e in endpoints if any(pm.proto == "sctp" for pm in e.ports)]
+
+
+def _open_rules(prefix: str, networks, family: str, endpoints=(), open_forward: bool = True) -> Ruleset:
+    """What the nftables backend keeps in iptables: FORWARD opened for its bridges
+    (``open_forward``: where iptables' FORWARD would drop), and the SCTP checksum rules
+    of Docker's layout (mangle POSTROUTING ``-p sctp --sport <container port> -j
+    CHECKSUM --checksum-fill``: checksums a virtio guest left to offload filled in on the
+    way out), which nft has no statement for."""
     rs = Ruleset(family, prefix)
+    ver = 4 if family == IPV4 else 6
+    usable = set()
     for n in networks:
         if not (n.subnets_v4 if family == IPV4 else n.subnets_v6):
             continue
-        rs.add("filter", "FORWARD", ["-i", n.bridge, "-j", "ACCEPT"], n.id)
-        rs.add("filter", "FORWARD", ["-o", n.bridge, "-j", "ACCEPT"], n.id)
+        if not n.internal:
+            usable.add(n.id)
+        if open_forward:
+            rs.add("filter", "FORWARD", ["-i", n.bridge, "-j", "ACCEPT"], n.id)
+            rs.add("filter", "FORWARD", ["-o", n.bridge, "-j", "ACCEPT"], n.id)
+    for ep in endpoints:
+        if ep.network_id not in usable:
+            continue  # Docker ignores port bindings on internal networks
+        for v, pm, _ in expand_ports(ep):
+            if v == ver and pm.proto == "sctp":
+                rs.add("mangle", "POSTROUTING", ["-p", "sctp", "-m", "sctp", "--sport", str(pm.container_port),
+                                                 "-j", "CHECKSUM", "--checksum-fill"], ep.id)
     return rs
 
 
@@ -783,5 +811,11 @@ class _ForwardOpener(Firewall):
     backend's bridges (same tag, so it also removes what the iptables backend of
     the same prefix left when the backend was switched)."""
 
+    open_forward = True  # set by the NftFirewall before each apply/diff
+
+    def sysctls(self, networks):
+        return []  # the NftFirewall sets its networks' sysctls itself
+
     def _render(self, networks, endpoints, isolate_from):
-        return {fam: _open_rules(self.prefix, networks, fam) for fam in self.families}
+        return {fam: _open_rules(self.prefix, networks, fam, endpoints, self.open_forward)
+                for fam in self.families}

@@ -102,6 +102,13 @@ GLOBAL_DEFAULT = "GlobalDefault"
 # losing 200 rounds in a row, (1 - 1/n) ** 200: 2e-25 for 4, 3e-6 for 16.
 DEFAULT_RETRIES = 200
 
+# Addresses one transaction of a release of many frees (release_holder without a caller's
+# txn): each costs a recorded read of its holds, and the bitmap blocks add a few more, under
+# etcd's --max-txn-ops (128) compares per Txn.  A bigger release is several such commits.
+RELEASE_BATCH = 48
+# Bounds the commits of one release (RELEASE_BATCH addresses each: a /13 worth).
+MAX_RELEASE_BATCHES = 10_000
+
 _POOLS = "ipam/pools/"
 _CURSORS = "ipam/cursors/"
 _POOL_HOLDERS = "ipam/pool-holders/"
@@ -322,9 +329,11 @@ class Ipam:
         names |= {_unescape(r.key.rsplit("/", 1)[1]) for r in t.list(_holders_prefix(pool_id))}
         return sorted(names)
 
-    def _drop_holds(self, t, p: dict, which) -> list[str]:
+    def _drop_holds(self, t, p: dict, which, limit: Optional[int] = None) -> tuple[list[str], bool]:
         """Delete the address holds whose holder satisfies ``which``; free
-        the addresses left without a holder.  Returns the freed ones."""
+        the addresses left without a holder.  Returns the freed ones, and
+        whether addresses past ``limit`` (a bounded transaction's share) are
+        left for another transaction."""
         g = self._geom(p)
         prefix = _holders_prefix(p["id"])
         by_addr: dict[str, list[tuple[str, str]]] = {}
@@ -336,16 +345,16 @@ class Ipam:
             by_addr.setdefault(addr, []).append((r.key, _unescape(h)))
         freed = []
         bits = Bitmap(t, g.layout, cached=True)
-        for addr, holds in by_addr.items():
-            dropped = [k for k, h in holds if which(h)]
-            if not dropped:
-                continue
+        todo = [(addr, [k for k, h in holds if which(h)]) for addr, holds in by_addr.items()]
+        todo = [(addr, dropped) for addr, dropped in todo if dropped]
+        more = limit is not None and len(todo) > limit
+        for addr, dropped in todo[:limit] if more else todo:
             others = [r for r in t.list(_holders_prefix(p["id"], addr)) if r.key not in dropped]
             for k in dropped:
                 t.delete(k)
             if not others and bits.clear(g.ordinal(ipaddress.ip_address(addr))):
                 freed.append(addr)
-        return freed
+        return freed, more
 
     # --- addresses ------------------------------------------------------------------
     def request_address(self, pool_id: str, address: str = "",
@@ -471,16 +480,28 @@ class Ipam:
             raise InvalidParameter("holder is empty")
         which = (lambda h: h.startswith(holder)) if prefix else (lambda h: h == holder)
 
-        def fn(t):
+        def fn(t, limit=None):
             rec = t.get(_pool_key(pool_id), cached=True)
             if rec is None:
-                return []
-            freed = self._drop_holds(t, rec.value, which)
-            if freed and rec.value.get("managed") and not self._held(t, pool_id):
+                return [], False
+            freed, more = self._drop_holds(t, rec.value, which, limit)
+            if freed and not more and rec.value.get("managed") and not self._held(t, pool_id):
                 self._forget(t, pool_id)
-            return freed
+            return freed, more
 
-        return self._run(fn, txn)
+        if txn is not None:  # the caller's one commit: all of it (the caller bounds it)
+            return self._run(lambda t: fn(t)[0], txn)
+        # A transaction of its own: RELEASE_BATCH addresses per commit, so a release of
+        # hundreds (a network's killed attachments, a forced delete) stays under etcd's
+        # --max-txn-ops.  Each commit is whole; a release killed between two leaves the
+        # rest held by the same holder, and calling it again finishes.
+        out: list[str] = []
+        for _ in range(MAX_RELEASE_BATCHES):
+            freed, more = self._run(lambda t: fn(t, RELEASE_BATCH))
+            out += freed
+            if not more:
+                break
+        return out
 
     def holders(self, pool_id: str, txn=None) -> dict:
         """{"pool": [holders of the pool], "addresses": {bare address: [holders]}}."""

@@ -221,6 +221,12 @@ class Netlink(abc.ABC):
     @abc.abstractmethod
     def list_links(self, alias_prefix: Optional[str] = None) -> list[LinkInfo]: ...
 
+    def link_mac(self, name: str) -> str:
+        """The MAC of a link (raises LinkNotFound): ``get_link(name).mac`` without the rest
+        (the CNI ADD result names the host's interfaces by MAC; ``get_link`` also lists the
+        link's addresses, which costs a dump of every address of a busy host)."""
+        return self.get_link(name).mac
+
     @abc.abstractmethod
     def set_master(self, ifname: str, master: Optional[str]) -> None:
         """Enslave ``ifname`` to ``master``; ``None`` releases it."""

@@ -340,6 +340,10 @@ class PyrouteNetlink(Netlink):
         msg = self._call(f"get {name}", self.ipr.link, "get", index=idx)[0]
         return self._info(msg, self._names_of(msg))
 
+    def link_mac(self, name) -> str:
+        idx = self._index(name)
+        return self._call(f"get {name}", self.ipr.link, "get", index=idx)[0].get("address") or ""
+
     def list_links(self, alias_prefix=None) -> list[LinkInfo]:
         msgs = self._call("list links", self.ipr.link, "dump")
         names = {m["index"]: m.get("ifname") for m in msgs}

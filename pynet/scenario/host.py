@@ -274,6 +274,10 @@ class HostService(NodeService):
             # pynet-overlay conflist's clusterStore and advertiseAddress, kubelet's node)
             plugin["pynet"].setdefault("clusterStore", cfg.cluster_store)
             plugin["pynet"].setdefault("advertiseAddress", cfg.advertise_address)
+        if os.environ.get("PYNET_IPTABLES_BACKEND"):
+            # the worker's iptables backend (legacy in a legacy run): the plugins get a clean
+            # environment, so the conflist carries it -- one backend per instance, as on a host
+            plugin["pynet"]["iptablesBackend"] = os.environ["PYNET_IPTABLES_BACKEND"]
         conflist = {"cniVersion": cni["cniVersion"], "name": network, "plugins": [plugin]}
         rc: dict = {}
         if address:

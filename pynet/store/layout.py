@@ -65,7 +65,7 @@ def migrate(raw, host: str) -> int:
     return moved
 
 
-def open_layout(raw, host: Optional[str] = None) -> tuple[Namespaced, Namespaced]:
+def open_layout(raw, host: Optional[str] = None) -> tuple:
     """(local, cluster) namespaces of ``raw``, migrated first if it is a store of before.
     ``host``: this host's key component (default: the one the store names, else the
     machine's name)."""
@@ -77,8 +77,15 @@ def open_layout(raw, host: Optional[str] = None) -> tuple[Namespaced, Namespaced
         migrate(raw, component(host))
     elif host is None:
         host = v.get("host") or default_host()
-    local = Namespaced(raw, local_prefix(host))
+    local = namespace(raw, local_prefix(host))
     return local, local.sibling(cluster_prefix())
+
+
+def namespace(raw, prefix: str):
+    """``raw`` under ``prefix``: the backend's own namespacing when it has one (SQLite applies
+    the prefix in its SQL: the hot path pays no wrapper), else ``Namespaced``."""
+    native = getattr(raw, "namespaced", None)
+    return native(prefix) if native is not None else Namespaced(raw, prefix)
 
 
 def host_of(store) -> str:
@@ -93,5 +100,5 @@ def view(raw):
     meta = raw.get(META)
     v = (meta.value if meta is not None else None) or {}
     if v.get("layout") == SCHEMA and v.get("host"):
-        return Namespaced(raw, local_prefix(v["host"]))
+        return namespace(raw, local_prefix(v["host"]))
     return raw

@@ -177,3 +177,16 @@ def test_sysctl_in_netns(host_ns):
     assert Sysctl().get("net.ipv4.ip_forward") == here   # the root namespace is untouched
     with pytest.raises(errors.NotFound):
         host_ns.sysctl.get("net.ipv4.conf.tnope.forwarding")
+
+
+
+def test_link_mac_is_get_links_mac_without_its_addresses(env):
+    """``link_mac``: the MAC ``get_link`` reports, by one link query (the CNI ADD result names
+    the host's bridge and veth by MAC; ``get_link`` would dump every address of the host)."""
+    nl, _ = env
+    nl.add_veth("tm0", "tm0p", peer_mac="02:42:0a:00:00:07")
+    nl.ensure_address("tm0", "10.77.7.1/24")
+    assert nl.link_mac("tm0p") == "02:42:0a:00:00:07" == nl.get_link("tm0p").mac
+    assert nl.link_mac("tm0") == nl.get_link("tm0").mac
+    with pytest.raises(LinkNotFound):
+        nl.link_mac("tm-none")

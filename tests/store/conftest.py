@@ -20,7 +20,9 @@ from pynet.store.memory import MemoryStore
 from pynet.store.sqlite import SqliteStore
 from tests.support.etcd_cluster import EtcdCluster
 
-BACKENDS = ["memory", "sqlite", "etcd1", "etcd3"]
+# sqlite-ns: the SQLite store under a native key prefix (SqliteStore.namespaced, what the
+# daemon and the CNI binaries open: pynet.store.layout), keys relative to it
+BACKENDS = ["memory", "sqlite", "sqlite-ns", "etcd1", "etcd3"]
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +67,10 @@ def make_store(backend: str, request, tmp_path):
         return MemoryStore()
     if backend == "sqlite":
         return SqliteStore(str(tmp_path / "pynet.db"))
+    if backend == "sqlite-ns":
+        raw = SqliteStore(str(tmp_path / "pynet.db"))
+        raw.put("outside", 1)  # a key beside the namespace: never seen through it
+        return raw.namespaced(cluster_prefix())
     cluster = request.getfixturevalue(backend)
     return EtcdStore(cluster.endpoints, timeout=3.0)
 

@@ -101,3 +101,33 @@ def test_a_pool_with_hundreds_of_holders_releases_one(store):
     assert ipam.release_holder(pid, "nobody") == []
     assert ipam.verify(pid) == [] and ipam.get_pool(pid)["used"] == MANY - 1
     ipam.release_pool(pid)
+
+
+def test_releasing_hundreds_of_addresses_in_one_call(store):
+    """One call releasing more addresses than one etcd Txn holds compares for (each freed
+    address's holds are read, recorded, before its bit is cleared): split into bounded
+    transactions, each of them whole, so the call succeeds and nothing is left held."""
+    ipam = Ipam(store, default_pools=[], host_routes=lambda: [])
+    pid, _, _ = ipam.request_pool("LocalDefault", "10.92.0.0/23")
+    keep = ipam.request_address(pid, holder="endpoint/other/1").split("/")[0]
+    got = [ipam.request_address(pid, holder=f"endpoint/net/{i:04d}").split("/")[0] for i in range(MANY)]
+    freed = ipam.release_holder(pid, "endpoint/net/", prefix=True)
+    assert sorted(freed) == sorted(got)
+    assert list(ipam.allocated(pid)) == [keep] and ipam.verify(pid) == []
+
+
+def test_deleting_a_network_with_hundreds_of_endpoints(store):
+    """delete_network of a network whose hundreds of endpoints go with it (force, as the
+    daemon's reconcile does): their addresses are released in bounded transactions, then the
+    network's record and pool in the last one."""
+    c = Controller(store, Ipam(store, host_routes=lambda: []), {"bridge": FakeDriver()})
+    pid, pool, _ = c.request_pool("LocalDefault", "10.93.0.0/23")
+    c.create_network(N1, [IPData(pool=pool, gateway="10.93.0.1/23", pool_id=pid)], name="n1",
+                     created_by="cni")
+    for i in range(MANY):
+        eid = f"{i:04d}" + "e" * 60
+        addr = c.request_address(pid, "", None, f"endpoint/{N1}/{eid}")
+        c.create_endpoint(N1, eid, address=addr)
+    c.delete_network(N1, force_endpoints=True)
+    assert c.networks() == [] and c.endpoints() == []
+    assert store.list("ipam/") == []

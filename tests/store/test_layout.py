@@ -105,3 +105,38 @@ def test_the_doctor_reads_either_layout_without_migrating(tmp_path):
     assert raw.get("pynet/meta") is None  # nothing written
     root.open_state_dir(str(tmp_path))
     assert [n.name for n in controller(layout.view(raw)).networks()] == ["old"]
+
+
+def test_sqlite_namespaces_are_native_and_never_collide(tmp_path):
+    """On SQLite the layout's namespaces are the store's own (the prefix applied in its SQL,
+    no ``Namespaced`` wrapper on the hot path): the same isolation and relative keys."""
+    raw = SqliteStore(str(tmp_path / "pynet.db"))
+    a, cluster = layout.open_layout(raw, host="host-a")
+    b, _ = layout.open_layout(raw, host="host-b")
+    assert not isinstance(a, Namespaced) and not isinstance(cluster, Namespaced)
+    assert (a.prefix, cluster.prefix, layout.host_of(a)) == ("pynet/v2/local/host-a/", "pynet/v2/cluster/", "host-a")
+    for s, subnet in ((a, "10.79.0.0/24"), (b, "10.79.0.0/24")):
+        c = controller(s)
+        pid, _, _ = c.request_pool("LocalDefault", subnet)
+        c.create_network(N1, [IPData(pool=subnet, pool_id=pid)], name="n1")
+        assert c.request_address(pid, holder="x") == "10.79.0.1/24"
+        assert c.cluster_store.prefix == "pynet/v2/cluster/"
+    assert [r.key for r in a.list("networks/")] == [r.key for r in b.list("networks/")] == [f"networks/{N1}"]
+    assert {r.key.split("/")[3] for r in raw.list("pynet/v2/local/")} == {"host-a", "host-b"}
+    # every way in and out names relative keys: v1 calls, a v1 transaction, txn, watch
+    w = cluster.watch("peers/", raw.revision() + 1)
+    with a.transaction() as t:
+        t.put("v1/x", 1)
+        assert t.get("v1/x").key == "v1/x"
+    a.txn(lambda t: (t.create("v2/x", {"a": 1}), t.delete_prefix("v1/")))
+    cluster.txn(lambda t: t.create("peers/p", {"b": 2}))
+    assert a.get("v2/x").key == "v2/x" and a.get("v1/x") is None and b.get("v2/x") is None
+    assert raw.get("pynet/v2/local/host-a/v2/x").value == {"a": 1}
+    ev = w.get(timeout=5)
+    assert (ev.type, ev.key, ev.value) == ("put", "peers/p", {"b": 2})
+    w.close()
+    a.delete_prefix("")  # the namespace's own keys only
+    assert a.list("") == [] and b.get(f"networks/{N1}") is not None and cluster.get("peers/p") is not None
+    # one thread, one connection: a txn of one namespace inside another's is refused
+    with pytest.raises(RuntimeError):
+        a.txn(lambda t: (t.get("v2/x"), cluster.txn(lambda u: u.get("peers/p"))))

@@ -312,3 +312,46 @@ def test_a_kill_between_the_veth_and_its_alias_leaves_no_link(tmp_path, monkeypa
             untagged += 1
             break
     assert untagged, "no kill point between the veth and its alias"
+
+
+def test_add_killed_at_every_step_then_retried_without_del_succeeds(tmp_path):
+    """The CNI runtime retries a failed ADD (same container ID and ifname) without a DEL in
+    between: whatever step the first attempt was killed at -- its endpoint record written,
+    the veth made, moved into the pod, its ports not yet programmed -- the retry finishes or
+    redoes the attachment (code 0, one address per family, the interface in the pod), and
+    the DEL after it leaves nothing."""
+    host = Host(tmp_path)
+    assert host.run(host.process(), "ADD", "warm", ports=False)[0] == 0
+    base = host.view()
+    ipam = Ipam(host.store, host_routes=lambda: [])
+    failures, completed = [], None
+    for k in range(1, MAX_STEPS):
+        cid = f"r{k}"
+        clock = Clock(k)
+        try:
+            code, res = host.run(host.process(clock), "ADD", cid)
+        except Killed:
+            pass
+        else:
+            completed = k
+        code, res = host.run(host.process(), "ADD", cid)
+        if code != 0:
+            failures.append(f"kill at step {k}: retry failed: {res}")
+        else:
+            held = {p["id"]: set(ipam.allocated(p["id"])) for p in ipam.list_pools()}
+            addrs = sorted(ip["address"].split("/")[0] for ip in res["ips"])
+            if len(addrs) != 2 or not all(any(a in h for h in held.values()) for a in addrs):
+                failures.append(f"kill at step {k}: retry answered {addrs}, held {held}")
+            pod = [link.name for link in FakeNetlink(host.kernel).for_netns(host.netns(cid)).list_links()]
+            if "eth0" not in pod:
+                failures.append(f"kill at step {k}: no eth0 in the pod after the retry: {pod}")
+        code, res = host.run(host.process(), "DEL", cid)
+        assert code == 0, res
+        now = host.view()
+        if now != base:
+            failures.append(f"kill at step {k}: left {[(x, now[x]) for x in now if now[x] != base[x]]}")
+            base = now
+        if completed:
+            break
+    assert completed, f"the ADD never completed within {MAX_STEPS} steps"
+    assert not failures, f"{len(failures)} of {completed} kill points:\n" + "\n".join(failures[:15])

@@ -189,3 +189,27 @@ def test_a_batch_planned_on_tables_that_changed_meanwhile_is_planned_again():
     with pytest.raises(KernelError):
         fw2.apply(nets, eps)
     assert len(tables.batches) - n <= 4
+
+
+def test_a_missing_bridges_sysctl_is_skipped_at_restore(w, caplog):
+    """A network whose bridge is gone from the kernel (deleted by hand, or by another
+    driver's restore): its ``route_localnet`` sysctl is skipped with a log line instead of
+    failing the daemon's start-up (``restore()``) -- the real Sysctl, on this host's /proc,
+    where the fake netlink's bridges do not exist."""
+    from pynet.sysctl import Sysctl
+
+    fw2 = BridgeFirewall(Firewall("PT", backend=w.tables, sysctl=Sysctl()), store=w.store)
+    c2 = w.controller(fw2)
+    with caplog.at_level(logging.WARNING, logger="pynet.firewall"):
+        c2.restore()  # raised NotFound ("sysctl net/ipv4/conf/<bridge>/route_localnet does not exist")
+    bridges = {n.driver_state["bridge"] for n in c2.networks()}
+    skipped = [r.getMessage() for r in caplog.records if "route_localnet" in r.getMessage()]
+    assert len(skipped) == len(bridges) and all("bridge is gone" in m for m in skipped)
+    assert {b for b in bridges if any(f"/{b}/" in m for m in skipped)} == bridges
+    text = w.rules()
+    assert f"pynet:PT:{N1}" in text and f"pynet:PT:{N2}" in text and f"pynet:PT:{E1}" in text
+    # a later change of one network is not stopped by the missing bridge either
+    c2.create_endpoint(N2, E2, "10.20.2.2/24")
+    c2.join(N2, E2, "/var/run/netns/y")
+    c2.program_external_connectivity(N2, E2, [PortMapping("tcp", 80, 18084)])
+    assert f"pynet:PT:{E2}" in w.rules()

@@ -302,10 +302,28 @@ def test_backend_detection(monkeypatch):
 
     class P:
         def __init__(self, out): self.stdout, self.stderr = out, ""
+    monkeypatch.setattr(b, "_variant_of_binary", lambda: "")  # not a known link: asks --version
     monkeypatch.setattr(b, "_run", lambda argv, **kw: P("iptables v1.8.9 (nf_tables)\n"))
     assert isinstance(detect(), NftBackend)
     monkeypatch.setattr(b, "_run", lambda argv, **kw: P("iptables v1.8.9 (legacy)\n"))
     assert isinstance(detect(), IptcBackend)
+
+
+def test_backend_detection_by_the_binary_link(monkeypatch, tmp_path):
+    """Debian's ``iptables`` is an alternatives link to a multi-call binary: its name is the
+    variant, read without exec'ing ``iptables --version`` (one process less per CNI call)."""
+    import pynet.firewall.backend as b
+    from pynet.firewall import IptcBackend, NftBackend, detect
+    monkeypatch.delenv("PYNET_IPTABLES_BACKEND", raising=False)
+    monkeypatch.setattr(b, "_run", lambda argv, **kw: pytest.fail(f"exec'd {argv}"))
+    for target, cls in (("xtables-nft-multi", NftBackend), ("xtables-legacy-multi", IptcBackend)):
+        d = tmp_path / target
+        d.mkdir()
+        (d / target).write_text("")
+        (d / "iptables").symlink_to(d / target)
+        monkeypatch.setenv("PATH", str(d))
+        (d / target).chmod(0o755)
+        assert isinstance(detect(), cls)
 
 
 def test_unpublished_ports_dropped_below_every_accept_both_families():

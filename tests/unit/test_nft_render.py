@@ -139,3 +139,24 @@ def test_root_builds_the_chosen_backend(tmp_path):
     assert isinstance(fw.firewall, NftFirewall) and fw.firewall.prefix == "PYNET"
     fw = root.build_firewall(Config(state_dir=str(tmp_path)), sysctl=object())
     assert isinstance(fw.firewall, Firewall)
+
+
+def test_conflist_iptables_backend_reaches_the_firewall(tmp_path):
+    """A CNI plugin runs with the runtime's clean environment: the conflist's
+    pynet.iptablesBackend picks the iptables backend (a legacy CNI-only host), and a bad
+    value is one line with CNI's config code."""
+    from pynet import root
+    from pynet.cni import spec
+    from pynet.cni.plugin import _config
+    from pynet.cni.settings import pynet_settings
+    from pynet.firewall.backend import IptcBackend, NftBackend
+
+    s = pynet_settings({"pynet": {"stateDir": str(tmp_path), "iptablesBackend": "legacy"}}, {})
+    fw = root.build_firewall(_config(s), sysctl=object())
+    assert isinstance(fw.firewall.backend, IptcBackend)
+    s = pynet_settings({"pynet": {"stateDir": str(tmp_path)}}, {"PYNET_IPTABLES_BACKEND": "nft"})
+    assert isinstance(root.build_firewall(_config(s), sysctl=object()).firewall.backend, NftBackend)
+    with pytest.raises(spec.CniError) as e:
+        pynet_settings({"pynet": {"iptablesBackend": "ipfw"}}, {})
+    assert e.value.code == spec.INVALID_CONFIG and "\n" not in str(e.value)
+    assert "want one of nft, legacy, legacy-restore" in str(e.value)
