@@ -40,6 +40,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--endpoints", type=int, default=200)
     ap.add_argument("--gap", type=float, default=0.02, help="seconds between two creates on host 1")
+    ap.add_argument("--profile", action="store_true", help="print cProfile of host 1's creates and host 2's passes")
     args = ap.parse_args()
     base = tempfile.mkdtemp(prefix="pynet-bench-overlay-")
     bin_dir = os.path.join(base, "bin")
@@ -57,9 +58,15 @@ def main() -> int:
             h.call("cni_add", name=f"pod{i}", netns_path=lab.pod(str(i)), network="bench", cni=conf,
                    ifname="eth0", address=str(net.network_address + 10 + i), prefixlen=net.prefixlen)
         h2.call("time_fdb")
+        if args.profile:
+            h1.call("profile", on=True)
+            h2.call("profile", on=True)
         made = h1.call("create_endpoints_timed", network="bench", count=args.endpoints, gap=args.gap,
                        call_timeout=600)
         wait_until(lambda: len(h2.call("fdb_timings")) >= args.endpoints, "every entry on host 2", bound=300)
+        if args.profile:
+            print("== host 1: create_endpoint ==\n" + h1.call("profile", on=False))
+            print("== host 2: agent passes ==\n" + h2.call("profile", on=False))
         seen, events, passes = h2.call("fdb_timings"), h2.call("event_timings"), h2.call("pass_timings")
         fdb = [(seen[m] - t) * 1000 for m, t in made.items()]
         ev = [(events[m] - t) * 1000 for m, t in made.items() if m in events]

@@ -241,7 +241,7 @@ class FakeNetlink(Netlink):
         return link
 
     # -- VXLAN forwarding database and neighbours (gone with the device) --------
-    def fdb_replace(self, dev, mac, dst) -> None:
+    def fdb_replace(self, dev, mac, dst, index=None) -> None:
         self.kernel._check("fdb_replace", dev)
         mac = check_mac(mac)
         ipaddress.ip_address(dst)
@@ -265,7 +265,7 @@ class FakeNetlink(Netlink):
     def fdb_list(self, dev) -> list[tuple[str, str]]:
         return sorted(self._vxlan(dev).extra["fdb"])
 
-    def neigh_replace(self, dev, ip, mac) -> None:
+    def neigh_replace(self, dev, ip, mac, index=None) -> None:
         self.kernel._check("neigh_replace", dev)
         self._vxlan(dev).extra["neigh"][str(ipaddress.ip_address(ip))] = check_mac(mac)
 
