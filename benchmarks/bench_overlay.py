@@ -19,6 +19,10 @@ a VXLAN built by hand between the same host namespaces (a bridge, a nolearning V
 same UDP port and MTU with a static FDB entry, a veth into a pod namespace of its own) -- the kernel's
 own VXLAN path, the limit.  Rounds alternate the sides; the ratio of medians (goal >= 0.97).
 
+docker: ``docker run -d`` on an overlay network against a pynet bridge network, one private dockerd
+and pynet daemon in host 1's namespace (as tests/overlay/test_overlay_docker.py runs them), rounds
+alternating; the ratio of medians (goal <= 1.2).
+
 Everything is named ``po<hex>-`` and removed even on failure.
 """
 from __future__ import annotations
@@ -209,9 +213,57 @@ def print_throughput(res: dict) -> float:
     return ratio
 
 
+# ------------------------------------------------------------------- docker
+DOCKER_GOAL = 1.2
+BRIDGE_SUBNET, BRIDGE_GW = "10.80.0.0/24", "10.80.0.1"
+
+
+def docker_run(base: str, bin_dir: str, rounds: int) -> dict:
+    """``docker run -d`` (CLI, wall time) on an overlay network and on a pynet bridge network of the
+    same private dockerd and pynet daemon in host 1's namespace (tests/overlay/test_overlay_docker's
+    DockerHost: its own mount namespace, sockets, data root; the machine's dockerd is untouched),
+    rounds alternating the sides; each container removed (untimed) before the next.
+    -> {"overlay": [s], "bridge": [s]}"""
+    from tests.overlay import test_overlay_docker as tod
+    from tests.support.overlay import installed_lab
+
+    with installed_lab(os.path.join(base, "docker"), joined=()) as lab:
+        host = tod.DockerHost(lab, 1)
+        try:
+            host.start()
+            host.network(tod.NET, tod.SUBNET, tod.GW)                   # the overlay
+            host.docker("network", "create", "-d", host.name, "--ipam-driver", host.name,
+                        "--subnet", BRIDGE_SUBNET, "--gateway", BRIDGE_GW, tod.NET2)   # a pynet bridge
+            nets = {"overlay": tod.NET, "bridge": tod.NET2}
+            out: dict = {"overlay": [], "bridge": []}
+            for r in range(rounds + 1):             # round 0: warm-up (image layers, first network use)
+                for side in (("overlay", "bridge") if r % 2 == 0 else ("bridge", "overlay")):
+                    name = f"{lab.prefix}-{side[0]}{r}"
+                    t = time.monotonic()
+                    host.docker("run", "-d", "--name", name, "--network", nets[side], host.image, "sleep", "600")
+                    if r:
+                        out[side].append(time.monotonic() - t)
+                    host.docker("rm", "-f", name)
+            return out
+        finally:
+            host.stop()
+
+
+def print_docker(res: dict) -> float:
+    o, b = statistics.median(res["overlay"]), statistics.median(res["bridge"])
+    ratio = o / b
+    print(f"docker run -d (CLI), {len(res['overlay'])} rounds each (load {os.getloadavg()[0]:.2f}):")
+    print(f"  overlay {o * 1000:.0f} ms (min {min(res['overlay']) * 1000:.0f}, max {max(res['overlay']) * 1000:.0f}), "
+          f"pynet bridge {b * 1000:.0f} ms (min {min(res['bridge']) * 1000:.0f}, max {max(res['bridge']) * 1000:.0f})")
+    print(f"  ratio {ratio:.3f} (goal <= {DOCKER_GOAL}): {'met' if ratio <= DOCKER_GOAL else 'MISSED'}")
+    return ratio
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--only", default="latency,throughput", help="comma-separated: latency, throughput")
+    ap.add_argument("--only", default="latency,throughput,docker",
+                    help="comma-separated: latency, throughput, docker")
+    ap.add_argument("--docker-rounds", type=int, default=10)
     ap.add_argument("--endpoints", type=int, default=200)
     ap.add_argument("--gap", type=float, default=0.02, help="seconds between two creates on host 1")
     ap.add_argument("--profile", action="store_true", help="print cProfile of host 1's creates and host 2's passes")
@@ -222,13 +274,16 @@ def main() -> int:
     base = tempfile.mkdtemp(prefix="pynet-bench-overlay-")
     bin_dir = os.path.join(base, "bin")
     cni_install.install(bin_dir=bin_dir, conf_dir=None)
-    with OverlayLab(hosts=3, base_dir=base, cni_path=bin_dir, lease_ttl=15) as lab:
-        attach_pods(lab)
-        if "throughput" in only:
-            print_throughput(throughput(lab, args.iperf_rounds, args.iperf_time))
-        if "latency" in only:
-            print_latency(latency(lab, args.endpoints, args.gap, profile=args.profile), args.gap)
-        teardown(lab)
+    if only & {"latency", "throughput"}:
+        with OverlayLab(hosts=3, base_dir=base, cni_path=bin_dir, lease_ttl=15) as lab:
+            attach_pods(lab)
+            if "throughput" in only:
+                print_throughput(throughput(lab, args.iperf_rounds, args.iperf_time))
+            if "latency" in only:
+                print_latency(latency(lab, args.endpoints, args.gap, profile=args.profile), args.gap)
+            teardown(lab)
+    if "docker" in only:
+        print_docker(docker_run(base, bin_dir, args.docker_rounds))
     return 0
 
 

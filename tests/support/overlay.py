@@ -307,9 +307,10 @@ class OverlayLab:
         from pynet.cnm import sandbox
 
         name = f"{self.prefix}-{tag}"
-        path = sandbox.create_netns(name)
+        # noted first: a create that failed half-way (no answer from its child under load) may
+        # still have made the namespace, and close() must remove it
         self.namespaces.append(name)
-        return path
+        return sandbox.create_netns(name)
 
     def namespaces_path(self, tag: str) -> str:
         return f"/var/run/netns/{self.prefix}-{tag}"
