@@ -571,9 +571,15 @@ class OverlayDriver(BridgeDriver):
         st = net.driver_state or {}
         dev = st.get("vxlan")
         done = {"added": 0, "removed": 0}
-        # the ifindex only (one request): get_link's address dump and
-        # master look-ups were half of an event's pass
-        index = self.nl.link_index(dev) if c is not None and dev else None
+        # an event's pass reuses the ifindex of the last pass (no request
+        # at all: a device gone or made again since has another index, ifindexes
+        # are handed out cyclically, so the first replace fails with ENODEV and
+        # the pass is redone from a fresh look-up and the kernel's tables); a
+        # full pass asks for the ifindex only (get_link's address dump and
+        # master look-ups were half of an event's pass)
+        cached = None if from_kernel or c is None else next(
+            (k[1] for k in self._programmed if k[0] == dev), None)
+        index = cached if cached is not None else (self.nl.link_index(dev) if c is not None and dev else None)
         if index is None:
             self._programmed = {k: v for k, v in self._programmed.items() if k[0] != dev}
             return done
@@ -583,7 +589,12 @@ class OverlayDriver(BridgeDriver):
         want = peers(view, c.parse, self.cluster_id(net), c.host)
         last = None if from_kernel else self._programmed.get(key)
         self._programmed = {k: v for k, v in self._programmed.items() if k[0] != dev}
-        self._program(dev, index, want, last, done)     # raising: nothing cached, the next pass reads the kernel
+        try:
+            self._program(dev, index, want, last, done)     # raising: nothing cached, the next pass reads the kernel
+        except errors.NotFound:
+            if cached is None:
+                raise
+            return self.program_peers(net, view, from_kernel=True)
         self._programmed[key] = (set(want.fdb), set(want.neigh))
         if done["added"] or done["removed"]:
             log.info("network %s: %s: +%d -%d FDB/neighbour entries", net.id[:12], dev,
