@@ -21,8 +21,10 @@ CNI path, in network namespaces this run creates:
 - ports: ADD of one endpoint with N published ports (pynet-bridge's own DNAT against portmap);
 - leases: pynet-ipam ADD (through the daemon) with N leases held, against host-local;
 - overlay (bench_overlay's three-host lab, its own ``po<hex>`` names): iperf3 pod to pod across
-  hosts against a hand-built kernel VXLAN, and the watch-to-programmed curve (create on host 1
-  to the FDB entry on hosts 2 and 3, against the etcd watch event's delivery, the floor).
+  hosts against a hand-built kernel VXLAN, the watch-to-programmed curve (create on host 1
+  to the FDB entry on hosts 2 and 3, against the etcd watch event's delivery, the floor), and
+  ``docker run -d`` on an overlay against a pynet bridge network (a private dockerd in host 1's
+  namespace).
 
 Noise (for --compare): a side's relative spread is IQR / median; a ratio's noise is the sum of
 both sides' (to first order the relative spread of a quotient); a ratio moved when
@@ -96,6 +98,7 @@ EXPECTED = {
     "curve.leases.at_max": ("leases", "leases curve: pynet-ipam / host-local at the largest N", None, None),
     "overlay.iperf3": ("overlay", "iperf3 TCP pod to pod across hosts, pynet overlay / hand-built kernel VXLAN",
                        ">=", 0.97),
+    "overlay.docker_run": ("overlay", "docker run -d (CLI), overlay network / pynet bridge network", "<=", 1.2),
     "curve.overlay.at_max": ("overlay", "overlay curve: FDB entry programmed / watch event delivered at the "
                              "largest N", None, None),
 }
@@ -527,6 +530,9 @@ class Run:
                 bar.update()
             bench_overlay.teardown(lab)
         self.curve("overlay", {"pynet": res["fdb"], "peer": res["event"]})
+        dr = bench_overlay.docker_run(str(base), str(self.bin_dir), self.rounds)
+        self.comparisons.append(comparison("overlay.docker_run", dr["overlay"], dr["bridge"], "s",
+                                           "overlay (pynet)", "pynet bridge"))
 
     def curve(self, name: str, samples: dict, **extra) -> None:
         title, xl, yl, pl, ql, what = CURVES[name]
