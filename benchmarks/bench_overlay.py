@@ -152,6 +152,8 @@ def kernel_vxlan(lab: OverlayLab, network: str = "bench") -> tuple[str, str]:
         ns_sh(host, "ip", "link", "set", "kv0", "master", "kbr0")
         for dev in ("kbr0", "kvx0", "kv0"):
             ns_sh(host, "ip", "link", "set", dev, "up")
+        # the pod's end too (veth's mtu applies to one end only): as pynet's pods, the overlay's MTU
+        ns_sh(pod, "ip", "link", "set", "eth0", "mtu", str(mtu))
         ns_sh(pod, "ip", "addr", "add", f"{KERNEL_NET}.{i + 1}/24", "dev", "eth0")
         ns_sh(pod, "ip", "link", "set", "lo", "up")
         ns_sh(pod, "ip", "link", "set", "eth0", "up")
