@@ -101,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_network_ls)
     p = nsub.add_parser("inspect", parents=[common], help="show a network as JSON")
     p.add_argument("network", metavar="ID|NAME")
+    _cluster_flags(p)       # an overlay's cluster-wide part (VNI, hosts, remote endpoints)
     p.set_defaults(func=cmd_network_inspect)
     p = nsub.add_parser("rm", parents=[common], help="remove a network (kernel and store)")
     p.add_argument("networks", metavar="ID|NAME", nargs="+")
@@ -403,16 +404,49 @@ def cmd_network_ls(args, config: Config) -> int:
     rows = []
     for n in sorted(nets, key=lambda n: (n.name or "", n.id)):
         name = n.name or (docker_names or {}).get(n.id, "")
-        rows.append({"id": n.id, "name": name, "driver": n.driver,
+        rows.append({"id": n.id, "name": name, "driver": n.driver, "scope": _scope(n.driver),
                      "subnets": _subnets(n), "endpoints": counts.get(n.id, 0),
                      "created_by": n.created_by})
     if args.json:
         _print_json(rows)
     else:
-        _print_table(["ID", "NAME", "DRIVER", "SUBNETS", "ENDPOINTS"],
-                     [[r["id"][:12], r["name"], r["driver"], ",".join(r["subnets"]),
+        _print_table(["ID", "NAME", "DRIVER", "SCOPE", "SUBNETS", "ENDPOINTS"],
+                     [[r["id"][:12], r["name"], r["driver"], r["scope"], ",".join(r["subnets"]),
                        r["endpoints"]] for r in rows])
     return 0
+
+
+def _scope(driver: str) -> str:
+    """``local`` or ``global`` (a network spanning the cluster's hosts: the overlay), as the
+    driver class says (nothing is built)."""
+    from pynet import drivers
+
+    try:
+        return getattr(drivers.driver_class(driver), "scope", "local")
+    except (KeyError, ImportError, AttributeError):
+        return "local"
+
+
+def _overlay_view(net, config: Config) -> dict:
+    """An overlay's cluster-wide part for ``network inspect``: VNI, hosts, remote endpoints
+    (read from the cluster store; the reason instead when there is none or it fails)."""
+    from pynet import root
+
+    st = net.driver_state or {}
+    out = {"vni": st.get("vni"), "vxlan": st.get("vxlan"), "port": st.get("port"),
+           "local": st.get("local"), "cluster_network": st.get("cluster", "")}
+    cluster = root.cluster_store(config)
+    if cluster is None:
+        return dict(out, error="no cluster store given (--cluster-store or PYNET_CLUSTER_STORE): "
+                               "hosts and remote endpoints unknown")
+    try:
+        view = cluster.network_view(out["cluster_network"] or net.name or net.id)
+    except errors.PynetError as e:
+        return dict(out, error=f"cluster store: {e}")
+    finally:
+        cluster.close()
+    return dict(out, vni=out["vni"] if out["vni"] is not None else view["vni"], hosts=view["hosts"],
+                remote_endpoints=view["remote_endpoints"])
 
 
 def cmd_network_inspect(args, config: Config) -> int:
@@ -421,7 +455,10 @@ def cmd_network_inspect(args, config: Config) -> int:
     out = net.to_json()
     if not out.get("name"):
         out["name"] = _docker_network_names().get(net.id, "")
+    out["scope"] = _scope(net.driver)
     out["endpoints"] = [e.to_json() for e in c.endpoints(net.id)]
+    if out["scope"] == "global":
+        out["overlay"] = _overlay_view(net, config)
     _print_json(out)
     return 0
 

@@ -145,6 +145,7 @@ def _build_and_serve(config: Config, metrics) -> None:
     from pynet.cni.route import register_cni
     from pynet.plugin_api import create_app, serve
 
+    root.check_advertise_address(config)     # before the controller touches the kernel
     controller = root.build_controller(config, observe_firewall=metrics.observe_firewall)
     metrics.controller = controller
     refresh_foreign_bridges(controller)
@@ -164,4 +165,4 @@ def _build_and_serve(config: Config, metrics) -> None:
     finally:
         rechecker.stop()
         if agent is not None:
-            agent.stop(revoke=True)
+            agent.shutdown()       # the lease outlives a restart while containers run

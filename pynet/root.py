@@ -93,7 +93,17 @@ def cluster_store(config: Config):
     host = config.host_id or host_identity(config.state_dir)
     return Cluster(lambda: open_store_url(url), host=host, address=config.advertise_address,
                    namespace=namespace, lease_ttl=config.cluster_lease_ttl,
-                   vni_range=parse_vni_range(config.vni_range), vxlan_port=config.vxlan_port)
+                   vni_range=parse_vni_range(config.vni_range), vxlan_port=config.vxlan_port,
+                   url=url)   # named in its errors (pynet.cluster.ClusterStore)
+
+
+def check_advertise_address(config: Config) -> None:
+    """A daemon in a cluster whose ``--advertise-address`` is not this host's is refused in one
+    line before anything is built (no kernel object, no rule, no cluster record)."""
+    if config.cluster_store and config.advertise_address:
+        from pynet.cluster import check_local_address
+
+        check_local_address(config.advertise_address)
 
 
 def start_cluster_agent(config: Config, controller, reconcile_interval: float = 10.0):
@@ -108,14 +118,13 @@ def start_cluster_agent(config: Config, controller, reconcile_interval: float = 
     cluster = getattr(drv, "cluster", None)
     if cluster is None:
         return None
+    # an advertise address that is not this host's: refused (one line) before joining, so
+    # the host announces nothing peers would send VXLAN to
+    cluster.address
     from pynet.cluster.agent import Agent
 
     def program(view: dict, dirty) -> None:
-        for net in controller.networks():
-            if net.driver == "overlay" and (dirty is None or drv.cluster_id(net) in dirty):
-                # an event's pass trusts what was programmed; a full pass
-                # (start, resync, periodic reconcile) reads the kernel
-                drv.program_peers(net, view, from_kernel=dirty is None)
+        drv.agent_pass(controller.networks(), view, dirty)
 
     return Agent(cluster, program, reconcile_interval=reconcile_interval).start()
 

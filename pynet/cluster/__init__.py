@@ -32,6 +32,7 @@ import os
 import re
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -117,6 +118,50 @@ def check_local_address(address: str) -> str:
     return str(a)
 
 
+class ClusterStore:
+    """The cluster's store, riding through an election and its failures named.
+
+    A member's death (the leader's) leaves the others electing for an election
+    timeout or two; a request sent meanwhile gets no answer within the
+    client's read timeout.  So one ``StoreUnavailable`` is followed by one
+    resend after ``RIDE_THROUGH`` s -- safe for these calls: puts, deletes and
+    reads are idempotent, and a v2 ``txn`` re-reads and re-decides (the block
+    IPAM writes a handle with its bit, so a resent allocation finds its own).
+    A cluster without quorum fails the resend too, a few seconds after the
+    call: fast, not hung.  Then the error is named: an etcd without quorum or
+    out of reach says "etcd at http://...: timed out", which means nothing to a
+    ``docker network create`` user; what failed is the cluster store, so it is
+    raised again as ``cluster store <url> unavailable: ...`` (still transient:
+    Docker gets the ``Err``, CNI code 11).  Everything else passes through."""
+
+    RIDE_THROUGH = 1.0
+    RESENT = frozenset({"get", "put", "delete", "delete_prefix", "list", "txn", "update", "grant",
+                        "keepalive", "revoke", "revision"})
+
+    def __init__(self, store, url: str):
+        self._store, self.url = store, url
+
+    def __getattr__(self, name):
+        attr = getattr(self._store, name)
+        if not (callable(attr) and getattr(attr, "__self__", None) is self._store):
+            return attr
+        tries = 2 if name in self.RESENT else 1
+
+        def call(*a, **kw):
+            for attempt in range(tries):
+                try:
+                    return attr(*a, **kw)
+                except errors.StoreUnavailable as e:
+                    if str(e).startswith("cluster store "):
+                        raise
+                    if attempt + 1 < tries:
+                        log.info("cluster store %s: %s; resending %s once", self.url, e, name)
+                        time.sleep(self.RIDE_THROUGH)
+                        continue
+                    raise errors.StoreUnavailable(f"cluster store {self.url} unavailable: {e}") from e
+        return call
+
+
 @dataclass
 class Peers:
     """What a host's VXLAN device of one network should hold: ``fdb`` {(mac,
@@ -131,8 +176,9 @@ class Cluster:
 
     def __init__(self, open_store: Callable[[], object], *, host: str, address: str = "",
                  namespace: str = "", lease_ttl: int = 15, vni_range: tuple = (4096, 0xFFFFFF),
-                 vxlan_port: int = 4789, name: str = ""):
+                 vxlan_port: int = 4789, name: str = "", url: str = ""):
         self._open = open_store
+        self.url = url
         self._store = None
         self._lock = threading.Lock()
         self.host = keys.component(host)
@@ -152,7 +198,8 @@ class Cluster:
     def store(self):
         with self._lock:
             if self._store is None:
-                self._store = self._open()
+                store = self._open()
+                self._store = ClusterStore(store, self.url) if self.url else store
             return self._store
 
     def close(self) -> None:
@@ -195,6 +242,47 @@ class Cluster:
         return [{"host": h, "name": v.get("name", ""), "address": v.get("address", ""), "lease": v["lease"],
                  "self": h == self.host, "networks": sorted(vteps.get(h, []))}
                 for h, v in sorted(hosts.items())]
+
+    def network_view(self, network_id: str) -> dict:
+        """The cluster-wide network ``network_id`` as ``pynet network inspect`` shows it, from
+        one read of the cluster keys: its record (VNI, port, subnets, MTU; None once freed),
+        the hosts that instantiated it or have endpoints on it (VTEP address, lease alive,
+        endpoint count), and its endpoints on other hosts than this one."""
+        rec, alive, members, eps, vteps = None, {}, {}, [], set()
+        for r in self.store.list(self.root):
+            parts = self.parse(r.key)
+            value = r.value or {}
+            if len(parts) == 2 and parts == ["networks", network_id]:
+                rec = value
+            elif len(parts) == 2 and parts[0] == "hosts":
+                alive[parts[1]] = value
+            elif len(parts) == 3 and parts[1] == network_id:
+                if parts[0] == "members":
+                    members[parts[2]] = value.get("address", "")
+                elif parts[0] == "endpoints":
+                    eps.append(dict(value, id=parts[2]))
+                elif parts[0] == "vteps":
+                    vteps.add(parts[2])
+        count: dict = {}
+        for ep in eps:
+            count[ep.get("host")] = count.get(ep.get("host"), 0) + 1
+        hosts = []
+        for h in sorted(set(members) | set(count) | vteps):
+            live = alive.get(h)
+            hosts.append({"host": h, "name": (live or {}).get("name", ""),
+                          "address": (live or {}).get("address") or members.get(h, ""),
+                          "alive": live is not None, "member": h in members, "self": h == self.host,
+                          "endpoints": count.get(h, 0)})
+        remote = sorted(({k: ep.get(k, "") for k in ("id", "host", "ip", "ip6", "mac")}
+                         for ep in eps if ep.get("host") != self.host), key=lambda e: (e["host"], e["ip"] or ""))
+        return {"network": network_id, "record": rec, "vni": (rec or {}).get("vni"), "hosts": hosts,
+                "remote_endpoints": remote}
+
+    def keys(self) -> list[str]:
+        """Every key under this cluster's namespace: what a teardown must leave
+        empty (the scenario runner's leftovers check; the front ends never read
+        the store themselves)."""
+        return [r.key for r in self.store.list(self.root)]
 
     def parse(self, key: str) -> list[str]:
         """A key under the root -> its components ([] for anything else)."""

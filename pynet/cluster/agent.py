@@ -73,6 +73,7 @@ class Agent:
         self._watch = None
         self._thread = threading.Thread(target=self._run, name="pynet-cluster-agent", daemon=True)
         self.passes = 0                 # programming passes done (tests wait on it)
+        self.synced = False             # the view holds a full listing (set once)
         self.resyncs = 0
         self.error: Optional[str] = None
 
@@ -92,6 +93,28 @@ class Agent:
         if self._thread.is_alive():
             self._thread.join(timeout)
         self.cluster.leave(revoke=revoke)
+
+    def shutdown(self) -> None:
+        """The daemon's stop: the lease is revoked only when no endpoint of this
+        host is on an overlay.  Containers outlive their network daemon (a
+        restart, an upgrade), so peers must keep this host's FDB entries while
+        it is away; the restarted daemon joins with a new lease and re-puts what
+        the old one carried, and a host that never comes back is dropped one
+        TTL later, like a crashed one."""
+        self.stop(revoke=not self.hosts_endpoints())
+
+    def hosts_endpoints(self) -> bool:
+        """True when the view holds an endpoint of this host (cluster-wide
+        record), or when there is no view yet: a daemon stopped before its
+        first listing does not know, and must not cut its containers off."""
+        if not self.synced:
+            return True
+        c, me = self.cluster, self.cluster.host
+        for key, value in list(self.view.items()):
+            parts = c.parse(key)
+            if len(parts) == 3 and parts[0] == "endpoints" and (value or {}).get("host") == me:
+                return True
+        return False
 
     # ----------------------------------------------------------- membership
     def _join(self) -> None:
@@ -177,6 +200,7 @@ class Agent:
         listing = c.store.list(c.root)                    # 1. list at R
         self.view = {r.key: r.value for r in listing if self._followed(r.key)}
         self.revision = listing.revision
+        self.synced = True
         self._pass(None)                                  # 2. program all
         self._watch = c.store.watch(c.root, self.revision + 1)   # 3. watch from R + 1
         next_reconcile = time.monotonic() + self.reconcile_interval

@@ -362,14 +362,17 @@ class Controller:
             drv = self.driver_for(net)
             others = self.networks()
             self._validate_subnets(net, others)
-            if getattr(drv, "scope", "local") == GLOBAL:
-                # Docker passes AllocateNetwork's options back in CreateNetwork;
-                # a network made without it (CNI, no swarm) is allocated here
-                alloc = self.allocate_network(net.id, driver=net.driver, options=net.options,
-                                              ipv4=net.ipv4, ipv6=net.ipv6)
-                net.options = {**alloc, **net.options}
+            # validated before any cluster-wide allocation: a refusal changes nothing anywhere
             drv.validate_network(net, others)
             with contextlib.ExitStack() as undo:
+                if getattr(drv, "scope", "local") == GLOBAL:
+                    # Docker passes AllocateNetwork's options back in CreateNetwork;
+                    # a network made without it (CNI, no swarm) is allocated here
+                    alloc = self.allocate_network(net.id, driver=net.driver, options=net.options,
+                                                  ipv4=net.ipv4, ipv6=net.ipv6, name=net.name,
+                                                  by_create=True)
+                    net.options = {**alloc, **net.options}
+                    undo.callback(self._drop_allocation, drv, net)
                 state = drv.create_network(net)
                 if state is not None:  # what the driver remembers about the network
                     net.driver_state = state
@@ -511,6 +514,8 @@ class Controller:
                 for ep in eps:
                     self._teardown_endpoint(net, ep, drv)
                 drv.delete_network(net)
+                if getattr(drv, "scope", "local") == GLOBAL:
+                    self._forget_own_allocation(net.id)
             finally:
                 # Docker forgets the network even when DeleteNetwork fails; a
                 # record kept here would block its subnet forever.  Kernel
@@ -949,14 +954,16 @@ class Controller:
 
     # ------------------------------------------------ cluster scope (API v2)
     def allocate_network(self, network_id: str, driver: str = "bridge", options: Optional[dict] = None,
-                         ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = ()) -> dict:
+                         ipv4: Iterable[IPData] = (), ipv6: Iterable[IPData] = (), name: str = "",
+                         by_create: bool = False) -> dict:
         """Docker's AllocateNetwork: a global driver's cluster-wide resources,
         once per network (a second call answers the first allocation).  A
         local driver allocates nothing: {}.  Returns the options the network
         is created with."""
         if not network_id:
             raise errors.InvalidParameter("network ID is empty")
-        net = Network(id=network_id, driver=driver, options=dict(options or {}),
+        # ``name``: known on the CNI path (the conflist's), so refusals name the network by it
+        net = Network(id=network_id, driver=driver, name=name, options=dict(options or {}),
                       ipv4=list(ipv4), ipv6=list(ipv6))
         drv = self.driver_for(net)
         if getattr(drv, "scope", "local") != GLOBAL:
@@ -970,6 +977,8 @@ class Controller:
             value = {"driver": driver, "options": net.options,
                      "ipv4": [dataclasses.asdict(d) for d in net.ipv4],
                      "ipv6": [dataclasses.asdict(d) for d in net.ipv6], "allocated": got}
+            if by_create:   # no FreeNetwork will come (CNI; dockerd sees a local driver): delete frees it
+                value["by_create"] = True
 
             def record(t):  # created only if absent: another host may allocate it meanwhile
                 have = t.get(key)
@@ -987,6 +996,26 @@ class Controller:
                 return theirs
             log.info("allocated network %s (%s): %s", network_id[:12], driver, got)
             return got
+
+    def _drop_allocation(self, drv, net: Network) -> None:
+        """Undo create_network's own allocation (a failed create): the driver's cluster-wide
+        part (``net`` has the name that keys it) and the allocation record; one Docker's
+        AllocateNetwork made stays for its FreeNetwork."""
+        if self._forget_own_allocation(net.id):
+            drv.free_network(net)
+
+    def _forget_own_allocation(self, network_id: str) -> bool:
+        """The allocation record create_network made itself goes with the network (no
+        FreeNetwork comes for it); one Docker's AllocateNetwork made stays for its FreeNetwork."""
+        key = _allocation_key(network_id)
+
+        def fn(t):
+            rec = t.get(key)
+            if rec is not None and (rec.value or {}).get("by_create"):
+                t.delete(key)
+                return True
+            return False
+        return self.txn(fn, store=self.cluster_store)
 
     def free_network(self, network_id: str) -> None:
         """Docker's FreeNetwork: release what allocate_network took (nothing
@@ -1045,7 +1074,19 @@ class Controller:
                 ids = {n.id for n in mine}
                 changed = drv.restore(mine, [e for e in eps if e.network_id in ids], keep=in_flight)
                 self._remember(changed)
+                # addresses a driver took beyond this host for a request the local IPAM never
+                # recorded (a daemon killed in between: the overlay's block IPAM)
+                self._reclaim(drv)
             self._sync_firewall()
+
+    def _reclaim(self, drv) -> None:
+        reclaim = getattr(drv, "reclaim_addresses", None)
+        if reclaim is None:
+            return
+        try:
+            reclaim(self)
+        except errors.PynetError as e:   # the cluster store down: the next restart tries again
+            log.warning("restore: driver %s: addresses not reclaimed: %s", getattr(drv, "name", "?"), e)
 
     def _remember(self, changes) -> None:
         """Store the record changes a driver handed back (cnm.driver.Remember),

@@ -140,12 +140,39 @@ def create_netns(name: str) -> str:
     path = netns_path(name)
     if os.path.exists(path):
         raise errors.Conflict(f"network namespace {name} already exists")
-    from pyroute2 import netns
-    try:
-        netns.create(name)
-    except OSError as e:
-        raise errors.KernelError(f"cannot create network namespace {name}: {e.strerror or e}") from None
+    from pyroute2 import config as pyroute2_config, netns
+    # pyroute2 forks a child to unshare and bind-mount the namespace and waits
+    # config.default_communicate_timeout (2 s) for its answer; forking a large process on a
+    # loaded 2-core host can take longer ("no response from the child").  Wait longer, and on a
+    # timeout remove what the killed child may have left at the path and try once more.
+    pyroute2_config.default_communicate_timeout = max(pyroute2_config.default_communicate_timeout,
+                                                      _NETNS_CHILD_TIMEOUT)
+    for attempt in (1, 2):
+        try:
+            netns.create(name)
+            return path
+        except TimeoutError as e:
+            _remove_half_made(path)
+            if attempt == 2:
+                raise errors.KernelError(f"cannot create network namespace {name}: {e}") from None
+        except OSError as e:
+            raise errors.KernelError(f"cannot create network namespace {name}: {e.strerror or e}") from None
     return path
+
+
+_NETNS_CHILD_TIMEOUT = 20
+
+
+def _remove_half_made(path: str) -> None:
+    """What a create's child killed mid-way leaves: the mount point, maybe mounted."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.umount2(path.encode(), 2)          # MNT_DETACH; fails harmlessly when not mounted
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def delete_netns(name: str) -> bool:

@@ -147,6 +147,13 @@ def cluster_network(net: Network) -> str:
     return value
 
 
+def _label(net: Network) -> str:
+    """How a refusal names the network: by the name people gave it (the conflist's, or the
+    cluster network's option on Docker, which never tells a plugin the name), else its ID."""
+    opt = (net.options or {}).get(OPT_CLUSTER_NETWORK)
+    return net.name or (opt if isinstance(opt, str) and CLUSTER_NAME_RE.fullmatch(opt) else "") or net.id[:12]
+
+
 def _subnets(net: Network) -> list[str]:
     return sorted(str(ipaddress.ip_network(d.pool, strict=False)) for d in net.ipv4 + net.ipv6)
 
@@ -176,7 +183,7 @@ class OverlayDriver(BridgeDriver):
     def _cluster(self, net: Network):
         if self.cluster is None:
             raise NoClusterStore(
-                f"overlay network {net.name or net.id[:12]} needs a cluster store: start pynet with "
+                f"overlay network {_label(net)} needs a cluster store: start pynet with "
                 f"--cluster-store etcd://HOST:PORT[,HOST:PORT...] (or PYNET_CLUSTER_STORE, or the "
                 f"conflist's pynet.clusterStore)")
         return self.cluster
@@ -227,7 +234,7 @@ class OverlayDriver(BridgeDriver):
                 diffs = [f"{k} {have.get(k)} (here: {want[k]})" for k in ("vni", "port", "subnets", "mtu")
                          if want[k] not in (None, []) and have.get(k) != want[k]]
                 if diffs:
-                    raise errors.Conflict(f"overlay network {net.name or net.id[:12]} exists in the cluster "
+                    raise errors.Conflict(f"overlay network {_label(net)} exists in the cluster "
                                           f"with other settings: {', '.join(diffs)}")
                 return have
             mine = [ipaddress.ip_network(s) for s in want["subnets"]]
@@ -497,6 +504,44 @@ class OverlayDriver(BridgeDriver):
                     and h.get("cidr", "").split("/")[0] == bare:
                 ipam.release(got[0], handle)
 
+    def reclaim_addresses(self, controller) -> list[str]:
+        """Daemon start (``Controller.restore``): the cluster-wide addresses this host took for
+        dockerd's RequestAddress that its local IPAM never recorded -- the daemon died between
+        the block allocation and the local record -- go back to the pool.  Only this host's
+        ``docker-`` handles: dockerd asks only through this daemon, which serves nothing yet,
+        so none is in flight (a CNI ADD's handle is named by its endpoint and its DEL frees it).
+        Returns the addresses reclaimed."""
+        c = self.cluster
+        if c is None or getattr(controller, "ipam", None) is None:
+            return []
+        from pynet.ipam import LOCAL_DEFAULT
+
+        out = []
+        ipam = self._blocks()
+        for net in controller.networks():
+            if net.driver != self.name:
+                continue
+            prefix = f"{self.cluster_id(net)}:docker-"
+            for fam, datas in ((4, net.ipv4), (6, net.ipv6)):
+                got = self._pool_of(net, fam)
+                if got is None:
+                    continue
+                d = datas[0]
+                pid = d.pool_id or f"{d.address_space or LOCAL_DEFAULT}/{got[1]}"
+                try:
+                    local = set(controller.ipam.allocated(pid))
+                    theirs = ipam.handles(got[0])
+                except errors.NotFound:
+                    continue
+                for handle, h in theirs.items():
+                    bare = h.get("cidr", "").split("/")[0]
+                    if handle.startswith(prefix) and h.get("host") == c.host and bare not in local:
+                        if ipam.release(got[0], handle):
+                            log.info("network %s: address %s taken for dockerd but never recorded here: "
+                                     "reclaimed", net.id[:12], bare)
+                            out.append(bare)
+        return out
+
     # ====================================================== delete endpoint
     def delete_endpoint(self, net: Network, ep: Endpoint) -> None:
         super().delete_endpoint(net, ep)
@@ -556,6 +601,80 @@ class OverlayDriver(BridgeDriver):
                     except errors.PynetError as e:
                         log.error("restore: endpoint %s: %s", ep.id[:12], e)
         return remember
+
+    # ====================================================== the agent's pass
+    def agent_pass(self, networks: list, view: dict, dirty) -> None:
+        """One pass of the host agent (``pynet.cluster.agent``, ``dirty``: the cluster networks
+        an event touched, None for a full pass): every local overlay network whose cluster
+        network is dirty programmed from the view -- an event's pass trusts what was
+        programmed, a full pass (start, resync, periodic reconcile) reads the kernel -- and on
+        a full pass, what a former self of this host left collected."""
+        if dirty is None:
+            try:
+                self.collect_former_selves(view)
+            except errors.PynetError as e:   # the next full pass tries again; programming goes on
+                log.warning("former host records not collected: %s", e)
+        for net in networks:
+            if net.driver == self.name and (dirty is None or self.cluster_id(net) in dirty):
+                self.program_peers(net, view, from_kernel=dirty is None)
+
+    # ============================================ a host that came back wiped
+    def former_selves(self, view: dict) -> set:
+        """Host IDs that were this host before its state dir was wiped: a member record at
+        this host's VTEP address under another ID whose lease is gone (a reinstalled host
+        gets a new ID, ``pynet.cluster.host_identity``; two live hosts cannot share a VTEP)."""
+        c = self.cluster
+        if c is None:
+            return set()
+        me, address = c.host, c.address
+        alive, former = set(), set()
+        for key, value in view.items():
+            parts = c.parse(key)
+            if len(parts) == 2 and parts[0] == "hosts":
+                alive.add(parts[1])
+            elif len(parts) == 3 and parts[0] == "members" and parts[2] != me \
+                    and (value or {}).get("address") == address:
+                former.add(parts[2])
+        return former - alive
+
+    def collect_former_selves(self, view: dict) -> list[str]:
+        """The records this host's former selves left (``former_selves``): nobody else frees
+        an absent host's endpoints (it may come back), but this one never will -- its
+        endpoints, memberships, block-IPAM handles and empty blocks go, and a cluster network
+        it was the last member of goes with them.  The agent's full passes call it with their
+        view.  Returns the keys it deleted (handles as ``pool/handle``)."""
+        former = self.former_selves(view)
+        if not former:
+            return []
+        c = self.cluster
+        gone, touched, pools = [], set(), set()
+        for key, value in view.items():
+            parts = c.parse(key)
+            if len(parts) == 3 and parts[0] == "endpoints" and (value or {}).get("host") in former:
+                c.store.delete(key)
+                gone.append(key)
+                touched.add(parts[1])
+            elif len(parts) == 3 and parts[0] == "members" and parts[2] in former:
+                c.store.delete(key)
+                gone.append(key)
+                touched.add(parts[1])
+            elif len(parts) == 2 and parts[0] == "networks":
+                pools.update(pool_name(s) for s in (value or {}).get("subnets", []))
+        ipam = self._blocks()
+        for pool in sorted(pools):
+            try:
+                for handle, h in ipam.handles(pool).items():
+                    if h.get("host") in former and ipam.release(pool, handle):
+                        gone.append(f"{pool}/{handle}")
+                for host in former:
+                    ipam.release_empty_blocks(pool, host=host)
+            except errors.NotFound:
+                continue
+        for cid in sorted(touched):
+            self._free_if_unused(cid)
+        log.info("collected %d records of former host(s) %s (state dir wiped; same VTEP %s)",
+                 len(gone), ", ".join(sorted(former)), c.address)
+        return gone
 
     # ====================================================== the peers (agent)
     def program_peers(self, net: Network, view: dict, from_kernel: bool = True) -> dict:

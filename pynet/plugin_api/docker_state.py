@@ -15,6 +15,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import os
 import socket
 from typing import Optional
 
@@ -23,6 +24,15 @@ from pynet import errors, validate
 log = logging.getLogger("pynet.docker_state")
 
 DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+def docker_socket() -> str:
+    """dockerd's socket: ``DOCKER_HOST=unix:///path`` as the docker CLI reads it, else the
+    default.  A daemon serving a dockerd with its own socket (a second engine on the host, or
+    in a network namespace of its own) must reconcile with that engine, never with another
+    one that holds none of its networks (it would forget them all)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host[len("unix://"):] if host.startswith("unix://") and len(host) > len("unix://") else DOCKER_SOCKET
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -68,10 +78,11 @@ def is_plugin_ref(driver, plugin_name: str) -> bool:
     return last.split(":", 1)[0].split("@", 1)[0] == plugin_name
 
 
-def docker_holdings(plugin_name: str, sock: str = DOCKER_SOCKET, timeout: float = 5.0) -> Optional[dict]:
+def docker_holdings(plugin_name: str, sock: Optional[str] = None, timeout: float = 5.0) -> Optional[dict]:
     """{"networks": {network id: set(endpoint ids)} for networks driven by the
     plugin, "pools": [(pool, sub_pool, set(bare addresses))] for networks whose
     IPAM is the plugin}; None when dockerd does not answer."""
+    sock = sock or docker_socket()
     try:
         nets = _get("/networks", sock, timeout)
     except (OSError, ValueError, http.client.HTTPException) as e:
@@ -118,12 +129,12 @@ def _renderable(name: str) -> bool:
         return False
 
 
-def docker_custom_bridges(sock: str = DOCKER_SOCKET, timeout: float = 2.0) -> Optional[list[str]]:
+def docker_custom_bridges(sock: Optional[str] = None, timeout: float = 2.0) -> Optional[list[str]]:
     """Bridges of dockerd's own bridge networks that carry a custom name
     (``-o com.docker.network.bridge.name``), which the ``docker0``/``br-+``
     patterns do not catch; None when dockerd does not answer."""
     try:
-        nets = _get("/networks", sock, timeout)
+        nets = _get("/networks", sock or docker_socket(), timeout)
     except (OSError, ValueError, http.client.HTTPException):
         return None
     names = set()
@@ -136,7 +147,7 @@ def docker_custom_bridges(sock: str = DOCKER_SOCKET, timeout: float = 2.0) -> Op
     return sorted(names)
 
 
-def reconcile_with_docker(controller, plugin_name: str, sock: str = DOCKER_SOCKET) -> Optional[dict]:
+def reconcile_with_docker(controller, plugin_name: str, sock: Optional[str] = None) -> Optional[dict]:
     holdings = docker_holdings(plugin_name, sock)
     if holdings is None:
         return None

@@ -12,6 +12,10 @@
   in the host's namespace, with a conflist whose ``pynet`` object points at
   this host's state dir, chain prefix and instance -- the CNI-made network
   and endpoints live in the same pynet instance as the Controller's.
+  Given ``cluster`` settings (a scenario's cluster store, the overlay
+  acceptance lab's), the host is a cluster member too: ``join_cluster`` starts
+  the agent ``pynet daemon --cluster-store`` runs (its lease, the overlay's
+  FDB and neighbour entries).
 
 No scapy here.
 """
@@ -98,9 +102,15 @@ class HostService(NodeService):
         self.chain_prefix = ""
         self.firewall_backend = "iptables"
         self.torn_down = False
+        self.config = None
+        self.agent = None                      # the cluster agent, once joined
 
     def init(self, instance: str, state_dir: str, ip_forward: bool = True,
-             firewall="auto", chain_prefix: str = "PYNET", cni_path: str = "", **_kw) -> dict:
+             firewall="auto", chain_prefix: str = "PYNET", cni_path: str = "",
+             cluster: Optional[dict] = None, **_kw) -> dict:
+        """``cluster``: Config's cluster settings (cluster_store, advertise_address,
+        cluster_lease_ttl, ...); the store is opened on first use, so the host is built
+        before its etcd member runs."""
         from pynet import root
         from pynet.config import Config
 
@@ -116,7 +126,8 @@ class HostService(NodeService):
         self.firewall_backend = firewall_backend(backend, "PYNET_FIREWALL_BACKEND") if backend else "iptables"
         cfg = Config(plugin_name=instance, state_dir=state_dir, chain_prefix=chain_prefix,
                      socket_path=os.path.join(state_dir, "plugin.sock"),
-                     firewall_backend=self.firewall_backend)
+                     firewall_backend=self.firewall_backend, **(cluster or {}))
+        self.config = cfg
         # The composition root's controller, the daemon's: store, IPAM, drivers
         # and the firewall (serialised with the CNI binaries that sync the same
         # rules from other processes) -- inside this namespace, so iptables is
@@ -127,6 +138,40 @@ class HostService(NodeService):
         return {"firewall": fw is not None, "drivers": sorted(self.controller.drivers),
                 "chain_prefix": chain_prefix}
 
+    # ------------------------------------------------------------- cluster
+    def join_cluster(self, reconcile_interval: float = 2.0) -> dict:
+        """The host agent (what ``pynet daemon`` runs): lease kept alive, the
+        overlay's peers programmed from the cluster's records."""
+        from pynet import root
+
+        if self.agent is None:
+            self.agent = root.start_cluster_agent(self.config, self.controller,
+                                                  reconcile_interval=reconcile_interval)
+        cl = self.agent.cluster
+        return {"host": cl.host, "address": cl.address}
+
+    def leave_cluster(self, revoke: bool = True) -> None:
+        """``revoke=False``: the agent dies as a crashed daemon would; the
+        lease expires one TTL later."""
+        if self.agent is not None:
+            self.agent.stop(revoke=revoke)
+            self.agent = None
+
+    def cluster_keys(self) -> list[str]:
+        """Every key under the cluster store's namespace (the run's)."""
+        from pynet import root
+
+        c = root.cluster_store(self.config)
+        try:
+            return c.keys()
+        finally:
+            c.close()
+
+    def overlay_peers(self, name: str) -> dict:
+        """The VXLAN device's FDB of overlay network ``name`` here: {"fdb": [(mac, dst)]}."""
+        st = self.controller.network(name).driver_state
+        return {"vni": st.get("vni"), "fdb": [list(x) for x in self.nl.fdb_list(st["vxlan"])]}
+
     # ------------------------------------------------------------- networks
     def create_network(self, name: str, driver: str = "bridge", subnet: str = "",
                        gateway: str = "", internal: bool = False, options: Optional[dict] = None,
@@ -136,7 +181,7 @@ class HostService(NodeService):
 
         c = self.controller
         nid = object_id(self.instance, "network", name)
-        rec = {"name": name, "id": nid, "pools": [], "gateways": []}
+        rec = {"name": name, "id": nid, "pools": [], "gateways": [], "driver": driver}
         self.nets[name] = rec
         ipv4, ipv6 = [], []
         for pool, gw, v6, out in ((subnet, gateway, False, ipv4), (subnet_v6, "", True, ipv6)):
@@ -154,6 +199,7 @@ class HostService(NodeService):
         rec["gateway"] = net.gateway_v4
         rec["subnet_v6"] = net.ipv6[0].pool if net.ipv6 else ""
         rec["bridge"] = net.driver_state.get("bridge", "")
+        rec["vni"] = net.driver_state.get("vni")
         return {k: v for k, v in rec.items() if k not in ("pools", "gateways")}
 
     # ------------------------------------------------------------ sandboxes
@@ -163,6 +209,7 @@ class HostService(NodeService):
         (dockerd's part): move, rename eth<i>, address, default route via the
         first network's gateway.  Published ports on the first network."""
         from pynet.cnm import sandbox
+        from pynet.cnm.controller import DOCKER
         from pynet.cnm.model import PortMapping
 
         c = self.controller
@@ -171,10 +218,14 @@ class HostService(NodeService):
             net = self.nets[att["network"]]
             pool_id = net["pools"][0]
             eid = object_id(self.instance, "endpoint", name, att["network"])
+            # an overlay's address is cluster-wide: asked for with dockerd's holder, the
+            # controller takes it from the overlay's block IPAM first (pool_address)
+            holder = DOCKER if net.get("driver") == "overlay" else ""
             ep = {"sandbox": name, "network": att["network"], "nid": net["id"], "eid": eid,
-                  "netns": netns_path, "pool_id": pool_id, "address": "", "ifname": ""}
+                  "netns": netns_path, "pool_id": pool_id, "address": "", "ifname": "",
+                  "holder": holder}
             self.eps.append(ep)
-            ep["address"] = c.request_address(pool_id, att.get("address", ""))
+            ep["address"] = c.request_address(pool_id, att.get("address", ""), holder=holder)
             e = c.create_endpoint(net["id"], eid, address=ep["address"], mac=att.get("mac", ""))
             ep["created"] = True
             info = c.join(net["id"], eid, netns_path)
@@ -214,6 +265,12 @@ class HostService(NodeService):
         plugin["pynet"] = {**(plugin.get("pynet") or {}), "stateDir": self.state_dir,
                            "chainPrefix": self.chain_prefix, "instance": self.instance, "daemon": False,
                            "firewallBackend": self.firewall_backend}
+        cfg = self.config
+        if cfg is not None and cfg.cluster_store:
+            # a cluster host's pods: the plugin joins the cluster as the host does (a
+            # pynet-overlay conflist's clusterStore and advertiseAddress, kubelet's node)
+            plugin["pynet"].setdefault("clusterStore", cfg.cluster_store)
+            plugin["pynet"].setdefault("advertiseAddress", cfg.advertise_address)
         conflist = {"cniVersion": cni["cniVersion"], "name": network, "plugins": [plugin]}
         rc: dict = {}
         if address:
@@ -308,7 +365,8 @@ class HostService(NodeService):
                 step(f"leave {ep['sandbox']}", c.leave, ep["nid"], ep["eid"])
                 step(f"delete endpoint {ep['sandbox']}", c.delete_endpoint, ep["nid"], ep["eid"])
             if ep.get("address"):
-                step("release address", c.release_address, ep["pool_id"], ep["address"])
+                step("release address", c.release_address, ep["pool_id"], ep["address"],
+                     ep.get("holder", ""))
         self.eps = []
         for rec in reversed(list(self.nets.values())):
             if rec.get("created"):
@@ -337,14 +395,17 @@ class HostService(NodeService):
         return {"problems": problems, "leftovers": leftovers}
 
     def close(self) -> None:
-        if self.controller is not None and not self.torn_down:
-            try:
-                self.teardown()
-            except Exception:  # noqa: BLE001
-                log.exception("teardown on close")
-        if self.state_dir:
-            shutil.rmtree(self.state_dir, ignore_errors=True)
-        super().close()
+        try:
+            if self.controller is not None and not self.torn_down:
+                try:
+                    self.teardown()
+                except Exception:  # noqa: BLE001
+                    log.exception("teardown on close")
+            if self.state_dir:
+                shutil.rmtree(self.state_dir, ignore_errors=True)
+            super().close()
+        finally:
+            self.leave_cluster(revoke=True)
 
 
 def _prefixlen(subnet: str) -> int:

@@ -15,6 +15,9 @@ A scenario is one YAML file (documented with examples in ``scenarios/README.md``
       ext: {}
     # CNI: hosts.h1.cni: {podnet: {subnet: 10.22.0.0/24}}   conflists by network name
     #      hosts.h1.sandboxes.p1: {cni: [podnet]}           attached by executing the plugin
+    # overlay: cluster: {store: etcd}        an etcd cluster on the underlay (a member per host)
+    #          hosts.*.networks.blue: {driver: overlay, subnet: 10.30.0.0/24}
+    #                                        one network across every host that declares it
     expect:
       - reach: {from: a, to: b, proto: icmp}
       - isolated: {from: a, to: ext, proto: tcp, port: 80}
@@ -47,6 +50,8 @@ CNI_RESERVED = ("name", "pynet", "prevResult", "runtimeConfig", "args")
 PROTOS = ("icmp", "tcp", "udp")
 KINDS = ("reach", "isolated", "arp", "nat", "dnat", "mtu", "spoof", "encap")
 DEFAULT_TIMEOUT = 1.5
+CLUSTER_STORES = ("etcd",)
+OVERLAY = "overlay"
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,9}$")
 
 
@@ -115,6 +120,14 @@ class OutsideSpec:
 
 
 @dataclass
+class ClusterSpec:
+    """The cluster store the runner starts on the underlay (``cluster:``)."""
+    backend: str = "etcd"       # the YAML's ``store``
+    members: list[str] = field(default_factory=list)   # hosts running a member (default: all)
+    lease_ttl: int = 5            # s; each host's liveness lease (short: a scenario is short)
+
+
+@dataclass
 class Expectation:
     index: int
     kind: str
@@ -161,7 +174,8 @@ class Expectation:
                       f"mac={self.params['src_mac']}" if self.params.get("src_mac") else ""]
             return "udp forged " + " ".join(x for x in forged if x)
         if self.kind == "encap":
-            return f"vxlan vni={self.params.get('vni')}"
+            what = f"vxlan vni={self.params.get('vni') or self.params.get('network')}"
+            return what + (", no inner arp" if self.params.get("inner_arp") is False else "")
         return "arp"
 
     @property
@@ -183,7 +197,9 @@ class Expectation:
         if k == "spoof":
             return "delivered" if self.expect_ok else "dropped"
         if k == "encap":
-            return f"VXLAN VNI {p.get('vni')} on underlay" if self.expect_ok else "no VXLAN"
+            vni = p.get("vni") or f"of {p.get('network')}"
+            arp = ", no inner ARP" if p.get("inner_arp") is False else ""
+            return f"VXLAN VNI {vni} on underlay{arp}" if self.expect_ok else "no VXLAN"
         return ""
 
 
@@ -197,6 +213,7 @@ class Scenario:
     hosts: dict[str, HostSpec] = field(default_factory=dict)
     outside: dict[str, OutsideSpec] = field(default_factory=dict)
     expectations: list[Expectation] = field(default_factory=list)
+    cluster: Optional[ClusterSpec] = None
 
     # ---- lookups -----------------------------------------------------------------
     def uses_cni(self) -> bool:
@@ -207,6 +224,22 @@ class Scenario:
 
     def networks(self) -> list[NetSpec]:
         return [n for h in self.hosts.values() for n in h.networks.values()]
+
+    def overlays(self) -> dict[str, list[NetSpec]]:
+        """Overlay network name -> its declarations, one per host that joins it."""
+        out: dict[str, list[NetSpec]] = {}
+        for n in self.networks():
+            if n.driver == OVERLAY:
+                out.setdefault(n.name, []).append(n)
+        return out
+
+    def same_network(self, a: SandboxSpec, b: SandboxSpec, network: str) -> bool:
+        """Is ``network`` of sandbox ``a`` the one of ``b``?  On one host by name;
+        across hosts only an overlay is one network (two hosts' ``front`` bridges
+        are two networks)."""
+        if a.host == b.host:
+            return True
+        return self.hosts[a.host].networks.get(network, NetSpec("", "")).driver == OVERLAY
 
     def kind_of(self, name: str) -> str:
         if name in self.hosts:
@@ -302,7 +335,7 @@ class _Parser:
     # ---------------------------------------------------------------- top level
     def scenario(self, data, default_name) -> Scenario:
         d = self.mapping(data, "top level",
-                         ["name", "description", "underlay", "hosts", "outside", "expect"])
+                         ["name", "description", "underlay", "cluster", "hosts", "outside", "expect"])
         name = d.get("name", default_name)
         if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_.-]+$", name):
             self.fail("name", f"{name!r} must be letters, digits, '-', '_' or '.'")
@@ -338,6 +371,7 @@ class _Parser:
         self.underlay_addresses(sc)
         self.check_sandboxes(sc)
         self.check_subnets(sc)
+        self.cluster(sc, d.get("cluster"))
         exp = d.get("expect") or []
         if not isinstance(exp, list):
             self.fail("expect", "expected a list")
@@ -556,6 +590,55 @@ class _Parser:
                 self.fail(f"hosts.{s.host}.sandboxes.{s.name}.publish",
                           "only a sandbox in mode netns publishes ports")
 
+    def cluster(self, sc: Scenario, data) -> None:
+        """``cluster: {store: etcd, members: [h1, ...], lease_ttl: S}``; every
+        overlay network needs it, declares its subnet, and the same settings
+        on every host that joins it (what pynet would refuse as a conflict is
+        a mistake in the file, said here)."""
+        overlays = sc.overlays()
+        if data is None:
+            if overlays:
+                name = next(iter(overlays))
+                self.fail(f"hosts.{overlays[name][0].host}.networks.{name}.driver",
+                          "an overlay network needs a cluster store (add cluster: {store: etcd})")
+            return
+        if data is True:
+            data = {}
+        c = self.mapping(data, "cluster", ["store", "members", "lease_ttl"])
+        spec = ClusterSpec(backend=str(c.get("store", "etcd")))
+        if spec.backend not in CLUSTER_STORES:
+            self.fail("cluster.store", f"{spec.backend!r}: the cluster stores are {', '.join(CLUSTER_STORES)}")
+        members = c.get("members", list(sc.hosts))
+        if not isinstance(members, list) or not members:
+            self.fail("cluster.members", "a list of hosts (at least one)")
+        for m in members:
+            if m not in sc.hosts:
+                self.fail("cluster.members", f"no host {m!r}")
+        if len(set(members)) != len(members):
+            self.fail("cluster.members", "a host runs one member")
+        spec.members = [str(m) for m in members]
+        try:
+            spec.lease_ttl = int(c.get("lease_ttl", spec.lease_ttl))
+        except (TypeError, ValueError):
+            self.fail("cluster.lease_ttl", "seconds, a number")
+        if not 2 <= spec.lease_ttl <= 3600:
+            self.fail("cluster.lease_ttl", "must be 2..3600 seconds")
+        sc.cluster = spec
+        for name, decls in overlays.items():
+            first = decls[0]
+            for n in decls:
+                where = f"hosts.{n.host}.networks.{name}"
+                if not n.subnet:
+                    self.fail(f"{where}.subnet", "an overlay network declares its subnet "
+                                                 "(one cluster-wide pool)")
+                got = (n.subnet, n.gateway, n.subnet_v6, n.internal, n.options)
+                want = (first.subnet, first.gateway, first.subnet_v6, first.internal, first.options)
+                if got != want:
+                    diffs = [k for k, a, b in zip(("subnet", "gateway", "subnet_v6", "internal",
+                                                   "options"), got, want) if a != b]
+                    self.fail(where, f"differs from hosts.{first.host}.networks.{name} in "
+                                     f"{', '.join(diffs)}: an overlay is one network on every host")
+
     def check_subnets(self, sc: Scenario) -> None:
         # Subnets of one host must not overlap (pynet refuses it anyway); no
         # declared subnet may overlap the underlay.
@@ -581,7 +664,7 @@ class _Parser:
             "dnat": ["proto", "port", "reaches", "target_port", "delivered"],
             "mtu": ["size", "df", "passes"],
             "spoof": ["src_ip", "src_mac", "port", "delivered"],
-            "encap": ["vni", "udp_port", "seen"],
+            "encap": ["vni", "network", "udp_port", "seen", "inner_arp"],
         }[kind]
         b = self.mapping(body, where, common + extra)
         for k in ("from", "to"):
@@ -621,8 +704,15 @@ class _Parser:
                 params["src_ip"] = self.addr(params["src_ip"], f"{where}.src_ip")
             if sc.kind_of(src) != "sandbox":
                 self.fail(f"{where}.from", "spoofing is sent from a sandbox")
-        if kind == "encap" and "vni" not in params:
-            self.fail(f"{where}.vni", "the VNI to look for is required")
+        if kind == "encap":
+            if "vni" not in params and "network" not in params:
+                self.fail(f"{where}.vni", "the VNI to look for is required (or the overlay "
+                                          "network whose VNI it is)")
+            if "network" in params and str(params["network"]) not in sc.overlays():
+                self.fail(f"{where}.network", f"no overlay network {params['network']!r}")
+            if "inner_arp" in params and not isinstance(params["inner_arp"], bool):
+                self.fail(f"{where}.inner_arp", "true or false (false: no ARP frame inside "
+                                                "the VXLAN on the underlay)")
         if kind == "arp" and sc.kind_of(dst) not in ("sandbox", "host", "outside", "address"):
             self.fail(f"{where}.to", "arp needs a target")
         ex.params = params

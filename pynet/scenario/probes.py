@@ -284,6 +284,34 @@ class ProbeService:
         s.sendp(pkt, iface=iface, count=1, verbose=0)
         return {"ok": True, "seen": f"sent {pkt.summary()} on {iface}"}
 
+    def neigh_flush(self) -> dict:
+        """Forget every neighbour of this namespace (the next packet to one
+        resolves it again, by ARP)."""
+        import subprocess
+
+        if self.in_root:
+            raise SafetyError("refused: the probe agent is in the machine's root namespace")
+        p = subprocess.run(["ip", "neigh", "flush", "all"], capture_output=True, text=True, timeout=10)
+        return {"ok": p.returncode == 0, "seen": p.stderr.strip()}
+
+    def vxlan_decode(self, frames: list, udp_port: int = 4789) -> list:
+        """The VXLAN frames among captured Ethernet ``frames``: [{vni, inner,
+        arp}] (``inner``: scapy's summary of the encapsulated frame; ``arp``:
+        it is an ARP frame)."""
+        s = self.s
+        out = []
+        for raw in frames[:MAX_SNIFF_COUNT * 4]:
+            p = s.Ether(raw)
+            if not p.haslayer(s.UDP) or udp_port not in (p[s.UDP].dport, p[s.UDP].sport):
+                continue
+            vx = s.VXLAN(bytes(p[s.UDP].payload))
+            if not vx.flags & 0x08:          # the I flag: a VNI is present
+                continue
+            inner = vx.payload
+            out.append({"vni": int(vx.vni), "inner": inner.summary(),
+                        "arp": bool(inner.haslayer(s.ARP))})
+        return out
+
     # ----------------------------------------------------------------- close
     def close(self) -> None:
         self._stop.set()

@@ -89,8 +89,11 @@ class Runner:
             return p.addresses.get(net, ""), p, p.macs.get(net, "")
         if p.kind == "sandbox" and p.mode in ("netns", "container") and p.addresses:
             key = next(iter(p.addresses))
-            if src is not None and src.host == p.host:
-                shared = [k for k in p.addresses if k in src.addresses]
+            if src is not None and src.kind == "sandbox":
+                sbs = self.scn.sandboxes()
+                a, b = sbs.get(src.name), sbs.get(p.name)
+                shared = [k for k in p.addresses if k in src.addresses and a and b
+                          and self.scn.same_network(a, b, k)]
                 if shared:
                     key = shared[0]
             return p.addresses[key], p, p.macs.get(key, "")
@@ -312,6 +315,13 @@ class Runner:
         self._check_send(src, dst_addr)
         ul_ns = self.t.ns_name("ul")
         udp_port = int(exp.params.get("udp_port", 4789))
+        no_arp = exp.params.get("inner_arp") is False
+        if no_arp:
+            # both ends resolve each other afresh during the capture: every ARP
+            # request they send is one the overlay could carry
+            for p in (src, dst):
+                if p is not None:
+                    self.t.agent(p.ns).call("neigh_flush")
         sn = self._capture([src, dst, ul_ns], [dst_addr, *src.addresses.values()], exp,
                            udp_port=udp_port)
         try:
@@ -319,15 +329,23 @@ class Runner:
             sent_seen = r["seen"]
         finally:
             pk = self._collect(sn)
-        vnis = set()
-        for _ts, raw, _s in self._seen_at(pk, ul_ns):
-            v = _vxlan_vni(raw, udp_port)
-            if v is not None:
-                vnis.add(v)
-        want = int(exp.params["vni"])
+        # decoded by scapy in the underlay's agent (the runner imports no scapy)
+        frames = [raw for _ts, raw, _s in self._seen_at(pk, ul_ns)]
+        vx = self.t.agent(ul_ns).call("vxlan_decode", frames=frames, udp_port=udp_port) if frames else []
+        vnis = {v["vni"] for v in vx}
+        arps = sum(1 for v in vx if v["arp"])
+        want = int(exp.params["vni"]) if "vni" in exp.params else \
+            self.t.vni_of(str(exp.params["network"]))
         seen = (f"underlay carried VXLAN VNI {', '.join(map(str, sorted(vnis)))}" if vnis
-                else "no VXLAN on the underlay") + f"; ping: {sent_seen}"
-        return (want in vnis) == exp.expect_ok, seen, pk
+                else "no VXLAN on the underlay") + f" (want {want})"
+        ok = (want in vnis) == exp.expect_ok
+        if no_arp:
+            # the sender did ask (an ARP request for the target on its own link),
+            # and was answered without the request crossing the underlay
+            asked = sum(1 for _ts, raw, _s in self._seen_at(pk, src.ns) if _arp_for(raw, dst_addr))
+            seen += f", {arps} inner ARP frame(s), sender's ARP requests {asked}"
+            ok = ok and arps == 0 and asked > 0 and r["ok"]
+        return ok, seen + f"; ping: {sent_seen}", pk
 
 
 # ---------------------------------------------------------------- raw parsing
@@ -346,20 +364,11 @@ def _ipv4(raw: bytes):
     return str(ipaddress.IPv4Address(ip[12:16])), str(ipaddress.IPv4Address(ip[16:20]))
 
 
-def _vxlan_vni(raw: bytes, udp_port: int) -> Optional[int]:
-    if _ipv4(raw) is None:
-        return None
-    ip = raw[14:]
-    if ip[9] != 17:
-        return None
-    ihl = (ip[0] & 0x0F) * 4
-    udp = ip[ihl:]
-    if len(udp) < 16 or int.from_bytes(udp[2:4], "big") != udp_port:
-        return None
-    vx = udp[8:16]
-    if not vx[0] & 0x08:
-        return None
-    return int.from_bytes(vx[4:7], "big")
+def _arp_for(raw: bytes, target: str) -> bool:
+    """Is ``raw`` an Ethernet ARP request for ``target``?"""
+    if len(raw) < 42 or raw[12:14] != b"\x08\x06" or raw[20:22] != b"\x00\x01":
+        return False
+    return str(ipaddress.IPv4Address(raw[38:42])) == target
 
 
 # -------------------------------------------------------------------- driving

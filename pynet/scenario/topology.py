@@ -12,6 +12,14 @@ Sandboxes attached by CNI: the runner installs the pynet CNI binaries into
 ``<work dir>/cni-bin`` (``pynet cni install --bin-dir ... --no-examples``);
 the host's worker executes them (ADD at build, DEL at teardown).
 
+A scenario with a cluster store (``cluster:``) gets an etcd cluster on the
+underlay, a member in each member host's namespace (client 2379 and peer 2380
+on its ``eth0`` address, data under ``P``'s work dir, member names ``P-<i>``);
+every host's pynet instance is in that cluster (keys under the namespace
+``P``), and its agent (``pynet daemon --cluster-store``'s) programs the overlay
+networks' VXLAN peers.  Before the first probe the runner waits until every
+host's VXLAN device knows every remote sandbox of its overlays.
+
 Nothing is created in the machine's root namespace: every link lives in a
 namespace of the run, so deleting the namespaces removes every link (and
 every iptables rule, which are per namespace).  A run writes
@@ -60,12 +68,40 @@ def _pid_alive(pid: int) -> bool:
         return True
 
 
-def _is_our_worker(pid: int) -> bool:
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a killed run's children are reaped by whoever adopted them)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _argv(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"pynet.scenario.worker" in f.read()
+            return f.read().split(b"\0")
     except OSError:
-        return False
+        return []
+
+
+def _is_etcd_of(pid: int, prefix: str) -> bool:
+    """An etcd member of run ``prefix`` (``--name P-<i>``)."""
+    argv = _argv(pid)
+    return bool(argv) and os.path.basename(argv[0]) == b"etcd" and \
+        any(a.startswith(f"{prefix}-".encode()) for a in argv)
+
+
+def _is_ours(pid: int, prefix: str) -> bool:
+    """A worker of a run, or an etcd member of run ``prefix``."""
+    return b"pynet.scenario.worker" in b" ".join(_argv(pid)) or _is_etcd_of(pid, prefix)
+
+
+def _etcd_members_of(prefix: str) -> list[int]:
+    """Running etcd members of run ``prefix``, found by name: one the run
+    spawned just before it was killed is not in its pid file yet."""
+    return [int(d) for d in os.listdir("/proc")
+            if d.isdigit() and _is_etcd_of(int(d), prefix) and _running(int(d))]
 
 
 def _read_pidfile(prefix: str) -> list[int]:
@@ -105,12 +141,19 @@ def cleanup_stale() -> list[str]:
         pids = _read_pidfile(prefix)
         if pids and _pid_alive(pids[0]):
             continue                      # a live run (maybe a parallel one)
-        for pid in pids[1:]:
-            if _pid_alive(pid) and _is_our_worker(pid):
+        killed = []
+        for pid in pids[1:] + _etcd_members_of(prefix):
+            if _pid_alive(pid) and _is_ours(pid, prefix):
                 try:
                     os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
                 except ProcessLookupError:
                     pass
+        # gone before their files go: a dying etcd member still writes its data dir
+        # (rmtree of a directory that fills meanwhile leaves it behind)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(_running(p) for p in killed):
+            time.sleep(0.05)
         for n in names:
             if n.startswith(prefix + "-"):
                 _delete_netns(n)
@@ -151,6 +194,8 @@ class Topology:
         self.ul_prefixlen = ipaddress.ip_network(scn.underlay_subnet).prefixlen
         self.teardown_report: dict = {}
         self.host_info: dict = {}
+        self.etcd = None                        # pynet.scenario.etcd.NetnsEtcdCluster
+        self.cluster_url = ""
         self._torn = False
 
     # ------------------------------------------------------------- names
@@ -163,7 +208,8 @@ class Topology:
 
     def _write_pidfile(self) -> None:
         os.makedirs(RUN_DIR, exist_ok=True)
-        pids = [os.getpid()] + [w.pid for w in self.workers.values()]
+        pids = [os.getpid()] + [w.pid for w in self.workers.values()] + \
+            (self.etcd.pids if self.etcd is not None else [])
         tmp = os.path.join(RUN_DIR, f".{self.prefix}.tmp")
         with open(tmp, "w") as f:
             f.write(" ".join(map(str, pids)))
@@ -215,12 +261,16 @@ class Topology:
         ul = self._worker("ul", ul_ns, "pynet.scenario.host:NodeService")
         for o in scn.outside.values():
             self._worker(o.name, self.ns_name(o.name), "pynet.scenario.host:NodeService")
+        cluster_url = self._cluster_url()
         for h in scn.hosts.values():
+            cluster = None if not cluster_url else {
+                "cluster_store": cluster_url, "advertise_address": h.address,
+                "cluster_lease_ttl": scn.cluster.lease_ttl}
             self._worker(h.name, self.ns_name(h.name), "pynet.scenario.host:HostService",
                          instance=f"{self.prefix}-{h.name}",
                          state_dir=os.path.join(self.work, h.name),
                          ip_forward=h.ip_forward, firewall=h.firewall,
-                         chain_prefix=CHAIN_PREFIX, cni_path=cni_path)
+                         chain_prefix=CHAIN_PREFIX, cni_path=cni_path, cluster=cluster)
         for w in list(self.workers.values()):
             w.wait_ready(60)
         for key, w in self.workers.items():
@@ -244,6 +294,8 @@ class Topology:
                                         addresses={"underlay": n.address},
                                         macs={"underlay": info["mac"]},
                                         ifnames={"underlay": "eth0"})
+        if scn.cluster is not None:
+            self._start_cluster()
         # pynet networks and sandboxes, per host
         for h in scn.hosts.values():
             hw = self.workers[h.name]
@@ -294,6 +346,72 @@ class Topology:
             # every link now in the host namespace was made by this run
             # (the uplink by the runner, bridges and veths by the host's pynet)
             self.guard.ifaces[self.ns_name(h.name)] |= set(hw.call("links"))
+        if scn.cluster is not None:
+            self._wait_overlay_peers()
+
+    # ------------------------------------------------------------ cluster
+    def _cluster_url(self) -> str:
+        """etcd://<member>:2379,...[/P]: the members are known before they run."""
+        c = self.scn.cluster
+        if c is None:
+            return ""
+        self.cluster_url = "etcd://" + ",".join(f"{self.scn.hosts[m].address}:2379"
+                                                for m in c.members) + f"/{self.prefix}"
+        return self.cluster_url
+
+    def _start_cluster(self) -> None:
+        """The etcd members on the underlay, then every host's agent."""
+        from pynet.scenario.etcd import NetnsEtcdCluster
+
+        c = self.scn.cluster
+        base = os.path.join(self.work, "etcd")
+        os.makedirs(base, exist_ok=True)
+        self.etcd = NetnsEtcdCluster([self.ns_path(self.ns_name(m)) for m in c.members],
+                                     [self.scn.hosts[m].address for m in c.members], base,
+                                     name=self.prefix)
+        try:
+            self.etcd.start()
+        finally:
+            self._write_pidfile()            # the members' pids: a crashed run's are killed
+        for h in self.scn.hosts:
+            self.workers[h].call("join_cluster", reconcile_interval=2.0)
+
+    def vni_of(self, network: str) -> int:
+        """The VNI the cluster allocated to overlay ``network`` (any host's record)."""
+        for (_h, name), rec in self.networks.items():
+            if name == network and rec.get("vni") is not None:
+                return int(rec["vni"])
+        raise SafetyError(f"no overlay network {network!r} was created")
+
+    def _wait_overlay_peers(self, bound: float = 30.0) -> None:
+        """Until every host's VXLAN device of each overlay has an FDB entry for
+        every sandbox of that overlay on the other hosts (the agents program
+        them asynchronously, as in production): probes then test the data path,
+        not the control loop's latency.  Bounded; a host that never converges
+        fails the build with what is missing."""
+        want: dict[tuple, set] = {}
+        for name, decls in self.scn.overlays().items():
+            hosts = [n.host for n in decls]
+            for h in hosts:
+                macs = {p.macs[name] for p in self.places.values()
+                        if p.kind == "sandbox" and p.host != h and p.host in hosts
+                        and name in p.macs and p.mode == "netns"}
+                if macs:
+                    want[(h, name)] = macs
+        deadline = time.monotonic() + bound
+        missing: dict = {}
+        while True:
+            missing = {}
+            for (h, name), macs in want.items():
+                have = {m for m, _dst in self.workers[h].call("overlay_peers", name=name)["fdb"]}
+                if macs - have:
+                    missing[(h, name)] = sorted(macs - have)
+            if not missing or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        if missing:
+            raise RuntimeError("overlay peers not programmed within %ss: %s" % (bound, "; ".join(
+                f"{h} {n} lacks {', '.join(m)}" for (h, n), m in missing.items())))
 
     def _attach_cni(self, h, sb, place: Place) -> None:
         """ADD per attachment, by executing the plugin in the host's worker;
@@ -366,8 +484,12 @@ class Topology:
                     report["leftovers"] += [f"{key}: {k}" for k in r["leftovers"]]
                 except WorkerError as e:
                     report["problems"].append(f"{key}: teardown: {e}")
+        if self.etcd is not None:
+            self._teardown_cluster(report)
         for w in self.workers.values():
             w.stop(20)
+        if self.etcd is not None:
+            self.etcd.stop()              # SIGKILL and the data dirs
         for ns in reversed(self.namespaces):
             _delete_netns(ns)
         # a namespace the run may have created before it recorded it
@@ -384,6 +506,24 @@ class Topology:
             pass
         self.teardown_report = report
         return report
+
+
+    def _teardown_cluster(self, report: dict) -> None:
+        """Every host leaves (its lease revoked), then nothing of pynet's is
+        left in the cluster store (each host removed its part of the overlays;
+        the last one the cluster-wide network, its VNI and pool)."""
+        hosts = [k for k in self.scn.hosts if k in self.workers and self.workers[k].proc.poll() is None]
+        for key in hosts:
+            try:
+                self.workers[key].call("leave_cluster", revoke=True, call_timeout=30)
+            except WorkerError as e:
+                report["problems"].append(f"{key}: leave cluster: {e}")
+        if hosts and any(m.alive for m in self.etcd.members):
+            try:
+                keys = self.workers[hosts[0]].call("cluster_keys", call_timeout=30)
+                report["leftovers"] += [f"cluster store: {k}" for k in keys]
+            except WorkerError as e:
+                report["problems"].append(f"cluster store check: {e}")
 
 
 def wait_gone(prefix: str, timeout: float = 5.0) -> bool:

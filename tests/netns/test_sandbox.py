@@ -47,6 +47,33 @@ def test_create_and_delete_netns(prefix):
     assert not os.path.exists(path)
 
 
+def test_create_netns_survives_a_child_that_does_not_answer(prefix, monkeypatch):
+    """pyroute2's create forks a child and gives up when it does not answer in time (a loaded
+    host): what the killed child left at the path is removed and the create tried again."""
+    from pyroute2 import netns as pyroute2_netns
+
+    real_create, calls = pyroute2_netns.create, []
+
+    def slow_child(name, libc=None):
+        calls.append(name)
+        if len(calls) == 1:                      # the child made the mount point, then was killed
+            open(sandbox.netns_path(name), "w").close()
+            raise TimeoutError("no response from the child pid 1")
+        return real_create(name, libc)
+
+    monkeypatch.setattr(pyroute2_netns, "create", slow_child)
+    name = f"{prefix}-sbt"
+    path = sandbox.create_netns(name)
+    try:
+        assert len(calls) == 2
+        out = subprocess.run(["ip", "-n", name, "-j", "link", "show", "lo"], capture_output=True,
+                             text=True, check=True).stdout
+        assert json.loads(out)[0]["ifname"] == "lo"
+    finally:
+        assert sandbox.delete_netns(name)
+    assert not os.path.exists(path)
+
+
 def test_attach_configures_everything(host_ns, make_netns, veth, ping):
     ns = make_netns("c")
     info = sandbox.attach(ns, veth, "eth0", ["10.71.0.2/24", "fd00:71::2/64"],

@@ -15,17 +15,12 @@ Waits are bounded polls; everything is removed at the end, even on failure.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
 
 import pytest
 
-from tests.support import harness
 from tests.support.icmp import icmp_ping
-from tests.support.overlay import (OverlayLab, host_address, installed_lab, stop_process, tcp_echo, udp_echo,
-                                   wait_until as wait)
+from tests.support.overlay import DockerHost, OverlayLab, installed_lab, tcp_echo, udp_echo, wait_until as wait
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)"),
@@ -33,100 +28,6 @@ pytestmark = [pytest.mark.netns,
 
 NET, SUBNET, GW = "ovd", "10.79.0.0/24", "10.79.0.1"
 NET2, SUBNET2, GW2 = "ovd2", "10.80.0.0/24", "10.80.0.1"
-DOCKER = "/usr/bin/docker"
-START_BOUND = 90.0
-
-
-class DockerHost:
-    """A private dockerd and its pynet daemon in host namespace ``netns_path``."""
-
-    def __init__(self, lab: OverlayLab, i: int):
-        self.lab, self.i = lab, i
-        self.dir = os.path.join(lab.base_dir, f"docker-h{i}")
-        os.makedirs(self.dir, exist_ok=True)
-        self.sock = os.path.join(self.dir, "docker.sock")
-        self.name = f"{lab.prefix}-d{i}"                  # the plugin name dockerd knows
-        self.plugin_sock = str(harness.LOCK_DIR / f"{self.name}.sock")
-        self.netns = lab.namespaces_path(f"h{i}")
-        self.pynet = None
-        self.dockerd = None
-
-    def start(self) -> None:
-        state = os.path.join(self.dir, "pynet")
-        argv = ["nsenter", f"--net={self.netns}", *harness.default_daemon_argv(
-            self.name, self.plugin_sock, state),
-            "--cluster-store", self.lab.url, "--advertise-address", host_address(self.i - 1),
-            "--cluster-ttl", "3"]
-        self.pynet_log = open(os.path.join(self.dir, "pynet.log"), "w")
-        self.pynet = subprocess.Popen(argv, stdout=self.pynet_log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
-        wait(lambda: os.path.exists(self.plugin_sock) or self.pynet.poll() is not None,
-             f"pynet daemon of host {self.i}", bound=START_BOUND)
-        assert self.pynet.poll() is None, open(os.path.join(self.dir, "pynet.log")).read()[-2000:]
-        # dockerd reads .spec files only under /etc and /usr/lib: the daemon's socket is bound
-        # onto a socket path in this mount namespace's /run/docker/plugins instead
-        here = f"/run/docker/plugins/{self.name}.sock"
-        script = (f"mount -t tmpfs tmpfs /run/docker && mkdir -p /run/docker/plugins && "
-                  f"touch {here} && mount --bind {self.plugin_sock} {here} && "
-                  f"exec nsenter --net={self.netns} /usr/sbin/dockerd --data-root {self.dir}/root "
-                  f"--exec-root {self.dir}/exec -H unix://{self.sock} --pidfile {self.dir}/pid "
-                  f"--bridge none")
-        self.dockerd_log = open(os.path.join(self.dir, "dockerd.log"), "w")
-        self.dockerd = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                                        stdout=self.dockerd_log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        wait(lambda: self.docker("info", check=False).returncode == 0 or self.dockerd.poll() is not None,
-             f"dockerd of host {self.i}", bound=START_BOUND, step=0.5)
-        assert self.dockerd.poll() is None, open(os.path.join(self.dir, "dockerd.log")).read()[-2000:]
-        image = harness.ensure_test_image()
-        save = subprocess.Popen([DOCKER, "save", image], stdout=subprocess.PIPE)
-        subprocess.run([DOCKER, "-H", f"unix://{self.sock}", "load"], stdin=save.stdout, check=True,
-                       capture_output=True, timeout=120)
-        save.wait(60)
-        self.image = image
-
-    def docker(self, *args, check: bool = True, timeout: float = 120):
-        p = subprocess.run([DOCKER, "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
-                           timeout=timeout)
-        if check and p.returncode != 0:
-            raise AssertionError(f"docker {' '.join(args)} on host {self.i}: {p.stderr.strip()}")
-        return p
-
-    def network(self, name: str, subnet: str, gw: str) -> None:
-        self.docker("network", "create", "-d", self.name, "--ipam-driver", self.name,
-                    "-o", "pynet.driver=overlay", "-o", f"pynet.overlay.network={name}",
-                    "--subnet", subnet, "--gateway", gw, name)
-
-    def run(self, cname: str, network: str) -> str:
-        self.docker("run", "-d", "--name", cname, "--network", network, self.image, "sleep", "600")
-        info = json.loads(self.docker("inspect", cname).stdout)[0]
-        return info["NetworkSettings"]["Networks"][network]["IPAddress"]
-
-    def netns_of(self, cname: str) -> str:
-        """The container's network namespace, as a path this process can enter (dockerd and
-        its containers share the machine's PID namespace)."""
-        pid = json.loads(self.docker("inspect", cname).stdout)[0]["State"]["Pid"]
-        return f"/proc/{pid}/ns/net"
-
-    def ping(self, cname: str, ip: str) -> bool:
-        return self.docker("exec", cname, "ping", "-c", "1", "-W", "1", ip, check=False,
-                           timeout=30).returncode == 0
-
-    def stop(self) -> None:
-        if self.dockerd is not None and self.dockerd.poll() is None:
-            ids = self.docker("ps", "-aq", check=False).stdout.split()
-            if ids:
-                self.docker("rm", "-f", *ids, check=False)
-            for n in (NET, NET2):
-                self.docker("network", "rm", n, check=False)
-            stop_process(self.dockerd, 60)      # it stops its containerd and shims
-        stop_process(self.pynet, 30)
-        harness.flush_firewall(harness.chain_prefix_for(self.name))
-        try:
-            os.unlink(self.plugin_sock)
-        except FileNotFoundError:
-            pass
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def conflist(lab: OverlayLab, i: int) -> dict:

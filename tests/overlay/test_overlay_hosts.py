@@ -21,7 +21,7 @@ import time
 import pytest
 
 from tests.support.icmp import icmp_ping
-from tests.support.overlay import OverlayLab, installed_lab, tcp_echo, wait_until as wait
+from tests.support.overlay import OverlayLab, capture, host_daemon, installed_lab, tcp_echo, wait_until as wait
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")]
@@ -36,30 +36,6 @@ def conflist(lab: OverlayLab, i: int) -> dict:
         "type": "pynet-overlay", "isGateway": True, "isDefaultGateway": True, "ipMasq": True,
         "ipam": {"type": "pynet-ipam", "ranges": [[{"subnet": SUBNET}]]},
         "capabilities": {"ips": True}, "pynet": lab.conflist_pynet(i)}}
-
-
-def capture(switch_ns: str, seconds: float, fn, port: str = "h1") -> list:
-    """UDP frames on host 1's port of the underlay switch while ``fn()`` runs (tcpdump in the
-    switch namespace; a bridge device itself sees only what it floods, not what it forwards)."""
-    from scapy.all import rdpcap
-
-    import tempfile
-    with tempfile.NamedTemporaryFile(suffix=".pcap", delete=False) as f:
-        path = f.name
-    p = subprocess.Popen(["nsenter", f"--net={switch_ns}", "tcpdump", "-i", port, "--immediate-mode", "-U", "-n", "-w", path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        # tcpdump says "listening on" once the capture runs
-        line = p.stderr.readline()
-        assert b"listening" in line, line
-        fn()
-        time.sleep(seconds)
-    finally:
-        p.terminate()
-        p.wait(10)
-    try:
-        return list(rdpcap(path))
-    finally:
-        os.unlink(path)
 
 
 @pytest.fixture(scope="module")
@@ -158,27 +134,6 @@ def test_an_expired_host_vanishes_from_peers_and_comes_back(lab):
     wait(lambda: icmp_ping(pods[1], POD_IPS[2]), "pod1 -> pod2 after host 2 returned", bound=20)
 
 
-def _daemon(lab: OverlayLab, i: int) -> subprocess.Popen:
-    """``pynet daemon --cluster-store ...`` for host i's pynet instance, inside its namespace."""
-    import sys
-    from tests.support.overlay import host_address
-
-    inst = f"{lab.prefix}-h{i + 1}"
-    state = os.path.join(lab.base_dir, f"state-h{i + 1}")
-    log = open(os.path.join(lab.base_dir, f"daemon-h{i + 1}.log"), "ab")
-    try:
-        return subprocess.Popen(
-            ["nsenter", f"--net={lab.namespaces_path(f'h{i + 1}')}", sys.executable, "-m", "pynet", "daemon",
-             "--state-dir", state, "--plugin-name", inst, "--chain-prefix", f"{lab.prefix.upper()}H{i + 1}",
-             "--socket", os.path.join(state, "daemon.sock"), "--cluster-store", lab.url,
-             "--advertise-address", host_address(i), "--cluster-ttl", str(lab.lease_ttl)],
-            cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, "PYNET_FIREWALL_RECHECK": "0"})
-    finally:
-        log.close()
-
-
 def test_a_sigkilled_daemon_is_dropped_by_peers_and_rejoins_on_restart(lab):
     """The real daemon (``pynet daemon --cluster-store``) is host 2's agent here: SIGKILLed, its
     lease expires and host 1 drops it; restarted, it re-announces its pod, which was never
@@ -191,13 +146,13 @@ def test_a_sigkilled_daemon_is_dropped_by_peers_and_rejoins_on_restart(lab):
     wait(lambda: (mac2, "198.18.77.12") not in on_h1()["fdb"], "host 2 revoked")
     procs = []
     try:
-        procs.append(_daemon(lab, 1))
+        procs.append(host_daemon(lab, 1))
         wait(lambda: (mac2, "198.18.77.12") in on_h1()["fdb"], "host 2's daemon announced its pod")
         wait(lambda: icmp_ping(pod1, POD_IPS[2]), "pod1 -> pod2 via the daemon", bound=20)
         procs[-1].kill()
         procs[-1].wait(10)
         wait(lambda: (mac2, "198.18.77.12") not in on_h1()["fdb"], "killed daemon's lease expired")
-        procs.append(_daemon(lab, 1))
+        procs.append(host_daemon(lab, 1))
         wait(lambda: (mac2, "198.18.77.12") in on_h1()["fdb"], "restarted daemon re-announced")
         wait(lambda: icmp_ping(pod1, POD_IPS[2]), "pod1 -> pod2 after the restart", bound=20)
     finally:

@@ -6,7 +6,7 @@ import pytest
 
 from pynet.scenario import graph, report
 from pynet.scenario.model import load
-from pynet.scenario.runner import Result, _ipv4, _vxlan_vni
+from pynet.scenario.runner import Result, _ipv4
 from tests.support.scenario import SCENARIOS, run_cli
 
 FRAME = bytes.fromhex("ffffffffffff0242ac110002080045000054000040004001"
@@ -52,10 +52,25 @@ def test_pcap_roundtrip(tmp_path):
 def test_raw_parsers():
     assert _ipv4(FRAME) == ("10.10.1.2", "10.10.1.3")
     assert _ipv4(b"\x00" * 10) is None
-    ip = bytes.fromhex("450000320000400040110000") + bytes([10, 99, 0, 10, 10, 99, 0, 11])
-    udp = (1234).to_bytes(2, "big") + (4789).to_bytes(2, "big") + b"\x00\x1e\x00\x00"
-    vx = bytes([0x08, 0, 0, 0]) + (42).to_bytes(3, "big") + b"\x00"
-    assert _vxlan_vni(b"\x00" * 12 + b"\x08\x00" + ip + udp + vx, 4789) == 42
+
+
+def test_vxlan_decode_finds_the_vni_and_inner_arp():
+    """The underlay agent's decoder (scapy): VNI of each VXLAN frame, and whether it carries
+    an ARP frame; other UDP and VXLAN on another port are not counted."""
+    from scapy.all import ARP, ICMP, IP, UDP, VXLAN, Ether
+
+    from pynet.scenario.probes import ProbeService
+
+    def outer(inner, vni, port=4789):
+        return bytes(Ether() / IP(src="10.99.0.10", dst="10.99.0.11") / UDP(sport=40000, dport=port)
+                     / VXLAN(vni=vni, flags=0x08) / inner)
+    icmp = Ether(src="02:42:0a:1e:00:02") / IP(src="10.30.0.2", dst="10.30.0.3") / ICMP()
+    arp = Ether(dst="ff:ff:ff:ff:ff:ff") / ARP(pdst="10.30.0.3")
+    frames = [outer(icmp, 4096), outer(arp, 4097), outer(icmp, 7, port=8472),
+              bytes(Ether() / IP() / UDP(dport=53))]
+    got = ProbeService().vxlan_decode(frames)
+    assert [(g["vni"], g["arp"]) for g in got] == [(4096, False), (4097, True)]
+    assert [(g["vni"], g["arp"]) for g in ProbeService().vxlan_decode(frames, udp_port=8472)] == [(7, False)]
 
 
 @pytest.mark.parametrize("ext", ["svg", "png"])

@@ -12,7 +12,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from pynet.scenario import report
-from tests.support.scenario import NEEDS_ROOT, REPO, SCENARIOS, netns_names, run_cli
+from tests.support.scenario import NEEDS_ROOT, REPO, SCENARIOS, assert_scenario_passes, netns_names, run_cli
 
 pytestmark = [NEEDS_ROOT, pytest.mark.netns]
 
@@ -22,14 +22,7 @@ WRONG = sorted(glob.glob(str(SCENARIOS / "wrong" / "*.yaml")))
 
 @pytest.mark.parametrize("path", LIBRARY, ids=[os.path.basename(p) for p in LIBRARY])
 def test_library_scenario_passes(path, tmp_path, snapshot):
-    junit = tmp_path / "junit.xml"
-    r = run_cli("run", path, "--junit", junit, "--out-dir", tmp_path / "out")
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "FAIL" not in r.stdout and "PASS" in r.stdout
-    root = ET.parse(junit).getroot()
-    assert root.get("failures") == "0" and root.get("errors") == "0"
-    assert int(root.get("tests")) >= 1
-    assert not (tmp_path / "out").exists()          # no failure, no pcap
+    assert_scenario_passes(path, tmp_path)
 
 
 @pytest.mark.parametrize("path", WRONG, ids=[os.path.basename(p) for p in WRONG])

@@ -20,7 +20,6 @@ services tear their pynet down), etcd killed, namespaces deleted.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -28,12 +27,11 @@ import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from typing import Optional
 
 from pynet.scenario.host import HostService
 from pynet.sysctl import run_in_netns
-from tests.support.etcd_cluster import EtcdCluster, Member
+from pynet.scenario.etcd import NetnsEtcdCluster
 
 UNDERLAY_NET = "198.18.77"
 PREFIX_LEN = 24
@@ -56,103 +54,13 @@ def host_address(i: int) -> str:
     return f"{UNDERLAY_NET}.{11 + i}"
 
 
-# ------------------------------------------------------------------- etcd
-class NetnsMember(Member):
-    """A member listening on a host namespace's underlay address."""
-
-    def __init__(self, name, address, netns, data_dir):
-        super().__init__(name, 2379, 2380, data_dir)
-        self.address, self.netns = address, netns
-
-    @property
-    def client_url(self) -> str:
-        return f"http://{self.address}:{self.client_port}"
-
-    @property
-    def peer_url(self) -> str:
-        return f"http://{self.address}:{self.peer_port}"
-
-
-class NetnsEtcdCluster(EtcdCluster):
-    """tests.support.etcd_cluster's cluster, one member in each of the given
-    host namespaces (entered with ``nsenter --net``), on the underlay."""
-
-    def __init__(self, netns_paths: list[str], addresses: list[str], base_dir: str, name: str):
-        super().__init__(len(netns_paths), base_dir, name)
-        self._where = list(zip(netns_paths, addresses))
-
-    def _new_members(self, attempt: int) -> list[Member]:
-        # fixed ports: each member has its namespace and address to itself
-        return [NetnsMember(f"{self.name}-{i}", addr, ns, os.path.join(self.base_dir, f"{self.name}-{attempt}-{i}"))
-                for i, (ns, addr) in enumerate(self._where)]
-
-    def _argv(self, m: Member, state: str) -> list[str]:
-        return ["nsenter", f"--net={m.netns}", *super()._argv(m, state)]
-
-    def _healthy(self, m: Member) -> bool:
-        from pynet.sysctl import run_in_netns
-
-        def probe():
-            with urllib.request.urlopen(m.client_url + "/health", timeout=1.0) as r:
-                return json.loads(r.read()).get("health") in ("true", True)
-        try:
-            return run_in_netns(m.netns, probe)
-        except (OSError, ValueError):
-            return False
-
-    def url(self, namespace: str = "") -> str:
-        hosts = ",".join(f"{m.address}:{m.client_port}" for m in self.members)
-        return f"etcd://{hosts}" + (f"/{namespace}" if namespace else "")
-
-
 # ------------------------------------------------------------- the host
 class OverlayHostService(HostService):
     """A scenario host (pynet.scenario.host.HostService: its own pynet
-    instance, the CNI binaries executed in its namespace) that is also a
-    cluster member: its controller is built with the cluster settings, and
-    ``join_cluster`` starts the host agent the daemon would run."""
-
-    def __init__(self):
-        super().__init__()
-        self.agent = None
-        self.cluster_cfg: dict = {}
-
-    def init(self, instance: str, state_dir: str, cluster: Optional[dict] = None, **kw) -> dict:
-        from pynet import root
-        from pynet.config import Config
-
-        self.cluster_cfg = dict(cluster or {})
-        real = root.build_controller
-
-        def build_controller(cfg, *a, **k):
-            # the host's Config with its cluster settings (HostService builds one without)
-            cfg = Config.from_env(plugin_name=cfg.plugin_name, state_dir=cfg.state_dir,
-                                  chain_prefix=cfg.chain_prefix, socket_path=cfg.socket_path,
-                                  **self.cluster_cfg)
-            self.config = cfg
-            return real(cfg, *a, **k)
-        root.build_controller = build_controller
-        try:
-            return super().init(instance=instance, state_dir=state_dir, **kw)
-        finally:
-            root.build_controller = real
-
-    # ---- the agent (what `pynet daemon` runs)
-    def join_cluster(self, reconcile_interval: float = 2.0) -> dict:
-        from pynet import root
-
-        if self.agent is None:
-            self.agent = root.start_cluster_agent(self.config, self.controller,
-                                                  reconcile_interval=reconcile_interval)
-        cl = self.agent.cluster
-        return {"host": cl.host, "address": cl.address}
-
-    def leave_cluster(self, revoke: bool = True) -> None:
-        """``revoke=False``: the agent dies as a crashed daemon would; the
-        lease expires one TTL later."""
-        if self.agent is not None:
-            self.agent.stop(revoke=revoke)
-            self.agent = None
+    instance, the CNI binaries executed in its namespace, and -- given
+    ``cluster`` settings -- a cluster member whose ``join_cluster`` starts the
+    host agent the daemon would run), with the tests' views of the kernel and
+    the benchmarks' measurements."""
 
     def agent_state(self) -> dict:
         a = self.agent
@@ -167,6 +75,44 @@ class OverlayHostService(HostService):
                 "mtu": st["mtu"], "fdb": nl.fdb_list(st["vxlan"]), "neigh": nl.neigh_list(st["vxlan"]),
                 "info": nl.vxlan_info(st["vxlan"])}
 
+    # ---- refusals and removal, the CLI's way (pynet network create / rm)
+    def try_create_network(self, **kw) -> dict:
+        """HostService.create_network; a refusal answered as {"error": type, "msg"}, with the
+        pool and gateway it requested first given back (the refused network made nothing)."""
+        from pynet import errors
+
+        try:
+            return self.create_network(**kw)
+        except errors.PynetError as e:
+            rec = self.nets.pop(kw["name"], {})
+            for pool_id, gw in rec.get("gateways", []):
+                self.controller.release_address(pool_id, gw)
+            for pool_id in rec.get("pools", []):
+                self.controller.release_pool(pool_id)
+            return {"error": type(e).__name__, "msg": str(e)}
+
+    def remove_network(self, name: str) -> None:
+        """``pynet network rm NAME`` of a network this service made (with its pool)."""
+        rec = self.nets.pop(name)
+        c = self.controller
+        c.delete_network(rec["id"], True)
+        for pool_id, gw in rec["gateways"]:
+            c.release_address(pool_id, gw)
+        for pool_id in rec["pools"]:
+            c.release_pool(pool_id)
+
+    def local_state(self) -> dict:
+        """What this host's pynet holds: every key of its state dir's store (network,
+        endpoint, allocation, IPAM records...) and its links and rules (HostService.leftovers)."""
+        from pynet.store.sqlite import SqliteStore
+
+        store = SqliteStore.in_state_dir(self.state_dir)     # all of it, not one layout prefix
+        try:
+            keys = [r.key for r in store.list("")]
+        finally:
+            store.close()
+        return {"keys": keys, "kernel": self.leftovers()}
+
     def cni_del_all(self) -> list[str]:
         """CNI DEL of every pod of this host (as the runtime does when they
         stop), then the CNI-made networks removed (``pynet network rm``'s way)."""
@@ -179,6 +125,33 @@ class OverlayHostService(HostService):
                 problems.append(f"{what}: {e}")
         self._cni_teardown(step)
         return problems
+
+    def cni_del(self, name: str) -> None:
+        """CNI DEL of one pod this host added (as the runtime does when it stops)."""
+        from pynet.scenario import cniexec
+        from pynet.scenario.host import object_id
+
+        cid = object_id(self.instance, "cni", name)
+        for att in [a for a in self.cni_atts if a.container_id == cid]:
+            cniexec.delete(self.cni_path, att)
+            self.cni_atts.remove(att)
+
+    def cni_add_refused(self, name: str, **kw) -> dict:
+        """A CNI ADD expected to fail: {"code", "message"} of the plugin's error (the pod's
+        half-made attachment DELed, as a runtime does after a failed ADD); {} if it succeeded."""
+        from pynet.scenario.cniexec import CniExecError
+
+        try:
+            self.cni_add(name, **kw)
+        except CniExecError as e:
+            out = {"code": e.code, "message": str(e)}
+        else:
+            return {}
+        try:
+            self.cni_del(name)
+        except CniExecError as e:
+            out["del"] = str(e)
+        return out
 
     # ---- measurements (benchmarks: endpoint on one host -> FDB entry on another)
     def create_endpoints_timed(self, network: str, count: int, first_ip: int = 100, gap: float = 0.02) -> dict:
@@ -272,21 +245,6 @@ class OverlayHostService(HostService):
     def pass_timings(self) -> list:
         return list(self.pass_times)
 
-    def cluster_keys(self) -> list[str]:
-        from pynet import root
-
-        c = root.cluster_store(self.config)
-        try:
-            return [r.key for r in c.store.list(c.root)]
-        finally:
-            c.close()
-
-    def close(self) -> None:
-        try:
-            super().close()
-        finally:
-            self.leave_cluster(revoke=True)
-
 
 # ------------------------------------------------------------------ the lab
 class OverlayLab:
@@ -307,9 +265,7 @@ class OverlayLab:
         from pynet.cnm import sandbox
 
         name = f"{self.prefix}-{tag}"
-        # noted first: a create that failed half-way (no answer from its child under load) may
-        # still have made the namespace, and close() must remove it
-        self.namespaces.append(name)
+        self.namespaces.append(name)      # first: a create that fails half-way is removed too
         return sandbox.create_netns(name)
 
     def namespaces_path(self, tag: str) -> str:
@@ -407,6 +363,24 @@ def installed_lab(base_dir: str, joined=(0, 1, 2), hosts: int = 3, lease_ttl: in
         yield lab
 
 
+def host_daemon(lab: OverlayLab, i: int, ttl: Optional[int] = None) -> subprocess.Popen:
+    """``pynet daemon --cluster-store ...`` for host i's (0-based) pynet instance, inside its
+    namespace, on the lab worker's state dir (so the same host ID); ``ttl`` defaults to the lab's."""
+    import sys
+
+    inst = f"{lab.prefix}-h{i + 1}"
+    state = os.path.join(lab.base_dir, f"state-h{i + 1}")
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(lab.base_dir, f"daemon-h{i + 1}.log"), "ab") as log:
+        return subprocess.Popen(
+            ["nsenter", f"--net={lab.namespaces_path(f'h{i + 1}')}", sys.executable, "-m", "pynet", "daemon",
+             "--state-dir", state, "--plugin-name", inst, "--chain-prefix", f"{lab.prefix.upper()}H{i + 1}",
+             "--socket", os.path.join(state, "daemon.sock"), "--cluster-store", lab.url,
+             "--advertise-address", host_address(i), "--cluster-ttl", str(ttl or lab.lease_ttl)],
+            cwd=repo, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, "PYNET_FIREWALL_RECHECK": "0"})
+
+
 def stop_process(proc, grace: float = 30.0) -> None:
     """SIGTERM ``proc`` (a Popen), SIGKILL after ``grace`` s; nothing if it has ended."""
     import signal
@@ -474,3 +448,212 @@ def udp_echo(server_ns: str, client_ns: str, ip: str, port: int = 7779) -> bytes
             c.sendto(b"hello", (ip, port))
             return c.recvfrom(64)[0]
     return _exchange(server_ns, client_ns, listen, serve_one, talk)
+
+
+# ------------------------------------------------------ Docker on a host
+DOCKER = "/usr/bin/docker"
+START_BOUND = 90.0
+
+
+class DockerHost:
+    """A private dockerd and its ``pynet daemon --cluster-store ...`` in host i's namespace
+    (1-based).  dockerd runs in its own mount namespace whose /run/docker/plugins is the
+    daemon's socket directory bound there (dockerd reads .spec files only under /etc and
+    /usr/lib), so a restarted daemon's new socket is the one dockerd finds.  ``ttl``: the
+    daemon's lease TTL (``--cluster-ttl``)."""
+
+    def __init__(self, lab: "OverlayLab", i: int, ttl: int = 3):
+        from tests.support import harness
+
+        self.lab, self.i, self.ttl = lab, i, ttl
+        self.dir = os.path.join(lab.base_dir, f"docker-h{i}")
+        os.makedirs(self.dir, exist_ok=True)
+        self.sock = os.path.join(self.dir, "docker.sock")
+        self.name = f"{lab.prefix}-d{i}"                  # the plugin name dockerd knows
+        self.plugin_dir = str(harness.LOCK_DIR / f"{self.name}.plugins")
+        os.makedirs(self.plugin_dir, exist_ok=True)
+        self.plugin_sock = os.path.join(self.plugin_dir, f"{self.name}.sock")
+        self.netns = lab.namespaces_path(f"h{i}")
+        self.networks: list[str] = []
+        self.pynet = None
+        self.dockerd = None
+
+    def start(self) -> None:
+        self.start_pynet()
+        self.start_dockerd()
+
+    def start_pynet(self) -> None:
+        from tests.support import harness
+
+        state = os.path.join(self.dir, "pynet")
+        argv = ["nsenter", f"--net={self.netns}", *harness.default_daemon_argv(
+            self.name, self.plugin_sock, state),
+            "--cluster-store", self.lab.url, "--advertise-address", host_address(self.i - 1),
+            "--cluster-ttl", str(self.ttl)]
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.plugin_sock)        # a SIGKILLed daemon's: wait for the new one's
+        with open(os.path.join(self.dir, "pynet.log"), "a") as log:
+            # its dockerd is this host's, not the machine's (the restart's reconciliation asks it)
+            self.pynet = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                          env={**os.environ, "DOCKER_HOST": f"unix://{self.sock}"})
+        wait_until(lambda: os.path.exists(self.plugin_sock) or self.pynet.poll() is not None,
+                   f"pynet daemon of host {self.i}", bound=START_BOUND)
+        assert self.pynet.poll() is None, self.log()
+
+    def log(self) -> str:
+        with open(os.path.join(self.dir, "pynet.log")) as f:
+            return f.read()[-3000:]
+
+    def kill_pynet(self) -> None:
+        """SIGKILL: the daemon dies as a crashed one does (its lease left to expire)."""
+        self.pynet.kill()
+        self.pynet.wait(10)
+
+    def restart_pynet(self) -> None:
+        """SIGTERM (what a service manager's restart sends), then started again."""
+        stop_process(self.pynet, 30)
+        self.start_pynet()
+
+    def start_dockerd(self) -> None:
+        from tests.support import harness
+
+        script = (f"mount -t tmpfs tmpfs /run/docker && mkdir -p /run/docker/plugins && "
+                  f"mount --bind {self.plugin_dir} /run/docker/plugins && "
+                  f"exec nsenter --net={self.netns} /usr/sbin/dockerd --data-root {self.dir}/root "
+                  f"--exec-root {self.dir}/exec -H unix://{self.sock} --pidfile {self.dir}/pid "
+                  f"--bridge none")
+        self.dockerd_log = open(os.path.join(self.dir, "dockerd.log"), "w")
+        self.dockerd = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                        stdout=self.dockerd_log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        wait_until(lambda: self.docker("info", check=False).returncode == 0 or self.dockerd.poll() is not None,
+                   f"dockerd of host {self.i}", bound=START_BOUND, step=0.5)
+        assert self.dockerd.poll() is None, open(os.path.join(self.dir, "dockerd.log")).read()[-2000:]
+        image = harness.ensure_test_image()
+        save = subprocess.Popen([DOCKER, "save", image], stdout=subprocess.PIPE)
+        subprocess.run([DOCKER, "-H", f"unix://{self.sock}", "load"], stdin=save.stdout, check=True,
+                       capture_output=True, timeout=120)
+        save.wait(60)
+        self.image = image
+
+    def docker(self, *args, check: bool = True, timeout: float = 120):
+        p = subprocess.run([DOCKER, "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
+                           timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} on host {self.i}: {p.stderr.strip()}")
+        return p
+
+    def network(self, name: str, subnet: str, gw: str, check: bool = True):
+        if name not in self.networks:
+            self.networks.append(name)
+        return self.docker("network", "create", "-d", self.name, "--ipam-driver", self.name,
+                           "-o", "pynet.driver=overlay", "-o", f"pynet.overlay.network={name}",
+                           "--subnet", subnet, "--gateway", gw, name, check=check)
+
+    def run(self, cname: str, network: str) -> str:
+        self.docker("run", "-d", "--name", cname, "--network", network, self.image, "sleep", "600")
+        return self.inspect(cname)["NetworkSettings"]["Networks"][network]["IPAddress"]
+
+    def inspect(self, cname: str) -> dict:
+        return json.loads(self.docker("inspect", cname).stdout)[0]
+
+    def netns_of(self, cname: str) -> str:
+        """The container's network namespace, as a path this process can enter (dockerd and
+        its containers share the machine's PID namespace)."""
+        return f"/proc/{self.inspect(cname)['State']['Pid']}/ns/net"
+
+    def ping(self, cname: str, ip: str) -> bool:
+        return self.docker("exec", cname, "ping", "-c", "1", "-W", "1", ip, check=False,
+                           timeout=30).returncode == 0
+
+    def stop(self) -> None:
+        from tests.support import harness
+
+        if self.dockerd is not None and self.dockerd.poll() is None:
+            ids = self.docker("ps", "-aq", check=False).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False)
+            for n in self.networks:
+                self.docker("network", "rm", n, check=False)
+            stop_process(self.dockerd, 60)      # it stops its containerd and shims
+        stop_process(self.pynet, 30)
+        harness.flush_firewall(harness.chain_prefix_for(self.name))
+        for log in ("pynet.log", "dockerd.log"):     # kept beside the lab's other logs
+            with contextlib.suppress(OSError):
+                shutil.copy(os.path.join(self.dir, log), os.path.join(self.lab.base_dir, f"docker-h{self.i}-{log}"))
+        shutil.rmtree(self.plugin_dir, ignore_errors=True)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------- observation
+def capture(switch_ns: str, seconds: float, fn, port: str = "h1") -> list:
+    """UDP frames on host ``port``'s port of the underlay switch while ``fn()`` runs (tcpdump in
+    the switch namespace; a bridge device itself sees only what it floods, not what it
+    forwards), parsed by scapy."""
+    import tempfile
+
+    from scapy.all import rdpcap
+
+    with tempfile.NamedTemporaryFile(suffix=".pcap", delete=False) as f:
+        path = f.name
+    p = subprocess.Popen(["nsenter", f"--net={switch_ns}", "tcpdump", "-i", port, "--immediate-mode", "-U",
+                          "-n", "-w", path], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        line = p.stderr.readline()           # tcpdump says "listening on" once the capture runs
+        assert b"listening" in line, line
+        fn()
+        time.sleep(seconds)
+    finally:
+        p.terminate()
+        p.wait(10)
+    try:
+        return list(rdpcap(path))
+    finally:
+        os.unlink(path)
+
+
+def vxlan_fdb(netns_path: str) -> set:
+    """{(mac, underlay dst)} of every VXLAN device in a host namespace, from the kernel
+    (``bridge fdb``): what a host whose pynet is a separate daemon has programmed."""
+    p = subprocess.run(["nsenter", f"--net={netns_path}", "bridge", "-j", "fdb", "show"],
+                       capture_output=True, text=True, timeout=30, check=True)
+    return {(e["mac"], e["dst"]) for e in json.loads(p.stdout or "[]") if e.get("dst")}
+
+
+class Probe:
+    """A continuous probe: one ICMP echo from ``netns_path`` to ``ip`` every ``interval`` s (1 s
+    timeout each) on a thread, until ``stop()``, which returns (sent, lost).  Bounded by
+    ``max_probes``."""
+
+    def __init__(self, netns_path: str, ip: str, interval: float = 0.2, max_probes: int = 3000):
+        from tests.support.icmp import icmp_ping
+
+        self._ping = icmp_ping
+        self.netns_path, self.ip, self.interval, self.max_probes = netns_path, ip, interval, max_probes
+        self.results: list[bool] = []
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and len(self.results) < self.max_probes:
+            try:
+                self.results.append(self._ping(self.netns_path, self.ip, timeout=1.0))
+            except OSError:
+                self.results.append(False)
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "Probe":
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self) -> tuple[int, int]:
+        self._stop.set()
+        self._t.join(15)
+        return len(self.results), self.results.count(False)
+
+    @property
+    def lost(self) -> int:
+        return self.results.count(False)

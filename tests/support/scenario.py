@@ -47,3 +47,18 @@ def run_cli(*args, timeout=170, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pynet.scenario", *map(str, args)],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def assert_scenario_passes(path, tmp_path, min_tests: int = 1) -> None:
+    """``pynet scenario run PATH`` passes: exit 0, every line PASS, a JUnit file without
+    failures or errors (at least ``min_tests`` cases), and no pcap (pcaps are for failures)."""
+    import xml.etree.ElementTree as ET
+
+    junit = tmp_path / "junit.xml"
+    r = run_cli("run", path, "--junit", junit, "--out-dir", tmp_path / "out")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "FAIL" not in r.stdout and "PASS" in r.stdout
+    root = ET.parse(junit).getroot()
+    assert root.get("failures") == "0" and root.get("errors") == "0"
+    assert int(root.get("tests")) >= min_tests
+    assert not (tmp_path / "out").exists()          # no failure, no pcap

@@ -70,10 +70,10 @@ def test_network_ls_table(state, capsys):
     rc, out, err = run(capsys, "--state-dir", str(state), "network", "ls")
     assert rc == 0, err
     lines = out.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "DRIVER", "SUBNETS", "ENDPOINTS"]
+    assert lines[0].split() == ["ID", "NAME", "DRIVER", "SCOPE", "SUBNETS", "ENDPOINTS"]
     rows = {l.split()[0]: l.split() for l in lines[1:]}
-    assert rows[N1[:12]] == [N1[:12], "n1", "bridge", "10.30.0.0/24", "2"]
-    assert rows[N2[:12]] == [N2[:12], "from-docker", "bridge", "10.31.0.0/24,fd00:31::/64", "0"]
+    assert rows[N1[:12]] == [N1[:12], "n1", "bridge", "local", "10.30.0.0/24", "2"]
+    assert rows[N2[:12]] == [N2[:12], "from-docker", "bridge", "local", "10.31.0.0/24,fd00:31::/64", "0"]
     # columns are aligned: every row starts its NAME at the same offset
     offsets = {l.index(l.split()[1]) for l in lines}
     assert len(offsets) == 1

@@ -119,9 +119,12 @@ def test_global_driver_allocates_once_and_frees():
 
 def test_a_global_network_made_without_allocate_is_allocated_at_create():
     g = GlobalDriver()
-    c, _, _ = world({"glob": g})
+    c, _, store = world({"glob": g})
     c.create_network(NID, [IPData(pool="10.251.0.0/24")], driver="glob")
     assert g.allocated == [NID] and g.created == [{"glob.vni": "4097"}]
+    # no FreeNetwork will come for an allocation the create made: the delete drops its record
+    c.delete_network(NID)
+    assert store.get(f"allocations/{NID}") is None
 
 
 def test_allocate_network_refuses_an_unknown_driver():
