@@ -217,26 +217,27 @@ def print_throughput(res: dict) -> float:
 
 # ------------------------------------------------------------------- docker
 DOCKER_GOAL = 1.2
+OVERLAY_SUBNET, OVERLAY_GW = "10.79.0.0/24", "10.79.0.1"
 BRIDGE_SUBNET, BRIDGE_GW = "10.80.0.0/24", "10.80.0.1"
 
 
 def docker_run(base: str, bin_dir: str, rounds: int) -> dict:
     """``docker run -d`` (CLI, wall time) on an overlay network and on a pynet bridge network of the
-    same private dockerd and pynet daemon in host 1's namespace (tests/overlay/test_overlay_docker's
-    DockerHost: its own mount namespace, sockets, data root; the machine's dockerd is untouched),
-    rounds alternating the sides; each container removed (untimed) before the next.
+    same private dockerd and pynet daemon in host 1's namespace (tests/support/overlay's DockerHost,
+    as tests/overlay/test_overlay_docker.py runs it: its own mount namespace, sockets and data root;
+    the machine's dockerd is untouched), rounds alternating the sides; each container removed (untimed) before the next.
     -> {"overlay": [s], "bridge": [s]}"""
-    from tests.overlay import test_overlay_docker as tod
-    from tests.support.overlay import installed_lab
+    from tests.support.overlay import DockerHost, installed_lab
 
     with installed_lab(os.path.join(base, "docker"), joined=()) as lab:
-        host = tod.DockerHost(lab, 1)
+        host = DockerHost(lab, 1)
         try:
             host.start()
-            host.network(tod.NET, tod.SUBNET, tod.GW)                   # the overlay
+            host.network("ovb", OVERLAY_SUBNET, OVERLAY_GW)              # the overlay
+            host.networks.append("brb")                                  # removed by stop()
             host.docker("network", "create", "-d", host.name, "--ipam-driver", host.name,
-                        "--subnet", BRIDGE_SUBNET, "--gateway", BRIDGE_GW, tod.NET2)   # a pynet bridge
-            nets = {"overlay": tod.NET, "bridge": tod.NET2}
+                        "--subnet", BRIDGE_SUBNET, "--gateway", BRIDGE_GW, "brb")   # a pynet bridge
+            nets = {"overlay": "ovb", "bridge": "brb"}
             out: dict = {"overlay": [], "bridge": []}
             for r in range(rounds + 1):             # round 0: warm-up (image layers, first network use)
                 for side in (("overlay", "bridge") if r % 2 == 0 else ("bridge", "overlay")):

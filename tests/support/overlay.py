@@ -20,6 +20,7 @@ services tear their pynet down), etcd killed, namespaces deleted.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
