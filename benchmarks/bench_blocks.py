@@ -13,6 +13,15 @@ ratio of the medians are printed, with the round trips per allocation (1 = no co
 block IPAM's goal while free blocks remain; the single pool's four writers conflict on its
 bitmap block by design).
 
+Why 1 host is about 1x the single pool (0.9x measured): both sides are one etcd commit per
+allocation (round trips/alloc 1.03 vs 1.00 with one host), so the commit is the cost of both; the
+block side adds a listing and a create-only claim per /26 it fills (one every ~61 addresses) and
+compares three keys per txn (pool record, block, absent handle) instead of one.  Its gain is that
+hosts do not contend: the single pool's writers conflict on its bitmap, the blocks' do not.  The
+total rate is bounded by the commit latency of the three-member etcd (fsync on this machine's disk)
+and, with several hosts, by CPU: ~1.5 ms of client CPU (httpx) per allocation plus etcd's own
+on the members, on a 2-core machine shared with other runs -- report it with the load average.
+
 Why a private etcd: the figures must not depend on what else the machine's etcd does; its
 members, data and keys go with it, even on failure (tests/support/etcd_cluster.py).
 """
@@ -39,6 +48,7 @@ from pynet.store.keys import cluster_prefix  # noqa: E402
 from tests.support.etcd_cluster import EtcdCluster  # noqa: E402
 
 START_DELAY = 3.0  # s: every worker past its imports before the clock starts
+GOAL_HOSTS, GOAL_RATE = 3, 500.0  # issue 11: >= 500 allocations/s in total by three hosts
 
 
 def _run(cmds: list[list[str]]) -> list[dict]:
@@ -97,7 +107,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--per-host", type=int, default=300)
-    ap.add_argument("--hosts", default="1,4",
+    ap.add_argument("--hosts", default="1,3",
                     help="host counts, comma-separated; the first is the base of the scaling ratio "
                          "(issue 11's goal is stated for 3 hosts: --hosts 1,3,4)")
     ap.add_argument("--quick", action="store_true", help="2 rounds of 60 allocations per host")
@@ -131,6 +141,12 @@ def main() -> int:
                   f"peer single pool {_fmt([x for x, _ in i])}  "
                   f"ratio {med[('blocks', hosts)] / med[('ipam', hosts)]:.2f}  n={rounds}  "
                   f"round trips/alloc {rt_b:.2f} vs {rt_i:.2f}")
+        if ("blocks", GOAL_HOSTS) in med:
+            rt = statistics.median(x for _, x in rates[("blocks", GOAL_HOSTS)])
+            print(f"goal: {GOAL_HOSTS} hosts >= {GOAL_RATE:.0f}/s in total: {med[('blocks', GOAL_HOSTS)]:,.0f}/s "
+                  f"({'met' if med[('blocks', GOAL_HOSTS)] >= GOAL_RATE else 'MISSED'}), round trips/alloc "
+                  f"{rt:.2f} (1.00 = no conflict); load average {os.getloadavg()[0]:.2f} on "
+                  f"{os.cpu_count()} cores")
         base = counts[0]
         for hosts in counts[1:]:
             for name in ("blocks", "ipam"):

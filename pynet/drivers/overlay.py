@@ -62,6 +62,7 @@ vxlan, vni, port, local (the VTEP address), dev (the underlay interface).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import logging
 import re
@@ -368,14 +369,27 @@ class OverlayDriver(BridgeDriver):
         self.nl.set_up(name)
 
     # ======================================================= create endpoint
-    def create_endpoint(self, net: Network, ep: Endpoint) -> None:
+    def create_endpoint(self, net: Network, ep: Endpoint):
         c = self._cluster(net)
-        super().create_endpoint(net, ep)
+        planned = None
+        if not ep.driver_state.get("host_veth"):   # the MAC is the plan's: announce needs it
+            planned = self.plan_endpoint(net, ep)
+            ep = dataclasses.replace(ep, **planned)
+        # announced first, the veth made after: peers program their FDB entry
+        # while this host plumbs (the record alone was the last ~2/3 of the
+        # create-to-remote-FDB latency); an entry for a MAC not yet behind
+        # our VTEP only drops frames nobody can send yet.  A failed veth
+        # withdraws the record, and the peers' next pass removes the entry.
+        self._announce_endpoint(c, net, ep)
         try:
-            self._announce_endpoint(c, net, ep)
+            super().create_endpoint(net, ep)
         except BaseException:
-            super().delete_endpoint(net, ep)
+            try:
+                c.store.delete(c.key("endpoints", self.cluster_id(net), ep.id))
+            except errors.PynetError as e:
+                log.error("endpoint %s: withdrawing its cluster record: %s", ep.id[:12], e)
             raise
+        return planned
 
     def _announce_endpoint(self, c, net: Network, ep: Endpoint) -> None:
         c.store.put(c.key("endpoints", self.cluster_id(net), ep.id),
@@ -676,30 +690,40 @@ class OverlayDriver(BridgeDriver):
         st = net.driver_state or {}
         dev = st.get("vxlan")
         done = {"added": 0, "removed": 0}
-        try:
-            link = self.nl.get_link(dev) if c is not None and dev else None
-        except errors.NotFound:
-            link = None
-        if link is None:
+        # an event's pass reuses the ifindex of the last pass (no request
+        # at all: a device gone or made again since has another index, ifindexes
+        # are handed out cyclically, so the first replace fails with ENODEV and
+        # the pass is redone from a fresh look-up and the kernel's tables); a
+        # full pass asks for the ifindex only (get_link's address dump and
+        # master look-ups were half of an event's pass)
+        cached = None if from_kernel or c is None else next(
+            (k[1] for k in self._programmed if k[0] == dev), None)
+        index = cached if cached is not None else (self.nl.link_index(dev) if c is not None and dev else None)
+        if index is None:
             self._programmed = {k: v for k, v in self._programmed.items() if k[0] != dev}
             return done
         # keyed by the device's ifindex too: a device another process recreated
         # (a CNI ADD after the network was removed) is a new, empty one
-        key = (dev, link.index)
+        key = (dev, index)
         want = peers(view, c.parse, self.cluster_id(net), c.host)
         last = None if from_kernel else self._programmed.get(key)
         self._programmed = {k: v for k, v in self._programmed.items() if k[0] != dev}
-        self._program(dev, want, last, done)     # raising: nothing cached, the next pass reads the kernel
+        try:
+            self._program(dev, index, want, last, done)     # raising: nothing cached, the next pass reads the kernel
+        except errors.NotFound:
+            if cached is None:
+                raise
+            return self.program_peers(net, view, from_kernel=True)
         self._programmed[key] = (set(want.fdb), set(want.neigh))
         if done["added"] or done["removed"]:
             log.info("network %s: %s: +%d -%d FDB/neighbour entries", net.id[:12], dev,
                      done["added"], done["removed"])
         return done
 
-    def _program(self, dev: str, want, last, done: dict) -> None:
+    def _program(self, dev: str, index: int, want, last, done: dict) -> None:
         fdb = set(self.nl.fdb_list(dev)) if last is None else set(last[0])
         for mac, dst in sorted(want.fdb - fdb):
-            self.nl.fdb_replace(dev, mac, dst)
+            self.nl.fdb_replace(dev, mac, dst, index=index)
             done["added"] += 1
         for mac, dst in sorted(fdb - want.fdb):
             # a unicast MAC moved by the replace above is gone already
@@ -708,7 +732,7 @@ class OverlayDriver(BridgeDriver):
         neigh = set(self.nl.neigh_list(dev)) if last is None else set(last[1])
         wanted_ips = {ip for ip, _ in want.neigh}
         for ip, mac in sorted(want.neigh - neigh):
-            self.nl.neigh_replace(dev, ip, mac)
+            self.nl.neigh_replace(dev, ip, mac, index=index)
             done["added"] += 1
         for ip, mac in sorted(neigh - want.neigh):
             if ip not in wanted_ips and self.nl.neigh_delete(dev, ip, missing_ok=True):

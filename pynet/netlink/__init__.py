@@ -183,9 +183,11 @@ class Netlink(abc.ABC):
     # missing_ok, so an event applied twice changes nothing.
     FLOOD_MAC = "00:00:00:00:00:00"
 
-    def fdb_replace(self, dev: str, mac: str, dst: str) -> None:
+    def fdb_replace(self, dev: str, mac: str, dst: str, index: Optional[int] = None) -> None:
         """``bridge fdb replace MAC dev DEV dst DST self permanent`` (the
-        all-zero MAC: ``append``, so every VTEP keeps its flood entry)."""
+        all-zero MAC: ``append``, so every VTEP keeps its flood entry).
+        ``index``: DEV's ifindex when the caller has just looked it up
+        (``link_index``): one request less per entry on the agent's path."""
         raise NotImplementedError
 
     def fdb_delete(self, dev: str, mac: str, dst: Optional[str] = None, missing_ok: bool = True) -> bool:
@@ -196,8 +198,8 @@ class Netlink(abc.ABC):
         [(mac, dst)], sorted."""
         raise NotImplementedError
 
-    def neigh_replace(self, dev: str, ip: str, mac: str) -> None:
-        """``ip neigh replace IP lladdr MAC dev DEV nud permanent``."""
+    def neigh_replace(self, dev: str, ip: str, mac: str, index: Optional[int] = None) -> None:
+        """``ip neigh replace IP lladdr MAC dev DEV nud permanent`` (``index``: as fdb_replace)."""
         raise NotImplementedError
 
     def neigh_delete(self, dev: str, ip: str, missing_ok: bool = True) -> bool:
@@ -217,6 +219,14 @@ class Netlink(abc.ABC):
     @abc.abstractmethod
     def get_link(self, name: str) -> LinkInfo:
         """Raises LinkNotFound."""
+
+    def link_index(self, name: str) -> Optional[int]:
+        """The link's ifindex, None when there is none: the one fact the
+        overlay agent's passes need, without get_link's address and
+        master/peer look-ups (a real backend answers it in one request)."""
+        if not self.link_exists(name):
+            return None
+        return self.get_link(name).index
 
     @abc.abstractmethod
     def list_links(self, alias_prefix: Optional[str] = None) -> list[LinkInfo]: ...

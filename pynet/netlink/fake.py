@@ -234,18 +234,21 @@ class FakeNetlink(Netlink):
         return {"vni": x["vni"], "port": x["port"], "local": x["local"] or "",
                 "learning": bool(x["learning"]), "proxy": bool(x["proxy"])}
 
-    def _vxlan(self, name) -> _Link:
+    def _vxlan(self, name, index=None) -> _Link:
         link = self._get(name)
         if link.kind != "vxlan":
             raise errors.InvalidParameter(f"link {name} is not a VXLAN device")
+        if index is not None and index != link.index:
+            # as the kernel answers a request by an ifindex whose device is gone (ENODEV)
+            raise LinkNotFound(f"link index {index} not found (link {name} is {link.index})")
         return link
 
     # -- VXLAN forwarding database and neighbours (gone with the device) --------
-    def fdb_replace(self, dev, mac, dst) -> None:
+    def fdb_replace(self, dev, mac, dst, index=None) -> None:
         self.kernel._check("fdb_replace", dev)
         mac = check_mac(mac)
         ipaddress.ip_address(dst)
-        fdb = self._vxlan(dev).extra["fdb"]
+        fdb = self._vxlan(dev, index).extra["fdb"]
         if mac != self.FLOOD_MAC:
             fdb -= {e for e in fdb if e[0] == mac}
         fdb.add((mac, dst))
@@ -265,9 +268,9 @@ class FakeNetlink(Netlink):
     def fdb_list(self, dev) -> list[tuple[str, str]]:
         return sorted(self._vxlan(dev).extra["fdb"])
 
-    def neigh_replace(self, dev, ip, mac) -> None:
+    def neigh_replace(self, dev, ip, mac, index=None) -> None:
         self.kernel._check("neigh_replace", dev)
-        self._vxlan(dev).extra["neigh"][str(ipaddress.ip_address(ip))] = check_mac(mac)
+        self._vxlan(dev, index).extra["neigh"][str(ipaddress.ip_address(ip))] = check_mac(mac)
 
     def neigh_delete(self, dev, ip, missing_ok=True) -> bool:
         neigh = self._vxlan(dev).extra["neigh"]

@@ -216,10 +216,10 @@ class PyrouteNetlink(Netlink):
                 "proxy": bool(data.get_attr("IFLA_VXLAN_PROXY"))}
 
     # -- VXLAN forwarding database and neighbours -------------------------------
-    def fdb_replace(self, dev, mac, dst) -> None:
+    def fdb_replace(self, dev, mac, dst, index=None) -> None:
         mac = check_mac(mac)
         ipaddress.ip_address(dst)
-        idx = self._index(dev)
+        idx = self._index(dev) if index is None else int(index)
         # NTF_SELF: the entry is the VXLAN device's own (the bridge's would be
         # NTF_MASTER); "replace" without it is EOPNOTSUPP
         cmd = "append" if mac == self.FLOOD_MAC else "replace"
@@ -262,10 +262,10 @@ class PyrouteNetlink(Netlink):
                 out.add((m.get_attr("NDA_LLADDR").lower(), dst))
         return sorted(out)
 
-    def neigh_replace(self, dev, ip, mac) -> None:
+    def neigh_replace(self, dev, ip, mac, index=None) -> None:
         mac = check_mac(mac)
         a = ipaddress.ip_address(ip)
-        idx = self._index(dev)
+        idx = self._index(dev) if index is None else int(index)
         self._call(f"neigh replace {ip} dev {dev}", self.ipr.neigh, "replace", ifindex=idx, dst=str(a),
                    lladdr=mac, state=NUD_PERMANENT, family=_FAMILY[a.version])
 
@@ -297,6 +297,11 @@ class PyrouteNetlink(Netlink):
     def link_exists(self, name) -> bool:
         check_ifname(name)
         return bool(self._call(f"look up {name}", self.ipr.link_lookup, ifname=name))
+
+    def link_index(self, name) -> Optional[int]:
+        check_ifname(name)
+        idx = self._call(f"look up {name}", self.ipr.link_lookup, ifname=name)
+        return idx[0] if idx else None
 
     def _info(self, msg, names: dict[int, str], addrs: Optional[dict] = None) -> LinkInfo:
         idx = msg["index"]

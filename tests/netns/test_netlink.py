@@ -145,7 +145,9 @@ def test_vxlan_fdb_and_neighbours(env):
                                    (mac, "198.18.99.3")]
     nl.neigh_replace("tvx0", "10.11.0.5", mac)
     nl.neigh_replace("tvx0", "10.11.0.5", "02:42:0a:0b:00:06")
-    nl.neigh_replace("tvx0", "10.11.0.7", "02:42:0a:0b:00:07")
+    # the agent's path: the ifindex looked up once, passed to each entry
+    assert nl.link_index("tvx0") == v.index and nl.link_index("tnope") is None
+    nl.neigh_replace("tvx0", "10.11.0.7", "02:42:0a:0b:00:07", index=v.index)
     assert nl.neigh_list("tvx0") == [("10.11.0.5", "02:42:0a:0b:00:06"), ("10.11.0.7", "02:42:0a:0b:00:07")]
     assert nl.fdb_delete("tvx0", nl.FLOOD_MAC, "198.18.99.2") is True
     assert nl.fdb_delete("tvx0", nl.FLOOD_MAC, "198.18.99.2") is False    # gone already

@@ -286,3 +286,30 @@ def test_dockers_request_address_on_an_overlay_pool_is_cluster_wide(two_hosts):
     # a bridge network's pool is not the overlay's business
     pid, pool, _ = a.c.request_pool("LocalDefault", "10.88.0.0/24", requester="docker")
     assert a.c.request_address(pid, "", {}, holder="docker") == "10.88.0.1/24"
+
+
+def test_an_event_pass_on_a_device_made_again_programs_the_new_device_fully(two_hosts):
+    """An event's pass reuses the last pass's ifindex and its record of what it programmed;
+    a VXLAN device deleted and made again meanwhile (another index) must not be taken for the
+    old one: the pass is redone from the kernel, and the new device gets every entry."""
+    a, b, cstore = two_hosts
+    na = a.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    b.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    eb = b.c.create_endpoint(NID, "e2" * 32, address="10.77.0.3/24")
+    cstore.put(b.cluster.key("vteps", "ov", "hb"), {"address": "127.0.0.3"})
+    cstore.put(b.cluster.key("hosts", "hb"), {"address": "127.0.0.3"})
+
+    def view():
+        return {r.key: r.value for r in cstore.list(a.cluster.root)}
+    a.drv.program_peers(na, view(), from_kernel=True)
+    want = [(FLOOD_MAC, "127.0.0.3"), (eb.mac, "127.0.0.3")]
+    assert a.fdb(na) == want
+    dev = na.driver_state["vxlan"]
+    old = a.nl.get_link(dev).index
+    a.nl.delete_link(dev)
+    a.drv._setup_vxlan(na, na.driver_state)            # as restore or a CNI ADD makes it again
+    assert a.nl.get_link(dev).index != old and a.fdb(na) == []
+    ec = b.c.create_endpoint(NID, "e3" * 32, address="10.77.0.4/24")
+    a.drv.program_peers(na, view(), from_kernel=False)    # the event's pass
+    assert a.fdb(na) == sorted(want + [(ec.mac, "127.0.0.3")])
+    assert a.neigh(na) == [("10.77.0.3", eb.mac), ("10.77.0.4", ec.mac)]

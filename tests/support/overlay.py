@@ -166,8 +166,12 @@ class OverlayHostService(HostService):
         for n in range(count):
             ip = base.network_address + first_ip + n
             t0 = time.monotonic()
-            ep = self.controller.create_endpoint(net.id, f"bench{n:04d}".ljust(64, "0"),
-                                                 address=f"{ip}/{base.prefixlen}")
+            create = self.controller.create_endpoint
+            if self.profiler is not None:
+                ep = self.profiler.runcall(create, net.id, f"bench{n:04d}".ljust(64, "0"),
+                                           address=f"{ip}/{base.prefixlen}")
+            else:
+                ep = create(net.id, f"bench{n:04d}".ljust(64, "0"), address=f"{ip}/{base.prefixlen}")
             out[ep.mac] = t0
             self.create_durations = getattr(self, "create_durations", []) + [time.monotonic() - t0]
             time.sleep(gap)
@@ -191,8 +195,8 @@ class OverlayHostService(HostService):
         real = drv.nl.fdb_replace
         self.fdb_times: dict = {}
 
-        def timed(dev, mac, dst):
-            real(dev, mac, dst)
+        def timed(dev, mac, dst, **kw):
+            real(dev, mac, dst, **kw)
             self.fdb_times.setdefault(mac, time.monotonic())
         drv.nl.fdb_replace = timed
         self.event_times: dict = {}
@@ -209,9 +213,29 @@ class OverlayHostService(HostService):
 
         def timed_pass(dirty):
             t = time.monotonic()
-            real_pass(dirty)
+            if self.profiler is not None:
+                self.profiler.runcall(real_pass, dirty)
+            else:
+                real_pass(dirty)
             self.pass_times.append((time.monotonic() - t, dirty is None))
         agent._pass = timed_pass
+
+    profiler = None
+
+    def profile(self, on: bool = True) -> str:
+        """cProfile the agent's passes and this host's creates (bench_overlay
+        --profile); ``on=False`` stops and returns the top of the stats."""
+        import cProfile
+        import io
+        import pstats
+
+        if on:
+            self.profiler = cProfile.Profile()
+            return ""
+        prof, self.profiler = self.profiler, None
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("cumulative").print_stats(45)
+        return out.getvalue()
 
     def fdb_timings(self) -> dict:
         return dict(self.fdb_times)
