@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -156,6 +157,15 @@ def _port_key(proto: str, port: int, host_ip: str) -> str:
     clash with (a wildcard clashes with every address); ``*`` is "every
     host address"."""
     return _port_prefix(proto, port) + (host_ip or "*")
+
+
+@functools.lru_cache(maxsize=16384)
+def _pool_range(pool: str) -> tuple[int, int, int]:
+    """(IP version, first, last address as ints) of a stored pool: parsed once per pool, so
+    checking a new network's subnets against every other network's costs integer compares,
+    not an ipaddress parse of each (it ran on every network create)."""
+    n = ipaddress.ip_network(pool, strict=False)
+    return n.version, int(n.network_address), int(n.broadcast_address)
 
 
 def parse_cidr(value: str, what: str, strict: bool = False):
@@ -472,14 +482,15 @@ class Controller:
                     if ip not in subnet:
                         raise errors.InvalidAddress(f"aux address {aux_name}={ip} is outside subnet {subnet}")
                 mine.append(subnet)
+        ranges = [(s, s.version, int(s.network_address), int(s.broadcast_address)) for s in mine]
         for other in others:
             for d in other.ipv4 + other.ipv6:
-                theirs = ipaddress.ip_network(d.pool, strict=False)
-                for s in mine:
-                    if s.version == theirs.version and s.overlaps(theirs):
+                ver, lo, hi = _pool_range(d.pool)
+                for s, sver, slo, shi in ranges:
+                    if sver == ver and slo <= hi and lo <= shi:
                         raise errors.PoolOverlap(
-                            f"subnet {s} overlaps subnet {theirs} of network "
-                            f"{other.name or other.id[:12]}")
+                            f"subnet {s} overlaps subnet {ipaddress.ip_network(d.pool, strict=False)} "
+                            f"of network {other.name or other.id[:12]}")
 
     @staticmethod
     def _bare_ip(value: str, what: str):
