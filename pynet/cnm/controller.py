@@ -318,6 +318,11 @@ class Controller:
     def networks(self, txn=None) -> list[Network]:
         return [Network.from_json(r.value) for r in (txn or self.store).list(NETWORKS)]
 
+    def network_by_id(self, network_id: str, txn=None) -> Optional[Network]:
+        """The network stored under exactly this id (one key read), or None."""
+        rec = (txn or self.store).get(_net_key(network_id))
+        return Network.from_json(rec.value) if rec is not None else None
+
     def network(self, id_or_name: str) -> Network:
         rec = self.store.get(_net_key(id_or_name))
         if rec is not None:
