@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import ipaddress
 import logging
 import os
@@ -151,6 +152,11 @@ def _gateway_key(pool_id: str, addr: str) -> str:
     return f"{GATEWAYS}{pool_id}/" + addr
 
 
+# at most this many distinct host ports are read one range each when publishing (else the
+# protocol's whole range as one read): few compares in an etcd txn however many ports are held
+NARROW_PORT_READS = 8
+
+
 def _port_prefix(proto: str, port: int) -> str:
     return f"{PORTS}{proto}/{port}/"
 
@@ -161,6 +167,15 @@ def _port_key(proto: str, port: int, host_ip: str) -> str:
     clash with (a wildcard clashes with every address); ``*`` is "every
     host address"."""
     return _port_prefix(proto, port) + (host_ip or "*")
+
+
+@functools.lru_cache(maxsize=16384)
+def _pool_range(pool: str) -> tuple[int, int, int]:
+    """(IP version, first, last address as ints) of a stored pool: parsed once per pool, so
+    checking a new network's subnets against every other network's costs integer compares,
+    not an ipaddress parse of each (it ran on every network create)."""
+    n = ipaddress.ip_network(pool, strict=False)
+    return n.version, int(n.network_address), int(n.broadcast_address)
 
 
 def parse_cidr(value: str, what: str, strict: bool = False):
@@ -312,6 +327,11 @@ class Controller:
 
     def networks(self, txn=None) -> list[Network]:
         return [Network.from_json(r.value) for r in (txn or self.store).list(NETWORKS)]
+
+    def network_by_id(self, network_id: str, txn=None) -> Optional[Network]:
+        """The network stored under exactly this id (one key read), or None."""
+        rec = (txn or self.store).get(_net_key(network_id))
+        return Network.from_json(rec.value) if rec is not None else None
 
     def network(self, id_or_name: str) -> Network:
         rec = self.store.get(_net_key(id_or_name))
@@ -497,14 +517,15 @@ class Controller:
                     if ip not in subnet:
                         raise errors.InvalidAddress(f"aux address {aux_name}={ip} is outside subnet {subnet}")
                 mine.append(subnet)
+        ranges = [(s, s.version, int(s.network_address), int(s.broadcast_address)) for s in mine]
         for other in others:
             for d in other.ipv4 + other.ipv6:
-                theirs = ipaddress.ip_network(d.pool, strict=False)
-                for s in mine:
-                    if s.version == theirs.version and s.overlaps(theirs):
+                ver, lo, hi = _pool_range(d.pool)
+                for s, sver, slo, shi in ranges:
+                    if sver == ver and slo <= hi and lo <= shi:
                         raise errors.PoolOverlap(
-                            f"subnet {s} overlaps subnet {theirs} of network "
-                            f"{other.name or other.id[:12]}")
+                            f"subnet {s} overlaps subnet {ipaddress.ip_network(d.pool, strict=False)} "
+                            f"of network {other.name or other.id[:12]}")
 
     @staticmethod
     def _bare_ip(value: str, what: str):
@@ -733,16 +754,29 @@ class Controller:
         # port map to CreateEndpoint of every network it joins, but programs
         # it on one of them.
         owner = f"{ep.network_id}/{ep.id}"
-        held_by_proto: dict[str, set] = {}
+        held_by_proto: dict = {}
         chosen: list[PortMapping] = []
+        # a protocol whose mappings all name one host port (the usual -p 8080:80) reads only
+        # those ports' reservations, so publishing costs what it asks for, not every port the
+        # host holds; a few (one range compare each, inside etcd's --max-txn-ops), else the
+        # protocol's whole range as one
+        narrow = set()
+        if self.port_allocator is None:
+            for proto in {pm.proto for pm in requested}:
+                mine = [pm for pm in requested if pm.proto == proto]
+                if all(pm.host_port and pm.host_port_end in (0, pm.host_port) for pm in mine) \
+                        and len({pm.host_port for pm in mine}) <= NARROW_PORT_READS:
+                    narrow.add(proto)
         for pm in requested:
             if pm.proto not in ("tcp", "udp", "sctp"):
                 raise errors.InvalidParameter(f"unsupported protocol {pm.proto!r}")
             if pm.host_ip:
                 self._bare_ip(pm.host_ip, "host address")
-            held = held_by_proto.get(pm.proto)
+            slot = (pm.proto, pm.host_port) if pm.proto in narrow else pm.proto
+            held = held_by_proto.get(slot)
             if held is None:
-                held = held_by_proto[pm.proto] = self._reserved_ports(t, pm.proto, owner)
+                held = held_by_proto[slot] = self._reserved_ports(
+                    t, pm.proto, owner, port=pm.host_port if pm.proto in narrow else None)
             taken = {hp for hip, hp in held if not hip or not pm.host_ip or hip == pm.host_ip}
             port = self._pick_port(pm, taken)
             if any(hp == port and (not hip or not pm.host_ip or hip == pm.host_ip) for hip, hp in held):
@@ -770,13 +804,13 @@ class Controller:
         raise errors.PortInUse(f"no free host port in {lo}-{hi}/{pm.proto}")
 
     @staticmethod
-    def _port_records(t, proto: str) -> dict:
+    def _port_records(t, proto: str, port: Optional[int] = None) -> dict:
         """The protocol's host port reservations, key -> value, read as ONE
         recorded range (``keys=False``): a reservation made or changed meanwhile
         fails the commit, one released meanwhile only made the answer
         conservative -- one compare however many ports are held, within etcd's
-        --max-txn-ops."""
-        prefix = f"{PORTS}{proto}/"
+        --max-txn-ops.  ``port``: that host port's reservations only (its own range)."""
+        prefix = f"{PORTS}{proto}/" if port is None else _port_prefix(proto, port)
         try:
             recs = t.list(prefix, keys=False)
         except TypeError:  # a txn of another kind (a test's): every key recorded
@@ -784,10 +818,10 @@ class Controller:
         return {r.key: r.value or {} for r in recs}
 
     @classmethod
-    def _reserved_ports(cls, t, proto: str, owner: str) -> set:
+    def _reserved_ports(cls, t, proto: str, owner: str, port: Optional[int] = None) -> set:
         out = set()
         prefix = f"{PORTS}{proto}/"
-        for key, value in cls._port_records(t, proto).items():
+        for key, value in cls._port_records(t, proto, port).items():
             if value.get("endpoint") == owner:
                 continue
             port, hip = key[len(prefix):].split("/", 1)
@@ -797,23 +831,35 @@ class Controller:
     @classmethod
     def _unreserve_ports(cls, t, ep: Endpoint, ports: Iterable[PortMapping]) -> None:
         owner = f"{ep.network_id}/{ep.id}"
-        have: dict = {}
+        records = cls._records_of(t, list(ports))
         for pm in ports:
-            if pm.proto not in have:
-                have[pm.proto] = cls._port_records(t, pm.proto)
             key = _port_key(pm.proto, pm.host_port, _esc(pm.host_ip))
-            if have[pm.proto].get(key, {}).get("endpoint") == owner:
+            if records(pm).get(key, {}).get("endpoint") == owner:
                 t.delete(key)
+
+    @classmethod
+    def _records_of(cls, t, ports: list[PortMapping]):
+        """pm -> the reservations that can hold ``pm``'s key: its own port's range when the
+        endpoint has a few ports of that protocol (NARROW_PORT_READS), else the protocol's."""
+        counts: dict[str, set] = {}
+        for pm in ports:
+            counts.setdefault(pm.proto, set()).add(pm.host_port)
+        have: dict = {}
+
+        def records(pm: PortMapping) -> dict:
+            port = pm.host_port if len(counts[pm.proto]) <= NARROW_PORT_READS else None
+            if (pm.proto, port) not in have:
+                have[(pm.proto, port)] = cls._port_records(t, pm.proto, port)
+            return have[(pm.proto, port)]
+        return records
 
     @classmethod
     def _reserve_exact(cls, t, ep: Endpoint) -> None:
         owner = f"{ep.network_id}/{ep.id}"
-        have: dict = {}
+        records = cls._records_of(t, list(ep.ports))
         for pm in ep.ports:
-            if pm.proto not in have:
-                have[pm.proto] = cls._port_records(t, pm.proto)
             key = _port_key(pm.proto, pm.host_port, _esc(pm.host_ip))
-            if key not in have[pm.proto]:
+            if key not in records(pm):
                 t.put(key, {"endpoint": owner})
 
     def revoke_external_connectivity(self, network_id: str, endpoint_id: str) -> None:

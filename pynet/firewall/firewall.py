@@ -79,7 +79,7 @@ from .model import (BUILTIN_CHAINS, CHAIN_RE, ENDPOINT, FAMILIES, IPV4, NETWORK,
                     NetworkSpec, Ruleset)
 from .reconcile import (Op, block_on_top, diff_text, parse_chain, parse_save, plan_family,
                         plan_restore)
-from .render import _port_conflict, own_chains, render_family, route_localnet_sysctls, screen
+from .render import PortIndex, own_chains, render_family, route_localnet_sysctls, screen
 
 
 log = logging.getLogger("pynet.firewall")
@@ -297,11 +297,10 @@ class Firewall:
                 problems[e.id] = f"endpoint {e.id}: unknown network {e.network_id}"
         eps = [e for e in eps if e.network_id in known]
         nets, eps, iso = screen(nets, eps, self.isolate_from, problems)
-        seen = [(pm.proto, pm.host_ip, pm.host_port, o.id) for o in endpoints if o.id not in changed
-                for pm in o.ports]
+        seen = PortIndex(o for o in endpoints if o.id not in changed)
         ok = []
         for e in eps:
-            err = _port_conflict(e, seen)
+            err = seen.conflict(e)
             if err is not None:
                 problems[e.id] = f"endpoint {e.id}: {err}"
             else:

@@ -130,24 +130,37 @@ def expand_ports(ep: EndpointSpec) -> list[tuple[int, PortMapping, str]]:
     return rows
 
 
-def _port_conflict(ep: EndpointSpec, seen) -> PortInUse | None:
-    for pm in ep.ports:
-        for proto, hip, hport, owner in seen:
-            if proto == pm.proto and hport == pm.host_port and _overlap(hip, pm.host_ip) \
-                    and owner != ep.id:
-                return PortInUse(
-                    f"Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/{pm.proto} failed: "
-                    f"port is already allocated (endpoint {owner})", owner=ep.id)
-    return None
+class PortIndex:
+    """The host ports published so far, keyed by (protocol, host port): a new endpoint's
+    mappings are checked against the few holders of the same port, not every port of
+    every endpoint (which made screening the whole state quadratic in published ports)."""
+
+    def __init__(self, endpoints=()):
+        self._by_port: dict[tuple[str, int], list[tuple[str, str]]] = {}
+        for ep in endpoints:
+            self.add(ep)
+
+    def add(self, ep: EndpointSpec) -> None:
+        for pm in ep.ports:
+            self._by_port.setdefault((pm.proto, pm.host_port), []).append((pm.host_ip, ep.id))
+
+    def conflict(self, ep: EndpointSpec) -> PortInUse | None:
+        for pm in ep.ports:
+            for hip, owner in self._by_port.get((pm.proto, pm.host_port), ()):
+                if _overlap(hip, pm.host_ip) and owner != ep.id:
+                    return PortInUse(
+                        f"Bind for {pm.host_ip or '0.0.0.0'}:{pm.host_port}/{pm.proto} failed: "
+                        f"port is already allocated (endpoint {owner})", owner=ep.id)
+        return None
 
 
 def check_port_conflicts(endpoints: list[EndpointSpec]) -> None:
-    seen: list[tuple[str, str, int, str]] = []
+    seen = PortIndex()
     for ep in endpoints:
-        err = _port_conflict(ep, seen)
+        err = seen.conflict(ep)
         if err is not None:
             raise err
-        seen.extend((pm.proto, pm.host_ip, pm.host_port, ep.id) for pm in ep.ports)
+        seen.add(ep)
 
 
 # --- per-owner screening -----------------------------------------------------
@@ -206,7 +219,7 @@ def screen(networks: list[NetworkSpec], endpoints: list[EndpointSpec], isolate_f
         nets.append(n)
         ids.add(n.id)
     eps: list[EndpointSpec] = []
-    seen: list[tuple[str, str, int, str]] = []
+    seen = PortIndex()
     known = {n.id for n in networks}
     for ep in endpoints:
         try:
@@ -215,14 +228,14 @@ def screen(networks: list[NetworkSpec], endpoints: list[EndpointSpec], isolate_f
                     raise InvalidParameter(f"its network {ep.network_id} is refused")
                 raise InvalidParameter(f"unknown network {ep.network_id}")
             _check_endpoint(ep)
-            err = _port_conflict(ep, seen)
+            err = seen.conflict(ep)
             if err is not None:
                 raise err
         except PynetError as e:
             problems[ep.id] = f"endpoint {ep.id}: {e}"
             continue
         eps.append(ep)
-        seen.extend((pm.proto, pm.host_ip, pm.host_port, ep.id) for pm in ep.ports)
+        seen.add(ep)
     return nets, eps, tuple(iso)
 
 

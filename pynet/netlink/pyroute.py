@@ -42,13 +42,16 @@ class PyrouteNetlink(Netlink):
     def ipr(self):
         if self._ipr is None:
             from pyroute2 import IPRoute
+            # strict_check: the kernel then honours the link index in an address dump's header
+            # (NETLINK_GET_STRICT_CHK, Linux >= 4.20), so asking for one link's addresses reads
+            # that link's, not every address on the host (which grows with every bridge and veth)
             if self.netns_path is None:
-                self._ipr = IPRoute()
+                self._ipr = IPRoute(strict_check=True)
             else:
                 if not os.path.exists(self.netns_path):
                     raise NetnsNotFound(f"network namespace {self.netns_path} does not exist")
                 try:
-                    self._ipr = IPRoute(netns=self.netns_path, flags=0)
+                    self._ipr = IPRoute(netns=self.netns_path, flags=0, strict_check=True)
                 except FileNotFoundError:
                     raise NetnsNotFound(f"network namespace {self.netns_path} does not exist") from None
                 except OSError as e:
@@ -319,7 +322,11 @@ class PyrouteNetlink(Netlink):
 
     def _addresses(self, idx: int) -> list[str]:
         out = []
-        for a in self._call("list addresses", self.ipr.addr, "dump", index=idx):
+        # an explicit dump_filter keeps ``index`` in the request header (pyroute2 otherwise moves
+        # it into a filter applied here after reading the whole dump); the filter stays as a
+        # guard for a kernel that ignores the header
+        for a in self._call("list addresses", self.ipr.addr, "dump", index=idx,
+                            dump_filter=lambda m: m.get("index") == idx):
             if a.get("index", idx) != idx:
                 continue
             out.append(f"{a.get('address')}/{a['prefixlen']}")

@@ -257,6 +257,30 @@ def test_held_port_is_port_in_use_and_changes_nothing(two_eps, store):
     program(two_eps, E2, PortMapping("udp", 80, 18088))   # udp is a different port
 
 
+def test_explicit_port_reads_its_own_reservations_only(two_eps, monkeypatch):
+    """-p 8080:80 reads the reservations of host port 8080, not every port the host holds;
+    a reservation of that port made between the read and the commit still conflicts (its
+    key is in the range read), so the retry refuses it."""
+    program(two_eps, E1, PortMapping("tcp", 80, 18090))
+    read = []
+    real = Controller._port_records
+    raced = {"done": False}
+
+    def spy(t, proto, port=None):
+        read.append((proto, port))
+        out = real(t, proto, port)
+        if port == 18091 and not raced["done"]:
+            raced["done"] = True   # another process publishes 18091 after this read
+            two_eps.store.put("ports/tcp/18091/*", {"endpoint": f"{N1}/{E3}"})
+        return out
+    monkeypatch.setattr(Controller, "_port_records", staticmethod(spy))
+    with pytest.raises(errors.PortInUse, match="18091"):
+        program(two_eps, E2, PortMapping("tcp", 80, 18091))
+    assert len(read) >= 2 and all(port == 18091 for _, port in read)  # read again on the retry
+    [pm] = program(two_eps, E2, PortMapping("tcp", 80, 18092))
+    assert pm.host_port == 18092
+
+
 def test_exhausted_range_is_port_in_use(two_eps):
     program(two_eps, E1, PortMapping("tcp", 81, 8000, 8000))
     with pytest.raises(errors.PortInUse, match="8000"):
