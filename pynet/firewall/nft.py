@@ -98,7 +98,7 @@ from pynet.errors import InvalidParameter, KernelError, PynetError
 from .firewall import Firewall, set_bridge_sysctl
 from .ledger import MemoryLedger
 from .model import FAMILIES, IPV4, IPV6, EndpointSpec, NetworkSpec, Ruleset
-from .render import _port_conflict, expand_ports, route_localnet_sysctls, screen
+from .render import PortIndex, expand_ports, route_localnet_sysctls, screen
 
 NFT_FAMILY = {IPV4: "ip", IPV6: "ip6"}
 _TABLE_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,27}")
@@ -555,10 +555,10 @@ class NftFirewall:
         if iso != self.isolate_from:
             return False
         want = {(pm.proto, pm.host_port) for e in eps for pm in e.ports}
-        seen = [(pm.proto, pm.host_ip, pm.host_port, o.id) for o in endpoints if o.id not in changed
-                for pm in o.ports if (pm.proto, pm.host_port) in want] if want else []
+        seen = PortIndex(o for o in endpoints if o.id not in changed and want
+                         and any((pm.proto, pm.host_port) in want for pm in o.ports))
         for ep in list(eps):
-            err = _port_conflict(ep, seen)
+            err = seen.conflict(ep)
             if err is not None:
                 probs[ep.id] = f"endpoint {ep.id}: {err}"
                 eps.remove(ep)
