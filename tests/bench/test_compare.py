@@ -39,6 +39,6 @@ def test_scale_option_is_checked_with_one_readable_line():
     import pytest
 
     assert runner.parse_scale("networks=10,leases=200", quick=False) == {
-        "networks": 10, "endpoints": 1000, "ports": 1000, "leases": 200}
+        "networks": 10, "endpoints": 1000, "ports": 1000, "leases": 200, "overlay": 200}
     with pytest.raises(SystemExit, match="--scale wants"):
         runner.parse_scale("hosts=3", quick=True)
