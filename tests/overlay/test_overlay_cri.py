@@ -36,8 +36,8 @@ import pytest
 
 from tests.support import runtime_harness as rh
 from tests.support.icmp import icmp_ping
-from tests.support.overlay import (DockerHost, OverlayLab, installed_lab, tcp_echo, udp_echo, vxlan_fdb,
-                                   wait_until as wait)
+from tests.support.overlay import (DockerHost, OverlayLab, installed_lab, start_docker_hosts, tcp_echo, udp_echo,
+                                   vxlan_fdb, wait_until as wait)
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)"),
@@ -78,12 +78,7 @@ class Cluster:
         self.pods: dict = {}
 
     def start(self) -> None:
-        for d in self.dh:
-            d.start()
-        for d in self.dh:
-            d.network(NET, SUBNET, GW)
-        self.ip = {"c1": self.dh[0].run("c1", NET), "c2": self.dh[1].run("c2", NET)}
-        self.ns = {"c1": self.dh[0].netns_of("c1"), "c2": self.dh[1].netns_of("c2")}
+        self.ip, self.ns = start_docker_hosts(self.dh, NET, SUBNET, GW)
         self.ctd.start(timeout=60)
         self.cri = self.ctd.cri()
         self.cri.wait_network_ready()

@@ -629,6 +629,25 @@ class DockerHost:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def start_docker_hosts(dh: list, network: str, subnet: str, gateway: str) -> tuple[dict, dict]:
+    """The Docker hosts ``dh`` started side by side (each pynet daemon and dockerd), the
+    overlay ``network`` created on each in turn, a container ``c<i>`` on host i's:
+    ({name: address}, {name: network namespace})."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support import harness
+
+    harness.ensure_test_image()           # once, before the hosts load it side by side
+    with ThreadPoolExecutor(len(dh)) as pool:
+        for f in [pool.submit(d.start) for d in dh]:
+            f.result()
+    for d in dh:
+        d.network(network, subnet, gateway)
+    names = [f"c{d.i}" for d in dh]
+    ips = {n: d.run(n, network) for n, d in zip(names, dh)}
+    return ips, {n: d.netns_of(n) for n, d in zip(names, dh)}
+
+
 # ----------------------------------------------------------- observation
 def capture(switch_ns: str, seconds: float, fn, port: str = "h1") -> list:
     """UDP frames on host ``port``'s port of the underlay switch while ``fn()`` runs (tcpdump in
