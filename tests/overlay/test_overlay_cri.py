@@ -78,15 +78,19 @@ class Cluster:
         self.pods: dict = {}
 
     def start(self) -> None:
-        self.ip, self.ns = start_docker_hosts(self.dh, NET, SUBNET, GW)
-        self.ctd.start(timeout=60)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:               # containerd starts beside the dockerds
+            ctd = pool.submit(self.ctd.start, 60)
+            self.ip, self.ns = start_docker_hosts(self.dh, NET, SUBNET, GW)
+            ctd.result()
         self.cri = self.ctd.cri()
         self.cri.wait_network_ready()
 
     def run_pod(self, name: str) -> tuple[str, str, str]:
         """RunPodSandbox as kubelet: (sandbox id, pod IP, the pod's network namespace)."""
+        self.network_made = True          # by the first ADD (removed at the end, if it exists)
         sid = self.cri.run_pod_sandbox(f"{self.lab.prefix}-{name}")
-        self.network_made = True
         ip, ns = self.cri.pod_ip(sid), self.cri.netns_path(sid)
         assert ip and ns, (ip, ns)
         return sid, ip, ns

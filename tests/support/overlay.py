@@ -189,9 +189,15 @@ class OverlayHostService(HostService):
         return list(drv._blocks().allocated(pool_name(net.ipv4[0].pool)))
 
     def remove_cni_network(self, name: str) -> None:
-        """``pynet network rm`` of a network a CNI ADD made (kept after its last DEL)."""
+        """``pynet network rm`` of a network a CNI ADD made (kept after its last DEL); none
+        (a first ADD that failed) is no error."""
+        from pynet import errors
+
         c = self.controller
-        net = c.network(name)
+        try:
+            net = c.network(name)
+        except errors.NotFound:
+            return
         c.delete_network(net.id, True)
         for d in net.ipv4 + net.ipv6:
             if d.pool_id:
