@@ -750,6 +750,11 @@ def cmd_status(ctx: Ctx, plugin: str, conf: dict, args: spec.Args) -> None:
         net = find_network(c, conf["name"])
     except Exception as e:  # noqa: BLE001
         raise CniError(spec.PLUGIN_NOT_AVAILABLE, f"pynet's store in {ctx.state_dir} is not usable: {e}") from None
+    # the driver's own readiness (an overlay: its cluster store answers; a transient
+    # failure stays code 11, try again later)
+    drv = (getattr(c, "drivers", None) or {}).get(net.driver if net is not None else plugin)
+    if drv is not None:
+        drv.cni_status(net)
     if net is not None:
         from pynet.cnm.attach import pool_id_of
         for d in net.ipv4 + net.ipv6:

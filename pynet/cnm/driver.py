@@ -257,6 +257,11 @@ class DriverBase:
         """CNI CHECK: what is wrong with the endpoint's host side (one line each)."""
         return []
 
+    def cni_status(self, net: Optional[Network]) -> None:
+        """CNI STATUS: raise (a typed error) while the driver cannot serve an ADD; ``net``:
+        the conflist's network, None before its first ADD.  Local drivers: always ready."""
+        return None
+
     def orphan_links(self, net: Network, links, known: set) -> list:
         """CNI GC: of ``links`` (this instance's tagged links, as
         ``(link, object id)``), those of this network no record explains

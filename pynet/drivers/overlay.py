@@ -744,6 +744,48 @@ class OverlayDriver(BridgeDriver):
         return dict(super().oper_info(net, ep), vxlan=st["vxlan"], vni=st.get("vni"))
 
     # ================================================================= CNI
+    def check_endpoint(self, net: Network, ep: Endpoint, host_netlink) -> list[str]:
+        """CNI CHECK: the bridge driver's host side, the VXLAN device on the bridge, and the
+        pod's cluster entries -- its endpoint record (what the peers program their FDB and
+        neighbour entries from) naming this host, its address and MAC, and its address held
+        in the cluster's block IPAM.  A cluster store out of reach raises StoreUnavailable
+        (code 11: try again), never a "CHECK failed"."""
+        problems = super().check_endpoint(net, ep, host_netlink)
+        st = self._state(net)
+        vx = st.get("vxlan")
+        if vx and not host_netlink.link_exists(vx):
+            problems.append(f"VXLAN device {vx} is missing")
+        elif vx and st.get("bridge") and host_netlink.get_link(vx).master != st["bridge"]:
+            problems.append(f"VXLAN device {vx} is not on bridge {st['bridge']}")
+        c = self._cluster(net)
+        cid = self.cluster_id(net)
+        rec = c.store.get(c.key("endpoints", cid, ep.id))
+        want = {"host": c.host, "ip": ep.ip, "mac": ep.mac}
+        if rec is None:
+            problems.append(f"the cluster store has no record of endpoint {ep.id[:12]} "
+                            "(peers cannot reach it)")
+        else:
+            got = {k: (rec.value or {}).get(k) for k in want}
+            problems += [f"its cluster record has {k} {got[k]!r}, expected {v!r}"
+                         for k, v in want.items() if v and (got[k] or "").lower() != v.lower()]
+        got = self._pool_of(net, 4)
+        if got is not None and ep.ip:
+            # under the endpoint's handle (a CNI ADD's) or dockerd's RequestAddress one
+            held = self._blocks().handles(got[0])
+            if not any(h.get("host") == c.host and h.get("cidr", "").split("/")[0] == ep.ip
+                       for handle, h in held.items() if handle.startswith(f"{cid}:")):
+                problems.append(f"address {ep.ip} is not held by this host in the cluster's pool {got[1]}")
+        return problems
+
+    def cni_status(self, net: Optional[Network]) -> None:
+        """CNI STATUS: ready only while the cluster store answers (every ADD and DEL needs
+        it) -- one quorum read; StoreUnavailable naming the store otherwise (code 11)."""
+        c = self._cluster(net) if net is not None else self.cluster
+        if c is None:
+            raise NoClusterStore("pynet-overlay needs a cluster store: the conflist's "
+                                 "pynet.clusterStore (or PYNET_CLUSTER_STORE)")
+        c.store.get(c.key("hosts", c.host))
+
     # A ``pynet-overlay`` entry: the bridge plugin's keys (isGateway, ipMasq...)
     # and ``vni``, ``vxlanPort``.
     @classmethod

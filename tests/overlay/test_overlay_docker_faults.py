@@ -30,7 +30,8 @@ import pytest
 
 from tests.support.icmp import icmp_ping
 from tests.support.overlay import (DockerHost, OverlayLab, Probe, capture, host_address, host_daemon,
-                                   installed_lab, stop_process, vxlan_fdb, wait_until as wait)
+                                   installed_lab, start_docker_hosts, stop_process, vxlan_fdb,
+                                   wait_until as wait)
 
 pytestmark = [pytest.mark.netns,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)"),
@@ -61,12 +62,7 @@ class Cluster:
         self.pod3 = None
 
     def start(self) -> None:
-        for d in self.dh:
-            d.start()
-        for d in self.dh:
-            d.network(NET, SUBNET, GW)
-        self.ip = {"c1": self.dh[0].run("c1", NET), "c2": self.dh[1].run("c2", NET)}
-        self.ns = {"c1": self.dh[0].netns_of("c1"), "c2": self.dh[1].netns_of("c2")}
+        self.ip, self.ns = start_docker_hosts(self.dh, NET, SUBNET, GW)
         self.mac = {c: self.dh[i].inspect(c)["NetworkSettings"]["Networks"][NET]["MacAddress"]
                     for i, c in enumerate(("c1", "c2"))}
         self.pod3 = self.lab.pod("p3")

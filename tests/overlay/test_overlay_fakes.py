@@ -313,3 +313,39 @@ def test_an_event_pass_on_a_device_made_again_programs_the_new_device_fully(two_
     a.drv.program_peers(na, view(), from_kernel=False)    # the event's pass
     assert a.fdb(na) == sorted(want + [(ec.mac, "127.0.0.3")])
     assert a.neigh(na) == [("10.77.0.3", eb.mac), ("10.77.0.4", ec.mac)]
+
+
+def test_cni_check_and_status_of_an_overlay_endpoint_ask_the_cluster(two_hosts):
+    """CHECK's host side of an overlay endpoint: the bridge driver's, the VXLAN device on the
+    bridge and the endpoint's cluster entries (its record, its address in the block IPAM);
+    STATUS: the cluster store answers, else the transient error naming it (CNI code 11)."""
+    a, _, cstore = two_hosts
+    net = a.c.create_network(NID, SUBNET, driver="overlay", name="ov")
+    a.drv.pick_address(net, "e1" * 32, 4, "10.77.0.2")          # as a CNI ADD picks it
+    ep = a.c.create_endpoint(NID, "e1" * 32, address="10.77.0.2/24")
+    assert a.drv.check_endpoint(net, ep, a.nl) == []
+    a.drv.cni_status(net)
+    a.drv.unpick_address(net, ep.id)
+    assert any("not held by this host" in p for p in a.drv.check_endpoint(net, ep, a.nl))
+    a.drv.pick_address(net, ep.id, 4, "10.77.0.2")
+    key = a.cluster.key("endpoints", a.drv.cluster_id(net), ep.id)
+    rec = cstore.get(key).value
+    cstore.delete(key)
+    assert any("no record of endpoint" in p for p in a.drv.check_endpoint(net, ep, a.nl))
+    cstore.put(key, dict(rec, mac="02:42:0a:4d:00:99"))
+    assert any("has mac" in p for p in a.drv.check_endpoint(net, ep, a.nl))
+    cstore.put(key, rec)
+    a.nl.set_master(net.driver_state["vxlan"], None)
+    assert any("not on bridge" in p for p in a.drv.check_endpoint(net, ep, a.nl))
+    a.nl.set_master(net.driver_state["vxlan"], net.driver_state["bridge"])
+
+    def down(*_a, **_kw):
+        raise errors.StoreUnavailable("etcd at http://x: timed out")
+    real, cstore.get = cstore.get, down
+    try:
+        with pytest.raises(errors.StoreUnavailable) as e:
+            a.drv.cni_status(net)
+        assert e.value.cni_code == 11
+    finally:
+        cstore.get = real
+    assert a.drv.check_endpoint(net, ep, a.nl) == []

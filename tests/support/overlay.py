@@ -154,6 +154,55 @@ class OverlayHostService(HostService):
             out["del"] = str(e)
         return out
 
+    # ---- pods a runtime attached (containerd's CRI exec'ing the plugin in this namespace)
+    def endpoint_of(self, network: str, container_id: str, ifname: str = "eth0") -> dict:
+        """The pod's endpoint here and its cluster record (key, value); {} when pynet has none."""
+        from pynet.cnm import attach
+
+        c = self.controller
+        net = c.network(network)
+        ep = attach.find(c, net, container_id, ifname)
+        if ep is None:
+            return {}
+        drv = c.driver("overlay")
+        cl = drv.cluster
+        key = cl.key("endpoints", drv.cluster_id(net), ep.id)
+        rec = cl.store.get(key)
+        st = ep.driver_state or {}
+        return {"id": ep.id, "ip": ep.ip, "mac": ep.mac, "host_veth": st.get("host_veth", ""),
+                "key": key, "record": None if rec is None else dict(rec.value)}
+
+    def cluster_put(self, key: str, value) -> None:
+        """Write (``value`` None: delete) one cluster key, as a broken or repaired store would."""
+        drv = self.controller.driver("overlay")
+        if value is None:
+            drv.cluster.store.delete(key)
+        else:
+            drv.cluster.store.put(key, value)
+
+    def cluster_addresses(self, network: str) -> list[str]:
+        """The addresses the cluster's block IPAM holds for ``network``'s subnet."""
+        from pynet.drivers.overlay import pool_name
+
+        net = self.controller.network(network)
+        drv = self.controller.driver("overlay")
+        return list(drv._blocks().allocated(pool_name(net.ipv4[0].pool)))
+
+    def remove_cni_network(self, name: str) -> None:
+        """``pynet network rm`` of a network a CNI ADD made (kept after its last DEL); none
+        (a first ADD that failed) is no error."""
+        from pynet import errors
+
+        c = self.controller
+        try:
+            net = c.network(name)
+        except errors.NotFound:
+            return
+        c.delete_network(net.id, True)
+        for d in net.ipv4 + net.ipv6:
+            if d.pool_id:
+                c.release_pool(d.pool_id)
+
     # ---- measurements (benchmarks: endpoint on one host -> FDB entry on another)
     def create_endpoints_timed(self, network: str, count: int, first_ip: int = 100, gap: float = 0.02) -> dict:
         """``count`` endpoints on ``network`` (no sandbox), ``gap`` s apart:
@@ -584,6 +633,25 @@ class DockerHost:
                 shutil.copy(os.path.join(self.dir, log), os.path.join(self.lab.base_dir, f"docker-h{self.i}-{log}"))
         shutil.rmtree(self.plugin_dir, ignore_errors=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def start_docker_hosts(dh: list, network: str, subnet: str, gateway: str) -> tuple[dict, dict]:
+    """The Docker hosts ``dh`` started side by side (each pynet daemon and dockerd), the
+    overlay ``network`` created on each in turn, a container ``c<i>`` on host i's:
+    ({name: address}, {name: network namespace})."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.support import harness
+
+    harness.ensure_test_image()           # once, before the hosts load it side by side
+    with ThreadPoolExecutor(len(dh)) as pool:
+        for f in [pool.submit(d.start) for d in dh]:
+            f.result()
+    for d in dh:
+        d.network(network, subnet, gateway)
+    names = [f"c{d.i}" for d in dh]
+    ips = {n: d.run(n, network) for n, d in zip(names, dh)}
+    return ips, {n: d.netns_of(n) for n, d in zip(names, dh)}
 
 
 # ----------------------------------------------------------- observation

@@ -638,10 +638,13 @@ class Containerd:
     for the socket and imports the images tarball into ``k8s.io``; ``cri()`` is a client."""
 
     def __init__(self, name: str, cni_bin_dir: Path, cni_conf_dir: Path, images_tar: Path | None,
-                 base: Path | None = None, log_dir: Path | None = None):
+                 base: Path | None = None, log_dir: Path | None = None, netns: str | None = None):
         self.name = name
         RUNTIME_BASE.mkdir(parents=True, exist_ok=True)
         self.base = Path(base) if base else Path(tempfile.mkdtemp(prefix=f"{name}.", dir=RUNTIME_BASE))
+        # a simulated host's network namespace to run in (``nsenter --net``, which keeps the
+        # cgroup mounts ``ip netns exec`` would hide): its CNI plugins run there too
+        self.netns = netns
         self.socket = self.base / "containerd.sock"
         self.config = self.base / "config.toml"
         self.cni_bin_dir = Path(cni_bin_dir)
@@ -672,7 +675,10 @@ class Containerd:
         env = dict(os.environ)
         env["PATH"] = "/usr/sbin:/usr/bin:/sbin:/bin"
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen([CONTAINERD, "--config", str(self.config)],
+            argv = [CONTAINERD, "--config", str(self.config)]
+            if self.netns:
+                argv = ["nsenter", f"--net={self.netns}", *argv]      # nsenter execs: same pid
+            self.proc = subprocess.Popen(argv,
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                          env=env, start_new_session=True)
         deadline = time.monotonic() + timeout
