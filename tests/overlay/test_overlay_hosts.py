@@ -203,6 +203,51 @@ def test_addresses_come_from_each_hosts_own_block_and_overlays_are_isolated(lab)
     for other in (POD_IPS[1], POD_IPS[2]):
         assert not any(icmp_ping(pods[1], other) for _ in range(2)), f"ovl-b reached {other} on ovl-a"
 
+def test_external_reach_masquerade_and_a_published_port_on_the_pods_host(lab):
+    """Build 4's external reach, as for a bridge network: a pod reaches an address outside the
+    overlay through its own host, masqueraded to that host's address; a port published by the
+    pod's ADD (portMappings) is reached at its host's address from outside.  The "outside" is a
+    namespace plugged into the underlay switch (never the machine's uplink)."""
+    import socket
+    from pynet.sysctl import run_in_netns
+
+    h1 = lab.hosts[0]
+    outside = lab.netns("x")
+    lab.switch.call("plug", port="x", netns_path=outside, peer_name="eth0", bridge="br0")
+    out_ip = "198.18.77.200"
+    run_in_netns(outside, lambda: (subprocess.run(["ip", "addr", "add", f"{out_ip}/24", "dev", "eth0"], check=True),
+                                   subprocess.run(["ip", "link", "set", "eth0", "up"], check=True),
+                                   subprocess.run(["ip", "link", "set", "lo", "up"], check=True)))
+    pod = lab.pod("e1")
+    conf = conflist(lab, 0)
+    conf["plugin"]["capabilities"] = {"ips": True, "portMappings": True}
+    h1.call("cni_add", name="pode1", netns_path=pod, network=NET, cni=conf, ifname="eth0",
+            address="10.77.0.21", prefixlen=24,
+            publish=[{"host_port": 18081, "container_port": 8081, "proto": "tcp"}])
+
+    def served(server_ns, listen_port, client_ns, ip, port):
+        """(what the client got back, the peer address the server saw)."""
+        srv = run_in_netns(server_ns, lambda: socket.create_server(("0.0.0.0", listen_port)))
+        srv.settimeout(10)
+        try:
+            cli = run_in_netns(client_ns, lambda: socket.create_connection((ip, port), timeout=10))
+            with cli:
+                conn, peer = srv.accept()
+                with conn:
+                    conn.sendall(b"from " + peer[0].encode())
+                    return cli.recv(64), peer[0]
+        finally:
+            srv.close()
+
+    # masquerade: the outside sees host 1's underlay address, not the pod's
+    got, peer = served(outside, 7791, pod, out_ip, 7791)
+    assert peer == "198.18.77.11" and got == b"from 198.18.77.11", (got, peer)
+    # the published port: host 1's address:18081 reaches the pod's 8081 (DNAT on the pod's host)
+    got, peer = served(pod, 8081, outside, "198.18.77.11", 18081)
+    assert got == f"from {out_ip}".encode(), (got, peer)
+    h1.call("cni_del", name="pode1")
+
+
 def test_one_etcd_member_down_every_operation_still_succeeds(lab):
     """Host 1's etcd member is SIGKILLed: a pod added on host 1 (its store fails over to the
     other members) is programmed on host 2 and reached from there; the member comes back."""
