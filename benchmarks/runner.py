@@ -575,6 +575,19 @@ class Run:
 
 
 # ------------------------------------------------------------------------------ machine facts
+def load_note(start, by_section: dict, cores: int) -> str:
+    """What the load averages say about the run, from the samples themselves (not a fixed text:
+    a quiet run and a loaded one must not read alike)."""
+    peak = max([start[0], *(v[0] for v in by_section.values())] or [0.0])
+    if peak > cores:
+        return (f"Loaded machine: the 1-minute load average reached {peak:.2f} on {cores} cores (other work "
+                "ran beside this run; see the load averages above), so absolute times are inflated and "
+                "noisy; the ratios (both sides interleaved in the same minutes) are the figures to read.")
+    return (f"The 1-minute load average stayed at or below {peak:.2f} on {cores} cores (sampled at the start "
+            "and at each section's end); absolute times are this machine's, the ratios (both sides "
+            "interleaved in the same minutes) are the figures to read.")
+
+
 def first_line(*argv: str) -> str:
     try:
         p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
@@ -775,9 +788,7 @@ def main(argv=None) -> int:
             "rerun": rerun, "prefix": run.prefix, "machine": machine(),
             "load": {"start": load_start, "end": os.getloadavg(), "sections": run.load_by_section},
             "duration_s": time.monotonic() - t0,
-            "note": ("Shared machine: other sessions' test suites ran beside this run (see the load averages; "
-                     "this machine has 2 cores), so absolute times are inflated and noisy; the ratios are the "
-                     "figures to read, and the rerun command above reproduces the run on a quiet machine."),
+            "note": load_note(load_start, run.load_by_section, os.cpu_count() or 1),
             "expected": sorted(c for c, (sec, *_r) in EXPECTED.items() if sec in sections),
             "comparisons": run.comparisons, "curves": run.curves, "errors": run.errors, "skipped": skipped,
             "not_measured": NOT_MEASURED,
