@@ -32,7 +32,6 @@ Nothing here imports Flask, scapy or an etcd client.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import ipaddress
 import json
 import logging

@@ -88,12 +88,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import ipaddress
-import os
 import re
 import subprocess
 from dataclasses import dataclass, field
 
-from pynet.errors import InvalidParameter, KernelError, PynetError
+from pynet.errors import InvalidParameter, KernelError
 
 from .firewall import Firewall, set_bridge_sysctl
 from .ledger import MemoryLedger
