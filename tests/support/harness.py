@@ -13,6 +13,7 @@ the smoke test):  python tests/support/harness.py stub-plugin SOCKET
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import http.client
 import http.server
@@ -20,6 +21,8 @@ import json
 import os
 import re
 import secrets
+import shlex
+import shutil
 import signal
 import socket
 import socketserver
@@ -211,7 +214,7 @@ def cleanup_stale_host(current: str | None = None) -> list[str]:
     """Removes links and netns named ``ptXXXX-...`` of runs that are gone (and of ``current``)."""
     if not is_root():
         return []
-    removed = []
+    removed = cleanup_stale_private_dockerds(current)  # first: it holds its netns
     netns = list_netns()
     gone = sorted(stale_prefixes(netns, current))
     removed += cleanup_netns(gone)
@@ -426,10 +429,19 @@ def dockerd_up(docker: str = DOCKER) -> bool:
         return False
 
 
+def private_docker_host() -> str:
+    """``DOCKER_HOST`` when the run addresses a dockerd of its own rather than the machine's (the
+    sub-run of tests/e2e/test_docker_legacy.py: a ``PrivateDockerd`` in a namespace); "" else.
+    Such a run never starts, stops or cleans the machine's dockerd."""
+    return os.environ.get("DOCKER_HOST", "")
+
+
 def ensure_dockerd(log: Path | None = None) -> None:
     """Starts dockerd as scripts/test does (scripts/lib/docker.sh) unless it answers."""
     if dockerd_up():
         return
+    if private_docker_host():  # scripts/lib/docker.sh would start the machine's in its place
+        raise RuntimeError(f"the dockerd at DOCKER_HOST={private_docker_host()} is not answering")
     log = log or results_dir() / "dockerd.log"
     p = sh("bash", DOCKER_SH, "ensure-dockerd", log, check=False, timeout=240)
     if p.returncode != 0:
@@ -558,6 +570,211 @@ def stop_orphan_daemons(current: str | None = None) -> list[str]:
             except ProcessLookupError:
                 pass
     return [f"pid {pid} ({name})" for pid, name in victims.items()]
+
+
+# --------------------------------------------------------------------------- a private dockerd
+
+# Per-run directories of the private dockerds this harness registers (``private_dockerd_dir``),
+# named ``<prefix>-<tag>.<random>``: a later run stops the ones of a dead run and removes them.
+PRIVATE_DOCKERD_ROOT = Path(tempfile.gettempdir()) / "pynet-dockerd"
+
+
+class PrivateDockerd:
+    """A dockerd of the test's own inside the network namespace ``netns`` (a path), beside the
+    machine's dockerd and never touching it.
+
+    It runs in a mount namespace of its own (``unshare -m --propagation private``) where
+    /run/docker is a fresh tmpfs: /run/docker/plugins -- where dockerd looks for plugin sockets
+    (it reads .spec files only under /etc and /usr/lib) -- is this dockerd's own, empty or with
+    ``plugin_dir`` bound there; a process entering ``mount_ns`` (``nsenter --mount=...``) sees
+    the same one.  Its --data-root, --exec-root, socket (``host``: ``unix://...``), --pidfile
+    and log are under ``dir``; ``cgroup_parent`` keeps its containers' cgroups apart (a killed
+    run's containers are found by it); ``path_dir`` goes first on its PATH (dockerd execs
+    plain ``iptables``/``ip6tables``).  It starts its own containerd and stops it (and its
+    containers: no live-restore) on SIGTERM.  A dead run's: ``cleanup_stale_private_dockerds``."""
+
+    def __init__(self, dir: str | os.PathLike, netns: str, *, plugin_dir: str | os.PathLike | None = None,
+                 path_dir: str | os.PathLike | None = None, cgroup_parent: str | None = None,
+                 args: Sequence[str] = ()):
+        self.dir = Path(dir)
+        self.netns = netns
+        self.plugin_dir = plugin_dir
+        self.path_dir = path_dir
+        self.cgroup_parent = cgroup_parent
+        self.args = list(args)
+        self.sock = self.dir / "docker.sock"
+        self.host = f"unix://{self.sock}"
+        self.pidfile = self.dir / "dockerd.pid"
+        self.log_path = self.dir / "dockerd.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def mount_ns(self) -> str:
+        """Its mount namespace (unshare and nsenter exec, so the process is dockerd itself)."""
+        return f"/proc/{self.proc.pid}/ns/mnt"
+
+    def start(self, bound: float = 90) -> "PrivateDockerd":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        q = shlex.quote
+        dockerd = ["/usr/sbin/dockerd", "--data-root", str(self.dir / "root"), "--exec-root",
+                   str(self.dir / "exec"), "-H", self.host, "--pidfile", str(self.pidfile),
+                   *(["--cgroup-parent", self.cgroup_parent] if self.cgroup_parent else []), *self.args]
+        script = ("mount -t tmpfs tmpfs /run/docker && mkdir -p /run/docker/plugins && "
+                  + (f"mount --bind {q(str(self.plugin_dir))} /run/docker/plugins && " if self.plugin_dir else "")
+                  + f"exec nsenter --net={q(self.netns)} " + " ".join(map(q, dockerd)))
+        env = dict(os.environ)
+        env.pop("DOCKER_HOST", None)
+        if self.path_dir:
+            env["PATH"] = f"{self.path_dir}:{env.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                         stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+        deadline = time.monotonic() + bound
+        while self.docker("info", check=False, timeout=20).returncode != 0:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"private dockerd in {self.netns} not answering on {self.sock} "
+                                   f"(exit {self.proc.returncode}); log {self.log_path}:\n{self.log_tail()}")
+            time.sleep(0.5)
+        return self
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 120,
+               input: str | None = None) -> subprocess.CompletedProcess:
+        return sh(DOCKER, "-H", self.host, *args, check=check, timeout=timeout, input=input)
+
+    def load_image(self, image: str | None = None) -> str:
+        """The machine's dockerd's ``image`` (built if missing) loaded into this one."""
+        image = ensure_test_image(image or TEST_IMAGE)
+        save = subprocess.Popen([DOCKER, "save", image], stdout=subprocess.PIPE)
+        try:
+            subprocess.run([DOCKER, "-H", self.host, "load"], stdin=save.stdout, check=True,
+                           capture_output=True, timeout=120)
+        finally:
+            save.stdout.close()
+            save.wait(60)
+        return image
+
+    def remove_containers(self) -> None:
+        """Every container, killed: its shutdown would give each one its stop timeout."""
+        if self.running:
+            ids = self.docker("ps", "-aq", check=False).stdout.split()
+            if ids:
+                self.docker("rm", "-f", *ids, check=False, timeout=300)
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM (SIGKILL after ``timeout``), then whatever a killed one left (containerd,
+        shims, containers of its cgroup parent)."""
+        if self.running:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        kill_private_dockerd_leftovers(self.dir, self.cgroup_parent)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return _tail(self.log_path, lines)
+
+
+def private_dockerd_dir(prefix: str, tag: str) -> Path:
+    """A fresh directory for a private dockerd of run ``prefix``, registered for the stale
+    cleanup (``PRIVATE_DOCKERD_ROOT/<prefix>-<tag>.<random>``; give its PrivateDockerd
+    ``cgroup_parent=registered_cgroup_parent(dir)``, which that cleanup looks for)."""
+    PRIVATE_DOCKERD_ROOT.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}-{tag}.", dir=PRIVATE_DOCKERD_ROOT))
+
+
+def registered_cgroup_parent(dir: str | os.PathLike) -> str:
+    return f"/{Path(dir).name}"
+
+
+def _in_cgroup(pid: int, cgroup_parent: str) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/cgroup").read_text()
+    except OSError:
+        return False
+    return any(line.split(":", 2)[-1].startswith(cgroup_parent.rstrip("/") + "/") for line in text.splitlines())
+
+
+def kill_private_dockerd_leftovers(dir: str | os.PathLike, cgroup_parent: str | None,
+                                   anything_under_dir: bool = False) -> list[str]:
+    """SIGKILLs what a private dockerd under ``dir`` left running: itself (by its pidfile,
+    SIGTERM first), its containerd and shims (their argv names its exec root), its containers
+    (their cgroups are under ``cgroup_parent``); removes those cgroups.  ``anything_under_dir``:
+    every process whose argv names a path under ``dir`` too (a dead run's sub-run and its
+    daemons: their state is there)."""
+    d = str(Path(dir))
+    killed = []
+    try:
+        pid = int((Path(dir) / "dockerd.pid").read_text().strip() or 0)
+    except (OSError, ValueError):
+        pid = 0
+    if pid and any(d in a for a in _cmdline(pid)):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20  # it stops its containers and containerd
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        killed.append(f"dockerd {pid}")
+    if anything_under_dir:
+        for p, _ in pids_by_cmdline(lambda args: any(a.startswith(d + "/") or f"={d}/" in a for a in args)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+    # containerd (--config <exec-root>/containerd/...) and its shims (-address <exec-root>/...)
+    exec_root = os.path.join(d, "exec") + "/"
+    victims = [p for p, args in pids_by_cmdline(lambda args: any(exec_root in a for a in args))]
+    if cgroup_parent:
+        victims += [int(p.name) for p in Path("/proc").iterdir()
+                    if p.name.isdigit() and int(p.name) != os.getpid() and _in_cgroup(int(p.name), cgroup_parent)]
+    for p in sorted(set(victims)):
+        try:
+            os.kill(p, signal.SIGKILL)
+            killed.append(f"pid {p}")
+        except ProcessLookupError:
+            pass
+    if cgroup_parent:
+        deadline = time.monotonic() + 10
+        for root in Path("/sys/fs/cgroup").glob("*"):
+            top = root / cgroup_parent.strip("/")
+            if top.is_dir():
+                for sub in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+                    while True:  # a killed task leaves its cgroup a moment later
+                        try:
+                            sub.rmdir()
+                            break
+                        except OSError:
+                            if time.monotonic() > deadline:
+                                break
+                            time.sleep(0.1)
+    return killed
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
+
+
+def cleanup_stale_private_dockerds(current: str | None = None) -> list[str]:
+    """The private dockerds (``private_dockerd_dir``) of runs that are gone (and of ``current``):
+    stopped with what they left running, their directories removed."""
+    if not PRIVATE_DOCKERD_ROOT.is_dir():
+        return []
+    dirs = [p for p in PRIVATE_DOCKERD_ROOT.iterdir() if STALE_NAME_RE.match(p.name)]
+    gone = stale_prefixes([p.name for p in dirs], current)
+    removed = []
+    for p in dirs:
+        if p.name[:6] in gone:
+            kill_private_dockerd_leftovers(p, registered_cgroup_parent(p), anything_under_dir=True)
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(f"private dockerd {p}")
+    return removed
 
 
 # --------------------------------------------------------------------------- pynet daemon
@@ -799,8 +1016,11 @@ DOCKER_SOCKET = "/var/run/docker.sock"
 
 
 def docker_get(path: str, timeout: float = 30):
-    """GET on dockerd's API over its socket (one request, no CLI process): parsed JSON."""
-    conn = UnixHTTPConnection(DOCKER_SOCKET, timeout=timeout)
+    """GET on dockerd's API over its socket (one request, no CLI process): parsed JSON.  The
+    socket of ``DOCKER_HOST`` when set, as the docker CLI and the daemon read it."""
+    from pynet.plugin_api.docker_state import docker_socket
+
+    conn = UnixHTTPConnection(docker_socket(), timeout=timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()

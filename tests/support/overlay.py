@@ -506,11 +506,10 @@ START_BOUND = 90.0
 
 
 class DockerHost:
-    """A private dockerd and its ``pynet daemon --cluster-store ...`` in host i's namespace
-    (1-based).  dockerd runs in its own mount namespace whose /run/docker/plugins is the
-    daemon's socket directory bound there (dockerd reads .spec files only under /etc and
-    /usr/lib), so a restarted daemon's new socket is the one dockerd finds.  ``ttl``: the
-    daemon's lease TTL (``--cluster-ttl``)."""
+    """A private dockerd (harness.PrivateDockerd) and its ``pynet daemon --cluster-store ...``
+    in host i's namespace (1-based).  dockerd's own mount namespace has the daemon's socket
+    directory bound on /run/docker/plugins, so a restarted daemon's new socket is the one
+    dockerd finds.  ``ttl``: the daemon's lease TTL (``--cluster-ttl``)."""
 
     def __init__(self, lab: "OverlayLab", i: int, ttl: int = 3):
         from tests.support import harness
@@ -567,24 +566,10 @@ class DockerHost:
     def start_dockerd(self) -> None:
         from tests.support import harness
 
-        script = (f"mount -t tmpfs tmpfs /run/docker && mkdir -p /run/docker/plugins && "
-                  f"mount --bind {self.plugin_dir} /run/docker/plugins && "
-                  f"exec nsenter --net={self.netns} /usr/sbin/dockerd --data-root {self.dir}/root "
-                  f"--exec-root {self.dir}/exec -H unix://{self.sock} --pidfile {self.dir}/pid "
-                  f"--bridge none")
-        self.dockerd_log = open(os.path.join(self.dir, "dockerd.log"), "w")
-        self.dockerd = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                                        stdout=self.dockerd_log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        wait_until(lambda: self.docker("info", check=False).returncode == 0 or self.dockerd.poll() is not None,
-                   f"dockerd of host {self.i}", bound=START_BOUND, step=0.5)
-        assert self.dockerd.poll() is None, open(os.path.join(self.dir, "dockerd.log")).read()[-2000:]
-        image = harness.ensure_test_image()
-        save = subprocess.Popen([DOCKER, "save", image], stdout=subprocess.PIPE)
-        subprocess.run([DOCKER, "-H", f"unix://{self.sock}", "load"], stdin=save.stdout, check=True,
-                       capture_output=True, timeout=120)
-        save.wait(60)
-        self.image = image
+        self.dockerd = harness.PrivateDockerd(self.dir, self.netns, plugin_dir=self.plugin_dir,
+                                              args=("--bridge", "none"))
+        self.dockerd.start(bound=START_BOUND)
+        self.image = self.dockerd.load_image()
 
     def docker(self, *args, check: bool = True, timeout: float = 120):
         p = subprocess.run([DOCKER, "-H", f"unix://{self.sock}", *args], capture_output=True, text=True,
@@ -619,13 +604,12 @@ class DockerHost:
     def stop(self) -> None:
         from tests.support import harness
 
-        if self.dockerd is not None and self.dockerd.poll() is None:
-            ids = self.docker("ps", "-aq", check=False).stdout.split()
-            if ids:
-                self.docker("rm", "-f", *ids, check=False)
-            for n in self.networks:
-                self.docker("network", "rm", n, check=False)
-            stop_process(self.dockerd, 60)      # it stops its containerd and shims
+        if self.dockerd is not None:
+            if self.dockerd.running:
+                self.dockerd.remove_containers()
+                for n in self.networks:
+                    self.docker("network", "rm", n, check=False)
+            self.dockerd.stop(60)               # it stops its containerd and shims
         stop_process(self.pynet, 30)
         harness.flush_firewall(harness.chain_prefix_for(self.name))
         for log in ("pynet.log", "dockerd.log"):     # kept beside the lab's other logs

@@ -45,9 +45,10 @@ import sys
 import tempfile
 import threading
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.support.junit import parse_junit
 
 REPO = Path(__file__).resolve().parents[2]
 META_PACKAGE = "linux-image-amd64"
@@ -287,14 +288,6 @@ def guest_nodeids() -> tuple[tuple[str, ...], str]:
 
 
 @dataclass
-class CaseResult:
-    nodeid: str
-    outcome: str                      # passed | failed | error | skipped
-    message: str = ""
-    output: str = ""
-
-
-@dataclass
 class RunResult:
     rc: int | None
     console: str
@@ -302,34 +295,6 @@ class RunResult:
     cases: dict = field(default_factory=dict)   # nodeid -> CaseResult
     boot_s: float = 0.0
     total_s: float = 0.0
-
-
-def _nodeid(classname: str, name: str) -> str:
-    """junit classname ``tests.netns.test_x`` (+ ``.Class``) and name -> a pytest node id."""
-    parts = classname.split(".")
-    for i in range(len(parts), 0, -1):
-        path = Path(*parts[:i]).with_suffix(".py")
-        if (REPO / path).exists():
-            return "::".join([str(path), *parts[i:], name])
-    return f"{classname}::{name}"
-
-
-def parse_junit(path: Path) -> dict:
-    cases = {}
-    if not path.exists():
-        return cases
-    for tc in ET.parse(path).getroot().iter("testcase"):
-        nid = _nodeid(tc.get("classname", ""), tc.get("name", ""))
-        outcome, message = "passed", ""
-        for tag in ("failure", "error", "skipped"):
-            el = tc.find(tag)
-            if el is not None:
-                outcome = {"failure": "failed"}.get(tag, tag)
-                message = (el.get("message") or "") + "\n" + (el.text or "")
-                break
-        out = "\n".join((tc.findtext(t) or "") for t in ("system-out", "system-err")).strip()
-        cases[nid] = CaseResult(nid, outcome, message.strip(), out)
-    return cases
 
 
 # The guest puts fresh tmpfs on /tmp and /run (its own scratch): a checkout or venv there would
