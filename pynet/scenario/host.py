@@ -345,6 +345,17 @@ class HostService(NodeService):
                         if self.chain_prefix in line]
         return out
 
+    def firewall_diff(self) -> str:
+        """``pynet firewall diff`` of this host's instance, as the CLI computes it: the store's
+        records (the CNI binaries' too) against this namespace's kernel rules; '' = in sync."""
+        from pynet import root
+
+        if self.controller is None or self.controller.firewall is None:
+            return ""
+        store = self.controller.store
+        reader = root.build_reader(self.config, store)
+        return root.build_firewall(self.config, store).diff(reader.networks(), reader.endpoints())
+
     # ------------------------------------------------------------- teardown
     def teardown(self) -> dict:
         """Undo everything the pynet way, each step tolerating what is gone;

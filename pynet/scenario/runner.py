@@ -390,6 +390,11 @@ def run_scenario(scn: Scenario, out_dir: str, printer=print, keep_prefix: Option
         topo.build()
         runner = Runner(topo, out_dir)
         results = runner.run_all()
+        # what every host's store asks for is what its kernel holds, after all the probes
+        diffs = topo.firewall_diffs()
+        if diffs:
+            error = "firewall diff not empty after the scenario: " + "; ".join(
+                f"{h}:\n{d}" for h, d in sorted(diffs.items()))
     except KeyboardInterrupt:
         raise
     except (WorkerError, ScenarioError, SafetyError, OSError) as e:

@@ -465,6 +465,18 @@ class Topology:
             h.wait_ready(60)
 
     # ---------------------------------------------------------- teardown
+    def firewall_diffs(self) -> dict[str, str]:
+        """Host name -> its non-empty ``pynet firewall diff`` (issue 13: empty after every
+        scenario, on every backend)."""
+        out = {}
+        for h in self.scn.hosts:
+            w = self.workers.get(h)
+            if w is not None and w.proc.poll() is None:
+                diff = w.call("firewall_diff")
+                if diff:
+                    out[h] = diff
+        return out
+
     def teardown(self) -> dict:
         """Stop agents, undo every host's pynet objects through its
         controller, stop workers, delete namespaces and the work dir.
