@@ -352,9 +352,13 @@ class HostService(NodeService):
 
         if self.controller is None or self.controller.firewall is None:
             return ""
-        store = self.controller.store
-        reader = root.build_reader(self.config, store)
-        return root.build_firewall(self.config, store).diff(reader.networks(), reader.endpoints())
+        # its own store handle, as the CLI opens one (front ends never reach into the controller's)
+        store = root.open_store(self.config, create=False)
+        try:
+            reader = root.build_reader(self.config, store)
+            return root.build_firewall(self.config, store).diff(reader.networks(), reader.endpoints())
+        finally:
+            store.close()
 
     # ------------------------------------------------------------- teardown
     def teardown(self) -> dict:
