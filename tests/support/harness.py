@@ -90,6 +90,17 @@ class CommandError(subprocess.CalledProcessError):
                 f"stdout: {(self.stdout or '').strip()}\nstderr: {(self.stderr or '').strip()}")
 
 
+def terminate(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM and wait; SIGKILL after ``timeout`` (a process that ignores TERM must not hang
+    the run's teardown)."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
 def _tail(path: Path, lines: int = 40) -> str:
     try:
         return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
@@ -670,12 +681,7 @@ class PrivateDockerd:
         """SIGTERM (SIGKILL after ``timeout``), then whatever a killed one left (containerd,
         shims, containers of its cgroup parent)."""
         if self.running:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            terminate(self.proc, timeout)
         kill_private_dockerd_leftovers(self.dir, self.cgroup_parent)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -898,12 +904,7 @@ class PynetDaemon:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+            terminate(self.proc, timeout)
         return self.proc.returncode
 
     def kill(self) -> int | None:

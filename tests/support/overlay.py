@@ -433,16 +433,11 @@ def host_daemon(lab: OverlayLab, i: int, ttl: Optional[int] = None) -> subproces
 
 def stop_process(proc, grace: float = 30.0) -> None:
     """SIGTERM ``proc`` (a Popen), SIGKILL after ``grace`` s; nothing if it has ended."""
-    import signal
+    from tests.support import harness
 
     if proc is None or proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(10)
+    harness.terminate(proc, grace)
 
 
 def _exchange(server_ns: str, client_ns: str, listen, serve_one, talk) -> bytes:

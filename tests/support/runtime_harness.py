@@ -749,12 +749,7 @@ class Containerd:
         """SIGTERM containerd (SIGKILL after ``timeout``); shims and pods are left running."""
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+        harness.terminate(self.proc, timeout)
 
     def remove_all_pods(self, timeout: float = 60) -> list[str]:
         """Stop and remove every sandbox through CRI (runs the CNI DELs); returns errors."""
