@@ -536,17 +536,22 @@ def cleanup_stale_docker(docker: Docker, current: str | None = None) -> list[str
     return removed + stop_orphan_daemons(current)
 
 
+def _cmdline(pid: int) -> list[str]:
+    """``pid``'s argv; [] once it is gone."""
+    try:
+        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
+    except OSError:
+        return []
+
+
 def pids_by_cmdline(pred) -> list[tuple[int, list[str]]]:
     """``(pid, argv)`` of every other process whose argv satisfies ``pred(argv)``."""
     out = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
-        try:
-            args = [a.decode(errors="replace") for a in (proc / "cmdline").read_bytes().split(b"\0")]
-        except OSError:
-            continue
-        if pred(args):
+        args = _cmdline(int(proc.name))
+        if args and pred(args):
             out.append((int(proc.name), args))
     return out
 
@@ -758,13 +763,6 @@ def kill_private_dockerd_leftovers(dir: str | os.PathLike, cgroup_parent: str | 
                                 break
                             time.sleep(0.1)
     return killed
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        return [a.decode(errors="replace") for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")]
-    except OSError:
-        return []
 
 
 def cleanup_stale_private_dockerds(current: str | None = None) -> list[str]:
