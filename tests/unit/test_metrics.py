@@ -227,7 +227,7 @@ def test_metrics_listen_accepts(value, want):
 
 @pytest.mark.parametrize("value", [
     "9377", ":9377", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0", "127.0.0.1:65536", "127.0.0.1:+80",
-    "127.0.0.1:080", "example.com:9377", "::1:9377", "[127.0.0.1]:9377", "[fe80::1%eth0]:9377",
+    "127.0.0.1:080", "pynet.invalid:9377", "::1:9377", "[127.0.0.1]:9377", "[fe80::1%eth0]:9377",
     "127.0.0.1:9377\n", "1.2.3.4.5:80", "127.0.0.1: 80", "ü:80"])
 def test_metrics_listen_refuses(value):
     with pytest.raises(errors.InvalidParameter, match="--metrics-listen"):
